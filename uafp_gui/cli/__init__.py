@@ -1,0 +1,53 @@
+"""The `uafp` command line: one subcommand per module listed in SUBCOMMANDS.
+
+Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
+`func(args) -> int` as the default. Errors the project raises on purpose (`UafpError`)
+are printed as one line and give exit code 2; nothing prints a traceback to the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from uafp_gui import __version__
+from uafp_gui.errors import UafpError
+
+SUBCOMMANDS = [
+    "uafp_gui.cli.simulate",
+    "uafp_gui.cli.reconstruct",
+    "uafp_gui.cli.import_data",
+    "uafp_gui.cli.score",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uafp", description="Uncertainty-aware Fourier ptychographic microscopy."
+    )
+    parser.add_argument("--version", action="version", version=f"uafp_gui {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except UafpError as error:
+        print(f"uafp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"uafp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

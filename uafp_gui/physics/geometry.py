@@ -1,0 +1,105 @@
+"""LED array geometry: nominal positions, misalignment, and illumination frequencies.
+
+Implements spec section 2. Image axes: x along frame columns, y along frame rows. An LED at
+(row, col) sits nominally at X = (col - c0) pitch, Y = (row - r0) pitch, h below the sample;
+calibration rotates by `rotation_deg` counter-clockwise, then shifts, and replaces the height.
+Every function is torch and differentiable in the geometry parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GLASS_NEWTON_STEPS = 12
+
+
+@dataclass(frozen=True)
+class LedGeometry:
+    """Rigid misalignment of the LED array, in the units of spec section 3."""
+
+    shift_x_mm: float = 0.0
+    shift_y_mm: float = 0.0
+    rotation_deg: float = 0.0
+    height_mm: float = 90.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "shift_x_mm": float(self.shift_x_mm),
+            "shift_y_mm": float(self.shift_y_mm),
+            "rotation_deg": float(self.rotation_deg),
+            "height_mm": float(self.height_mm),
+        }
+
+
+def nominal_led_positions_mm(
+    leds_row_col: torch.Tensor, led_on_axis: tuple[float, float], pitch_mm: float
+) -> torch.Tensor:
+    """(L, 2) nominal [X, Y] in mm of LEDs given as (L, 2) [row, col] indices."""
+    row0, col0 = led_on_axis
+    x = (leds_row_col[:, 1] - col0) * pitch_mm
+    y = (leds_row_col[:, 0] - row0) * pitch_mm
+    return torch.stack([x, y], dim=-1)
+
+
+def misaligned_positions_mm(
+    nominal_mm: torch.Tensor,
+    shift_x_mm: torch.Tensor,
+    shift_y_mm: torch.Tensor,
+    rotation_deg: torch.Tensor,
+) -> torch.Tensor:
+    """Rotate counter-clockwise in image axes, then shift (spec section 2)."""
+    theta = torch.deg2rad(rotation_deg)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    x, y = nominal_mm[:, 0], nominal_mm[:, 1]
+    return torch.stack([x * cos - y * sin + shift_x_mm, x * sin + y * cos + shift_y_mm], dim=-1)
+
+
+def illumination_sines(
+    led_positions_mm: torch.Tensor,
+    height_mm: torch.Tensor,
+    tile_center_mm: tuple[float, float] = (0.0, 0.0),
+    glass_thickness_mm: float = 0.0,
+    glass_index: float = 1.0,
+) -> torch.Tensor:
+    """(L, 2) direction sines (sin_x, sin_y) of the light reaching the tile centre in air.
+
+    Without glass the ray is straight: sin = (xc - X) / r. A slide of thickness t and index
+    n just below the sample bends the ray; the lateral offset rho must then satisfy
+    rho = (h - t) tan(a) + t tan(g), sin(a) = n sin(g). We solve for sin(a) with a fixed
+    number of Newton steps so the result stays differentiable in the geometry.
+    """
+    dx = tile_center_mm[0] - led_positions_mm[:, 0]
+    dy = tile_center_mm[1] - led_positions_mm[:, 1]
+    rho = torch.sqrt(dx * dx + dy * dy + 1e-18)
+    straight = rho / torch.sqrt(rho * rho + height_mm * height_mm)
+    if glass_thickness_mm <= 0.0:
+        sine = straight
+    else:
+        air_mm = height_mm - glass_thickness_mm
+        sine = straight
+        for _ in range(GLASS_NEWTON_STEPS):
+            sine = sine.clamp(0.0, 0.999999)
+            cos_air = torch.sqrt(1 - sine * sine)
+            sine_glass = sine / glass_index
+            cos_glass = torch.sqrt(1 - sine_glass * sine_glass)
+            residual = air_mm * sine / cos_air + glass_thickness_mm * sine_glass / cos_glass - rho
+            slope = air_mm / cos_air**3 + glass_thickness_mm / (glass_index * cos_glass**3)
+            sine = sine - residual / slope
+    return torch.stack([sine * dx / rho, sine * dy / rho], dim=-1)
+
+
+def illumination_frequencies(
+    led_positions_mm: torch.Tensor,
+    height_mm: torch.Tensor,
+    wavelength_um: float,
+    tile_center_mm: tuple[float, float] = (0.0, 0.0),
+    glass_thickness_mm: float = 0.0,
+    glass_index: float = 1.0,
+) -> torch.Tensor:
+    """(L, 2) illumination spatial frequencies (u_x, u_y) in cycles per um."""
+    sines = illumination_sines(
+        led_positions_mm, height_mm, tile_center_mm, glass_thickness_mm, glass_index
+    )
+    return sines / wavelength_um
