@@ -1,0 +1,987 @@
+"""Raw FP datasets (spec/dataset.md section 1): typed metadata, reading, validating and writing.
+
+A dataset is one multi-page TIFF of N frames, shape (N, H, W), uint16 or float32, plus one JSON
+object of metadata (`DatasetMeta`).
+
+How the JSON is stored: files this project writes carry the complete metadata JSON - every
+*planned* frame, not only those already acquired - as the ImageDescription tag of the first
+TIFF page; later pages carry no description. The file is otherwise a plain multi-page
+grey-level TIFF (no OME-XML, no ImageJ hyperstack header), so Fiji, napari or any TIFF library
+open it as an ordinary image stack and the JSON stays readable with any TIFF tag viewer.
+A sidecar `<stem>.json` next to the TIFF is also accepted and, when present, wins over the
+embedded copy: that is how third-party plain TIFF stacks are described.
+
+Frames are written one at a time by `DatasetWriter` (see `_tiffstream`): each page's pixels
+and directory are on disk before the page is linked into the file, so a run killed at any
+moment (even `kill -9`) leaves a valid TIFF holding the first k complete frames. Reading such a
+file gives a partial `Dataset` (`complete=False`, metadata truncated to the first k frames,
+a `PartialDatasetWarning`); `DatasetWriter(..., resume=True)` continues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uafp_gui import __version__
+from uafp_gui.errors import DatasetError
+from uafp_gui.io._tiffstream import CLASSIC_TIFF_LIMIT_BYTES, TiffStackWriter
+
+FORMAT_NAME = "uafp-dataset"
+FORMAT_VERSION = 1
+SOFTWARE_NAME = f"uafp_gui {__version__}"
+
+
+class PartialDatasetWarning(UserWarning):
+    """A dataset holds fewer frames than its metadata plans (an interrupted acquisition)."""
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _number(value: Any, name: str, hint: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DatasetError(
+            f"{name} must be a number (got {value!r} of type {type(value).__name__})"
+            + (f": {hint}" if hint else "")
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise DatasetError(f"{name} must be finite (got {value!r})" + (f": {hint}" if hint else ""))
+    return number
+
+
+def _positive(value: Any, name: str, hint: str) -> float:
+    number = _number(value, name, hint)
+    if number <= 0:
+        raise DatasetError(f"{name} must be > 0 (got {value!r}): {hint}")
+    return number
+
+
+def _integer(value: Any, name: str, hint: str = "") -> int:
+    number = _number(value, name, hint)
+    if number != int(number):
+        raise DatasetError(
+            f"{name} must be an integer (got {value!r})" + (f": {hint}" if hint else "")
+        )
+    return int(number)
+
+
+def _pair(value: Any, name: str, hint: str) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise DatasetError(f"{name} must be a pair [a, b] (got {value!r}): {hint}")
+    if len(value) != 2:
+        raise DatasetError(f"{name} must have 2 entries (got {len(value)}): {hint}")
+    return (_number(value[0], f"{name}[0]", hint), _number(value[1], f"{name}[1]", hint))
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise DatasetError(f"{name} must be a string (got {value!r} of type {type(value).__name__})")
+    return value
+
+
+# --------------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Glass:
+    """A slide between the LED array and the sample; it refracts the illumination."""
+
+    thickness_mm: float
+    refractive_index: float
+
+    def __post_init__(self) -> None:
+        thickness = _number(self.thickness_mm, "glass.thickness_mm", "slide thickness in mm")
+        if thickness < 0:
+            raise DatasetError(
+                f"glass.thickness_mm must be >= 0 (got {self.thickness_mm!r}): "
+                "give the slide thickness in millimetres, e.g. 1.0"
+            )
+        index = _number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
+        if index < 1:
+            raise DatasetError(
+                f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): "
+                "typical slide glass is 1.52"
+            )
+        object.__setattr__(self, "thickness_mm", thickness)
+        object.__setattr__(self, "refractive_index", index)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"thickness_mm": self.thickness_mm, "refractive_index": self.refractive_index}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Glass:
+        if not isinstance(data, Mapping):
+            raise DatasetError(
+                f"glass must be an object {{'thickness_mm': t, 'refractive_index': n}} "
+                f"(got {data!r})"
+            )
+        for key in ("thickness_mm", "refractive_index"):
+            if key not in data:
+                raise DatasetError(f"glass.{key} is missing: glass needs thickness_mm and "
+                                   "refractive_index")
+        unknown = set(data) - {"thickness_mm", "refractive_index"}
+        if unknown:
+            raise DatasetError(f"glass has unknown fields {sorted(unknown)}: "
+                               "only thickness_mm and refractive_index are allowed")
+        return cls(data["thickness_mm"], data["refractive_index"])
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """One frame's illumination: the LEDs lit ([row, col] indices), exposure and LED drive.
+
+    `leds` are stored as integer index pairs (integral floats such as 3.0 are accepted).
+    `extra` keeps unknown per-frame fields so they are written back unchanged.
+    """
+
+    leds: tuple[tuple[int, int], ...]
+    exposure_ms: float
+    intensity: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict, compare=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "leds", _normalise_leds(self.leds, "leds"))
+        object.__setattr__(
+            self,
+            "exposure_ms",
+            _positive(self.exposure_ms, "exposure_ms", "give the exposure in milliseconds"),
+        )
+        object.__setattr__(
+            self,
+            "intensity",
+            _positive(self.intensity, "intensity", "relative LED drive, 1 for full brightness"),
+        )
+        object.__setattr__(self, "extra", dict(self.extra))
+
+    @property
+    def led_count(self) -> int:
+        return len(self.leds)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "leds": [[row, col] for row, col in self.leds],
+            "exposure_ms": self.exposure_ms,
+        }
+        if self.intensity != 1.0:
+            out["intensity"] = self.intensity
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, index: int = 0) -> FrameSpec:
+        where = f"frames[{index}]"
+        if not isinstance(data, Mapping):
+            raise DatasetError(
+                f"{where} must be an object {{'leds': [[row, col]], 'exposure_ms': t}} "
+                f"(got {data!r})"
+            )
+        for key in ("leds", "exposure_ms"):
+            if key not in data:
+                raise DatasetError(
+                    f"{where}.{key} is missing: every frame needs 'leds' (the [row, col] of each "
+                    "lit LED) and 'exposure_ms'"
+                )
+        extra = {k: v for k, v in data.items() if k not in ("leds", "exposure_ms", "intensity")}
+        try:
+            return cls(
+                leds=_normalise_leds(data["leds"], f"{where}.leds"),
+                exposure_ms=data["exposure_ms"],
+                intensity=data.get("intensity", 1.0),
+                extra=extra,
+            )
+        except DatasetError as error:
+            message = str(error)
+            if not message.startswith(where):
+                message = f"{where}.{message}"
+            raise DatasetError(message) from None
+
+
+def _normalise_leds(leds: Any, name: str) -> tuple[tuple[int, int], ...]:
+    hint = "list every lit LED as [row, col] integer indices, e.g. [[15, 16]]"
+    if isinstance(leds, (str, bytes)) or not isinstance(leds, (Sequence, np.ndarray)):
+        raise DatasetError(f"{name} must be a list of [row, col] pairs (got {leds!r}): {hint}")
+    if len(leds) == 0:
+        raise DatasetError(f"{name} is empty: {hint}")
+    out = []
+    for k, led in enumerate(leds):
+        if isinstance(led, (str, bytes)) or not isinstance(led, (Sequence, np.ndarray)) or len(
+            led
+        ) != 2:
+            raise DatasetError(f"{name}[{k}] must be a [row, col] pair (got {led!r}): {hint}")
+        out.append(
+            (_integer(led[0], f"{name}[{k}][0]", hint), _integer(led[1], f"{name}[{k}][1]", hint))
+        )
+    return tuple(out)
+
+
+_REQUIRED = (
+    "format",
+    "version",
+    "wavelength_um",
+    "objective_na",
+    "magnification",
+    "camera_pixel_um",
+    "led_pitch_mm",
+    "led_height_mm",
+    "led_array_shape",
+    "led_on_axis",
+    "frames",
+)
+_OPTIONAL = (
+    "tile_center_um",
+    "camera_offset",
+    "bit_depth",
+    "glass",
+    "sample",
+    "notes",
+    "created",
+    "software",
+)
+_KNOWN = frozenset(_REQUIRED + _OPTIONAL)
+
+_HINTS = {
+    "wavelength_um": "give the illumination wavelength in micrometres, e.g. 0.532",
+    "magnification": "give the sensor-to-sample magnification, e.g. 4",
+    "camera_pixel_um": "give the sensor pixel pitch (after binning) in micrometres, e.g. 3.45",
+    "led_pitch_mm": "give the nominal LED spacing in millimetres, e.g. 4.0",
+    "led_height_mm": "give the LED-plane-to-sample distance in millimetres, e.g. 90",
+}
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Metadata of a raw dataset, exactly the fields of spec/dataset.md section 1.
+
+    Constructing one validates it (a `DatasetError` names the bad field and the fix).
+    Unknown top-level fields read from a file are kept in `extra` and written back.
+    """
+
+    wavelength_um: float
+    objective_na: float
+    magnification: float
+    camera_pixel_um: float
+    led_pitch_mm: float
+    led_height_mm: float
+    led_array_shape: tuple[int, int]
+    led_on_axis: tuple[float, float]
+    frames: tuple[FrameSpec, ...]
+    tile_center_um: tuple[float, float] = (0.0, 0.0)
+    camera_offset: float = 0.0
+    bit_depth: int | None = None
+    glass: Glass | None = None
+    sample: str = ""
+    notes: str = ""
+    created: str = ""
+    software: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        setter = object.__setattr__
+        for name, hint in _HINTS.items():
+            setter(self, name, _positive(getattr(self, name), name, hint))
+        na = _number(self.objective_na, "objective_na", "e.g. 0.1")
+        if not 0 < na < 1:
+            raise DatasetError(
+                f"objective_na must be in (0, 1) (got {self.objective_na!r}): give the "
+                "objective's numerical aperture, e.g. 0.1 (dry objectives only)"
+            )
+        setter(self, "objective_na", na)
+
+        shape_hint = "give the LED array size as [rows, cols], e.g. [32, 32]"
+        rows, cols = _pair(self.led_array_shape, "led_array_shape", shape_hint)
+        if rows != int(rows) or cols != int(cols) or rows < 1 or cols < 1:
+            raise DatasetError(
+                f"led_array_shape must be two positive integers (got {self.led_array_shape!r}): "
+                + shape_hint
+            )
+        setter(self, "led_array_shape", (int(rows), int(cols)))
+        setter(
+            self,
+            "led_on_axis",
+            _pair(
+                self.led_on_axis,
+                "led_on_axis",
+                "give the [row, col] index (may be fractional, e.g. 15.5) of the LED on the axis",
+            ),
+        )
+        setter(
+            self,
+            "tile_center_um",
+            _pair(
+                self.tile_center_um,
+                "tile_center_um",
+                "give the image centre [x, y] in micrometres relative to the optical axis",
+            ),
+        )
+        offset = _number(self.camera_offset, "camera_offset", "dark level in counts")
+        if offset < 0:
+            raise DatasetError(
+                f"camera_offset must be >= 0 (got {self.camera_offset!r}): give the camera's "
+                "dark level in counts, 0 if unknown"
+            )
+        setter(self, "camera_offset", offset)
+        if self.bit_depth is not None:
+            depth = _integer(self.bit_depth, "bit_depth", "camera bit depth, e.g. 12")
+            if not 1 <= depth <= 32:
+                raise DatasetError(
+                    f"bit_depth must be between 1 and 32 (got {self.bit_depth!r}): give the "
+                    "camera's bit depth, e.g. 12, or leave it out"
+                )
+            setter(self, "bit_depth", depth)
+        if self.glass is not None and not isinstance(self.glass, Glass):
+            setter(self, "glass", Glass.from_dict(self.glass))
+        for name in ("sample", "notes", "created", "software"):
+            _text(getattr(self, name), name)
+
+        frames = tuple(
+            frame if isinstance(frame, FrameSpec) else FrameSpec.from_dict(frame, k)
+            for k, frame in enumerate(self.frames)
+        )
+        if not frames:
+            raise DatasetError(
+                "frames is empty: list one {'leds': [[row, col]], 'exposure_ms': t} per frame"
+            )
+        rows_i, cols_i = self.led_array_shape
+        for k, frame in enumerate(frames):
+            for j, (row, col) in enumerate(frame.leds):
+                if not (0 <= row < rows_i and 0 <= col < cols_i):
+                    raise DatasetError(
+                        f"frames[{k}].leds[{j}] = [{row}, {col}] is outside the "
+                        f"{rows_i}x{cols_i} LED array: indices are 0-based [row, col] with "
+                        f"row < {rows_i} and col < {cols_i}; check led_array_shape"
+                    )
+        setter(self, "frames", frames)
+
+        clash = _KNOWN.intersection(self.extra)
+        if clash:
+            raise DatasetError(
+                f"extra must not contain spec fields {sorted(clash)}: set them directly"
+            )
+        setter(self, "extra", dict(self.extra))
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def sample_pixel_um(self) -> float:
+        """Sample-plane pixel size: `camera_pixel_um / magnification`."""
+        return self.camera_pixel_um / self.magnification
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.frames)
+
+    @property
+    def exposure_scale(self) -> np.ndarray:
+        """Per frame `exposure_ms * intensity`, the divisor that makes frames comparable."""
+        return np.array([f.exposure_ms * f.intensity for f in self.frames], dtype=np.float64)
+
+    # ------------------------------------------------------------------------- helpers
+    def replace(self, **changes: Any) -> DatasetMeta:
+        """A validated copy with some fields changed (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_frames(self, frames: Iterable[FrameSpec]) -> DatasetMeta:
+        return dataclasses.replace(self, frames=tuple(frames))
+
+    def stamped(self) -> DatasetMeta:
+        """A copy with `created` (UTC, ISO 8601) and `software` filled in where empty."""
+        return dataclasses.replace(
+            self,
+            created=self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            software=self.software or SOFTWARE_NAME,
+        )
+
+    # --------------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "wavelength_um": self.wavelength_um,
+            "objective_na": self.objective_na,
+            "magnification": self.magnification,
+            "camera_pixel_um": self.camera_pixel_um,
+            "led_pitch_mm": self.led_pitch_mm,
+            "led_height_mm": self.led_height_mm,
+            "led_array_shape": list(self.led_array_shape),
+            "led_on_axis": list(self.led_on_axis),
+            "tile_center_um": list(self.tile_center_um),
+            "camera_offset": self.camera_offset,
+        }
+        if self.bit_depth is not None:
+            out["bit_depth"] = self.bit_depth
+        if self.glass is not None:
+            out["glass"] = self.glass.to_dict()
+        for name in ("sample", "notes", "created", "software"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        out.update(self.extra)
+        out["frames"] = [frame.to_dict() for frame in self.frames]
+        return out
+
+    def to_json(self, indent: int | None = None) -> str:
+        """JSON text (ASCII only, non-ASCII characters escaped)."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DatasetMeta:
+        """Validate a parsed JSON object; raises `DatasetError` naming the field and the fix."""
+        if not isinstance(data, Mapping):
+            raise DatasetError(
+                f"dataset metadata must be a JSON object (got {type(data).__name__})"
+            )
+        if "format" not in data:
+            raise DatasetError(
+                f'format is missing: dataset metadata must contain "format": "{FORMAT_NAME}"'
+            )
+        if data["format"] != FORMAT_NAME:
+            raise DatasetError(
+                f"format is {data['format']!r}, expected {FORMAT_NAME!r}: this is not a uafp "
+                "dataset description (see spec/dataset.md)"
+            )
+        if "version" not in data:
+            raise DatasetError(f'version is missing: add "version": {FORMAT_VERSION}')
+        version = data["version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DatasetError(f"version must be the integer {FORMAT_VERSION} (got {version!r})")
+        if version > FORMAT_VERSION:
+            raise DatasetError(
+                f"version {version} is newer than this software reads ({FORMAT_VERSION}): "
+                "update uafp_gui"
+            )
+        if version != FORMAT_VERSION:
+            raise DatasetError(f"version must be {FORMAT_VERSION} (got {version})")
+        for key in _REQUIRED:
+            if key not in data:
+                hint = _HINTS.get(key, "see spec/dataset.md for the required fields")
+                raise DatasetError(f"{key} is missing: {hint}")
+        frames = data["frames"]
+        if isinstance(frames, (str, bytes, Mapping)) or not isinstance(frames, Sequence):
+            raise DatasetError(
+                f"frames must be a list of frame objects (got {type(frames).__name__})"
+            )
+        kwargs: dict[str, Any] = {
+            key: data[key] for key in _REQUIRED if key not in ("format", "version", "frames")
+        }
+        kwargs.update({key: data[key] for key in _OPTIONAL if key in data})
+        if kwargs.get("glass") is not None:
+            kwargs["glass"] = Glass.from_dict(kwargs["glass"])
+        kwargs["frames"] = tuple(FrameSpec.from_dict(frame, k) for k, frame in enumerate(frames))
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in _KNOWN}
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "metadata") -> DatasetMeta:
+        return cls.from_dict(_parse_json(text, source))
+
+
+def _parse_json(text: str | bytes, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+            f"(char {error.pos}): fix the file with a JSON validator"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{source} is not UTF-8 text: {error}") from None
+
+
+def _embeddable_json(meta: DatasetMeta) -> str:
+    # tifffile treats a description containing '"shape":' as its own shaped-array metadata;
+    # a space before the colon keeps the JSON identical in meaning but not mistaken for that.
+    return meta.to_json().replace('"shape":', '"shape" :')
+
+
+# ------------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Frames (N, H, W) uint16 or float32 in acquisition order, with their metadata.
+
+    `complete` is False for an interrupted acquisition; `meta.frames` then describes only the
+    N frames present (`planned_frame_count` is how many the acquisition intended).
+    """
+
+    meta: DatasetMeta
+    frames: np.ndarray
+    path: Path | None = None
+    complete: bool = True
+    planned_frame_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 3 or self.frames.shape[0] != len(self.meta.frames):
+            raise DatasetError(
+                f"frames array {self.frames.shape} does not match {len(self.meta.frames)} "
+                "frame entries: expected shape (N, H, W)"
+            )
+        if self.planned_frame_count is None:
+            object.__setattr__(self, "planned_frame_count", len(self.meta.frames))
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (int(self.frames.shape[1]), int(self.frames.shape[2]))
+
+    def normalised_frames(self, dtype: Any = np.float32) -> np.ndarray:
+        """Frames made comparable across exposures.
+
+        Frame k becomes `(frames[k] - camera_offset) / (exposure_ms[k] * intensity[k])`, i.e.
+        dark-subtracted counts per millisecond at full LED drive. Values are not clipped, so
+        noise around the dark level can go slightly negative.
+        """
+        scale = self.meta.exposure_scale.astype(dtype)[:, None, None]
+        out = self.frames.astype(dtype, copy=True)
+        out -= self.meta.camera_offset
+        out /= scale
+        return out
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar JSON of a TIFF: same folder and stem, `.json` suffix."""
+    return Path(path).with_suffix(".json")
+
+
+def _resolve_tiff_path(path: Path) -> Path:
+    if path.suffix.lower() == ".json":
+        for suffix in (".tif", ".tiff", ".TIF", ".TIFF"):
+            candidate = path.with_suffix(suffix)
+            if candidate.exists():
+                return candidate
+        raise DatasetError(f"{path} is a sidecar JSON but no TIFF of the same stem is next to it")
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}: check the path")
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder: give the dataset's .tif file")
+    return path
+
+
+def _check_tiff_header(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        raise DatasetError(
+            f"{path} is not a TIFF file (it starts with {head!r}): datasets are multi-page "
+            "TIFF stacks; use `uafp import` for other formats"
+        )
+
+
+def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
+    """Check one page and convert it to uint16 or float32 without losing information."""
+    if np.iscomplexobj(array):
+        raise DatasetError(
+            f"frame {index} of {path} is complex ({array.dtype}): raw frames are real "
+            "intensities; store |field|^2 as float32"
+        )
+    squeezed = array.squeeze() if array.ndim > 2 else array
+    if squeezed.ndim != 2:
+        extra = " (looks like RGB/multi-channel: save grey-level frames)" if array.ndim == 3 else ""
+        raise DatasetError(
+            f"frame {index} of {path} has shape {array.shape}, expected a 2-D grey image{extra}"
+        )
+    kind = squeezed.dtype.kind
+    if kind == "b":
+        raise DatasetError(f"frame {index} of {path} is boolean: store intensities")
+    if squeezed.dtype in (np.uint8, np.uint16):
+        return squeezed.astype(np.uint16, copy=False)
+    if kind in "ui":
+        if squeezed.size and squeezed.min() >= 0 and squeezed.max() <= 65535:
+            return squeezed.astype(np.uint16)
+        return squeezed.astype(np.float32)
+    if kind == "f":
+        out = squeezed.astype(np.float32, copy=False)
+        finite = np.isfinite(out)
+        if not finite.all():
+            bad = int(out.size - np.count_nonzero(finite))
+            raise DatasetError(
+                f"frame {index} of {path} contains {bad} NaN/inf pixel(s): replace them (e.g. "
+                "with the dark level) or re-export the frame"
+            )
+        return out
+    raise DatasetError(f"frame {index} of {path} has unsupported pixel type {squeezed.dtype}")
+
+
+def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], str | None, bool]:
+    """Every intact page of a TIFF (converted by `_as_frame`), page 0's description, truncated.
+
+    A file cut short (killed writer, partial copy) yields the pages that are complete and
+    `truncated=True`; a file that is not a TIFF at all raises `DatasetError`.
+    """
+    import logging
+
+    import tifffile
+
+    path = Path(path)
+    _check_tiff_header(path)
+    file_size = path.stat().st_size
+    frames: list[np.ndarray] = []
+    description: str | None = None
+    truncated = False
+    tifffile_log = logging.getLogger("tifffile")
+    previous_level = tifffile_log.level
+    tifffile_log.setLevel(logging.CRITICAL)  # a truncated chain is reported by us, once
+    try:
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception as error:  # header fine but first directory missing or broken
+            raise DatasetError(
+                f"{path} holds no complete frame ({error}): the acquisition was interrupted "
+                "before the first frame was written, or the file is corrupt"
+            ) from None
+        with tif:
+            index = 0
+            while True:
+                try:
+                    page = tif.pages.get(index) if hasattr(tif.pages, "get") else tif.pages[index]
+                except IndexError:
+                    break
+                except Exception:
+                    truncated = True
+                    break
+                if page is None:
+                    break
+                try:
+                    ends = [
+                        int(o) + int(c)
+                        for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)
+                    ]
+                    if not ends or max(ends) > file_size:
+                        truncated = True
+                        break
+                    array = page.asarray()
+                except DatasetError:
+                    raise
+                except Exception:
+                    truncated = True
+                    break
+                if index == 0:
+                    description = page.description or None
+                frame = _as_frame(array, path, index)
+                if frames and frame.shape != frames[0].shape:
+                    raise DatasetError(
+                        f"frame {index} of {path} has shape {frame.shape} but frame 0 has "
+                        f"{frames[0].shape}: all frames of a dataset must be the same size"
+                    )
+                if frames and frame.dtype != frames[0].dtype:
+                    frame = frame.astype(np.float32)
+                    frames = [f.astype(np.float32) for f in frames]
+                frames.append(frame)
+                index += 1
+    finally:
+        tifffile_log.setLevel(previous_level)
+    if not frames:
+        raise DatasetError(
+            f"{path} holds no complete frame: the acquisition was interrupted before the first "
+            "frame was written, or the file is corrupt"
+        )
+    return frames, description, truncated
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read and validate a dataset TIFF (embedded JSON, or a sidecar `<stem>.json` which wins).
+
+    Raises `DatasetError` naming the problem. A file with fewer frames than its metadata plans
+    opens as a partial dataset (`complete=False`, `meta.frames` truncated, a
+    `PartialDatasetWarning`); more frames than planned is an error.
+    """
+    path = _resolve_tiff_path(Path(path))
+    frames, description, truncated = read_tiff_frames(path)
+    sidecar = sidecar_path(path)
+    if sidecar.exists():
+        try:
+            text = sidecar.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DatasetError(f"cannot read sidecar {sidecar}: {error}") from None
+        meta = _meta_from_text(text, f"sidecar {sidecar}")
+    else:
+        if not description or not description.lstrip().startswith("{"):
+            raise DatasetError(
+                f"{path} carries no uafp metadata and has no sidecar {sidecar.name}: write the "
+                "metadata JSON (spec/dataset.md) next to it as "
+                f"{sidecar.name}, or import it with `uafp import`"
+            )
+        meta = _meta_from_text(description, f"embedded metadata of {path}")
+    return _assemble(meta, frames, path, truncated)
+
+
+def _meta_from_text(text: str, source: str) -> DatasetMeta:
+    try:
+        return DatasetMeta.from_dict(_parse_json(text, source))
+    except DatasetError as error:
+        if str(error).startswith(source):
+            raise
+        raise DatasetError(f"{source}: {error}") from None
+
+
+def _assemble(meta: DatasetMeta, frames: list[np.ndarray], path: Path, truncated: bool) -> Dataset:
+    planned = len(meta.frames)
+    found = len(frames)
+    if found > planned:
+        raise DatasetError(
+            f"{path} holds {found} frames but its metadata lists only {planned}: add the missing "
+            "entries to 'frames' (one per frame, in acquisition order) or remove extra pages"
+        )
+    complete = found == planned
+    if not complete:
+        reason = " (the file is cut short)" if truncated else ""
+        warnings.warn(
+            f"{path} is a partial dataset: {found} of {planned} planned frames present{reason}; "
+            "using the first {found} frame entries".replace("{found}", str(found)),
+            PartialDatasetWarning,
+            stacklevel=3,
+        )
+        meta = meta.with_frames(meta.frames[:found])
+    stack = np.stack(frames, axis=0)
+    return Dataset(meta=meta, frames=stack, path=path, complete=complete,
+                   planned_frame_count=planned)
+
+
+def read_dataset_meta(path: str | os.PathLike[str]) -> DatasetMeta:
+    """Only the metadata (sidecar or embedded, all planned frames), without reading pixels."""
+    import tifffile
+
+    path = _resolve_tiff_path(Path(path))
+    sidecar = sidecar_path(path)
+    if sidecar.exists():
+        return _meta_from_text(sidecar.read_text(), f"sidecar {sidecar}")
+    _check_tiff_header(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            description = tif.pages.first.description
+    except Exception as error:
+        raise DatasetError(f"{path} holds no readable first page ({error})") from None
+    if not description:
+        raise DatasetError(f"{path} carries no uafp metadata and has no sidecar {sidecar.name}")
+    return _meta_from_text(description, f"embedded metadata of {path}")
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _to_storage(frame: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> uint16 (never downcast), other ints -> uint16 when they fit, floats ->
+    float32; NaN/inf rejected."""
+    frame = np.asarray(frame)
+    if frame.ndim != 2:
+        raise DatasetError(f"a frame must be a 2-D (H, W) array, got shape {frame.shape}")
+    if np.iscomplexobj(frame):
+        raise DatasetError("a frame must be real intensities, got a complex array")
+    kind = frame.dtype.kind
+    if frame.dtype in (np.uint8, np.uint16):
+        return frame.astype(np.uint16, copy=False)
+    if kind in "ui":
+        if frame.size and (frame.min() < 0 or frame.max() > 65535):
+            raise DatasetError(
+                f"integer frame values {frame.min()}..{frame.max()} do not fit uint16: pass the "
+                "frame as float32"
+            )
+        return frame.astype(np.uint16)
+    if kind == "f":
+        out = frame.astype(np.float32, copy=False)
+        if not np.isfinite(out).all():
+            raise DatasetError("a frame contains NaN/inf pixels: replace them before writing")
+        return out
+    raise DatasetError(f"unsupported frame pixel type {frame.dtype}: use uint16 or float32")
+
+
+class DatasetWriter:
+    """Write a dataset frame by frame; the file is a readable dataset after every `append`.
+
+    The complete metadata (all planned frames) goes into page 0's ImageDescription when the
+    first frame is appended. Use as a context manager::
+
+        with DatasetWriter("run.tif", meta) as writer:
+            for image in camera_frames():
+                writer.append(image)
+
+    `resume=True` continues an existing partial file (the metadata stored in it wins; a `meta`
+    given as well must describe the same frames); `frames_present` says how many are there.
+    Without `resume`, an existing file is an error unless `overwrite=True`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        meta: DatasetMeta | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self._fh: Any = None
+        self._writer: TiffStackWriter | None = None
+        self._frame_shape: tuple[int, int] | None = None
+        self._dtype: np.dtype | None = None
+        existing: list[np.ndarray] = []
+        if resume and self.path.exists():
+            existing, stored = self._read_existing(meta)
+            if meta is not None and meta.frames != stored.frames:
+                raise DatasetError(
+                    f"cannot resume {self.path}: its metadata plans different frames than the "
+                    "metadata given; resume with meta=None or write a new file"
+                )
+            if meta is not None and meta.to_dict() != stored.to_dict():
+                warnings.warn(
+                    f"resuming {self.path}: keeping the metadata stored in the file",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            meta = stored
+        elif self.path.exists() and not overwrite:
+            raise DatasetError(
+                f"{self.path} already exists: choose another name, pass overwrite=True, or "
+                "resume=True to continue an interrupted acquisition"
+            )
+        if meta is None:
+            raise DatasetError(
+                f"no metadata for {self.path}: pass meta= (or resume=True on an existing file)"
+            )
+        self.meta = meta
+        self.frames_present = 0
+        if existing:
+            self._rewrite_with(existing)
+        elif resume and self.path.exists():
+            self.path.unlink()
+
+    # a partial file may end in a half-written page: rewrite the intact frames, then append
+    def _read_existing(self, meta: DatasetMeta | None) -> tuple[list[np.ndarray], DatasetMeta]:
+        try:
+            frames, description, _ = read_tiff_frames(self.path)
+        except DatasetError as error:
+            if "holds no complete frame" not in str(error):
+                raise
+            if meta is None:  # killed before frame 0 was complete: nothing to recover
+                raise DatasetError(
+                    f"cannot resume {self.path}: it holds no complete frame and so no "
+                    "metadata; pass meta= to start it again"
+                ) from None
+            return [], meta
+        if not description:
+            raise DatasetError(f"cannot resume {self.path}: it carries no uafp metadata")
+        stored = _meta_from_text(description, f"embedded metadata of {self.path}")
+        if len(frames) > len(stored.frames):
+            raise DatasetError(
+                f"cannot resume {self.path}: it holds {len(frames)} frames but plans "
+                f"{len(stored.frames)}"
+            )
+        return frames, stored
+
+    def _rewrite_with(self, frames: list[np.ndarray]) -> None:
+        handle, temporary = tempfile.mkstemp(
+            prefix=self.path.stem + ".", suffix=".resume.tif", dir=self.path.parent
+        )
+        os.close(handle)
+        original = self.path
+        self.path = Path(temporary)
+        try:
+            for frame in frames:
+                self.append(frame)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(temporary, original)
+        except BaseException:
+            if self._fh is not None:
+                self._fh.close()
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        finally:
+            self.path = original
+        self._fh = open(original, "r+b")  # noqa: SIM115 - closed in close()
+        self._writer._fh = self._fh  # type: ignore[union-attr]
+
+    @property
+    def frames_planned(self) -> int:
+        return len(self.meta.frames)
+
+    @property
+    def complete(self) -> bool:
+        return self.frames_present == self.frames_planned
+
+    def append(self, frame: np.ndarray) -> int:
+        """Write the next frame (flushed to the OS before returning); returns its index."""
+        if self.frames_present >= self.frames_planned:
+            raise DatasetError(
+                f"{self.path}: all {self.frames_planned} planned frames are already written"
+            )
+        data = _to_storage(frame)
+        if self._writer is None:
+            self._frame_shape = data.shape
+            self._dtype = data.dtype
+            planned_bytes = data.nbytes * self.frames_planned
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._writer = TiffStackWriter(
+                self._fh, bigtiff=planned_bytes > CLASSIC_TIFF_LIMIT_BYTES
+            )
+            self._writer.write_page(
+                data,
+                description=_embeddable_json(self.meta),
+                software=self.meta.software or SOFTWARE_NAME,
+                resolution_px_per_cm=1e4 / self.meta.sample_pixel_um,
+            )
+        else:
+            if data.shape != self._frame_shape:
+                raise DatasetError(
+                    f"frame {self.frames_present} has shape {data.shape}, but frame 0 has "
+                    f"{self._frame_shape}: all frames must be the same size"
+                )
+            if data.dtype != self._dtype:
+                if self._dtype == np.uint16 and data.dtype == np.float32:
+                    raise DatasetError(
+                        f"frame {self.frames_present} is float but the dataset stores uint16: "
+                        "keep one pixel type for every frame"
+                    )
+                data = data.astype(self._dtype)
+            self._writer.write_page(data, resolution_px_per_cm=1e4 / self.meta.sample_pixel_um)
+        self.frames_present += 1
+        return self.frames_present - 1
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def write_dataset(
+    path: str | os.PathLike[str],
+    meta: DatasetMeta,
+    frames: np.ndarray | Sequence[np.ndarray],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete dataset in one go; `frames` must hold one (H, W) image per entry."""
+    count = len(frames)
+    if count != len(meta.frames):
+        raise DatasetError(
+            f"{count} frames given but the metadata lists {len(meta.frames)}: give one frame per "
+            "entry of meta.frames"
+        )
+    with DatasetWriter(path, meta, overwrite=overwrite) as writer:
+        for frame in frames:
+            writer.append(frame)
+    return Path(path)
