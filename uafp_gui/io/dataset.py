@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import struct
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -574,10 +575,18 @@ def _resolve_tiff_path(path: Path) -> Path:
     return path
 
 
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def _check_tiff_header(path: Path) -> None:
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        head = fh.read(8)
+    if len(head) < 8 and any(magic.startswith(head) for magic in _TIFF_MAGICS):
+        raise DatasetError(
+            f"{path} is cut short ({len(head)} bytes): no frame was written; acquire again"
+        )
+    head = head[:4]
+    if head not in _TIFF_MAGICS:
         raise DatasetError(
             f"{path} is not a TIFF file (it starts with {head!r}): datasets are multi-page "
             "TIFF stacks; use `uafp import` for other formats"
@@ -617,6 +626,35 @@ def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
             )
         return out
     raise DatasetError(f"frame {index} of {path} has unsupported pixel type {squeezed.dtype}")
+
+
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                    13: 4, 16: 8, 17: 8, 18: 8}
+
+
+def _ifd_end(fh: Any, offset: int, tiff: Any) -> int:
+    """End of an IFD including its out-of-line tag values (a cut description shows here:
+    tifffile drops such a tag silently)."""
+    byteorder = tiff.byteorder
+    fh.seek(offset)
+    head = fh.read(tiff.tagnosize)
+    if len(head) < tiff.tagnosize:
+        return 2**63
+    count = struct.unpack(tiff.tagnoformat, head)[0]
+    table = fh.read(count * tiff.tagsize)
+    if len(table) < count * tiff.tagsize:
+        return 2**63
+    end = offset + tiff.tagnosize + count * tiff.tagsize + tiff.offsetsize
+    inline = tiff.tagoffsetthreshold
+    for k in range(count):
+        entry = table[k * tiff.tagsize : (k + 1) * tiff.tagsize]
+        _, type_code = struct.unpack(byteorder + "HH", entry[:4])
+        value_count = struct.unpack(tiff.offsetformat, entry[4 : 4 + tiff.offsetsize])[0]
+        size = value_count * _TIFF_TYPE_SIZES.get(type_code, 1)
+        if size > inline:
+            value_offset = struct.unpack(tiff.offsetformat, entry[4 + tiff.offsetsize :])[0]
+            end = max(end, value_offset + size)
+    return end
 
 
 def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], str | None, bool]:
@@ -663,7 +701,11 @@ def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], st
                         int(o) + int(c)
                         for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)
                     ]
-                    if not ends or max(ends) > file_size:
+                    if (
+                        len(ends) == 0
+                        or max(ends) > file_size
+                        or _ifd_end(tif.filehandle, page.offset, tif.tiff) > file_size
+                    ):
                         truncated = True
                         break
                     array = page.asarray()
