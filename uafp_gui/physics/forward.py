@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as functional
 
+from uafp_gui.io.result import LedGeometry
 from uafp_gui.physics.geometry import (
-    LedGeometry,
     illumination_frequencies,
     misaligned_positions_mm,
     nominal_led_positions_mm,
@@ -131,8 +131,10 @@ class SystemParameters(torch.nn.Module):
 
     def led_geometry(self) -> LedGeometry:
         return LedGeometry(
-            float(self.shift_x_mm), float(self.shift_y_mm),
-            float(self.rotation_deg), float(self.height_mm),
+            float(self.shift_x_mm),
+            float(self.shift_y_mm),
+            float(self.rotation_deg),
+            float(self.height_mm),
         )
 
     def set_geometry(self, geometry: LedGeometry) -> None:
@@ -177,9 +179,7 @@ class ForwardModel(torch.nn.Module):
         self.register_buffer(
             "entry_weight", torch.tensor([intensity[k] for k, _ in entries], dtype=torch.float32)
         )
-        self.register_buffer(
-            "distinct_row_col", torch.tensor(distinct, dtype=torch.float32).reshape(-1, 2)
-        )
+        self.register_buffer("distinct_row_col", torch.tensor(distinct, dtype=torch.float32).reshape(-1, 2))
         self.system = SystemParameters(setup, len(distinct))
 
         fy = centred_frequencies(rows, df_y)
@@ -218,8 +218,12 @@ class ForwardModel(torch.nn.Module):
         setup = self.setup
         tile_mm = (setup.tile_center_um[0] / 1000.0, setup.tile_center_um[1] / 1000.0)
         return illumination_frequencies(
-            self.distinct_led_positions_mm(), self.system.height_mm, setup.wavelength_um,
-            tile_mm, setup.glass_thickness_mm, setup.glass_index,
+            self.distinct_led_positions_mm(),
+            self.system.height_mm,
+            setup.wavelength_um,
+            tile_mm,
+            setup.glass_thickness_mm,
+            setup.glass_index,
         )
 
     def frame_led_positions_mm(self) -> torch.Tensor:
@@ -269,8 +273,11 @@ class ForwardModel(torch.nn.Module):
         )
         grid = self.sample_grid[None] + grid_shift[:, None, None, :]
         sampled = functional.grid_sample(
-            maps[None].expand(offset.shape[0], -1, -1, -1), grid,
-            mode="bilinear", padding_mode="border", align_corners=True,
+            maps[None].expand(offset.shape[0], -1, -1, -1),
+            grid,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
         )
         amplitude = support * torch.exp(sampled[:, 1])
         return torch.polar(amplitude, sampled[:, 0])

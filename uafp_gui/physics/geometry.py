@@ -8,29 +8,9 @@ Every function is torch and differentiable in the geometry parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 GLASS_NEWTON_STEPS = 12
-
-
-@dataclass(frozen=True)
-class LedGeometry:
-    """Rigid misalignment of the LED array, in the units of spec section 3."""
-
-    shift_x_mm: float = 0.0
-    shift_y_mm: float = 0.0
-    rotation_deg: float = 0.0
-    height_mm: float = 90.0
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "shift_x_mm": float(self.shift_x_mm),
-            "shift_y_mm": float(self.shift_y_mm),
-            "rotation_deg": float(self.rotation_deg),
-            "height_mm": float(self.height_mm),
-        }
 
 
 def nominal_led_positions_mm(
@@ -99,7 +79,5 @@ def illumination_frequencies(
     glass_index: float = 1.0,
 ) -> torch.Tensor:
     """(L, 2) illumination spatial frequencies (u_x, u_y) in cycles per um."""
-    sines = illumination_sines(
-        led_positions_mm, height_mm, tile_center_mm, glass_thickness_mm, glass_index
-    )
+    sines = illumination_sines(led_positions_mm, height_mm, tile_center_mm, glass_thickness_mm, glass_index)
     return sines / wavelength_um

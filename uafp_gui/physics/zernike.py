@@ -51,9 +51,7 @@ def zernike(j: int, rho: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     return norm * radial * angular
 
 
-def zernike_basis(
-    indices: list[int] | range, rho: torch.Tensor, phi: torch.Tensor
-) -> torch.Tensor:
+def zernike_basis(indices: list[int] | range, rho: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """Stack of Z_j for the given Noll indices, shape (len(indices), *rho.shape)."""
     return torch.stack([zernike(j, rho, phi) for j in indices])
 

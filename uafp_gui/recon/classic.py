@@ -1,0 +1,134 @@
+"""Classic FP: sequential EPRY object and pupil updates, the baseline UA-FP must beat.
+
+Frames are visited from bright field outward (Ou et al., Opt. Express 2009 style): for each
+frame the low-resolution field predicted from the current spectrum takes the measured
+amplitude, and the difference updates the object spectrum and the pupil. The LED geometry
+is the nominal one (or a loaded calibration) and is never refined; illumination shifts are
+rounded to whole spectrum pixels, as in the published baseline. Single-LED frames only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from uafp_gui.errors import ConfigError
+from uafp_gui.io.result import Calibration
+from uafp_gui.recon.common import (
+    ReconstructionResult,
+    apply_calibration,
+    build_model,
+    illumination_order,
+    initial_spectrum,
+    measurements_of,
+    resolve_device,
+    result_from_model,
+)
+
+
+@dataclass(frozen=True)
+class ClassicSettings:
+    upsample: int = 4
+    iterations: int = 15
+    object_step: float = 1.0
+    pupil_step: float = 1.0
+    update_pupil: bool = True
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ClassicProgress:
+    iteration: int
+    loss: float
+
+
+class ClassicSolver:
+    """EPRY on the project's forward-model conventions; `run()` or iterate `steps()`."""
+
+    def __init__(
+        self, dataset, settings: ClassicSettings = ClassicSettings(), calibration: Calibration | None = None
+    ):
+        if any(len(frame.leds) != 1 for frame in dataset.meta.frames):
+            raise ConfigError(
+                "classic FP needs one LED per frame; this dataset is multiplexed: use --method uafp"
+            )
+        if settings.iterations < 1:
+            raise ConfigError(f"--iterations must be >= 1 (got {settings.iterations})")
+        self.settings = settings
+        self.dataset = dataset
+        self.device = resolve_device(settings.device)
+        self.model = build_model(dataset, settings.upsample, 1, self.device)
+        apply_calibration(self.model, calibration)
+        self.measured_amplitude = torch.sqrt(measurements_of(dataset, self.device))
+        self.spectrum, self.scale = initial_spectrum(self.model, self.measured_amplitude**2)
+        self.loss_history: list[float] = []
+        with torch.no_grad():
+            self.pupil = self.model.pupil().to(torch.complex64)
+            frequencies = self.model.illumination_frequencies()[self.model.entry_led]
+            whole_y, whole_x, _ = self.model.crop_plan(frequencies)
+            self.index_y, self.index_x = self.model.crop_indices(whole_y, whole_x)
+        self.support = self.model.support > 0
+        self.order = illumination_order(self.model).tolist()
+        rows, cols = self.model.setup.frame_shape
+        big_rows, big_cols = self.model.setup.object_shape
+        self.field_scale = (rows * cols) / (big_rows * big_cols)
+        self.iterations_done = 0
+
+    def _sweep(self) -> float:
+        """One pass over every frame; returns the relative amplitude misfit seen on the way."""
+        spectrum, pupil = self.spectrum, self.pupil
+        misfit = 0.0
+        total = 0.0
+        for k in self.order:
+            rows = self.index_y[k][:, None]
+            cols = self.index_x[k][None, :]
+            crop = spectrum[rows, cols]
+            field_spectrum = crop * pupil
+            field = torch.fft.ifft2(torch.fft.ifftshift(field_spectrum)) * self.field_scale
+            measured = self.measured_amplitude[k] / np.sqrt(self.scale)
+            amplitude = field.abs()
+            misfit += float(((amplitude - measured) ** 2).sum())
+            total += float((measured**2).sum())
+            corrected = measured * field / (amplitude + 1e-8)
+            delta = torch.fft.fftshift(torch.fft.fft2(corrected)) / self.field_scale - field_spectrum
+            pupil_power = (pupil.abs() ** 2).max()
+            object_update = self.settings.object_step * pupil.conj() / pupil_power * delta
+            if self.settings.update_pupil:
+                crop_power = (crop.abs() ** 2).max()
+                pupil = pupil + self.settings.pupil_step * crop.conj() / crop_power * delta * self.support
+            spectrum[rows, cols] = crop + object_update
+        self.spectrum, self.pupil = spectrum, pupil
+        return misfit / max(total, 1e-12)
+
+    def steps(self) -> Iterator[ClassicProgress]:
+        with torch.no_grad():
+            for _ in range(self.settings.iterations):
+                loss = self._sweep()
+                self.iterations_done += 1
+                self.loss_history.append(loss)
+                yield ClassicProgress(self.iterations_done, loss)
+
+    def run(self, progress=None) -> ReconstructionResult:
+        started = time.perf_counter()
+        for update in self.steps():
+            if progress is not None:
+                progress(update)
+        return self.result(started)
+
+    def result(self, started: float) -> ReconstructionResult:
+        with torch.no_grad():
+            self.model.system.frame_gain.fill_(self.scale)
+        return result_from_model(
+            self.model,
+            self.spectrum,
+            "classic",
+            self.iterations_done,
+            started,
+            self.loss_history,
+            str(self.dataset.path.name if self.dataset.path else ""),
+            pupil=self.pupil,
+        )

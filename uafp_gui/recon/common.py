@@ -1,0 +1,172 @@
+"""What every reconstruction engine shares: device choice, measurements, start object, results.
+
+A `ReconstructionResult` is engine-independent; `save_result` writes it as the result folder of
+spec section 3 (plus `report.png` when asked), so classic and UA-FP results read the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uafp_gui import __version__
+from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.result import Calibration, LedGeometry, write_result
+from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is a clear error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def measurements_of(dataset, device: torch.device) -> torch.Tensor:
+    """(N, H, W) float32 frames normalised to counts per ms at unit LED drive, negatives clipped."""
+    frames = dataset.normalised_frames(np.float32)
+    if frames.shape[0] == 0:
+        raise ReconstructionError(f"{dataset.path}: the dataset holds no frame yet")
+    return torch.as_tensor(np.clip(frames, 0, None), device=device)
+
+
+def build_model(dataset, upsample: int, pixel_integration: int, device: torch.device) -> ForwardModel:
+    """The forward model of `dataset` (only its frames present on disk)."""
+    if upsample < 1:
+        raise ConfigError(f"--upsample must be >= 1 (got {upsample})")
+    setup = OpticalSetup.from_meta(dataset.meta, dataset.frames.shape[1:], upsample, pixel_integration)
+    try:
+        model = ForwardModel(setup, device=device)
+        with torch.no_grad():
+            model.crop_indices(*model.crop_plan(model.illumination_frequencies())[:2])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return model
+
+
+def apply_calibration(model: ForwardModel, calibration: Calibration | None) -> None:
+    """Start the model's system from a saved calibration (geometry and aberrations)."""
+    if calibration is None:
+        return
+    model.system.set_geometry(calibration.led_geometry)
+    model.system.set_zernike({j: v for j, v in calibration.zernike_rad.items() if j >= 2})
+    if len(calibration.frame_gain) == model.setup.n_frames:
+        with torch.no_grad():
+            model.system.frame_gain.copy_(torch.as_tensor(calibration.frame_gain))
+
+
+def illumination_order(model: ForwardModel) -> torch.Tensor:
+    """Frame indices from the smallest illumination angle outward (bright field first)."""
+    with torch.no_grad():
+        radius = model.illumination_frequencies().norm(dim=-1)[model.entry_led]
+        per_frame = torch.zeros(model.setup.n_frames, device=radius.device).index_reduce_(
+            0, model.entry_frame, radius, "amax", include_self=False
+        )
+    return torch.argsort(per_frame)
+
+
+def initial_spectrum(model: ForwardModel, measurements: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Object spectrum of the upsampled sqrt of the most on-axis frame, and its intensity scale.
+
+    Returns the spectrum normalised to unit mean amplitude and the frame's mean intensity,
+    which is the gain that maps |object|^2 = 1 to the measured counts.
+    """
+    first = int(illumination_order(model)[0])
+    frame = measurements[first]
+    scale = max(float(frame.mean()), 1e-12)
+    amplitude = torch.sqrt(frame / scale)
+    big = model.setup.object_shape
+    amplitude = torch.nn.functional.interpolate(
+        amplitude[None, None], size=big, mode="bilinear", align_corners=False
+    )[0, 0]
+    return spectrum_of(amplitude.to(torch.complex64)), scale
+
+
+@dataclass
+class ReconstructionResult:
+    """Engine-independent outcome of a reconstruction."""
+
+    object_field: np.ndarray  # complex64 (sH, sW)
+    pupil: np.ndarray  # complex64 (H, W)
+    geometry: LedGeometry
+    zernike_rad: dict[int, float]
+    frame_gain: np.ndarray  # (N,)
+    led_positions_mm: np.ndarray  # (N, 2)
+    object_pixel_um: float
+    method: str
+    iterations: int
+    elapsed_s: float
+    loss_history: list[float] = field(default_factory=list)
+    source_dataset: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.loss_history[-1]) if self.loss_history else float("nan")
+
+    def calibration(self) -> Calibration:
+        return Calibration(
+            led_geometry=self.geometry,
+            zernike_rad={int(j): float(v) for j, v in self.zernike_rad.items()},
+            frame_gain=tuple(float(g) for g in self.frame_gain),
+            led_positions_mm=tuple((float(x), float(y)) for x, y in self.led_positions_mm),
+            object_pixel_um=float(self.object_pixel_um),
+            final_loss=self.final_loss if np.isfinite(self.final_loss) else None,
+            iterations=int(self.iterations),
+            elapsed_s=float(self.elapsed_s),
+            source_dataset=self.source_dataset,
+            software=f"uafp_gui {__version__}",
+            extra={"method": self.method, "loss_history": [float(v) for v in self.loss_history]} | self.extra,
+        )
+
+
+def result_from_model(
+    model: ForwardModel,
+    spectrum: torch.Tensor,
+    method: str,
+    iterations: int,
+    started: float,
+    loss_history: list[float],
+    source_dataset: str,
+    pupil: torch.Tensor | None = None,
+) -> ReconstructionResult:
+    with torch.no_grad():
+        obj = object_of(spectrum).cpu().numpy().astype(np.complex64)
+        pupil_array = (model.pupil() if pupil is None else pupil).cpu().numpy().astype(np.complex64)
+        positions = model.frame_led_positions_mm().cpu().numpy()
+        gains = model.system.frame_gain.detach().cpu().numpy()
+    return ReconstructionResult(
+        object_field=obj,
+        pupil=pupil_array,
+        geometry=model.system.led_geometry(),
+        zernike_rad=model.system.zernike_dict(),
+        frame_gain=gains,
+        led_positions_mm=positions,
+        object_pixel_um=model.setup.object_pixel_um,
+        method=method,
+        iterations=iterations,
+        elapsed_s=time.perf_counter() - started,
+        loss_history=list(loss_history),
+        source_dataset=source_dataset,
+    )
+
+
+def save_result(result: ReconstructionResult, folder: str | Path) -> Path:
+    """Write the result folder of spec section 3."""
+    return write_result(
+        folder,
+        amplitude=np.abs(result.object_field).astype(np.float32),
+        phase=np.angle(result.object_field).astype(np.float32),
+        pupil_amplitude=np.abs(result.pupil).astype(np.float32),
+        pupil_phase=np.angle(result.pupil).astype(np.float32),
+        calibration=result.calibration(),
+    )
