@@ -602,7 +602,12 @@ def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
         )
     squeezed = array.squeeze() if array.ndim > 2 else array
     if squeezed.ndim != 2:
-        extra = " (looks like RGB/multi-channel: save grey-level frames)" if array.ndim == 3 else ""
+        extra = (
+            " (RGB or several samples per pixel: save grey-level frames, one page per frame; "
+            "with tifffile pass photometric='minisblack')"
+            if array.ndim == 3
+            else ""
+        )
         raise DatasetError(
             f"frame {index} of {path} has shape {array.shape}, expected a 2-D grey image{extra}"
         )
@@ -754,13 +759,22 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
             raise DatasetError(f"cannot read sidecar {sidecar}: {error}") from None
         meta = _meta_from_text(text, f"sidecar {sidecar}")
     else:
-        if not description or not description.lstrip().startswith("{"):
+        source = f"embedded metadata of {path}"
+        parsed = (
+            _parse_json(description, source)
+            if description and description.lstrip().startswith("{")
+            else None
+        )
+        if not isinstance(parsed, dict) or "format" not in parsed:  # e.g. tifffile's {"shape"}
             raise DatasetError(
                 f"{path} carries no uafp metadata and has no sidecar {sidecar.name}: write the "
-                "metadata JSON (spec/dataset.md) next to it as "
-                f"{sidecar.name}, or import it with `uafp import`"
+                f"metadata JSON (spec/dataset.md) next to it as {sidecar.name}, or import it "
+                "with `uafp import`"
             )
-        meta = _meta_from_text(description, f"embedded metadata of {path}")
+        try:
+            meta = DatasetMeta.from_dict(parsed)
+        except DatasetError as error:
+            raise DatasetError(f"{source}: {error}") from None
     return _assemble(meta, frames, path, truncated)
 
 
