@@ -130,12 +130,8 @@ class SystemParameters(torch.nn.Module):
         self.background = torch.nn.Parameter(torch.zeros(()))
 
     def led_geometry(self) -> LedGeometry:
-        return LedGeometry(
-            float(self.shift_x_mm),
-            float(self.shift_y_mm),
-            float(self.rotation_deg),
-            float(self.height_mm),
-        )
+        values = [float(p.detach()) for p in (self.shift_x_mm, self.shift_y_mm, self.rotation_deg, self.height_mm)]
+        return LedGeometry(*values)
 
     def set_geometry(self, geometry: LedGeometry) -> None:
         with torch.no_grad():

@@ -68,7 +68,7 @@ def illumination_order(model: ForwardModel) -> torch.Tensor:
     """Frame indices from the smallest illumination angle outward (bright field first)."""
     with torch.no_grad():
         radius = model.illumination_frequencies().norm(dim=-1)[model.entry_led]
-        per_frame = torch.zeros(model.setup.n_frames, device=radius.device).index_reduce_(
+        per_frame = torch.zeros(model.setup.n_frames, device=radius.device).scatter_reduce_(
             0, model.entry_frame, radius, "amax", include_self=False
         )
     return torch.argsort(per_frame)

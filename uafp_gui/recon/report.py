@@ -1,0 +1,101 @@
+"""`report.png`: one page that shows a reconstruction and the calibration it found.
+
+Panels: amplitude, phase, pupil phase, Zernike bar chart, LED map (nominal vs estimated,
+arrows magnified so millimetre errors show), loss curve. Matplotlib with the Agg backend, so
+it works headless and never imports Qt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def nominal_frame_positions_mm(meta) -> np.ndarray:
+    """(N, 2) nominal [X, Y] per frame (centroid of its LEDs) from dataset metadata."""
+    r0, c0 = meta.led_on_axis
+    positions = []
+    for frame in meta.frames:
+        leds = np.asarray(frame.leds, dtype=float).reshape(-1, 2)
+        positions.append(
+            [np.mean((leds[:, 1] - c0) * meta.led_pitch_mm), np.mean((leds[:, 0] - r0) * meta.led_pitch_mm)]
+        )
+    return np.asarray(positions)
+
+
+def write_report(result, path: str | Path, dataset=None) -> Path:
+    path = Path(path)
+    figure, axes = plt.subplots(2, 3, figsize=(15, 9.5))
+    amplitude = np.abs(result.object_field)
+    phase = np.angle(result.object_field)
+    extent_um = amplitude.shape[1] * result.object_pixel_um
+    shown = axes[0, 0].imshow(amplitude, cmap="gray", extent=(0, extent_um, extent_um, 0))
+    axes[0, 0].set_title("amplitude")
+    axes[0, 0].set_xlabel("um")
+    figure.colorbar(shown, ax=axes[0, 0], fraction=0.046)
+    shown = axes[0, 1].imshow(phase, cmap="twilight", extent=(0, extent_um, extent_um, 0))
+    axes[0, 1].set_title("phase (rad)")
+    figure.colorbar(shown, ax=axes[0, 1], fraction=0.046)
+    pupil_phase = np.where(np.abs(result.pupil) > 1e-3, np.angle(result.pupil), np.nan)
+    shown = axes[0, 2].imshow(pupil_phase, cmap="twilight")
+    axes[0, 2].set_title("pupil phase (rad)")
+    figure.colorbar(shown, ax=axes[0, 2], fraction=0.046)
+
+    indices = sorted(j for j in result.zernike_rad if j >= 2)
+    axes[1, 0].bar(indices, [result.zernike_rad[j] for j in indices], color="tab:blue")
+    axes[1, 0].set_xlabel("Noll index j")
+    axes[1, 0].set_ylabel("rad")
+    axes[1, 0].set_title("Zernike coefficients")
+    axes[1, 0].axhline(0, color="k", lw=0.5)
+
+    estimated = np.asarray(result.led_positions_mm)
+    axis = axes[1, 1]
+    if dataset is not None:
+        nominal = nominal_frame_positions_mm(dataset.meta)[: len(estimated)]
+        axis.scatter(nominal[:, 0], nominal[:, 1], s=12, color="0.6", label="nominal")
+        displacement = estimated - nominal
+        largest = float(np.abs(displacement).max()) if displacement.size else 0.0
+        magnify = 1.0 if largest == 0 else max(1.0, round(0.5 * dataset.meta.led_pitch_mm / largest))
+        axis.quiver(
+            nominal[:, 0],
+            nominal[:, 1],
+            displacement[:, 0] * magnify,
+            displacement[:, 1] * magnify,
+            angles="xy",
+            scale_units="xy",
+            scale=1,
+            color="tab:red",
+            width=0.004,
+            label=f"estimated - nominal (x{magnify:g})",
+        )
+        axis.legend(loc="upper right", fontsize=8)
+    else:
+        axis.scatter(estimated[:, 0], estimated[:, 1], s=12, color="tab:red")
+    g = result.geometry
+    axis.set_title(
+        f"LED map: shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, "
+        f"rot {g.rotation_deg:+.2f} deg, h {g.height_mm:.1f} mm",
+        fontsize=10,
+    )
+    axis.set_xlabel("X (mm, image x)")
+    axis.set_ylabel("Y (mm, image y)")
+    axis.set_aspect("equal")
+    axis.invert_yaxis()
+
+    history = np.asarray(result.loss_history, dtype=float)
+    if history.size:
+        axes[1, 2].semilogy(np.arange(1, history.size + 1), history)
+    axes[1, 2].set_xlabel("iteration")
+    axes[1, 2].set_title(f"loss ({result.method})")
+    figure.suptitle(
+        f"{result.source_dataset}: {result.method}, {result.iterations} iterations, {result.elapsed_s:.1f} s"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
