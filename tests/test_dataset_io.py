@@ -388,7 +388,9 @@ def test_writer_never_clobbers_without_permission(tmp_path):
     write_dataset(tmp_path / "run.tif", make_meta(2), make_frames(2))
     with pytest.raises(DatasetError, match="already exists: .*overwrite=True"):
         DatasetWriter(tmp_path / "run.tif", make_meta(2))
-    write_dataset(tmp_path / "run.tif", make_meta(2), make_frames(2) + 1, overwrite=True)
+    with pytest.raises(DatasetError, match="already exists"):
+        write_dataset(tmp_path / "run.tif", make_meta(2), make_frames(2), overwrite=False)
+    write_dataset(tmp_path / "run.tif", make_meta(2), make_frames(2) + 1)
     np.testing.assert_array_equal(read_dataset(tmp_path / "run.tif").frames, make_frames(2) + 1)
 
 

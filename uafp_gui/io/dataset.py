@@ -1028,9 +1028,13 @@ def write_dataset(
     meta: DatasetMeta,
     frames: np.ndarray | Sequence[np.ndarray],
     *,
-    overwrite: bool = False,
+    overwrite: bool = True,
 ) -> Path:
-    """Write a complete dataset in one go; `frames` must hold one (H, W) image per entry."""
+    """Write a complete dataset in one go; `frames` must hold one (H, W) image per entry.
+
+    Like `numpy.save` it replaces an existing file unless `overwrite=False` (`DatasetWriter`,
+    meant for long acquisitions, refuses by default).
+    """
     count = len(frames)
     if count != len(meta.frames):
         raise DatasetError(
