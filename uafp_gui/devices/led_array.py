@@ -1,0 +1,218 @@
+"""The LED-array interface the acquisition engine talks to, and its orientation mapping.
+
+An LED array is addressed in *image axes* (spec/dataset.md section 2): `(row, col)` with
+row growing with the image y axis and col with x. The array's own wiring (row 0 is the
+first row along the LED strip) is mapped into those axes by an `Orientation` (flips and
+a transpose), so a dataset never has to know how the panel was mounted.
+
+Implementations: `IlluminateLedArray` (serial, illuminate command set, in
+`uafp_gui.devices.illuminate`) and `SimulatedLedArray` (no hardware; the same driver
+talking to a Python model of the firmware). Both raise the `LedArrayError` family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from uafp_gui.errors import DeviceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from uafp_gui.devices.illuminate import SimulatedLedArray
+
+__all__ = [
+    "LedArray",
+    "LedArrayCommandError",
+    "LedArrayDisconnected",
+    "LedArrayError",
+    "LedArrayNotFound",
+    "LedArrayTimeout",
+    "Orientation",
+    "SimulatedLedArray",
+]
+
+
+class LedArrayError(DeviceError):
+    """The LED array failed, refused a command or cannot be reached."""
+
+
+class LedArrayTimeout(LedArrayError):
+    """The LED array did not finish its reply (`-==-`) in time."""
+
+
+class LedArrayDisconnected(LedArrayError):
+    """The serial port went away (cable pulled, board reset) or cannot be reopened."""
+
+
+class LedArrayCommandError(LedArrayError):
+    """The firmware answered a command with an `ERROR` line."""
+
+
+class LedArrayNotFound(LedArrayError):
+    """No serial port answered `about` like an LED array."""
+
+
+RowCol = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How the array's wiring axes map into image axes.
+
+    Applied in this order to an array (row, col): flip rows, flip cols, then transpose.
+    `transpose=True` with one flip is a rotation by 90 degrees.
+    """
+
+    flip_rows: bool = False
+    flip_cols: bool = False
+    transpose: bool = False
+
+    def image_shape(self, array_shape: RowCol) -> RowCol:
+        rows, cols = array_shape
+        return (cols, rows) if self.transpose else (rows, cols)
+
+    def to_image(self, array_rc: RowCol, array_shape: RowCol) -> RowCol:
+        """Map an array (wiring) row/col to image row/col."""
+        row, col = array_rc
+        rows, cols = array_shape
+        if self.flip_rows:
+            row = rows - 1 - row
+        if self.flip_cols:
+            col = cols - 1 - col
+        return (col, row) if self.transpose else (row, col)
+
+    def to_array(self, image_rc: RowCol, array_shape: RowCol) -> RowCol:
+        """Map an image row/col back to the array (wiring) row/col."""
+        row, col = image_rc
+        if self.transpose:
+            row, col = col, row
+        rows, cols = array_shape
+        if self.flip_rows:
+            row = rows - 1 - row
+        if self.flip_cols:
+            col = cols - 1 - col
+        return row, col
+
+
+class LedArray(ABC):
+    """An LED matrix addressed by (row, col) in image axes.
+
+    Subclasses implement the `_send_*` hooks in array (wiring) axes; this class validates
+    arguments, applies the orientation and keeps track of what is lit.
+    """
+
+    def __init__(self, orientation: Orientation | None = None) -> None:
+        self.orientation = orientation or Orientation()
+        self._lit: frozenset[RowCol] = frozenset()
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def array_shape(self) -> RowCol:
+        """(rows, cols) in the array's own wiring axes."""
+
+    @property
+    def shape(self) -> RowCol:
+        """(rows, cols) in image axes."""
+        return self.orientation.image_shape(self.array_shape)
+
+    @property
+    @abstractmethod
+    def pitch_mm(self) -> float:
+        """Centre-to-centre LED spacing."""
+
+    @property
+    def lit(self) -> frozenset[RowCol]:
+        """The LEDs lit now, in image axes."""
+        return self._lit
+
+    def image_to_array(self, led: RowCol) -> RowCol:
+        return self.orientation.to_array(led, self.array_shape)
+
+    def array_to_image(self, led: RowCol) -> RowCol:
+        return self.orientation.to_image(led, self.array_shape)
+
+    def _validate(self, leds: Iterable[RowCol]) -> list[RowCol]:
+        rows, cols = self.shape
+        checked: list[RowCol] = []
+        for led in leds:
+            try:
+                row, col = (int(led[0]), int(led[1]))
+            except (TypeError, ValueError, IndexError) as error:
+                raise LedArrayError(f"LED {led!r} is not a (row, col) pair of integers") from error
+            if not (0 <= row < rows and 0 <= col < cols):
+                raise LedArrayError(
+                    f"LED (row {row}, col {col}) is outside the {rows}x{cols} array "
+                    "(image axes, 0-based): check led_array_shape and the orientation"
+                )
+            checked.append((row, col))
+        return checked
+
+    # ---- commands -------------------------------------------------------------------------
+    def light(self, leds: Sequence[RowCol]) -> None:
+        """Light exactly these LEDs (image axes) with the current colour; others go dark."""
+        image_leds = self._validate(leds)
+        if not image_leds:
+            self.clear()
+            return
+        self._send_light([self.image_to_array(led) for led in image_leds])
+        self._lit = frozenset(image_leds)
+
+    def clear(self) -> None:
+        """Switch every LED off."""
+        self._send_clear()
+        self._lit = frozenset()
+
+    def set_brightness(self, value: int | Sequence[int]) -> None:
+        """Brightness 0-255, one value for all channels or (r, g, b)."""
+        values = [value] if isinstance(value, int) else list(value)
+        if len(values) not in (1, 3) or any(
+            not isinstance(v, int) or not 0 <= v <= 255 for v in values
+        ):
+            raise LedArrayError(f"brightness must be 0-255 or three such values, got {value!r}")
+        self._send_brightness(tuple(values))
+
+    def set_color(self, r: int, g: int, b: int) -> None:
+        """Colour of lit LEDs, 0-255 per channel (scaled by the brightness)."""
+        if any(not isinstance(v, int) or not 0 <= v <= 255 for v in (r, g, b)):
+            raise LedArrayError(f"colour channels must be integers 0-255, got {(r, g, b)!r}")
+        self._send_color((r, g, b))
+
+    @abstractmethod
+    def _send_light(self, array_leds: list[RowCol]) -> None: ...
+
+    @abstractmethod
+    def _send_clear(self) -> None: ...
+
+    @abstractmethod
+    def _send_brightness(self, values: tuple[int, ...]) -> None: ...
+
+    @abstractmethod
+    def _send_color(self, rgb: tuple[int, int, int]) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the hardware; safe to call twice."""
+
+    def __enter__(self) -> LedArray:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def __getattr__(name: str) -> object:
+    # SimulatedLedArray lives with the serial driver it reuses; import lazily (no cycle).
+    if name == "SimulatedLedArray":
+        from uafp_gui.devices.illuminate import SimulatedLedArray
+
+        return SimulatedLedArray
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
