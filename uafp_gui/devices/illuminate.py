@@ -189,9 +189,7 @@ class IlluminateConnection:
         reply = self.transact(line, timeout_s)
         errors = [text for text in reply if text.startswith("ERROR")]
         if errors:
-            raise LedArrayCommandError(
-                f"LED array on {self.port} refused {line!r}: {errors[0]}"
-            )
+            raise LedArrayCommandError(f"LED array on {self.port} refused {line!r}: {errors[0]}")
         return reply
 
     def _transact_locked(self, line: str, timeout_s: float) -> list[str]:
@@ -278,9 +276,7 @@ class LedArrayProperties:
         array_shape = raw.get("array_shape")
         if array_shape is None:
             if shape is None:
-                raise LedArrayError(
-                    "the firmware does not report array_shape in pprops: pass shape=(rows, cols)"
-                )
+                raise LedArrayError("the firmware does not report array_shape in pprops: pass shape=(rows, cols)")
             array_shape = shape
         pitch_um = raw.get("led_pitch_um")
         return cls(
@@ -318,9 +314,7 @@ class IlluminateLedArray(LedArray):
         if connection is None:
             if port == "auto":
                 port = find_led_array_port(boot_timeout_s=boot_timeout_s)
-            connection = IlluminateConnection(
-                port, timeout_s=timeout_s, boot_timeout_s=boot_timeout_s
-            )
+            connection = IlluminateConnection(port, timeout_s=timeout_s, boot_timeout_s=boot_timeout_s)
         self._connection = connection
         self._restore: dict[str, str] = {}
         self._sequence: list[RowCol] = []
@@ -565,9 +559,7 @@ def _candidate_ports() -> list[str]:
     return extra + [info.device for info in found if info.device not in extra]
 
 
-def find_led_array_port(
-    candidates: Sequence[str] | None = None, *, boot_timeout_s: float = 3.0
-) -> str:
+def find_led_array_port(candidates: Sequence[str] | None = None, *, boot_timeout_s: float = 3.0) -> str:
     """Return the first serial port whose device answers `about` with an illuminate reply."""
     ports = list(candidates) if candidates is not None else _candidate_ports()
     tried: list[str] = []

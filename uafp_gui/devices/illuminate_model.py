@@ -82,7 +82,7 @@ class IlluminateFirmwareModel:
         self.sequence_armed = 0
 
     def output_rgb(self) -> tuple[int, int, int]:
-        r, g, b = ((c * s + 127) // 255 for c, s in zip(self.color_rgb, self.brightness_rgb))
+        r, g, b = ((c * s + 127) // 255 for c, s in zip(self.color_rgb, self.brightness_rgb, strict=True))
         return r, g, b
 
     def frame(self) -> list[tuple[int, int, int]]:
@@ -264,9 +264,7 @@ class IlluminateFirmwareModel:
         if name in ("bf", "brightfield", "df", "darkfield"):
             self._no_args(args)
             dark = name.startswith("d")
-            self.lit = {
-                i for i in range(b.led_count) if (self._compare_na(i, self.na_x100) > 0) == dark
-            }
+            self.lit = {i for i in range(b.led_count) if (self._compare_na(i, self.na_x100) > 0) == dark}
             self._display(bool(self.auto_trigger))
             return []
         if name in ("an", "annulus"):
@@ -277,9 +275,7 @@ class IlluminateFirmwareModel:
             if low > high:
                 raise _CommandError(usage)
             self.lit = {
-                i
-                for i in range(b.led_count)
-                if self._compare_na(i, low) >= 0 and self._compare_na(i, high) <= 0
+                i for i in range(b.led_count) if self._compare_na(i, low) >= 0 and self._compare_na(i, high) <= 0
             }
             self._display(bool(self.auto_trigger))
             return []
