@@ -115,17 +115,12 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
             "software": f"uafp_gui {__version__}",
         }
     )
-    frame_shape = (s.frame_size, s.frame_size)
-    setup = OpticalSetup.from_meta(meta, frame_shape, s.upsample, s.pixel_integration)
-    model = ForwardModel(setup, device=device)
+    model, obj, spectrum = true_microscope_model(s, meta, device)
+    setup = model.setup
     brightness = np.clip(1 + s.led_brightness_spread * rng.standard_normal(len(leds)), 0.2, None)
     with torch.no_grad():
-        model.system.set_geometry(s.true_geometry)
-        model.system.set_zernike(s.zernike_rad)
         # Normalised frames are counts per ms: gain = photons * brightness / exposure.
         model.system.frame_gain.copy_(torch.as_tensor(brightness * s.photons_per_pixel / s.exposure_ms))
-        obj = load_sample(setup.object_shape)
-        spectrum = spectrum_of(torch.as_tensor(obj, dtype=torch.complex64, device=model.device))
         expected = (
             torch.cat(
                 [model(spectrum, torch.arange(k, min(k + 32, len(leds)))) for k in range(0, len(leds), 32)]
@@ -158,6 +153,25 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
         | {"zernike_rad": {str(k): v for k, v in s.zernike_rad.items()}},
     }
     return Simulation(meta, counts, obj, pupil, calibration, s)
+
+
+def true_microscope_model(
+    settings: SimulationSettings, meta, device: str = "cpu"
+) -> tuple[ForwardModel, np.ndarray, torch.Tensor]:
+    """The simulated microscope for `meta`'s frames: forward model with the hidden geometry and
+    aberrations set (frame gains left at 1), the built-in sample and its spectrum.
+
+    Shared by `simulate` and the simulated camera (`uafp_gui.devices.sim_microscope`).
+    """
+    s = settings
+    setup = OpticalSetup.from_meta(meta, (s.frame_size, s.frame_size), s.upsample, s.pixel_integration)
+    model = ForwardModel(setup, device=device)
+    with torch.no_grad():
+        model.system.set_geometry(s.true_geometry)
+        model.system.set_zernike(s.zernike_rad)
+        obj = load_sample(setup.object_shape)
+        spectrum = spectrum_of(torch.as_tensor(obj, dtype=torch.complex64, device=model.device))
+    return model, obj, spectrum
 
 
 def truth_folder_for(dataset_path: Path) -> Path:
@@ -196,4 +210,12 @@ def describe(settings: SimulationSettings) -> str:
     )
 
 
-__all__ = ["PRESETS", "Simulation", "SimulationSettings", "describe", "simulate", "write_simulation"]
+__all__ = [
+    "PRESETS",
+    "Simulation",
+    "SimulationSettings",
+    "describe",
+    "simulate",
+    "true_microscope_model",
+    "write_simulation",
+]
