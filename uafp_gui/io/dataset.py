@@ -371,6 +371,10 @@ class DatasetMeta:
             raise DatasetError(
                 f"extra must not contain spec fields {sorted(clash)}: set them directly"
             )
+        try:
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise DatasetError(f"extra fields must be plain JSON values: {error}") from None
         setter(self, "extra", dict(self.extra))
 
     # ------------------------------------------------------------------ derived quantities
