@@ -176,7 +176,7 @@ class SimulatedBoard:
 
     def frame(self) -> list[tuple[int, int, int]]:
         """Last latched LED frame decoded from the pins, by protocol index (row*cols+col)."""
-        _, _count, data = self._ask("frame").split()
+        _, _count, _end, data = self._ask("frame").split()
         strip = [tuple(bytes.fromhex(data[i : i + 6])) for i in range(0, len(data), 6)]
         rows, cols = self.variant.rows, self.variant.cols
         by_index: list[tuple[int, int, int]] = [(0, 0, 0)] * (rows * cols)
@@ -188,6 +188,10 @@ class SimulatedBoard:
 
     def frame_count(self) -> int:
         return int(self._ask("frame").split()[1])
+
+    def frame_end_cycle(self) -> int:
+        """CPU cycle of the last data edge of the latest frame."""
+        return int(self._ask("frame").split()[2])
 
     def trigger_in(self) -> None:
         """A 10 us rising pulse on the trigger input D2."""

@@ -7,7 +7,7 @@
  * --link PATH  symlink to the pty slave (the "port" the driver opens); it moves on replug.
  * --speed X    run at most X times real time (0 = as fast as possible). Default 1.
  *
- * stdout (line events):  PTY <path> | FRAME <count> <hex RGB per LED in strip order>
+ * stdout (line events):  PTY <path> | FRAME <count> <end cycle> <hex RGB per LED, strip order>
  *                        PIN <port><bit> <0|1> <cycle> (trigger output D5) | OK <cmd> | ERR <why>
  *                        CYCLE <n> <dropped_tx_bytes>
  * stdin (commands):      frame | trig (10 us pulse on D2) | cycle | unplug <ms> | quit
@@ -55,6 +55,7 @@ static uint8_t frame_raw[MAX_LEDS * 4 + 16];
 static size_t frame_bits;
 static uint8_t latest_rgb[MAX_LEDS * 3];
 static unsigned long frame_count;
+static avr_cycle_count_t frame_end_cycle;
 static avr_cycle_count_t ws_rise, ws_fall;
 static int apa_zeros, apa_in_frame;
 static size_t apa_bytes;
@@ -131,6 +132,7 @@ static void feed_uart(void) {
 static void publish_frame(const uint8_t *rgb, int leds) {
     memset(latest_rgb, 0, sizeof latest_rgb);
     memcpy(latest_rgb, rgb, (size_t)leds * 3);
+    frame_end_cycle = driver_apa102 ? avr->cycle : ws_fall;
     ++frame_count;
 }
 
@@ -206,7 +208,7 @@ static avr_cycle_count_t end_trigger_in(struct avr_t *a, avr_cycle_count_t when,
 static void handle_command(char *cmd) {
     if (strcmp(cmd, "frame") == 0) {
         if (!driver_apa102 && frame_bits && avr->cycle - ws_fall > LATCH_CYCLES) ws_flush();
-        printf("FRAME %lu ", frame_count);
+        printf("FRAME %lu %llu ", frame_count, (unsigned long long)frame_end_cycle);
         for (int i = 0; i < led_count * 3; ++i) printf("%02x", latest_rgb[i]);
         printf("\n");
     } else if (strcmp(cmd, "trig") == 0) {

@@ -296,7 +296,7 @@ class IlluminateLedArray(LedArray):
     `port` is a device path or "auto" (probe every serial port with `about`). `pitch_mm`
     and `shape` override what the firmware reports. Settings sent through this object
     (brightness, colour, NA, distance) are re-sent after a reconnect, since the board
-    reboots when its port is reopened.
+    reboots when its port is reopened. `clear_on_close=False` leaves the LEDs lit on exit.
     """
 
     def __init__(
@@ -309,8 +309,10 @@ class IlluminateLedArray(LedArray):
         timeout_s: float = 2.0,
         boot_timeout_s: float = 3.0,
         connection: IlluminateConnection | None = None,
+        clear_on_close: bool = True,
     ) -> None:
         super().__init__(orientation)
+        self.clear_on_close = clear_on_close
         if connection is None:
             if port == "auto":
                 port = find_led_array_port(boot_timeout_s=boot_timeout_s)
@@ -484,7 +486,7 @@ class IlluminateLedArray(LedArray):
 
     def close(self) -> None:
         try:
-            if self._connection.is_open:
+            if self.clear_on_close and self._connection.is_open:
                 self._connection.command("x")
         except LedArrayError:
             pass  # closing a device that is already gone must not raise
