@@ -804,7 +804,7 @@ def _assemble(meta: DatasetMeta, frames: list[np.ndarray], path: Path, truncated
         reason = " (the file is cut short)" if truncated else ""
         warnings.warn(
             f"{path} is a partial dataset: {found} of {planned} planned frames present{reason}; "
-            "using the first {found} frame entries".replace("{found}", str(found)),
+            f"using the first {found} frame entries",
             PartialDatasetWarning,
             stacklevel=3,
         )
