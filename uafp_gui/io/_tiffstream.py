@@ -74,6 +74,10 @@ class TiffStackWriter:
             self._link_position = 4
         fh.flush()
 
+    def rebind(self, fh: BinaryIO) -> None:
+        """Continue on another handle to the same bytes (after the file was moved into place)."""
+        self._fh = fh
+
     def write_page(
         self,
         frame: np.ndarray,

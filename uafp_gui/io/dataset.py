@@ -965,8 +965,9 @@ class DatasetWriter:
             raise
         finally:
             self.path = original
-        self._fh = open(original, "r+b")  # noqa: SIM115 - closed in close()
-        self._writer._fh = self._fh  # type: ignore[union-attr]
+        self._fh = open(original, "r+b")  # same bytes as the temporary file; closed in close()
+        assert self._writer is not None
+        self._writer.rebind(self._fh)
 
     @property
     def frames_planned(self) -> int:
@@ -987,7 +988,7 @@ class DatasetWriter:
             self._frame_shape = data.shape
             self._dtype = data.dtype
             planned_bytes = data.nbytes * self.frames_planned
-            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._fh = open(self.path, "wb")  # closed in close()
             self._writer = TiffStackWriter(
                 self._fh, bigtiff=planned_bytes > CLASSIC_TIFF_LIMIT_BYTES
             )
