@@ -57,7 +57,7 @@ def test_fuzz_then_about_still_answers(board: SimulatedBoard) -> None:
     connection = IlluminateConnection(board.port, timeout_s=5.0, boot_timeout_s=10.0)
     connection.open()
     cycles_before = board.sync()
-    data = fuzz_bytes(30_000, seed=1)
+    data = fuzz_bytes(100_000, seed=1)
     for start in range(0, len(data), 2048):
         connection.write_raw(data[start : start + 2048])
         connection.read_until_quiet(0.0, limit_s=0.05)  # keep draining the replies

@@ -168,7 +168,10 @@ class LedArray(ABC):
 
     def set_brightness(self, value: int | Sequence[int]) -> None:
         """Brightness 0-255, one value for all channels or (r, g, b)."""
-        values = [value] if isinstance(value, int) else list(value)
+        try:
+            values = [value] if isinstance(value, int) else list(value)
+        except TypeError:
+            values = []
         if len(values) not in (1, 3) or any(not isinstance(v, int) or not 0 <= v <= 255 for v in values):
             raise LedArrayError(f"brightness must be 0-255 or three such values, got {value!r}")
         self._send_brightness(tuple(values))
