@@ -1,0 +1,776 @@
+"""The acquisition engine: runs an `AcquisitionPlan` through a Micro-Manager core, streams every
+frame to disk and to subscribers, and stops cleanly on any failure.
+
+Layers (modelled on pymmcore-plus):
+
+- `FpEngine` follows pymmcore-plus's `PMDAEngine` protocol (`setup_sequence`, `setup_event`,
+  `exec_event` yielding `(image, event, metadata)`, `teardown_*`). Each frame is a useq
+  `MDAEvent` whose `properties` set the LED device's `Pattern` and whose `exposure` sets the
+  camera; so `core.mda.set_engine(FpEngine(core)); core.mda.run(events)` works too. Unlike
+  pymmcore-plus's default engine, a failed LED command or snap raises a typed `DeviceError`
+  instead of logging a warning and skipping the frame, and a camera that never answers is
+  caught by a watchdog.
+- `Acquisition` is the runner: a plain generator (`run()`) yielding small immutable progress
+  events, cancellable and pausable at frame boundaries, for a CLI loop or a GUI worker thread.
+  Frames go to a `FrameWriter` thread (one `DatasetWriter.append` per frame: crash-safe, the
+  file is a valid partial dataset after every frame) and to a publisher thread that calls the
+  subscribers; the acquisition thread never waits on either. The same read-only numpy array
+  goes to the writer, the subscribers and the progress event: no frame is copied after the
+  camera delivers it.
+
+Failure policy: a camera timeout, an LED array that stops answering or a write error (disk
+full) ends the run with a typed error naming the cause, what is saved and how to continue
+(`--resume`); every frame acquired before the failure is on disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uafp_gui.acquisition.plan import PLAN_KEY, AcquisitionPlan, MicroscopeDescription, dataset_meta
+from uafp_gui.devices.sim_microscope import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern
+from uafp_gui.errors import DatasetError, DeviceError, UafpError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import useq
+
+    from uafp_gui.devices.led_array import LedArray
+    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter, FrameSpec
+
+__all__ = [
+    "Acquisition",
+    "AcquisitionFinished",
+    "AcquisitionPaused",
+    "AcquisitionStarted",
+    "CameraTimeoutError",
+    "FpEngine",
+    "FrameAcquired",
+    "FrameMessage",
+    "FrameWriter",
+    "LedArrayFailure",
+    "WriteFailure",
+    "frame_events",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class CameraTimeoutError(DeviceError):
+    """The camera delivered no frame within its timeout."""
+
+
+class LedArrayFailure(DeviceError):
+    """The LED array failed while the acquisition was setting a frame's LEDs."""
+
+
+class WriteFailure(DatasetError):
+    """A frame could not be written to the dataset (disk full, file gone, ...)."""
+
+
+# --------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class AcquisitionStarted:
+    """The run starts: `frames_present` of `total` frames were already on disk (resume)."""
+
+    total: int
+    frames_present: int
+    path: Path
+    meta: DatasetMeta
+    frame_shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FrameAcquired:
+    """Frame `index` (0-based, dataset order) is acquired and queued for writing.
+
+    `frame` is a read-only view of the camera image (the array written and published);
+    `elapsed_s` and `eta_s` count this session's frames only.
+    """
+
+    index: int
+    total: int
+    elapsed_s: float
+    eta_s: float
+    frame: np.ndarray
+    spec: FrameSpec
+    frames_written: int
+
+    @property
+    def done(self) -> int:
+        return self.index + 1
+
+
+@dataclass(frozen=True)
+class AcquisitionPaused:
+    """The run is paused before frame `next_index`; `resume()` or `cancel()` continues."""
+
+    next_index: int
+    total: int
+
+
+@dataclass(frozen=True)
+class AcquisitionFinished:
+    """The run ended; `reason` is "completed" or "cancelled". Errors are raised instead."""
+
+    reason: str
+    frames_written: int
+    total: int
+    path: Path
+    elapsed_s: float
+    per_frame_overhead_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class FrameMessage:
+    """What subscribers receive for every new frame (on the publisher thread)."""
+
+    index: int
+    frame: np.ndarray  # read-only, shared with the writer: never modify it
+    spec: FrameSpec
+    meta: DatasetMeta
+
+
+ProgressEvent = AcquisitionStarted | FrameAcquired | AcquisitionPaused | AcquisitionFinished
+
+
+# ------------------------------------------------------------------------------- MDA events
+
+
+def frame_events(
+    specs: Iterable[FrameSpec], *, start: int = 0, led_device: str = LED_DEVICE_LABEL
+) -> list[useq.MDAEvent]:
+    """One useq `MDAEvent` per frame: exposure plus the LED device's `Pattern` property."""
+    import useq
+
+    events = []
+    for k, spec in enumerate(specs):
+        if k < start:
+            continue
+        events.append(
+            useq.MDAEvent(
+                index={"t": k},
+                exposure=spec.exposure_ms,
+                properties=[(led_device, PATTERN_PROPERTY, format_pattern(spec.leds))],
+                metadata={"uafp_frame": k},
+            )
+        )
+    return events
+
+
+# ------------------------------------------------------------------------------- snapping
+
+
+class _SnapWorker:
+    """Runs `core.snapImage(); core.getImage()` on a daemon thread so a hung camera can be
+    abandoned after a timeout instead of freezing the acquisition."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="uafp-snap", daemon=True)
+        self._thread.start()
+        self.hung = False
+
+    def _loop(self) -> None:
+        while True:
+            reply = self._requests.get()
+            if reply is None:
+                return
+            try:
+                self.core.snapImage()
+                reply.put((True, self.core.getImage()))
+            except BaseException as error:  # handed to the acquisition thread
+                reply.put((False, error))
+
+    def snap(self, timeout_s: float) -> np.ndarray:
+        if self.hung:
+            raise CameraTimeoutError("the camera is still blocked in an earlier snap: restart the program")
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests.put(reply)
+        try:
+            ok, value = reply.get(timeout=timeout_s)
+        except queue.Empty:
+            self.hung = True
+            raise CameraTimeoutError(
+                f"camera {self.core.getCameraDevice()!r} delivered no frame within {timeout_s:.1f} s"
+            ) from None
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        if not self.hung:
+            self._requests.put(None)
+
+
+class FpEngine:
+    """A pymmcore-plus MDA engine for FP frames (the `PMDAEngine` protocol), strict about errors.
+
+    `frames_to_average` snaps are averaged per event (float32 result); `camera_timeout_s` is
+    allowed on top of the exposure before a snap counts as a camera timeout.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        frames_to_average: int = 1,
+        camera_timeout_s: float = 10.0,
+    ) -> None:
+        self.mmcore = core
+        self.frames_to_average = int(frames_to_average)
+        self.camera_timeout_s = float(camera_timeout_s)
+        self._exposure_ms: float | None = None
+        self._snapper: _SnapWorker | None = None
+
+    # ---- PMDAEngine protocol --------------------------------------------------------------
+    def setup_sequence(self, sequence: Any) -> None:
+        self._exposure_ms = None
+        if self._snapper is None or self._snapper.hung:
+            self._snapper = _SnapWorker(self.mmcore)
+        return None
+
+    def setup_event(self, event: useq.MDAEvent) -> None:
+        frame = event.metadata.get("uafp_frame", "?")
+        for device, prop, value in event.properties or ():
+            try:
+                self.mmcore.setProperty(device, prop, value)
+            except UafpError as error:
+                raise LedArrayFailure(f"frame {frame}: setting {device}.{prop} = {value!r} failed: {error}") from error
+            except Exception as error:
+                raise LedArrayFailure(
+                    f"frame {frame}: setting {device}.{prop} = {value!r} failed ({type(error).__name__}: {error})"
+                ) from error
+        if event.exposure is not None and event.exposure != self._exposure_ms:
+            try:
+                self.mmcore.setExposure(float(event.exposure))
+            except Exception as error:
+                raise DeviceError(f"frame {frame}: the camera refused exposure {event.exposure} ms: {error}") from error
+            self._exposure_ms = float(event.exposure)
+
+    def exec_event(self, event: useq.MDAEvent) -> Iterator[tuple[np.ndarray, useq.MDAEvent, dict]]:
+        image = self.snap(event)
+        yield image, event, {"exposure_ms": self._exposure_ms, "uafp_frame": event.metadata.get("uafp_frame")}
+
+    def teardown_event(self, event: useq.MDAEvent) -> None:
+        return None
+
+    def teardown_sequence(self, sequence: Any) -> None:
+        if self._snapper is not None:
+            self._snapper.close()
+            self._snapper = None
+
+    # ---- helpers --------------------------------------------------------------------------
+    def snap(self, event: useq.MDAEvent | None = None) -> np.ndarray:
+        """One frame (the average of `frames_to_average` snaps); typed errors on failure."""
+        if self._snapper is None:
+            self._snapper = _SnapWorker(self.mmcore)
+        exposure_s = (self._exposure_ms or float(self.mmcore.getExposure())) / 1000.0
+        frame = "?" if event is None else event.metadata.get("uafp_frame", "?")
+        total = None
+        for _ in range(self.frames_to_average):
+            try:
+                image = self._snapper.snap(exposure_s + self.camera_timeout_s)
+            except CameraTimeoutError as error:
+                raise CameraTimeoutError(f"frame {frame}: {error}: is the camera connected and in internal "
+                                         "trigger mode?") from None
+            except UafpError as error:
+                raise DeviceError(f"frame {frame}: the camera failed: {error}") from error
+            except Exception as error:
+                kind = "timed out" if "timeout" in str(error).lower() else "failed"
+                raise DeviceError(
+                    f"frame {frame}: the camera {kind} ({type(error).__name__}: {error})"
+                ) from error
+            if self.frames_to_average == 1:
+                return image
+            total = image.astype(np.float64) if total is None else total + image
+        assert total is not None
+        return (total / self.frames_to_average).astype(np.float32)
+
+    def set_leds(self, leds: Iterable[tuple[int, int]], led_device: str = LED_DEVICE_LABEL) -> None:
+        try:
+            self.mmcore.setProperty(led_device, PATTERN_PROPERTY, format_pattern(leds))
+        except Exception as error:
+            raise LedArrayFailure(f"setting the LEDs failed: {error}") from error
+
+    def set_exposure(self, exposure_ms: float) -> None:
+        self.mmcore.setExposure(float(exposure_ms))
+        self._exposure_ms = float(exposure_ms)
+
+
+# ------------------------------------------------------------------------------- writer
+
+
+class FrameWriter:
+    """Appends frames to a `DatasetWriter` on its own thread, in order, as they arrive.
+
+    `put` never blocks (the queue is unbounded; a 128 x 128 uint16 frame is 32 KiB). A write
+    error is kept and raised by the next `put` or by `close`, as a `WriteFailure`.
+    """
+
+    def __init__(self, writer: DatasetWriter) -> None:
+        self.writer = writer
+        self.frames_written = writer.frames_present
+        self.error: BaseException | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="uafp-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # after a failure nothing more is written; the run is stopping
+            index, frame = item
+            try:
+                self.writer.append(frame)
+                self.frames_written += 1
+            except BaseException as error:  # raised on the acquisition thread
+                self.error = error
+                self._failed_index = index
+
+    def _raise_if_failed(self) -> None:
+        if self.error is None:
+            return
+        error = self.error
+        path = self.writer.path
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            what = f"the disk holding {path} is full"
+            fix = "free some space (or choose --out on another disk), then run again with --resume"
+        else:
+            what = f"writing frame {getattr(self, '_failed_index', '?')} to {path} failed ({error})"
+            fix = "fix the problem, then run again with --resume"
+        raise WriteFailure(f"{what}: the {self.frames_written} frames written before are kept; {fix}") from error
+
+    def put(self, index: int, frame: np.ndarray) -> None:
+        self._raise_if_failed()
+        self._queue.put((index, frame))
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Write what is queued, close the file, raise a pending write error."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        try:
+            self.writer.close()
+        except OSError as error:
+            if self.error is None:
+                self.error = error
+        self._raise_if_failed()
+
+
+class _Publisher:
+    """Calls subscribers with each `FrameMessage` on its own thread, in order."""
+
+    def __init__(self, subscribers: list[Callable[[FrameMessage], Any]]) -> None:
+        self.subscribers = subscribers
+        self.errors: list[BaseException] = []
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="uafp-publisher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            message = self._queue.get()
+            if message is None:
+                return
+            for callback in list(self.subscribers):
+                try:
+                    callback(message)
+                except Exception as error:  # a viewer's bug must not stop the acquisition
+                    logger.exception("frame subscriber %r failed; it is unsubscribed", callback)
+                    self.errors.append(error)
+                    self.subscribers.remove(callback)
+
+    def put(self, message: FrameMessage) -> None:
+        self._queue.put(message)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+
+# --------------------------------------------------------------------------------- runner
+
+
+def _default_writer_factory(path: Path, meta: DatasetMeta | None, resume: bool, overwrite: bool) -> DatasetWriter:
+    from uafp_gui.io.dataset import DatasetWriter
+
+    return DatasetWriter(path, meta, resume=resume, overwrite=overwrite)
+
+
+@dataclass
+class _Control:
+    cancel: threading.Event = field(default_factory=threading.Event)
+    running: threading.Event = field(default_factory=threading.Event)  # cleared while paused
+
+    def __post_init__(self) -> None:
+        self.running.set()
+
+
+class Acquisition:
+    """One acquisition of `plan` on the core's camera and LED device, streamed to `out_path`.
+
+    ::
+
+        core, leds = open_simulated_microscope()
+        acquisition = Acquisition(core, leds, AcquisitionPlan(square_size=5), "run.tif", microscope)
+        acquisition.subscribe(lambda message: viewer.show(message.frame))
+        for event in acquisition.run():       # on a worker thread in a GUI
+            ...                               # FrameAcquired: index, total, elapsed_s, eta_s, frame
+
+    `resume=True` continues an interrupted file: the plan and metadata stored in it win and
+    only the missing frames are acquired. `cancel()`, `pause()`, `resume()` may be called
+    from any thread; they act at the next frame boundary.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        led_array: LedArray | None,
+        plan: AcquisitionPlan | None,
+        out_path: str | os.PathLike[str],
+        microscope: MicroscopeDescription | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        led_device: str = LED_DEVICE_LABEL,
+        camera_offset: float | None = None,
+        camera_timeout_s: float = 10.0,
+        notes: str = "",
+        extra_meta: dict[str, Any] | None = None,
+        writer_factory: Callable[..., DatasetWriter] = _default_writer_factory,
+    ) -> None:
+        self.core = core
+        self.led_array = led_array
+        self.plan = plan
+        self.microscope = microscope
+        self.out_path = Path(out_path)
+        self.resume_existing = bool(resume)
+        self.overwrite = bool(overwrite)
+        self.led_device = led_device
+        self.camera_offset = camera_offset
+        self.camera_timeout_s = float(camera_timeout_s)
+        self.notes = notes
+        self.extra_meta = dict(extra_meta or {})
+        self._writer_factory = writer_factory
+        self._control = _Control()
+        self._subscribers: list[Callable[[FrameMessage], Any]] = []
+        self.meta: DatasetMeta | None = None
+        self.frames_written = 0
+        self.state = "idle"  # idle, acquiring, paused, finished, cancelled, failed
+        self.ring_exposures_ms: dict[int, float] | None = None
+        if not self.resume_existing and (plan is None or microscope is None):
+            raise UafpError("a new acquisition needs a plan and a microscope description")
+
+    # ---- control (any thread) ------------------------------------------------------------
+    def cancel(self) -> None:
+        self._control.cancel.set()
+        self._control.running.set()
+
+    def pause(self) -> None:
+        self._control.running.clear()
+
+    def resume(self) -> None:
+        self._control.running.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._control.cancel.is_set()
+
+    def subscribe(self, callback: Callable[[FrameMessage], Any]) -> Callable[[], None]:
+        """Call `callback(FrameMessage)` for every new frame (on the publisher thread, in order;
+        never on the acquisition thread). Returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # ---- preparation ---------------------------------------------------------------------
+    def _sensor_shape(self) -> tuple[int, int]:
+        self.core.clearROI()
+        return int(self.core.getImageHeight()), int(self.core.getImageWidth())
+
+    def _apply_roi(self, plan: AcquisitionPlan, microscope: MicroscopeDescription) -> tuple[float, float]:
+        """Set the plan's ROI; return the tile centre (um) relative to the sensor centre."""
+        height, width = self._sensor_shape()
+        if plan.roi is None:
+            return (0.0, 0.0)
+        x, y, w, h = plan.roi
+        if x + w > width or y + h > height:
+            raise DeviceError(f"ROI {plan.roi} exceeds the {width}x{height} sensor")
+        try:
+            self.core.setROI(x, y, w, h)
+        except Exception as error:
+            raise DeviceError(f"the camera refused ROI {plan.roi}: {error}") from error
+        pixel = microscope.sample_pixel_um
+        return ((x + w / 2 - width / 2) * pixel, (y + h / 2 - height / 2) * pixel)
+
+    def _meter_exposures(
+        self, engine: FpEngine, plan: AcquisitionPlan, microscope: MicroscopeDescription, offset: float, bit_depth: int
+    ) -> dict[int, float]:
+        """Automatic exposure per NA ring: meter one LED per ring, scale its exposure so the
+        brightest pixels (99.9th percentile) reach the target fraction of full scale."""
+        full_scale = 2**bit_depth - 1
+        target = plan.auto_exposure_target * (full_scale - offset)
+        rings: dict[int, tuple[int, int]] = {}
+        for led in plan.led_sequence(microscope):
+            rings.setdefault(plan.ring_of(led, microscope), led)
+        exposures: dict[int, float] = {}
+        for ring, led in sorted(rings.items()):
+            exposure = plan.nominal_exposure_ms(led, microscope)
+            engine.set_leds([led], self.led_device)
+            for _ in range(8):  # halve while saturated, grow while lost in noise
+                engine.set_exposure(exposure)
+                image = engine.snap()
+                peak = float(np.percentile(image, 99.9))
+                if peak >= full_scale * 0.98 and exposure > 1e-3:
+                    exposure /= 4
+                    continue
+                signal = max(peak - offset, 1e-6)
+                proposed = min(exposure * target / signal, plan.max_exposure_ms)
+                if signal < 0.02 * target and proposed > exposure and exposure < plan.max_exposure_ms:
+                    exposure = proposed  # too dim to trust one reading: measure again there
+                    continue
+                exposure = proposed
+                break
+            exposures[ring] = float(f"{exposure:.4g}")
+        engine.set_leds([], self.led_device)
+        return exposures
+
+    def _warm_up_camera(self, leds: list[tuple[int, int]]) -> None:
+        from uafp_gui.devices.sim_microscope import simulated_camera
+
+        camera = simulated_camera(self.core)
+        if camera is not None:
+            camera.prepare(leds)
+
+    def _dark_frame(self, engine: FpEngine, plan: AcquisitionPlan) -> np.ndarray:
+        engine.set_leds([], self.led_device)
+        engine.set_exposure(plan.brightfield_exposure_ms)
+        return engine.snap()
+
+    def _prepare(self, engine: FpEngine) -> tuple[DatasetWriter, DatasetMeta]:
+        from uafp_gui.devices.micromanager import camera_bit_depth, camera_offset
+        from uafp_gui.io.dataset import read_dataset_meta
+
+        if self.resume_existing and self.out_path.exists():
+            stored = None
+            try:
+                stored = read_dataset_meta(self.out_path)
+            except DatasetError:
+                if self.plan is None or self.microscope is None:
+                    raise
+            if stored is not None:
+                if PLAN_KEY in stored.extra:
+                    self.plan = AcquisitionPlan.from_dict(stored.extra[PLAN_KEY])
+                if "microscope" in stored.extra:
+                    self.microscope = MicroscopeDescription(**stored.extra["microscope"])
+                if self.plan is not None and self.plan.roi is not None and self.microscope is not None:
+                    self._apply_roi(self.plan, self.microscope)
+                engine.frames_to_average = self.plan.frames_to_average if self.plan else 1
+                writer = self._writer_factory(self.out_path, None, True, False)
+                self._warm_up_camera([led for spec in writer.meta.frames[writer.frames_present :] for led in spec.leds])
+                return writer, writer.meta
+        plan, microscope = self.plan, self.microscope
+        if plan is None or microscope is None:
+            raise UafpError(f"nothing to resume at {self.out_path}: give a plan to start a new acquisition")
+        if self.led_array is not None and tuple(microscope.led_array_shape) != tuple(self.led_array.shape):
+            raise DeviceError(
+                f"the LED array is {self.led_array.shape[0]}x{self.led_array.shape[1]} but the microscope "
+                f"description says {microscope.led_array_shape[0]}x{microscope.led_array_shape[1]}"
+            )
+        plan.led_sequence(microscope)  # validates before touching hardware
+        if self.out_path.exists() and not self.overwrite and not self.resume_existing:
+            raise DatasetError(
+                f"{self.out_path} already exists: choose another --out, pass --overwrite, or --resume to "
+                "complete an interrupted acquisition"
+            )
+        engine.frames_to_average = plan.frames_to_average
+        tile_center = self._apply_roi(plan, microscope)
+        bit_depth = camera_bit_depth(self.core)
+        offset = self.camera_offset
+        if offset is None:
+            offset = camera_offset(self.core) or 0.0
+        extra = dict(self.extra_meta)
+        engine.setup_sequence(None)
+        if plan.dark_frame:
+            dark = self._dark_frame(engine, plan)
+            offset = float(np.mean(dark))
+            dark_path = self.out_path.with_name(self.out_path.stem + "_dark.tif")
+            import tifffile
+
+            tifffile.imwrite(dark_path, np.asarray(dark))
+            extra["dark_frame"] = {
+                "file": dark_path.name,
+                "exposure_ms": plan.brightfield_exposure_ms,
+                "mean_counts": offset,
+                "std_counts": float(np.std(dark)),
+            }
+        ring_exposures = None
+        self._warm_up_camera(plan.led_sequence(microscope))
+        if plan.auto_exposure:
+            ring_exposures = self._meter_exposures(engine, plan, microscope, offset, bit_depth)
+            extra["auto_exposure_ms"] = {str(k): v for k, v in ring_exposures.items()}
+        self.ring_exposures_ms = ring_exposures
+        specs = plan.frame_specs(microscope, ring_exposures)
+        self._warm_up_camera([led for spec in specs for led in spec.leds])
+        meta = dataset_meta(
+            plan,
+            microscope,
+            specs,
+            camera_offset=offset,
+            bit_depth=bit_depth,
+            tile_center_um=tile_center,
+            notes=self.notes,
+            extra=extra,
+        )
+        writer = self._writer_factory(self.out_path, meta, False, self.overwrite)
+        return writer, meta
+
+    # ---- the run -------------------------------------------------------------------------
+    def run(self) -> Iterator[ProgressEvent]:
+        """Acquire; yields `AcquisitionStarted`, then `FrameAcquired` per frame (and
+        `AcquisitionPaused` when paused), then `AcquisitionFinished`. Raises `DeviceError` /
+        `DatasetError` on failure after saving every frame acquired so far."""
+        engine = FpEngine(self.core, camera_timeout_s=self.camera_timeout_s)
+        self.state = "acquiring"
+        t_start = time.perf_counter()
+        writer_thread: FrameWriter | None = None
+        publisher: _Publisher | None = None
+        try:
+            try:
+                dataset_writer, meta = self._prepare(engine)
+            except UafpError:
+                self.state = "failed"
+                raise
+            self.meta = meta
+            first = dataset_writer.frames_present
+            total = len(meta.frames)
+            writer_thread = FrameWriter(dataset_writer)
+            self.frames_written = writer_thread.frames_written
+            publisher = _Publisher(self._subscribers)
+            frame_shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
+            yield AcquisitionStarted(total, first, self.out_path, meta, frame_shape)
+            events = frame_events(meta.frames, start=first, led_device=self.led_device)
+            engine.setup_sequence(None)
+            t0 = time.perf_counter()
+            exposure_total_ms = 0.0
+            reason = "completed"
+            for done, event in enumerate(events):
+                index = first + done
+                if not self._control.running.is_set() and not self.cancelled:
+                    self.state = "paused"
+                    yield AcquisitionPaused(index, total)
+                    self._control.running.wait()
+                    self.state = "acquiring"
+                if self.cancelled:
+                    reason = "cancelled"
+                    break
+                engine.setup_event(event)
+                for image, _, _ in engine.exec_event(event):
+                    image.flags.writeable = False
+                    writer_thread.put(index, image)
+                    spec = meta.frames[index]
+                    publisher.put(FrameMessage(index, image, spec, meta))
+                    exposure_total_ms += spec.exposure_ms * engine.frames_to_average
+                    elapsed = time.perf_counter() - t0
+                    remaining = total - index - 1
+                    yield FrameAcquired(
+                        index=index,
+                        total=total,
+                        elapsed_s=elapsed,
+                        eta_s=elapsed / (done + 1) * remaining,
+                        frame=image,
+                        spec=spec,
+                        frames_written=writer_thread.frames_written,
+                    )
+            acquired_s = time.perf_counter() - t0
+            n_new = len(events) if reason == "completed" else max(0, done)
+            engine.teardown_sequence(None)
+            self._lights_off(engine)
+            writer_thread.close()
+            self.frames_written = writer_thread.frames_written
+            publisher.close()
+            self.state = "finished" if reason == "completed" else "cancelled"
+            overhead = (acquired_s * 1000 - exposure_total_ms) / n_new if n_new else None
+            yield AcquisitionFinished(
+                reason, writer_thread.frames_written, total, self.out_path, time.perf_counter() - t_start, overhead
+            )
+        except UafpError as error:
+            self.state = "failed"
+            engine.teardown_sequence(None)
+            self._lights_off(engine, quiet=True)
+            saved = self._close_after_failure(writer_thread, publisher)
+            if isinstance(error, WriteFailure) or writer_thread is None:
+                raise
+            total = len(self.meta.frames) if self.meta else "?"
+            raise type(error)(
+                f"{error}. Acquisition stopped: {saved} of {total} frames are saved in {self.out_path}; "
+                "fix the problem and run the same command with --resume to acquire the rest"
+            ) from error
+        finally:
+            if self.state == "acquiring":  # the consumer dropped the generator
+                self.state = "cancelled"
+                engine.teardown_sequence(None)
+                self._close_after_failure(writer_thread, publisher)
+
+    def _close_after_failure(self, writer_thread: FrameWriter | None, publisher: _Publisher | None) -> int:
+        if publisher is not None:
+            publisher.close()
+        if writer_thread is None:
+            return 0
+        try:
+            writer_thread.close()
+        except WriteFailure:
+            pass  # the original error is what the user needs to see
+        self.frames_written = writer_thread.frames_written
+        return writer_thread.frames_written
+
+    def _lights_off(self, engine: FpEngine, quiet: bool = False) -> None:
+        try:
+            engine.set_leds([], self.led_device)
+        except DeviceError:
+            if not quiet:
+                raise
+
+    def run_to_end(self, progress: Callable[[ProgressEvent], Any] | None = None) -> AcquisitionFinished:
+        """Run without a loop of your own; `progress` sees every event."""
+        finished = None
+        for event in self.run():
+            if progress is not None:
+                progress(event)
+            if isinstance(event, AcquisitionFinished):
+                finished = event
+        assert finished is not None
+        return finished
+
+
+def expected_duration_s(meta: DatasetMeta, start: int = 0, overhead_ms: float = 5.0) -> float:
+    """Rough run time: exposures plus a per-frame overhead."""
+    return sum(f.exposure_ms + overhead_ms for f in meta.frames[start:]) / 1000.0
+
+
+def describe_ring_exposures(exposures: dict[int, float] | None) -> str:
+    if not exposures:
+        return ""
+    names = {ring: "bright field" if ring == 0 else f"dark-field ring {ring}" for ring in exposures}
+    return ", ".join(f"{names[ring]} {ms:g} ms" for ring, ms in exposures.items())
+

@@ -1,0 +1,354 @@
+"""Acquisition plans: which LEDs, in which order, with which exposure (typed, saved with the data).
+
+An `AcquisitionPlan` says what to acquire; a `MicroscopeDescription` says what the microscope
+nominally is (optics, LED array geometry). Together they give the dataset's frames
+(`frame_specs`) and metadata (`dataset_meta`); the plan itself is stored in the dataset's
+metadata under `acquisition_plan`, so `--resume` and anyone reading the file know how it was
+taken.
+
+LED sets: `square` (n x n block around the LED on the axis), `disk` (every LED up to an
+illumination NA), `list` (explicit [row, col] pairs). Orders: `spiral` (square spiral from the
+centre outward, the classic FP order), `na` (by increasing illumination NA), `as_given`.
+Exposure: one bright-field exposure, a dark-field exposure (LEDs whose illumination NA exceeds
+the objective NA), or `auto_exposure`: before the run one LED per NA ring is metered and its
+ring's exposure set so the brightest pixels reach `auto_exposure_target` of full scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from uafp_gui.errors import ConfigError
+from uafp_gui.physics.patterns import disk_leds, illumination_na, spiral_order, square_leds
+
+__all__ = [
+    "LED_SETS",
+    "ORDERS",
+    "PLAN_FORMAT",
+    "PLAN_KEY",
+    "AcquisitionPlan",
+    "MicroscopeDescription",
+    "parse_led_set",
+]
+
+PLAN_FORMAT = "uafp-acquisition-plan"
+PLAN_VERSION = 1
+PLAN_KEY = "acquisition_plan"  # key of the plan in the dataset metadata
+LED_SETS = ("square", "disk", "list")
+ORDERS = ("spiral", "na", "as_given")
+
+RowCol = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MicroscopeDescription:
+    """The microscope as it nominally is: what a dataset's metadata needs besides the frames."""
+
+    wavelength_um: float = 0.532
+    objective_na: float = 0.1
+    magnification: float = 2.0
+    camera_pixel_um: float = 3.69
+    led_pitch_mm: float = 4.0
+    led_height_mm: float = 90.0
+    led_array_shape: tuple[int, int] = (32, 32)
+    led_on_axis: tuple[float, float] = (16, 16)
+    glass: dict[str, float] | None = None
+    sample: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("wavelength_um", "magnification", "camera_pixel_um", "led_pitch_mm", "led_height_mm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a positive number (got {value!r})")
+        if not 0 < self.objective_na < 1:
+            raise ConfigError(f"objective_na must be in (0, 1) (got {self.objective_na!r})")
+        rows, cols = (int(v) for v in self.led_array_shape)
+        if rows < 1 or cols < 1:
+            raise ConfigError(f"led_array_shape must be two positive integers (got {self.led_array_shape!r})")
+        object.__setattr__(self, "led_array_shape", (rows, cols))
+        object.__setattr__(self, "led_on_axis", tuple(float(v) for v in self.led_on_axis))
+
+    @classmethod
+    def from_simulation(cls, settings: Any) -> MicroscopeDescription:
+        """The *nominal* microscope of a simulation (its hidden errors stay hidden)."""
+        return cls(
+            wavelength_um=settings.wavelength_um,
+            objective_na=settings.objective_na,
+            magnification=settings.magnification,
+            camera_pixel_um=settings.camera_pixel_um,
+            led_pitch_mm=settings.led_pitch_mm,
+            led_height_mm=settings.led_height_mm,
+            led_array_shape=tuple(settings.led_array_shape),
+            led_on_axis=tuple(settings.led_on_axis),
+            sample="uafp_gui built-in test sample (resolution target and cells), simulated microscope",
+        )
+
+    @property
+    def sample_pixel_um(self) -> float:
+        return self.camera_pixel_um / self.magnification
+
+    @property
+    def center_led(self) -> RowCol:
+        """The LED nearest the optical axis."""
+        return (int(round(self.led_on_axis[0])), int(round(self.led_on_axis[1])))
+
+    def illumination_na(self, led: RowCol) -> float:
+        return illumination_na(led, self.led_on_axis, self.led_pitch_mm, self.led_height_mm)
+
+    def is_brightfield(self, led: RowCol) -> bool:
+        return self.illumination_na(led) < self.objective_na
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["led_array_shape"] = list(self.led_array_shape)
+        out["led_on_axis"] = list(self.led_on_axis)
+        return out
+
+
+def parse_led_set(text: str) -> dict[str, Any]:
+    """CLI text -> plan fields: "15x15" (square), "disk:0.3" (illumination NA), or
+    "list:FILE.json" / "list:r,c;r,c" (explicit)."""
+    text = text.strip()
+    if text.startswith("disk:"):
+        try:
+            return {"led_set": "disk", "max_illumination_na": float(text[5:])}
+        except ValueError:
+            raise ConfigError(f"--leds {text!r}: write disk:NA, e.g. disk:0.3") from None
+    if text.startswith("list:"):
+        body = text[5:]
+        if body.endswith(".json"):
+            try:
+                leds = json.loads(Path(body).read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise ConfigError(f"--leds {text!r}: cannot read the LED list: {error}") from None
+        else:
+            try:
+                leds = [[int(v) for v in item.split(",")] for item in body.split(";") if item.strip()]
+            except ValueError:
+                raise ConfigError(f"--leds {text!r}: write list:r,c;r,c or list:FILE.json") from None
+        return {"led_set": "list", "leds": leds}
+    parts = text.lower().split("x")
+    if len(parts) == 2 and parts[0] == parts[1] and parts[0].isdigit():
+        return {"led_set": "square", "square_size": int(parts[0])}
+    raise ConfigError(
+        f"--leds {text!r} is not understood: use NxN (a square, e.g. 15x15), disk:NA (e.g. disk:0.3) "
+        "or list:r,c;r,c / list:FILE.json"
+    )
+
+
+@dataclass(frozen=True)
+class AcquisitionPlan:
+    """What to acquire. Validated on construction (`ConfigError` names the bad field)."""
+
+    led_set: str = "square"
+    square_size: int = 15
+    max_illumination_na: float | None = None
+    leds: tuple[RowCol, ...] = ()
+    order: str = "spiral"
+    brightfield_exposure_ms: float = 10.0
+    darkfield_exposure_ms: float | None = None
+    auto_exposure: bool = False
+    auto_exposure_target: float = 0.5
+    auto_exposure_ring_na: float = 0.05
+    max_exposure_ms: float = 2000.0
+    dark_frame: bool = False
+    frames_to_average: int = 1
+    roi: tuple[int, int, int, int] | None = None
+    hardware_triggered: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.led_set not in LED_SETS:
+            raise ConfigError(f"led_set must be one of {LED_SETS} (got {self.led_set!r})")
+        if self.order not in ORDERS:
+            raise ConfigError(f"order must be one of {ORDERS} (got {self.order!r})")
+        if self.led_set == "square" and (not isinstance(self.square_size, int) or self.square_size < 1):
+            raise ConfigError(f"square_size must be a positive integer (got {self.square_size!r})")
+        if self.led_set == "disk":
+            na = self.max_illumination_na
+            if na is None or not 0 <= na < 1:
+                raise ConfigError(f"a disk LED set needs max_illumination_na in [0, 1) (got {na!r})")
+        try:
+            leds = tuple((int(r), int(c)) for r, c in self.leds)
+        except (TypeError, ValueError):
+            raise ConfigError(f"leds must be [row, col] integer pairs (got {self.leds!r})") from None
+        if self.led_set == "list" and not leds:
+            raise ConfigError("an explicit LED list is empty: give at least one [row, col]")
+        if len(set(leds)) != len(leds):
+            raise ConfigError("the LED list names an LED twice")
+        object.__setattr__(self, "leds", leds)
+        for name in ("brightfield_exposure_ms", "max_exposure_ms"):
+            self._positive(name)
+        if self.darkfield_exposure_ms is not None:
+            self._positive("darkfield_exposure_ms")
+        if not 0 < self.auto_exposure_target <= 1:
+            raise ConfigError(f"auto_exposure_target must be in (0, 1] (got {self.auto_exposure_target!r})")
+        self._positive("auto_exposure_ring_na")
+        if not isinstance(self.frames_to_average, int) or self.frames_to_average < 1:
+            raise ConfigError(f"frames_to_average must be an integer >= 1 (got {self.frames_to_average!r})")
+        if self.roi is not None:
+            try:
+                roi = tuple(int(v) for v in self.roi)
+            except (TypeError, ValueError):
+                raise ConfigError(f"roi must be [x, y, width, height] in camera pixels (got {self.roi!r})") from None
+            if len(roi) != 4 or roi[0] < 0 or roi[1] < 0 or roi[2] < 1 or roi[3] < 1:
+                raise ConfigError(f"roi must be [x, y, width, height] with x, y >= 0 and a positive size ({roi})")
+            object.__setattr__(self, "roi", roi)
+        object.__setattr__(self, "extra", dict(self.extra))
+
+    def _positive(self, name: str) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{name} must be a positive number (got {value!r})")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be finite (got {value!r})")
+
+    def replace(self, **changes: Any) -> AcquisitionPlan:
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------------ LEDs and frames
+    def led_sequence(self, microscope: MicroscopeDescription) -> list[RowCol]:
+        """The LEDs in acquisition order (one frame each); checked against the array."""
+        center = microscope.center_led
+        if self.led_set == "square":
+            chosen = square_leds(self.square_size, center)
+        elif self.led_set == "disk":
+            chosen = disk_leds(
+                microscope.led_array_shape,
+                microscope.led_on_axis,
+                microscope.led_pitch_mm,
+                microscope.led_height_mm,
+                float(self.max_illumination_na),
+            )
+            if not chosen:
+                raise ConfigError(f"no LED lies within illumination NA {self.max_illumination_na}")
+        else:
+            chosen = list(self.leds)
+        rows, cols = microscope.led_array_shape
+        outside = [led for led in chosen if not (0 <= led[0] < rows and 0 <= led[1] < cols)]
+        if outside:
+            raise ConfigError(
+                f"{len(outside)} LED(s) of the plan lie outside the {rows}x{cols} array (first: {outside[0]}): "
+                "use a smaller LED set or check led_on_axis"
+            )
+        if self.order == "spiral":
+            return spiral_order(chosen, center)
+        if self.order == "na":
+            return sorted(chosen, key=lambda led: (round(microscope.illumination_na(led), 12), led))
+        return list(chosen)
+
+    def ring_of(self, led: RowCol, microscope: MicroscopeDescription) -> int:
+        """Exposure ring: 0 for bright field, 1, 2, ... for dark-field bands `auto_exposure_ring_na` wide."""
+        na = microscope.illumination_na(led)
+        if na < microscope.objective_na:
+            return 0
+        return 1 + int((na - microscope.objective_na) // self.auto_exposure_ring_na)
+
+    def nominal_exposure_ms(self, led: RowCol, microscope: MicroscopeDescription) -> float:
+        if microscope.is_brightfield(led) or self.darkfield_exposure_ms is None:
+            return float(self.brightfield_exposure_ms)
+        return float(self.darkfield_exposure_ms)
+
+    def frame_specs(
+        self, microscope: MicroscopeDescription, ring_exposures_ms: Mapping[int, float] | None = None
+    ) -> list:
+        """One `FrameSpec` per LED, in order; `ring_exposures_ms` (from metering) overrides."""
+        from uafp_gui.io.dataset import FrameSpec
+
+        specs = []
+        for led in self.led_sequence(microscope):
+            exposure = self.nominal_exposure_ms(led, microscope)
+            if ring_exposures_ms is not None:
+                exposure = float(ring_exposures_ms.get(self.ring_of(led, microscope), exposure))
+            specs.append(FrameSpec(leds=(led,), exposure_ms=exposure))
+        return specs
+
+    # ---------------------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": PLAN_FORMAT, "version": PLAN_VERSION}
+        for item in fields(self):
+            if item.name == "extra":
+                continue
+            value = getattr(self, item.name)
+            if item.name == "leds":
+                value = [list(led) for led in value]
+            elif item.name == "roi" and value is not None:
+                value = list(value)
+            out[item.name] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AcquisitionPlan:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"an acquisition plan must be a JSON object (got {type(data).__name__})")
+        if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+            raise ConfigError(f"format is {data.get('format')!r}, expected {PLAN_FORMAT!r}")
+        if data.get("version", PLAN_VERSION) != PLAN_VERSION:
+            raise ConfigError(f"acquisition plan version {data.get('version')!r} is not {PLAN_VERSION}")
+        known = {item.name for item in fields(cls)} - {"extra"}
+        kwargs = {key: value for key, value in data.items() if key in known}
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in known and k not in ("format", "version")}
+        if kwargs.get("roi") is not None:
+            kwargs["roi"] = tuple(kwargs["roi"])
+        kwargs["leds"] = tuple(tuple(led) for led in kwargs.get("leds", ()))
+        try:
+            return cls(**kwargs)
+        except TypeError as error:
+            raise ConfigError(f"invalid acquisition plan: {error}") from None
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AcquisitionPlan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot read acquisition plan {path}: {error}") from None
+        return cls.from_dict(data)
+
+
+def dataset_meta(
+    plan: AcquisitionPlan,
+    microscope: MicroscopeDescription,
+    frames: Sequence[Any],
+    *,
+    camera_offset: float = 0.0,
+    bit_depth: int | None = None,
+    tile_center_um: tuple[float, float] = (0.0, 0.0),
+    notes: str = "",
+    extra: Mapping[str, Any] | None = None,
+):
+    """The dataset metadata of a run of `plan` on `microscope` (the plan stored in it)."""
+    from uafp_gui.io.dataset import DatasetMeta, Glass
+
+    return DatasetMeta(
+        wavelength_um=microscope.wavelength_um,
+        objective_na=microscope.objective_na,
+        magnification=microscope.magnification,
+        camera_pixel_um=microscope.camera_pixel_um,
+        led_pitch_mm=microscope.led_pitch_mm,
+        led_height_mm=microscope.led_height_mm,
+        led_array_shape=microscope.led_array_shape,
+        led_on_axis=microscope.led_on_axis,
+        frames=tuple(frames),
+        tile_center_um=tile_center_um,
+        camera_offset=float(camera_offset),
+        bit_depth=bit_depth,
+        glass=Glass.from_dict(microscope.glass) if microscope.glass else None,
+        sample=microscope.sample,
+        notes=notes,
+        extra={PLAN_KEY: plan.to_dict(), "microscope": microscope.to_dict(), **(extra or {})},
+    ).stamped()

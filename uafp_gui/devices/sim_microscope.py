@@ -1,0 +1,488 @@
+"""A simulated FP microscope as pure-Python Micro-Manager devices (pymmcore-plus unicore).
+
+`SimulatedFpCamera` renders, for the LEDs lit at the moment of the snap, the image of the
+built-in sample through the forward model of a microscope with hidden errors (LED-array
+misalignment, pupil aberrations, LED brightness spread; `uafp_gui.simulate.SimulationSettings`,
+default the `misaligned` preset), adds Poisson and read noise and the camera offset, and
+quantises to its bit depth. Counts scale with the exposure time: `photons_per_pixel` is the
+bright-field signal at the preset's reference `exposure_ms`, so normalised frames
+`(counts - camera_offset) / exposure_ms` do not depend on the exposure chosen.
+
+`LedArrayDevice` exposes any `LedArray` to the core (property `Pattern`, "row,col;row,col"
+in image axes, "" for all off), so LED changes go through the core like any other device and
+can be part of a useq `MDAEvent.properties`.
+
+`open_simulated_microscope()` builds a `UniMMCore` holding both: the default microscope when
+no hardware is found.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pymmcore_plus.experimental.unicore import GenericDevice, SimpleCameraDevice, UniMMCore, pymm_property
+
+from uafp_gui.errors import ConfigError, DeviceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from uafp_gui.devices.led_array import LedArray
+    from uafp_gui.simulate import SimulationSettings
+
+__all__ = [
+    "CAMERA_LABEL",
+    "LED_DEVICE_LABEL",
+    "CameraTimeout",
+    "FpRenderer",
+    "LedArrayDevice",
+    "SimulatedFpCamera",
+    "default_simulation_settings",
+    "format_pattern",
+    "open_simulated_microscope",
+    "parse_pattern",
+]
+
+CAMERA_LABEL = "Camera"
+LED_DEVICE_LABEL = "LEDArray"
+PATTERN_PROPERTY = "Pattern"
+
+RowCol = tuple[int, int]
+
+
+class CameraTimeout(DeviceError):
+    """The camera did not deliver a frame in time."""
+
+
+def default_simulation_settings() -> SimulationSettings:
+    """The simulated microscope's defaults: the `misaligned` preset."""
+    from uafp_gui.simulate import PRESETS
+
+    return PRESETS["misaligned"]
+
+
+# ------------------------------------------------------------------------------ LED pattern text
+
+
+def format_pattern(leds: Iterable[Sequence[int]]) -> str:
+    """[(3, 4), (5, 6)] -> "3,4;5,6" (image axes); no LEDs -> ""."""
+    return ";".join(f"{int(r)},{int(c)}" for r, c in leds)
+
+
+def parse_pattern(text: str) -> list[RowCol]:
+    """Inverse of `format_pattern`; raises `DeviceError` on malformed text."""
+    text = str(text).strip()
+    if not text:
+        return []
+    leds = []
+    for item in text.split(";"):
+        try:
+            row, col = item.split(",")
+            leds.append((int(row), int(col)))
+        except ValueError:
+            raise DeviceError(
+                f"LED pattern {text!r} is malformed: write 'row,col;row,col' (image axes), '' for off"
+            ) from None
+    return leds
+
+
+# ------------------------------------------------------------------------------ LED-array device
+
+
+class LedArrayDevice(GenericDevice):
+    """Any `LedArray` as a Micro-Manager generic device (property `Pattern`).
+
+    Errors of the LED array (`LedArrayError`, a `DeviceError`) propagate unchanged through
+    `core.setProperty`, so the caller sees the driver's message. `Pattern` is sequenceable
+    when the array supports hardware sequences (`load_sequence`/`arm_sequence`): each step
+    lights one LED and a trigger edge advances it.
+    """
+
+    def __init__(self, led_array: LedArray | None = None) -> None:
+        super().__init__()
+        self.led_array = led_array
+
+    def _array(self) -> LedArray:
+        if self.led_array is None:
+            raise DeviceError(
+                f"Micro-Manager device {self.get_label()!r} has no LED array attached: call "
+                "attach_led_array(core, led_array) after loading the configuration"
+            )
+        return self.led_array
+
+    @pymm_property(sequence_max_length=256)
+    def Pattern(self) -> str:  # noqa: N802 - Micro-Manager property names are CamelCase
+        """The lit LEDs, 'row,col;row,col' in image axes ('' = all off)."""
+        return format_pattern(sorted(self._array().lit))
+
+    @Pattern.setter
+    def Pattern(self, value: str) -> None:  # noqa: N802
+        leds = parse_pattern(value)
+        array = self._array()
+        if leds:
+            array.light(leds)
+        else:
+            array.clear()
+
+    @Pattern.sequence_loader
+    def load_pattern_sequence(self, sequence: Sequence[str]) -> None:
+        array = self._array()
+        loader = getattr(array, "load_sequence", None)
+        if loader is None:
+            raise DeviceError(f"{type(array).__name__} has no hardware sequence support")
+        steps = [parse_pattern(text) for text in sequence]
+        if any(len(step) != 1 for step in steps):
+            raise DeviceError("hardware LED sequences light exactly one LED per step")
+        loader([step[0] for step in steps])
+
+    @Pattern.sequence_starter
+    def start_pattern_sequence(self) -> None:
+        self._array().arm_sequence()  # type: ignore[attr-defined]
+
+    @Pattern.sequence_stopper
+    def stop_pattern_sequence(self) -> None:
+        stop = getattr(self._array(), "stop_sequence", None)
+        if stop is not None:
+            stop()
+
+    @pymm_property(is_read_only=True)
+    def Rows(self) -> int:  # noqa: N802
+        return int(self._array().shape[0])
+
+    @pymm_property(is_read_only=True)
+    def Columns(self) -> int:  # noqa: N802
+        return int(self._array().shape[1])
+
+    @pymm_property(is_read_only=True)
+    def PitchMm(self) -> float:  # noqa: N802
+        return float(self._array().pitch_mm)
+
+    def shutdown(self) -> None:
+        if self.led_array is not None:
+            try:
+                self.led_array.clear()
+            except DeviceError:
+                pass  # a vanished array cannot be switched off; shutdown must not raise
+
+
+def lit_leds_of(led_array: LedArray) -> frozenset[RowCol]:
+    """The LEDs physically lit, image axes: the firmware model's state when simulated (what a
+    camera would see, including hardware-sequence steps), else what the driver last set."""
+    model = getattr(led_array, "model", None)
+    indices = getattr(model, "lit", None)
+    if indices is None:
+        return led_array.lit
+    cols = led_array.array_shape[1]
+    return frozenset(led_array.array_to_image((i // cols, i % cols)) for i in list(indices))
+
+
+# ------------------------------------------------------------------------------- rendering
+
+
+class FpRenderer:
+    """Noise-free expected counts per ms for any set of lit LEDs (incoherent sum of single-LED
+    images through the true forward model). Each LED is rendered once and cached."""
+
+    def __init__(self, settings: SimulationSettings, device: str = "cpu") -> None:
+        self.settings = settings
+        self.device = device
+        rows, cols = settings.led_array_shape
+        rng = np.random.default_rng(settings.seed)
+        # Hidden per-LED brightness (relative), like simulate()'s per-frame spread.
+        self.led_brightness = np.clip(
+            1 + settings.led_brightness_spread * rng.standard_normal((rows, cols)), 0.2, None
+        )
+        self._cache: dict[RowCol, np.ndarray | None] = {}
+        self._lock = threading.Lock()
+        self._model = None
+        self._spectrum = None
+        self._frame_of: dict[RowCol, int] = {}
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.settings.frame_size, self.settings.frame_size)
+
+    def _build(self) -> None:
+        import torch
+
+        from uafp_gui.io.dataset import DatasetMeta
+        from uafp_gui.simulate import true_microscope_model
+
+        s = self.settings
+        rows, cols = s.led_array_shape
+        leds = [(r, c) for r in range(rows) for c in range(cols)]
+        meta = DatasetMeta(
+            wavelength_um=s.wavelength_um,
+            objective_na=s.objective_na,
+            magnification=s.magnification,
+            camera_pixel_um=s.camera_pixel_um,
+            led_pitch_mm=s.led_pitch_mm,
+            led_height_mm=s.led_height_mm,
+            led_array_shape=s.led_array_shape,
+            led_on_axis=s.led_on_axis,
+            frames=tuple({"leds": [list(led)], "exposure_ms": s.exposure_ms} for led in leds),
+        )
+        with torch.no_grad():
+            self._model, _, self._spectrum = true_microscope_model(s, meta, self.device)
+        self._frame_of = {led: k for k, led in enumerate(leds)}
+
+    def single(self, led: RowCol) -> np.ndarray | None:
+        """Counts per ms of one LED (None: it lights nothing the sample can scatter into the
+        objective within the simulated bandwidth, i.e. an all-dark frame)."""
+        with self._lock:
+            if led in self._cache:
+                return self._cache[led]
+            import torch
+
+            if self._model is None:
+                self._build()
+            if led not in self._frame_of:
+                raise DeviceError(f"LED {led} is outside the simulated {self.settings.led_array_shape} array")
+            s = self.settings
+            with torch.no_grad():
+                try:
+                    image = self._model(self._spectrum, torch.tensor([self._frame_of[led]]))[0]
+                except ValueError:  # beyond the sample's bandwidth: no light reaches the camera
+                    image = None
+            if image is not None:
+                scale = s.photons_per_pixel * float(self.led_brightness[led]) / s.exposure_ms
+                image = (image.cpu().numpy().astype(np.float64) * scale).astype(np.float32)
+                image.flags.writeable = False
+            self._cache[led] = image
+            return image
+
+    def expected_counts_per_ms(self, leds: Iterable[RowCol]) -> np.ndarray | None:
+        total = None
+        for led in leds:
+            image = self.single(tuple(led))
+            if image is None:
+                continue
+            total = image.copy() if total is None else total + image
+        return total
+
+    def prerender(self, leds: Iterable[RowCol], batch: int = 32) -> None:
+        """Render (and cache) these LEDs now, in batches: a camera warm-up before a run."""
+        import torch
+
+        with self._lock:
+            if self._model is None:
+                self._build()
+            missing = [tuple(led) for led in dict.fromkeys(tuple(led) for led in leds) if tuple(led) not in self._cache]
+            unknown = [led for led in missing if led not in self._frame_of]
+            if unknown:
+                raise DeviceError(f"LED {unknown[0]} is outside the simulated {self.settings.led_array_shape} array")
+            s = self.settings
+            for start in range(0, len(missing), batch):
+                chunk = missing[start : start + batch]
+                try:
+                    with torch.no_grad():
+                        frames = torch.tensor([self._frame_of[led] for led in chunk])
+                        images = self._model(self._spectrum, frames).cpu().numpy().astype(np.float64)
+                except ValueError:  # some LED of the chunk is beyond the bandwidth: one by one
+                    continue
+                for led, image in zip(chunk, images, strict=True):
+                    scale = s.photons_per_pixel * float(self.led_brightness[led]) / s.exposure_ms
+                    out = (image * scale).astype(np.float32)
+                    out.flags.writeable = False
+                    self._cache[led] = out
+        for led in missing:
+            self.single(led)
+
+    _shared: dict[tuple[str, str], FpRenderer] = {}
+
+    @classmethod
+    def shared(cls, settings: SimulationSettings, device: str = "cpu") -> FpRenderer:
+        """One renderer (and cache) per distinct settings in this process."""
+        key = (repr(settings), device)
+        if key not in cls._shared:
+            cls._shared[key] = cls(settings, device)
+        return cls._shared[key]
+
+
+# ---------------------------------------------------------------------------------- camera
+
+
+class SimulatedFpCamera(SimpleCameraDevice):
+    """A camera looking at the built-in sample through the simulated FP microscope.
+
+    `leds` is where the camera learns which LEDs are lit: a `LedArray` (its physical state)
+    or a callable returning (row, col) pairs; `attach_led_array` sets it after a config load.
+    `realtime=True` makes a snap last the exposure time, like a real camera.
+    Failure injection: `inject_timeout(after_frames, hang=False)`.
+    """
+
+    def __init__(
+        self,
+        settings: SimulationSettings | None = None,
+        leds: LedArray | Callable[[], Iterable[RowCol]] | None = None,
+        *,
+        realtime: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.settings = settings or default_simulation_settings()
+        self.renderer = FpRenderer.shared(self.settings, device)
+        self.leds = leds
+        self.realtime = realtime
+        self._exposure_ms = float(self.settings.exposure_ms)
+        self._rng = np.random.default_rng(self.settings.seed + 1)
+        self._full_scale = 2 ** int(self.settings.bit_depth) - 1
+        self._timeout_after: int | None = None
+        self._hang = False
+        self.frames_snapped = 0
+
+    # ---- failure injection -----------------------------------------------------------------
+    def inject_timeout(self, after_frames: int | None, hang: bool = False) -> None:
+        """Deliver `after_frames` more frames, then fail every snap: raise a `CameraTimeout`
+        (an adapter that detects its own timeout) or, with `hang=True`, block for a minute
+        (a camera that never answers; the acquisition's watchdog must catch it)."""
+        self._timeout_after = after_frames
+        self._hang = hang
+
+    # ---- camera API -------------------------------------------------------------------------
+    def sensor_shape(self) -> tuple[int, int]:
+        return self.renderer.frame_shape
+
+    def dtype(self) -> Any:
+        return np.uint16
+
+    def get_exposure(self) -> float:
+        return self._exposure_ms
+
+    def set_exposure(self, exposure: float) -> None:
+        exposure = float(exposure)
+        if not 0 < exposure <= 60_000:
+            raise ValueError(f"exposure must be in (0, 60000] ms, got {exposure}")
+        self._exposure_ms = exposure
+
+    def get_offset(self) -> float:
+        return float(self.settings.camera_offset)
+
+    @pymm_property(is_read_only=True)
+    def BitDepth(self) -> int:  # noqa: N802 - Micro-Manager property names are CamelCase
+        """Bits the simulated ADC delivers (frames are uint16, saturating at 2**BitDepth - 1)."""
+        return int(self.settings.bit_depth)
+
+    def prepare(self, leds: Iterable[RowCol]) -> None:
+        """Warm-up before a run: render the LEDs it will light (keeps snaps fast)."""
+        self.renderer.prerender(leds)
+
+    def lit_leds(self) -> list[RowCol]:
+        source = self.leds
+        if source is None:
+            return []
+        if callable(source):
+            return [tuple(led) for led in source()]
+        return sorted(lit_leds_of(source))
+
+    def snap(self, buffer: np.ndarray) -> Mapping:
+        start = time.perf_counter()
+        if self._timeout_after is not None:
+            if self._timeout_after <= 0:
+                if self._hang:
+                    time.sleep(60.0)  # a camera that never answers
+                raise CameraTimeout(
+                    f"simulated camera timed out after {self.frames_snapped} frames (injected failure)"
+                )
+            self._timeout_after -= 1
+        exposure = self._exposure_ms
+        leds = self.lit_leds()
+        expected = self.renderer.expected_counts_per_ms(leds)
+        s = self.settings
+        shape = buffer.shape
+        if expected is None:
+            electrons = np.zeros(shape)
+        else:
+            electrons = self._rng.poisson(np.clip(expected * exposure, 0, None)).astype(np.float64)
+        electrons += s.read_noise_e * self._rng.standard_normal(shape)
+        electrons += s.camera_offset
+        np.rint(electrons, out=electrons)
+        np.clip(electrons, 0, self._full_scale, out=electrons)
+        buffer[...] = electrons
+        self.frames_snapped += 1
+        if self.realtime:
+            remaining = start + exposure / 1000.0 - time.perf_counter()
+            if remaining > 0:
+                time.sleep(remaining)  # the exposure itself, not a wait for an acknowledgement
+        return {"uafp-simulated-leds": format_pattern(leds), "Exposure-ms": str(exposure)}
+
+
+# ------------------------------------------------------------------------------ assembly
+
+
+def attach_led_array(core: UniMMCore, led_array: LedArray, label: str = LED_DEVICE_LABEL) -> None:
+    """Expose `led_array` as device `label` in `core` (loading it if needed) and let every
+    simulated camera in the core watch it."""
+    if not isinstance(core, UniMMCore):
+        raise ConfigError("the LED array is a Python device: the core must be a pymmcore-plus UniMMCore")
+    if label in core.getLoadedDevices():
+        device = core._pydevices[label]  # noqa: SLF001 - the core offers no public accessor
+        if not isinstance(device, LedArrayDevice):
+            raise ConfigError(
+                f"device label {label!r} is already used by a {type(device).__name__} in the "
+                "Micro-Manager configuration: rename it, uafp loads its LED array under that label"
+            )
+        device.led_array = led_array
+    else:
+        core.loadPyDevice(label, LedArrayDevice(led_array))
+        core.initializeDevice(label)
+    for name in core.getLoadedDevices():
+        if core.isPyDevice(name):
+            device = core._pydevices[name]  # noqa: SLF001
+            if isinstance(device, SimulatedFpCamera) and device.leds is None:
+                device.leds = led_array
+
+
+def open_simulated_microscope(
+    settings: SimulationSettings | None = None,
+    led_array: LedArray | None = None,
+    *,
+    realtime: bool = True,
+    device: str = "cpu",
+) -> tuple[UniMMCore, LedArray]:
+    """A core with a simulated FP camera ("Camera") and the LED array ("LEDArray").
+
+    `led_array` defaults to a `SimulatedLedArray` (the real serial driver talking to a model
+    of the firmware) of the settings' shape and pitch.
+    """
+    from uafp_gui.devices.illuminate import SimulatedLedArray
+
+    settings = settings or default_simulation_settings()
+    if led_array is None:
+        led_array = SimulatedLedArray(
+            tuple(settings.led_array_shape), settings.led_pitch_mm, height_mm=settings.led_height_mm
+        )
+    if tuple(led_array.shape) != tuple(settings.led_array_shape):
+        raise ConfigError(
+            f"the LED array is {led_array.shape[0]}x{led_array.shape[1]} but the simulated microscope "
+            f"expects {settings.led_array_shape[0]}x{settings.led_array_shape[1]}"
+        )
+    from uafp_gui.devices.micromanager import new_core
+
+    core = new_core()
+    camera = SimulatedFpCamera(settings, led_array, realtime=realtime, device=device)
+    core.loadPyDevice(CAMERA_LABEL, camera)
+    core.initializeDevice(CAMERA_LABEL)
+    core.setCameraDevice(CAMERA_LABEL)
+    attach_led_array(core, led_array)
+    core.setExposure(settings.exposure_ms)
+    return core, led_array
+
+
+def simulated_camera(core: UniMMCore) -> SimulatedFpCamera | None:
+    """The core's current camera when it is a `SimulatedFpCamera`."""
+    label = core.getCameraDevice()
+    if label and isinstance(core, UniMMCore) and core.isPyDevice(label):
+        device = core._pydevices[label]  # noqa: SLF001
+        if isinstance(device, SimulatedFpCamera):
+            return device
+    return None
+
+
+def simulation_with(settings: SimulationSettings | None = None, **changes: Any) -> SimulationSettings:
+    """`settings` (default: the misaligned preset) with some fields changed."""
+    return replace(settings or default_simulation_settings(), **changes)
+
