@@ -3,7 +3,8 @@
 Implements spec section 2. Image axes: x along frame columns, y along frame rows. An LED at
 (row, col) sits nominally at X = (col - c0) pitch, Y = (row - r0) pitch, h below the sample;
 calibration rotates by `rotation_deg` counter-clockwise, then shifts, and replaces the height.
-Every function is torch and differentiable in the geometry parameters.
+Every function is torch, differentiable in the geometry parameters, and broadcasts over leading
+dimensions (a batch of candidate geometries).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def nominal_led_positions_mm(
 ) -> torch.Tensor:
     """(L, 2) nominal [X, Y] in mm of LEDs given as (L, 2) [row, col] indices."""
     row0, col0 = led_on_axis
-    x = (leds_row_col[:, 1] - col0) * pitch_mm
-    y = (leds_row_col[:, 0] - row0) * pitch_mm
+    x = (leds_row_col[..., 1] - col0) * pitch_mm
+    y = (leds_row_col[..., 0] - row0) * pitch_mm
     return torch.stack([x, y], dim=-1)
 
 
@@ -32,7 +33,7 @@ def misaligned_positions_mm(
     """Rotate counter-clockwise in image axes, then shift (spec section 2)."""
     theta = torch.deg2rad(rotation_deg)
     cos, sin = torch.cos(theta), torch.sin(theta)
-    x, y = nominal_mm[:, 0], nominal_mm[:, 1]
+    x, y = nominal_mm[..., 0], nominal_mm[..., 1]
     return torch.stack([x * cos - y * sin + shift_x_mm, x * sin + y * cos + shift_y_mm], dim=-1)
 
 
@@ -43,15 +44,15 @@ def illumination_sines(
     glass_thickness_mm: float = 0.0,
     glass_index: float = 1.0,
 ) -> torch.Tensor:
-    """(L, 2) direction sines (sin_x, sin_y) of the light reaching the tile centre in air.
+    """(..., L, 2) direction sines (sin_x, sin_y) of the light reaching the tile centre in air.
 
     Without glass the ray is straight: sin = (xc - X) / r. A slide of thickness t and index
     n just below the sample bends the ray; the lateral offset rho must then satisfy
     rho = (h - t) tan(a) + t tan(g), sin(a) = n sin(g). We solve for sin(a) with a fixed
     number of Newton steps so the result stays differentiable in the geometry.
     """
-    dx = tile_center_mm[0] - led_positions_mm[:, 0]
-    dy = tile_center_mm[1] - led_positions_mm[:, 1]
+    dx = tile_center_mm[0] - led_positions_mm[..., 0]
+    dy = tile_center_mm[1] - led_positions_mm[..., 1]
     rho = torch.sqrt(dx * dx + dy * dy + 1e-18)
     straight = rho / torch.sqrt(rho * rho + height_mm * height_mm)
     if glass_thickness_mm <= 0.0:

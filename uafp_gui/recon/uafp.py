@@ -1,0 +1,512 @@
+"""UA-FP: the self-calibrating reconstruction that optimises the object with every system unknown.
+
+One differentiable forward model (`uafp_gui.physics.forward`) of the real, imperfect microscope;
+a first-order optimiser (Adam, one step size per parameter group) alternates an image phase
+(object only) and a system phase (LED geometry, Zernike and free-form pupil, frame gains,
+background) over mini-batches of frames. The start is robust to large misalignment: the
+object comes from the bright-field frames and the LED geometry from the data itself
+(`uafp_gui.recon.selfcal`).
+
+Streaming: a `UafpReconstruction` takes frames as they arrive (`add_frames`), `run()` continues
+from its state and yields small immutable `ReconstructionUpdate`s, stops between iterations
+when cancelled, and rolls back to the last good state (with smaller steps) if the loss
+diverges or turns NaN. `save_state`/`load_state` resume a reconstruction later.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.result import Calibration, LedGeometry
+from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
+from uafp_gui.recon.common import ReconstructionResult, apply_calibration, resolve_device, result_from_model
+from uafp_gui.recon.report import nominal_frame_positions_mm
+
+LOSSES = ("amplitude", "poisson")
+
+
+@dataclass(frozen=True)
+class UafpSettings:
+    """Everything a user may tune; the defaults are meant to work from the dataset alone."""
+
+    upsample: int = 4
+    iterations: int = 40
+    batch_size: int = 45
+    device: str = "auto"
+    loss: str = "amplitude"
+    tv_weight: float = 0.0
+    pixel_integration: int = 2
+    learn_geometry: bool = True
+    learn_zernike: bool = True
+    zernike_min_index: int = 4  # Z2/Z3 (tilt) equal a translation of the object: degenerate
+    learn_freeform: bool = False
+    learn_led_residuals: bool = False
+    learn_gains: bool = True
+    learn_background: bool = False
+    freeze_system: bool = False
+    init_geometry_from_data: bool = True
+    warmup_iterations: int = 2
+    growth_fraction: float = 0.4  # share of iterations over which frames are added from the centre outward
+    lr_object: float = 0.05
+    lr_shift_mm: float = 0.05
+    lr_rotation_deg: float = 0.05
+    lr_height_mm: float = 0.3
+    lr_zernike_rad: float = 0.03
+    lr_freeform_rad: float = 0.01
+    lr_led_residual_mm: float = 0.01
+    lr_gain: float = 0.01
+    lr_background: float = 0.001
+    final_lr_fraction: float = 0.05
+    update_every: int = 1
+    preview_size: int = 256
+    seed: int = 0
+
+    def replace(self, **changes) -> UafpSettings:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
+        if self.iterations < 0 or self.batch_size < 1 or self.upsample < 1:
+            raise ConfigError("iterations >= 0, batch_size >= 1 and upsample >= 1 are required")
+        if self.pixel_integration < 1:
+            raise ConfigError("pixel_integration must be >= 1 (1 = off)")
+
+
+@dataclass(frozen=True)
+class ReconstructionUpdate:
+    """A small immutable snapshot for views: numpy arrays, never tensors."""
+
+    iteration: int
+    loss: float
+    frames_used: int
+    amplitude: np.ndarray
+    phase: np.ndarray
+    log_spectrum: np.ndarray
+    pupil_amplitude: np.ndarray
+    pupil_phase: np.ndarray
+    geometry: LedGeometry
+    zernike_rad: dict[int, float]
+    frame_gain: np.ndarray
+    led_positions_mm: np.ndarray
+    nominal_led_positions_mm: np.ndarray
+    elapsed_s: float
+    rolled_back: bool = False
+    loss_history: tuple[float, ...] = field(default=())
+
+
+class UafpReconstruction:
+    """A UA-FP reconstruction that can grow with the acquisition and be resumed."""
+
+    def __init__(
+        self,
+        meta,
+        frame_shape: tuple[int, int],
+        settings: UafpSettings = UafpSettings(),
+        calibration: Calibration | None = None,
+        source_dataset: str = "",
+    ):
+        settings.validate()
+        self.meta = meta
+        self.settings = settings
+        self.source_dataset = source_dataset
+        self.device = resolve_device(settings.device)
+        setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration)
+        try:
+            self.model = ForwardModel(setup, device=self.device)
+            with torch.no_grad():
+                self.model.crop_indices(*self.model.crop_plan(self.model.illumination_frequencies())[:2])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        apply_calibration(self.model, calibration)
+        self.calibrated = calibration is not None
+        n = setup.n_frames
+        rows, cols = setup.frame_shape
+        self.measurements = torch.zeros(n, rows, cols, device=self.device)
+        self.available = torch.zeros(n, dtype=torch.bool)
+        self.counts_per_unit = torch.as_tensor(
+            [f.exposure_ms * f.intensity for f in meta.frames], dtype=torch.float32, device=self.device
+        )
+        self.scale: float | None = None
+        self.object: torch.nn.Parameter | None = None
+        self.iteration = 0
+        self.loss_history: list[float] = []
+        self.elapsed_s = 0.0
+        self.learning_rate_factor = 1.0
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, np.ndarray]] = []
+        self._geometry_initialised_with = 0
+        self._generator = torch.Generator().manual_seed(settings.seed)
+        self._nominal_positions = nominal_frame_positions_mm(meta)
+        self._last_good: dict | None = None
+        self.optimisers: dict[str, torch.optim.Optimizer] = {}
+
+    # ------------------------------------------------------------------ frames
+    @classmethod
+    def from_dataset(cls, dataset, settings: UafpSettings = UafpSettings(), calibration=None) -> UafpReconstruction:
+        recon = cls(
+            dataset.meta,
+            dataset.frames.shape[1:],
+            settings,
+            calibration,
+            source_dataset=dataset.path.name if dataset.path else "",
+        )
+        recon.add_frames(dataset.frames, 0)
+        return recon
+
+    def add_frames(self, raw_frames: np.ndarray, first_index: int) -> None:
+        """Queue raw camera frames (dataset order from `first_index`); thread-safe, taken at the next iteration."""
+        raw_frames = np.asarray(raw_frames)
+        if raw_frames.ndim == 2:
+            raw_frames = raw_frames[None]
+        if first_index < 0 or first_index + len(raw_frames) > self.model.setup.n_frames:
+            raise ReconstructionError(
+                f"frames {first_index}..{first_index + len(raw_frames) - 1} are outside the "
+                f"{self.model.setup.n_frames} frames the dataset plans"
+            )
+        if raw_frames.shape[1:] != tuple(self.model.setup.frame_shape):
+            raise ReconstructionError(
+                f"frame shape {raw_frames.shape[1:]} differs from the reconstruction's {self.model.setup.frame_shape}"
+            )
+        with self._lock:
+            for k, frame in enumerate(raw_frames):
+                self._pending.append((first_index + k, frame))
+
+    @property
+    def frames_available(self) -> int:
+        return int(self.available.sum()) + len(self._pending)
+
+    def _take_pending(self) -> bool:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return False
+        offset = float(self.meta.camera_offset)
+        for index, frame in pending:
+            normalised = (
+                torch.as_tensor(frame.astype(np.float32), device=self.device) - offset
+            ) / self.counts_per_unit[index]
+            if not torch.isfinite(normalised).all():
+                raise ReconstructionError(f"frame {index} holds NaN or infinite values")
+            self.measurements[index] = normalised.clamp(min=0)
+            self.available[index] = True
+        return True
+
+    # ------------------------------------------------------------ initial state
+    def _bright_field_frames(self) -> np.ndarray:
+        available = torch.nonzero(self.available).squeeze(1)
+        means = self.measurements[available].mean(dim=(1, 2))
+        bright = available[means > 0.5 * means.max()]
+        return bright.cpu().numpy()
+
+    def _initialise(self) -> None:
+        """Object from the brightest frames, scale, and (once enough frames exist) the geometry."""
+        bright = self._bright_field_frames()
+        if self.scale is None:
+            self.scale = float(self.measurements[bright].mean())
+            with torch.no_grad():
+                if not self.calibrated:
+                    self.model.system.frame_gain.fill_(1.0)
+                else:
+                    self.model.system.frame_gain.div_(self.scale)
+        if self.object is None:
+            central = int(bright[np.argmin(np.linalg.norm(self._nominal_positions[bright], axis=1))])
+            amplitude = torch.sqrt(self.measurements[central] / self.scale)
+            amplitude = torch.nn.functional.interpolate(
+                amplitude[None, None], size=self.model.setup.object_shape, mode="bilinear", align_corners=False
+            )[0, 0]
+            self.object = torch.nn.Parameter(amplitude.to(torch.complex64))
+        if (
+            self.settings.init_geometry_from_data
+            and self.settings.learn_geometry
+            and not self.settings.freeze_system
+            and not self.calibrated
+            and len(bright) > self._geometry_initialised_with
+            and self.iteration < 5
+        ):
+            from uafp_gui.recon.selfcal import fit_geometry_from_boundary
+
+            available = torch.nonzero(self.available).squeeze(1)
+            fit = fit_geometry_from_boundary(self.model, self.measurements, available)
+            self.model.system.set_geometry(fit.geometry)
+            self._geometry_initialised_with = len(bright)
+        self._build_optimisers()
+
+    def _build_optimisers(self) -> None:
+        s = self.settings
+        system = self.model.system
+        for parameter in system.parameters():
+            parameter.requires_grad_(False)
+        groups = []
+        if not s.freeze_system:
+            if s.learn_geometry:
+                groups += [
+                    {"params": [system.shift_x_mm, system.shift_y_mm], "lr": s.lr_shift_mm},
+                    {"params": [system.rotation_deg], "lr": s.lr_rotation_deg},
+                    {"params": [system.height_mm], "lr": s.lr_height_mm},
+                ]
+            if s.learn_zernike:
+                groups.append({"params": [system.zernike_rad], "lr": s.lr_zernike_rad})
+            if s.learn_freeform:
+                groups.append({"params": [system.freeform_phase], "lr": s.lr_freeform_rad})
+            if s.learn_led_residuals:
+                groups.append({"params": [system.led_offsets_mm], "lr": s.lr_led_residual_mm})
+            if s.learn_gains:
+                groups.append({"params": [system.frame_gain], "lr": s.lr_gain})
+            if s.learn_background:
+                groups.append({"params": [system.background], "lr": s.lr_background})
+        for group in groups:
+            for parameter in group["params"]:
+                parameter.requires_grad_(True)
+            group["base_lr"] = group["lr"]
+        if "object" not in self.optimisers:
+            self.optimisers["object"] = torch.optim.Adam(
+                [{"params": [self.object], "lr": s.lr_object, "base_lr": s.lr_object}]
+            )
+        if groups and "system" not in self.optimisers:
+            self.optimisers["system"] = torch.optim.Adam(groups)
+
+    # ---------------------------------------------------------------- the loss
+    def loss(self, frames: torch.Tensor) -> torch.Tensor:
+        """Mean data misfit of `frames` (normalised per pixel), plus regularisers."""
+        predicted = self.model(spectrum_of(self.object), frames)
+        measured = self.measurements[frames] / self.scale
+        if self.settings.loss == "amplitude":
+            misfit = (torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)).square().mean()
+        else:
+            counts = (self.counts_per_unit[frames] * self.scale)[:, None, None]
+            expected = predicted.clamp(min=1e-6) * counts
+            observed = measured * counts
+            misfit = (expected - observed * torch.log(expected)).mean() / counts.mean()
+        if self.settings.tv_weight > 0:
+            o = self.object
+            tv = (o[1:, :] - o[:-1, :]).abs().mean() + (o[:, 1:] - o[:, :-1]).abs().mean()
+            misfit = misfit + self.settings.tv_weight * tv
+        return misfit
+
+    def _zernike_mask(self) -> torch.Tensor:
+        mask = torch.zeros_like(self.model.system.zernike_rad)
+        mask[self.settings.zernike_min_index - 1 :] = 1
+        return mask
+
+    def _set_learning_rates(self) -> None:
+        total = max(self.settings.iterations, 1)
+        progress = min(self.iteration / total, 1.0)
+        # Cosine decay to a small fraction so the calibration settles instead of jittering.
+        fraction = self.settings.final_lr_fraction
+        factor = fraction + (1 - fraction) * 0.5 * (1 + np.cos(np.pi * progress))
+        for optimiser in self.optimisers.values():
+            for group in optimiser.param_groups:
+                group["lr"] = group["base_lr"] * factor * self.learning_rate_factor
+
+    def eligible_frames(self) -> torch.Tensor:
+        """Available frames inside the current illumination-NA limit, which grows from the centre outward.
+
+        Starting with bright field and the first dark-field ring keeps geometry errors of outer LEDs
+        (which grow with their distance) from trapping the object before the geometry has settled.
+        """
+        available = torch.nonzero(self.available).squeeze(1)
+        if self.settings.freeze_system or not self.settings.learn_geometry:
+            return available
+        with torch.no_grad():
+            na = self.model.illumination_frequencies().norm(dim=-1) * self.model.setup.wavelength_um
+            frame_na = torch.zeros(self.model.setup.n_frames, device=na.device).scatter_reduce_(
+                0, self.model.entry_frame, na[self.model.entry_led], "amax", include_self=False
+            )
+        frame_na = frame_na[available.to(frame_na.device)]
+        growth = max(1.0, self.settings.growth_fraction * self.settings.iterations)
+        start = self.model.setup.objective_na + 0.05
+        limit = start + (float(frame_na.max()) - start) * min(1.0, (self.iteration + 1) / growth)
+        return available[(frame_na <= limit + 1e-6).cpu()]
+
+    def _epoch(self, phase: str) -> float:
+        available = self.eligible_frames()
+        order = available[torch.randperm(len(available), generator=self._generator)].to(self.device)
+        optimiser = self.optimisers[phase]
+        total = 0.0
+        for start in range(0, len(order), self.settings.batch_size):
+            batch = order[start : start + self.settings.batch_size]
+            optimiser.zero_grad(set_to_none=True)
+            loss = self.loss(batch)
+            loss.backward()
+            if phase == "system" and self.model.system.zernike_rad.grad is not None:
+                self.model.system.zernike_rad.grad.mul_(self._zernike_mask())
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        if phase == "system":
+            with torch.no_grad():
+                gain = self.model.system.frame_gain
+                gain.clamp_(min=1e-3)
+                mean = gain[self.available.to(gain.device)].mean()
+                gain.div_(mean)
+                self.object.mul_(torch.sqrt(mean))
+        return total / max(len(order), 1)
+
+    # ------------------------------------------------------------ checkpoints
+    def _snapshot(self) -> dict:
+        return {
+            "object": self.object.detach().clone(),
+            "system": copy.deepcopy(self.model.system.state_dict()),
+            "optimisers": {k: copy.deepcopy(v.state_dict()) for k, v in self.optimisers.items()},
+        }
+
+    def _restore(self, snapshot: dict) -> None:
+        with torch.no_grad():
+            self.object.copy_(snapshot["object"])
+        self.model.system.load_state_dict(snapshot["system"])
+        for name, state in snapshot["optimisers"].items():
+            self.optimisers[name].load_state_dict(state)
+
+    # ------------------------------------------------------------------- run
+    def run(
+        self, iterations: int | None = None, cancel: threading.Event | Callable[[], bool] | None = None
+    ) -> Iterator[ReconstructionUpdate]:
+        """Iterate from the current state; yields an update every `update_every` iterations and at the end."""
+        target = self.settings.iterations if iterations is None else iterations
+        cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+        self._take_pending()
+        if not bool(self.available.any()):
+            raise ReconstructionError("no frame has arrived yet: add frames before running the reconstruction")
+        self._initialise()
+        done = 0
+        last_yielded = -1
+        while done < target and not cancelled():
+            started = time.perf_counter()
+            if self._take_pending():
+                self._initialise()
+            self._set_learning_rates()
+            if self._last_good is None:
+                self._last_good = self._snapshot()
+            rolled_back = False
+            loss = self._epoch("object")
+            system_phase = "system" in self.optimisers and self.iteration >= self.settings.warmup_iterations
+            if system_phase and np.isfinite(loss):
+                loss = self._epoch("system")
+            best = min(self.loss_history) if self.loss_history else np.inf
+            if not np.isfinite(loss) or loss > 3 * best:
+                self._restore(self._last_good)
+                self.learning_rate_factor *= 0.5
+                rolled_back = True
+                loss = best
+            else:
+                self._last_good = self._snapshot()
+            self.iteration += 1
+            done += 1
+            self.loss_history.append(float(loss))
+            self.elapsed_s += time.perf_counter() - started
+            if done % self.settings.update_every == 0 or done == target:
+                last_yielded = done
+                yield self.update(rolled_back)
+        if last_yielded != done and done > 0:
+            yield self.update()
+
+    def update(self, rolled_back: bool = False) -> ReconstructionUpdate:
+        with torch.no_grad():
+            obj = self.object.detach()
+            size = self.settings.preview_size
+            factor = max(1, max(obj.shape) // size)
+            preview = obj
+            if factor > 1:
+                preview = torch.nn.functional.avg_pool2d(torch.view_as_real(obj).permute(2, 0, 1)[None], factor)[0]
+                preview = torch.complex(preview[0], preview[1])
+            spectrum = torch.log1p(spectrum_of(obj).abs())
+            if factor > 1:
+                spectrum = torch.nn.functional.avg_pool2d(spectrum[None, None], factor)[0, 0]
+            pupil = self.model.pupil()
+            system = self.model.system
+            return ReconstructionUpdate(
+                iteration=self.iteration,
+                loss=self.loss_history[-1] if self.loss_history else float("nan"),
+                frames_used=int(self.available.sum()),
+                amplitude=preview.abs().cpu().numpy(),
+                phase=preview.angle().cpu().numpy(),
+                log_spectrum=spectrum.cpu().numpy(),
+                pupil_amplitude=pupil.abs().cpu().numpy(),
+                pupil_phase=pupil.angle().cpu().numpy(),
+                geometry=system.led_geometry(),
+                zernike_rad=system.zernike_dict(),
+                frame_gain=(system.frame_gain.detach() * (self.scale or 1.0)).cpu().numpy(),
+                led_positions_mm=self.model.frame_led_positions_mm().cpu().numpy(),
+                nominal_led_positions_mm=self._nominal_positions,
+                elapsed_s=self.elapsed_s,
+                rolled_back=rolled_back,
+                loss_history=tuple(self.loss_history),
+            )
+
+    def result(self) -> ReconstructionResult:
+        if self.object is None:
+            raise ReconstructionError("the reconstruction has not run yet")
+        result = result_from_model(
+            self.model,
+            spectrum_of(self.object.detach()),
+            "uafp",
+            self.iteration,
+            time.perf_counter() - self.elapsed_s,
+            self.loss_history,
+            self.source_dataset,
+        )
+        result.frame_gain = result.frame_gain * (self.scale or 1.0)
+        result.extra = {"frames_used": int(self.available.sum()), "loss": self.settings.loss}
+        return result
+
+    # ----------------------------------------------------------- save / load
+    def save_state(self, path: str | Path) -> Path:
+        path = Path(path)
+        torch.save(
+            {
+                "settings": self.settings.__dict__,
+                "iteration": self.iteration,
+                "loss_history": self.loss_history,
+                "elapsed_s": self.elapsed_s,
+                "scale": self.scale,
+                "available": self.available.cpu(),
+                "learning_rate_factor": self.learning_rate_factor,
+                **self._snapshot(),
+            },
+            path,
+        )
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from a saved state (frames must be added again from the dataset)."""
+        state = torch.load(Path(path), map_location=self.device, weights_only=False)
+        self._take_pending()
+        self.scale = state["scale"]
+        self.object = torch.nn.Parameter(state["object"].to(self.device))
+        self.model.system.load_state_dict(state["system"])
+        self.optimisers = {}
+        self.iteration = state["iteration"]
+        self.loss_history = list(state["loss_history"])
+        self.elapsed_s = state["elapsed_s"]
+        self.learning_rate_factor = state["learning_rate_factor"]
+        self._geometry_initialised_with = 10**9
+        self._build_optimisers()
+        for name, optimiser_state in state["optimisers"].items():
+            if name in self.optimisers:
+                self.optimisers[name].load_state_dict(optimiser_state)
+
+
+def reconstruct_dataset(
+    dataset,
+    settings: UafpSettings = UafpSettings(),
+    calibration: Calibration | None = None,
+    progress: Callable[[ReconstructionUpdate], None] | None = None,
+) -> ReconstructionResult:
+    """Run UA-FP on a whole dataset (the CLI's path)."""
+    recon = UafpReconstruction.from_dataset(dataset, settings, calibration)
+    for update in recon.run():
+        if progress is not None:
+            progress(update)
+    return recon.result()
+
+
+__all__ = ["ReconstructionUpdate", "UafpReconstruction", "UafpSettings", "object_of", "reconstruct_dataset"]
