@@ -243,6 +243,9 @@ class FpEngine:
             self._snapper = _SnapWorker(self.mmcore)
         return None
 
+    def event_iterator(self, events: Iterable[useq.MDAEvent]) -> Iterator[useq.MDAEvent]:
+        return iter(events)
+
     def setup_event(self, event: useq.MDAEvent) -> None:
         frame = event.metadata.get("uafp_frame", "?")
         for device, prop, value in event.properties or ():
