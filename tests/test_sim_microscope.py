@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,16 +129,11 @@ def test_mm_config_errors_are_clear(tmp_path):
         load_config_core(config)
 
 
-def test_a_python_only_config_drives_the_camera(tmp_path):
+def test_a_python_only_config_drives_the_camera():
     """A `#py` config line loads the simulated camera the way a C++ adapter line loads a real one."""
     from uafp_gui.devices.micromanager import open_core
 
-    config = tmp_path / "sim.cfg"
-    config.write_text(
-        "#py pyDevice,Camera,uafp_gui.devices.sim_microscope,SimulatedFpCamera\n"
-        "Property,Core,Initialize,1\n"
-        "#py Property,Core,Camera,Camera\n"
-    )
+    config = Path(__file__).resolve().parents[1] / "hardware" / "micro-manager" / "uafp_simulated.cfg"
     leds = SimulatedLedArray((32, 32), 4.0)
     core, _ = open_core(config, leds)
     camera = simulated_camera(core)

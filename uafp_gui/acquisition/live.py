@@ -71,6 +71,8 @@ class LiveReconstruction:
         self._behind: list[int] = []
         self.error: BaseException | None = None
         self.last_update = None
+        self._acquiring = True
+        self._updates_live = 0
 
     def attach(self, acquisition: Acquisition) -> None:
         acquisition.subscribe(self._on_frame)
@@ -110,8 +112,10 @@ class LiveReconstruction:
             for index, arrival in self._arrivals.items():
                 if index not in self._first_used and index < update.frames_used:
                     self._first_used[index] = now - arrival
-        self._behind.append(max(0, arrived - update.frames_used))
+        if self._acquiring:
+            self._behind.append(max(0, arrived - update.frames_used))
         self.last_update = update
+        self._updates_live += self._acquiring
         if self.on_update is not None:
             self.on_update(update)
 
@@ -131,7 +135,10 @@ class LiveReconstruction:
             self.error = error
 
     def finish(self, iterations: int | None = None, progress: Callable[[Any], Any] | None = None) -> Any:
-        """Stop the live loop, run `iterations` more (default: the settings' count), return the result."""
+        """Stop the live loop, run `iterations` more (default: the settings' count), return the result.
+
+        Latencies count these final updates too: a frame that arrived after the last live update
+        is "used" at the first final one."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -139,8 +146,9 @@ class LiveReconstruction:
             raise self.error
         if self.recon is None:
             raise ReconstructionError("the acquisition never started: nothing to reconstruct")
+        self._acquiring = False
         for update in self.recon.run(iterations=self.settings.iterations if iterations is None else iterations):
-            self.last_update = update
+            self._record(update)
             if progress is not None:
                 progress(update)
         return self.recon.result()
@@ -149,7 +157,7 @@ class LiveReconstruction:
         latencies = np.array(list(self._first_used.values()) or [float("nan")])
         behind = np.array(self._behind or [0])
         return LagReport(
-            updates=len(self._behind),
+            updates=self._updates_live,
             frames_behind_mean=float(behind.mean()),
             frames_behind_max=int(behind.max()),
             latency_median_s=float(np.nanmedian(latencies)) if np.isfinite(latencies).any() else float("nan"),
