@@ -3,6 +3,7 @@
 Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
 `func(args) -> int` as the default. Errors the project raises on purpose (`UafpError`)
 are printed as one line and give exit code 2; nothing prints a traceback to the user.
+Warnings (e.g. a partial dataset) are printed as one `uafp COMMAND: warning: ...` line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from uafp_gui import __version__
 from uafp_gui.errors import UafpError
@@ -35,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_printer(command: str):
+    """`warnings.showwarning` replacement: the message on one line, no source location."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"uafp {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -42,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.command)
+            return int(args.func(args) or 0)
     except UafpError as error:
         print(f"uafp {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from uafp_gui.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -30,6 +33,19 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def check_output_folder(out: Path) -> None:
+    """Fail before a long reconstruction, not after it, when the result folder cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the result")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create result folder {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create result folder {out}: no write permission in {existing}")
+
+
 def run(args: argparse.Namespace) -> int:
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.io.dataset import read_dataset
@@ -39,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.dataset)
     calibration = load_calibration(args.calibration) if args.calibration else None
     out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
+    check_output_folder(out)
     if args.method == "classic":
         from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
 
@@ -47,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
             settings = ClassicSettings(upsample=args.upsample, device=args.device, iterations=args.iterations)
         solver = ClassicSolver(dataset, settings, calibration)
         with progress_bar(settings.iterations, "classic FP", "iter") as bar:
-            result = solver.run(lambda update: (bar.update(1), bar.set_postfix(misfit=f"{update.loss:.4f}")))
+            result = solver.run(
+                lambda update: (bar.update(1), bar.set_postfix(misfit=f"{update.loss:.4f}", refresh=False))
+            )
     else:
         from uafp_gui.recon.uafp import UafpSettings, reconstruct_dataset
 
@@ -61,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 calibration,
                 progress=lambda update: (
                     bar.update(update.iteration - bar.n),
-                    bar.set_postfix(loss=f"{update.loss:.4g}"),
+                    bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False),
                 ),
             )
     save_result(result, out)

@@ -37,6 +37,13 @@ def score_folders(result_dir: Path, truth_dir: Path) -> dict:
             f"{truth_dir}: not a ground-truth folder (no synthetic_aperture_na in calibration.json); "
             "give the *_truth folder written by `uafp simulate`"
         )
+    for folder, content in ((result_dir, result), (truth_dir, truth)):
+        bad = int(np.size(content.object_field) - np.isfinite(content.object_field).sum())
+        if bad:
+            raise DatasetError(
+                f"{folder}: amplitude.tif/phase.tif hold {bad} NaN/inf pixel(s): the reconstruction "
+                "diverged or the files are corrupt; nothing to score"
+            )
     wavelength_um = float(extra["simulation"]["wavelength_um"])
     truth_field = truth.object_field.astype(complex)
     band = lowpass(truth_field, truth.object_pixel_um, float(extra["synthetic_aperture_na"]) / wavelength_um)

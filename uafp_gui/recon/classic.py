@@ -9,6 +9,7 @@ rounded to whole spectrum pixels, as in the published baseline. Single-LED frame
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from uafp_gui.errors import ConfigError
+from uafp_gui.errors import ConfigError, ReconstructionError
 from uafp_gui.io.result import Calibration
 from uafp_gui.recon.common import (
     ReconstructionResult,
@@ -95,10 +96,11 @@ class ClassicSolver:
             total += float((measured**2).sum())
             corrected = measured * field / (amplitude + 1e-8)
             delta = torch.fft.fftshift(torch.fft.fft2(corrected)) / self.field_scale - field_spectrum
-            pupil_power = (pupil.abs() ** 2).max()
+            # clamp: an all-zero crop or pupil must give no update, not 0/0 = NaN
+            pupil_power = (pupil.abs() ** 2).max().clamp_min(1e-30)
             object_update = self.settings.object_step * pupil.conj() / pupil_power * delta
             if self.settings.update_pupil:
-                crop_power = (crop.abs() ** 2).max()
+                crop_power = (crop.abs() ** 2).max().clamp_min(1e-30)
                 pupil = pupil + self.settings.pupil_step * crop.conj() / crop_power * delta * self.support
             spectrum[rows, cols] = crop + object_update
         self.spectrum, self.pupil = spectrum, pupil
@@ -108,6 +110,11 @@ class ClassicSolver:
         with torch.no_grad():
             for _ in range(self.settings.iterations):
                 loss = self._sweep()
+                if not math.isfinite(loss):
+                    raise ReconstructionError(
+                        f"classic FP diverged in iteration {self.iterations_done + 1} (the misfit is not "
+                        "finite): check the frames for saturation or a wrong camera_offset"
+                    )
                 self.iterations_done += 1
                 self.loss_history.append(loss)
                 yield ClassicProgress(self.iterations_done, loss)

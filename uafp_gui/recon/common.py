@@ -36,7 +36,15 @@ def measurements_of(dataset, device: torch.device) -> torch.Tensor:
     frames = dataset.normalised_frames(np.float32)
     if frames.shape[0] == 0:
         raise ReconstructionError(f"{dataset.path}: the dataset holds no frame yet")
-    return torch.as_tensor(np.clip(frames, 0, None), device=device)
+    if not np.isfinite(frames).all():
+        raise ReconstructionError(f"{dataset.path}: frames contain NaN/inf pixels: replace them before reconstructing")
+    frames = np.clip(frames, 0, None)
+    if not frames.any():
+        raise ReconstructionError(
+            f"{dataset.path}: every pixel of every frame is at or below the dark level "
+            f"(camera_offset {dataset.meta.camera_offset:g}): nothing to reconstruct; check camera_offset"
+        )
+    return torch.as_tensor(frames, device=device)
 
 
 def build_model(dataset, upsample: int, pixel_integration: int, device: torch.device) -> ForwardModel:
