@@ -61,7 +61,7 @@ def render_sample(
 
     # Cells in the bottom half: smooth phase bodies, nuclei, granules, weak absorption.
     yy, xx = np.mgrid[0:n, 0:n].astype(float)
-    for _ in range(14):
+    for _ in range(20):
         cy = rng.uniform(0.55, 0.95) * n
         cx = rng.uniform(0.06, 0.94) * n
         a = rng.uniform(9, 16) / px
@@ -83,6 +83,17 @@ def render_sample(
             sigma = rng.uniform(0.4, 0.9) / px
             phase += 0.25 * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * sigma**2)) * (r2 < 1)
 
+    # Sub-cellular granules and debris everywhere: fine detail in every direction, so dark-field
+    # frames at every angle carry signal (what real smears and tissue give the calibration).
+    for _ in range(700):
+        gx, gy = rng.uniform(0, n, 2)
+        sigma = rng.uniform(0.3, 1.0) / px
+        half = int(4 * sigma) + 1
+        r0, r1 = max(int(gy) - half, 0), min(int(gy) + half, n)
+        c0, c1 = max(int(gx) - half, 0), min(int(gx) + half, n)
+        blob = np.exp(-((xx[r0:r1, c0:c1] - gx) ** 2 + (yy[r0:r1, c0:c1] - gy) ** 2) / (2 * sigma**2))
+        phase[r0:r1, c0:c1] += rng.uniform(0.15, 0.5) * blob
+        absorption[r0:r1, c0:c1] += rng.uniform(0.0, 0.25) * blob
     amplitude = 1.0 - np.clip(absorption, 0, 0.75)
     if oversample > 1:
         amplitude = amplitude.reshape(size, oversample, size, oversample).mean(axis=(1, 3))

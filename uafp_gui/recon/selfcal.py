@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import ndimage, optimize
 
 from uafp_gui.io.result import LedGeometry
 from uafp_gui.physics.geometry import illumination_sines, misaligned_positions_mm, nominal_led_positions_mm
@@ -76,4 +78,123 @@ def fit_geometry_from_boundary(
         geometry=LedGeometry(*[float(v) for v in centre]),
         mismatched_frames=float(best),
         candidates=int(len(tied)),
+    )
+
+
+@dataclass(frozen=True)
+class CircleFit:
+    frames: np.ndarray  # bright-field frames whose circles were found
+    frequencies: np.ndarray  # (K, 2) (u_x, u_y) cycles/um, sign resolved against the fitted geometry
+    contrast: np.ndarray  # (K,) rim contrast of each circle (log-spectrum units)
+    geometry: LedGeometry
+    residual_px: float  # RMS distance between fitted and found centres, spectrum pixels
+
+
+def _log_spectrum(frame: np.ndarray) -> np.ndarray:
+    spectrum = np.abs(np.fft.fftshift(np.fft.fft2(frame - frame.mean())))
+    return ndimage.gaussian_filter(np.log(spectrum + 1e-6 * spectrum.max() + 1e-30), 1.0)
+
+
+def find_circle_centre(
+    frame: np.ndarray, radius_px: float, guess_px: tuple[float, float], search_px: float
+) -> tuple[np.ndarray, float]:
+    """(x, y) spectrum-pixel centre of the pupil circle near `guess_px`, and its rim contrast.
+
+    The rim contrast is the mean log spectrum just inside minus just outside a circle of the
+    pupil radius, summed over the circle at +c and its mirror at -c (|F| is symmetric). The
+    camera aliases the intensity spectrum, so circles are sampled with periodic wrap-around.
+    """
+    log_spectrum = _log_spectrum(frame)
+    rows, cols = frame.shape
+    angles = np.linspace(0, 2 * np.pi, 120, endpoint=False)
+    span = np.arange(-search_px, search_px + 0.5, 1.0)
+    cx = guess_px[0] + span[None, :, None]
+    cy = guess_px[1] + span[:, None, None]
+
+    def rim(radius: float) -> np.ndarray:
+        total = 0.0
+        for sign in (1, -1):
+            xs, ys = np.broadcast_arrays(
+                cols // 2 + sign * cx + radius * np.cos(angles)[None, None, :],
+                rows // 2 + sign * cy + radius * np.sin(angles)[None, None, :],
+            )
+            values = ndimage.map_coordinates(log_spectrum, [ys.ravel(), xs.ravel()], order=1, mode="grid-wrap")
+            total = total + values.reshape(xs.shape).mean(axis=-1)
+        return total / 2
+
+    contrast = rim(radius_px - 1.5) - rim(radius_px + 1.5)
+    iy, ix = np.unravel_index(np.argmax(contrast), contrast.shape)
+    centre = np.array([guess_px[0] + span[ix], guess_px[1] + span[iy]], dtype=float)
+    for axis, line, index in ((0, contrast[iy, :], ix), (1, contrast[:, ix], iy)):
+        if 0 < index < len(span) - 1:
+            a, b, c = line[index - 1], line[index], line[index + 1]
+            if a - 2 * b + c < 0:
+                centre[axis] += float(np.clip(0.5 * (a - c) / (a - 2 * b + c), -0.5, 0.5))
+    return centre, float(contrast[iy, ix])
+
+
+def _geometry_probe(model, led_index: torch.Tensor):
+    """A function geometry parameters -> (K, 2) illumination frequencies of the given LEDs (model untouched)."""
+    system = model.system
+    parameters = (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm)
+
+    def frequencies(values) -> np.ndarray:
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in parameters]
+            system.set_geometry(LedGeometry(*[float(v) for v in values]))
+            result = model.illumination_frequencies()[led_index].cpu().numpy()
+            for parameter, value in zip(parameters, saved, strict=True):
+                parameter.copy_(value)
+        return result
+
+    return frequencies
+
+
+def fit_geometry_from_circles(
+    model, measurements: torch.Tensor, frames, search_px: float = 12.0, rounds: int = 3
+) -> CircleFit | None:
+    """Rigid geometry that best explains the pupil circles of the given bright-field frames.
+
+    Starts from the model's current geometry; returns None when fewer than four circles are found.
+    """
+    frames = np.asarray(frames, dtype=int)
+    setup = model.setup
+    df_y, df_x = setup.frequency_step
+    step = np.array([df_x, df_y])
+    radius_px = setup.pupil_cutoff / min(df_x, df_y)
+    entries = torch.stack([torch.nonzero(model.entry_frame == int(k))[0, 0] for k in frames])
+    probe = _geometry_probe(model, model.entry_led[entries])
+    start = model.system.led_geometry()
+    params = np.array([start.shift_x_mm, start.shift_y_mm, start.rotation_deg, start.height_mm])
+    guesses = probe(params) / step
+    images = measurements[torch.as_tensor(frames)].cpu().numpy()
+    found, contrast = [], []
+    for image, guess in zip(images, guesses, strict=True):
+        centre, score = find_circle_centre(image, radius_px, (guess[0], guess[1]), search_px)
+        found.append(centre * step)
+        contrast.append(score)
+    found, contrast = np.asarray(found), np.asarray(contrast)
+    usable = contrast > 0.5 * np.median(contrast)
+    if usable.sum() < 4:
+        return None
+    target = found
+    for _ in range(rounds):
+        guess = probe(params)
+        signs = np.where(np.linalg.norm(found - guess, axis=1) <= np.linalg.norm(found + guess, axis=1), 1.0, -1.0)
+        target = found * signs[:, None]
+
+        def residuals(values, target=target):
+            return ((probe(values) - target) / step)[usable].ravel()
+
+        # The model is float32: finite differences need steps well above its rounding.
+        params = optimize.least_squares(
+            residuals, params, x_scale=[0.5, 0.5, 1.0, 5.0], loss="soft_l1", diff_step=1e-3
+        ).x
+    final = residuals(params)
+    return CircleFit(
+        frames=frames,
+        frequencies=target,
+        contrast=contrast,
+        geometry=LedGeometry(*[float(v) for v in params]),
+        residual_px=float(np.sqrt(np.mean(final**2))),
     )

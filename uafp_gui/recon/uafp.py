@@ -55,7 +55,7 @@ class UafpSettings:
     freeze_system: bool = False
     init_geometry_from_data: bool = True
     warmup_iterations: int = 2
-    growth_fraction: float = 0.4  # share of iterations over which frames are added from the centre outward
+    growth_fraction: float = 0.2  # share of iterations over which frames are added from the centre outward
     lr_object: float = 0.05
     lr_shift_mm: float = 0.05
     lr_rotation_deg: float = 0.05
@@ -148,6 +148,7 @@ class UafpReconstruction:
         self._generator = torch.Generator().manual_seed(settings.seed)
         self._nominal_positions = nominal_frame_positions_mm(meta)
         self._last_good: dict | None = None
+        self.start_geometry: LedGeometry | None = None
         self.optimisers: dict[str, torch.optim.Optimizer] = {}
 
     # ------------------------------------------------------------------ frames
@@ -233,11 +234,15 @@ class UafpReconstruction:
             and len(bright) > self._geometry_initialised_with
             and self.iteration < 5
         ):
-            from uafp_gui.recon.selfcal import fit_geometry_from_boundary
+            from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles
 
             available = torch.nonzero(self.available).squeeze(1)
-            fit = fit_geometry_from_boundary(self.model, self.measurements, available)
-            self.model.system.set_geometry(fit.geometry)
+            boundary = fit_geometry_from_boundary(self.model, self.measurements, available)
+            self.model.system.set_geometry(boundary.geometry)
+            circles = fit_geometry_from_circles(self.model, self.measurements, bright)
+            if circles is not None and circles.residual_px < 2.0:
+                self.model.system.set_geometry(circles.geometry)
+            self.start_geometry = self.model.system.led_geometry()
             self._geometry_initialised_with = len(bright)
         self._build_optimisers()
 
@@ -387,10 +392,11 @@ class UafpReconstruction:
             if self._last_good is None:
                 self._last_good = self._snapshot()
             rolled_back = False
+            # System first: frames newly admitted by the growing NA limit pull the geometry before
+            # the object has a chance to absorb their misplacement.
+            if "system" in self.optimisers and self.iteration >= self.settings.warmup_iterations:
+                self._epoch("system")
             loss = self._epoch("object")
-            system_phase = "system" in self.optimisers and self.iteration >= self.settings.warmup_iterations
-            if system_phase and np.isfinite(loss):
-                loss = self._epoch("system")
             best = min(self.loss_history) if self.loss_history else np.inf
             if not np.isfinite(loss) or loss > 3 * best:
                 self._restore(self._last_good)
