@@ -601,6 +601,13 @@ class Acquisition:
                 f"description says {microscope.led_array_shape[0]}x{microscope.led_array_shape[1]}"
             )
         plan.led_sequence(microscope)  # validates before touching hardware
+        if plan.hardware_triggered:
+            from uafp_gui.errors import ConfigError
+
+            raise ConfigError(
+                "hardware-triggered acquisition is not implemented yet: the LED device's Pattern property is "
+                "sequenceable (firmware ssl/ssv/tseq), but camera trigger set-up is not; use software-timed frames"
+            )
         if self.out_path.exists() and not self.overwrite and not self.resume_existing:
             raise DatasetError(
                 f"{self.out_path} already exists: choose another --out, pass --overwrite, or --resume to "
