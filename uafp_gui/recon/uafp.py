@@ -55,7 +55,8 @@ class UafpSettings:
     freeze_system: bool = False
     init_geometry_from_data: bool = True
     warmup_iterations: int = 2
-    growth_fraction: float = 0.2  # share of iterations over which frames are added from the centre outward
+    growth_fraction: float = 0.2
+    geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
     lr_object: float = 0.05
     lr_shift_mm: float = 0.05
     lr_rotation_deg: float = 0.05
@@ -303,6 +304,20 @@ class UafpReconstruction:
         mask[self.settings.zernike_min_index - 1 :] = 1
         return mask
 
+    def _mask_system_gradients(self) -> None:
+        """Keep degenerate Zernikes fixed, and the geometry until the object and pupil have settled.
+
+        Early on, a geometry step would absorb what is really aberration (the data-driven start is
+        already close); joined later, it refines against a consistent object and pupil.
+        """
+        system = self.model.system
+        if system.zernike_rad.grad is not None:
+            system.zernike_rad.grad.mul_(self._zernike_mask())
+        geometry_from_data = self.start_geometry is not None
+        if geometry_from_data and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations:
+            for parameter in (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm):
+                parameter.grad = None
+
     def _set_learning_rates(self) -> None:
         total = max(self.settings.iterations, 1)
         progress = min(self.iteration / total, 1.0)
@@ -343,8 +358,8 @@ class UafpReconstruction:
             optimiser.zero_grad(set_to_none=True)
             loss = self.loss(batch)
             loss.backward()
-            if phase == "system" and self.model.system.zernike_rad.grad is not None:
-                self.model.system.zernike_rad.grad.mul_(self._zernike_mask())
+            if phase == "system":
+                self._mask_system_gradients()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
         if phase == "system":
