@@ -430,6 +430,26 @@ def test_simulate_invalid_options(tmp_path, capsys, options, fragment):
     assert not (tmp_path / "run.tif").exists()
 
 
+def test_simulate_onto_a_folder_or_under_a_file(tmp_path, capsys):
+    (tmp_path / "taken.tif").mkdir()
+    code, _, err = run_cli(capsys, "simulate", tmp_path / "taken.tif")
+    assert_one_error_line(code, err, "simulate", "is a folder")
+    (tmp_path / "plain.txt").write_text("x")
+    code, _, err = run_cli(capsys, "simulate", tmp_path / "plain.txt" / "run.tif")
+    assert_one_error_line(code, err, "simulate", "plain.txt")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="io.dataset.DatasetWriter.append opens the output with a bare open(): an OSError "
+    "(IsADirectoryError, FileNotFoundError, PermissionError) escapes instead of a DatasetError",
+)
+def test_import_onto_a_folder_with_overwrite(bloodsmear_mat, tmp_path, capsys):
+    (tmp_path / "taken.tif").mkdir()
+    code, _, err = run_cli(capsys, "import", "zheng", bloodsmear_mat, tmp_path / "taken.tif", "--overwrite")
+    assert_one_error_line(code, err, "import", "taken.tif")
+
+
 def test_import_of_missing_or_wrong_files(tmp_path, capsys):
     code, _, err = run_cli(capsys, "import", "zheng", tmp_path / "none.mat", tmp_path / "out.tif")
     assert_one_error_line(code, err, "import", "none.mat")

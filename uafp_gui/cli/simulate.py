@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     settings = replace(settings, **changes)
     if settings.upsample < 1 or settings.frame_size < 16 or settings.led_grid < 1:
         raise ConfigError("--upsample >= 1, --frame-size >= 16 and --led-grid >= 1 are required")
-    if not args.out.parent.exists():
-        raise ConfigError(f"folder {args.out.parent} does not exist: create it first")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"folder {args.out.parent} does not exist or is not a folder: create it first")
+    if args.out.is_dir():
+        raise ConfigError(f"{args.out} is a folder: give the dataset file to write, e.g. {args.out / 'run.tif'}")
     print(f"simulating {args.preset}: {describe(settings)}")
     simulation = simulate(settings, device=str(resolve_device(args.device)))
     truth = write_simulation(simulation, args.out)
