@@ -459,12 +459,6 @@ def test_pixel_integration_changes_the_frames():
     assert integrated.sum() == pytest.approx(point.sum(), rel=0.02)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ForwardModel.intensity_of averages sub-samples at k p + j p/q, j = 0..q-1: the "
-    "integrated pixel is centred (q-1)/(2q) of a pixel (p/4 for q=2) right of and below the "
-    "point the q=1 model samples, so switching integration on translates the image",
-)
 @pytest.mark.parametrize("q", [2, 3])
 def test_pixel_integration_is_the_average_over_the_pixel_centred_where_q1_samples(q):
     offset = (1, 2)
@@ -477,25 +471,6 @@ def test_pixel_integration_is_the_average_over_the_pixel_centred_where_q1_sample
         axis=0,
     )
     assert relative_error(run_model(model, object_from_lines(lines))[0], reference) < 1e-4
-
-
-@pytest.mark.parametrize("q", [2, 3])
-def test_pixel_integration_is_an_average_of_a_finer_computation(q):
-    """What the model does today: the mean of the explicit field intensity at q x q sub-samples."""
-    offset = (1, 2)
-    model = make_model(make_setup([offset], pixel_integration=q), {4: 0.5})
-    u = set_height(model, height_for(offset, 4.3 * math.sqrt(5) / 2))[0]
-    lines = object_lines(np.random.default_rng(20), u)
-    # Sub-samples spaced p/q, in the model's current placement (see the xfail test above).
-    sub = np.arange(q) / q * SAMPLE_PIXEL_UM
-    reference = np.mean(
-        [explicit_intensity(lines, u, CAMERA_X_UM + sx, CAMERA_X_UM + sy, {4: 0.5}) for sy in sub for sx in sub],
-        axis=0,
-    )
-    point = explicit_intensity(lines, u, CAMERA_X_UM, CAMERA_X_UM, {4: 0.5})
-    frame = run_model(model, object_from_lines(lines))[0]
-    assert relative_error(frame, reference) < 1e-4
-    assert relative_error(frame, point) > 1e-2
 
 
 def test_gain_and_background_enter_linearly():
@@ -518,12 +493,6 @@ def test_unit_object_gives_unit_bright_field_intensity():
     assert frame == pytest.approx(np.ones((FRAME, FRAME)), rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="double counting of LED drive: Dataset.normalised_frames (and so recon.common."
-    "measurements_of) divides frame k by exposure_ms * intensity, but ForwardModel multiplies its "
-    "prediction by the same intensity again (entry_weight from OpticalSetup.frame_intensity)",
-)
 def test_frames_at_reduced_led_drive_compare_after_normalisation():
     meta = DatasetMeta.from_dict(
         {

@@ -10,7 +10,7 @@ gradients reach the geometry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as functional
@@ -43,7 +43,6 @@ class OpticalSetup:
     glass_thickness_mm: float = 0.0
     glass_index: float = 1.0
     pixel_integration: int = 1
-    frame_intensity: tuple[float, ...] = field(default=())
 
     @classmethod
     def from_meta(
@@ -56,7 +55,6 @@ class OpticalSetup:
             objective_na=float(meta.objective_na),
             sample_pixel_um=float(meta.camera_pixel_um) / float(meta.magnification),
             frame_shape=(int(frame_shape[0]), int(frame_shape[1])),
-            frame_intensity=tuple(float(f.intensity) for f in meta.frames),
             frame_leds=tuple(tuple(tuple(led) for led in f.leds) for f in meta.frames),
             led_pitch_mm=float(meta.led_pitch_mm),
             led_on_axis=tuple(float(v) for v in meta.led_on_axis),
@@ -168,13 +166,9 @@ class ForwardModel(torch.nn.Module):
             raise ValueError("the acquisition lights no LED in any frame")
         distinct = sorted({tuple(led) for _, led in entries})
         led_index = {led: i for i, led in enumerate(distinct)}
-        intensity = setup.frame_intensity or (1.0,) * setup.n_frames
         self.distinct_leds = distinct
         self.register_buffer("entry_frame", torch.tensor([k for k, _ in entries]))
         self.register_buffer("entry_led", torch.tensor([led_index[tuple(led)] for _, led in entries]))
-        self.register_buffer(
-            "entry_weight", torch.tensor([intensity[k] for k, _ in entries], dtype=torch.float32)
-        )
         self.register_buffer("distinct_row_col", torch.tensor(distinct, dtype=torch.float32).reshape(-1, 2))
         self.system = SystemParameters(setup, len(distinct))
 
@@ -203,9 +197,7 @@ class ForwardModel(torch.nn.Module):
     def distinct_led_positions_mm(self) -> torch.Tensor:
         """(L, 2) actual [X', Y'] of every distinct LED used, rigid model plus residuals."""
         s = self.system
-        nominal = nominal_led_positions_mm(
-            self.distinct_row_col, self.setup.led_on_axis, self.setup.led_pitch_mm
-        )
+        nominal = nominal_led_positions_mm(self.distinct_row_col, self.setup.led_on_axis, self.setup.led_pitch_mm)
         moved = misaligned_positions_mm(nominal, s.shift_x_mm, s.shift_y_mm, s.rotation_deg)
         return moved + s.led_offsets_mm
 
@@ -255,7 +247,7 @@ class ForwardModel(torch.nn.Module):
         """(E, H, W) complex pupils evaluated at f + offset, offset (E, 2) (u_x, u_y) cycles/um.
 
         The support is analytic; phase and amplitude maps are interpolated bilinearly, which
-        is accurate to well under 1e-3 rad for smooth aberrations.
+        is accurate to a few 1e-3 rad for the aberrations of a cheap objective.
         """
         rows, cols = self.setup.frame_shape
         df_y, df_x = self.setup.frequency_step
@@ -328,9 +320,9 @@ class ForwardModel(torch.nn.Module):
         q = self.setup.pixel_integration
         if q > 1:
             pad_y, pad_x = (q - 1) * rows, (q - 1) * cols
-            spectra = functional.pad(
-                spectra, (pad_x // 2, pad_x - pad_x // 2, pad_y // 2, pad_y - pad_y // 2)
-            )
+            spectra = functional.pad(spectra, (pad_x // 2, pad_x - pad_x // 2, pad_y // 2, pad_y - pad_y // 2))
+            # Centre the q x q sub-samples on the camera pixel: shift the fine grid by -(q-1)/(2q) pixel.
+            spectra = spectra * self._subsample_centring(q)
         out_rows, out_cols = spectra.shape[-2:]
         scale = (out_rows * out_cols) / (big_rows * big_cols)
         fields = torch.fft.ifft2(torch.fft.ifftshift(spectra, dim=(-2, -1))) * scale
@@ -339,12 +331,21 @@ class ForwardModel(torch.nn.Module):
             intensity = functional.avg_pool2d(intensity[:, None], q)[:, 0]
         return intensity
 
+    def _subsample_centring(self, q: int) -> torch.Tensor:
+        rows, cols = self.setup.frame_shape
+        df_y, df_x = self.setup.frequency_step
+        delta_um = (q - 1) / (2 * q) * self.setup.sample_pixel_um
+        fy = centred_frequencies(q * rows, df_y).to(self.device)
+        fx = centred_frequencies(q * cols, df_x).to(self.device)
+        phase = -2 * torch.pi * delta_um * (fy[:, None] + fx[None, :])
+        complex_type = torch.complex64 if self.grid_fx.dtype == torch.float32 else torch.complex128
+        return torch.polar(torch.ones_like(phase), phase).to(complex_type)
+
     def forward(self, object_spectrum: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, W) expected normalised frames for `frames` (all when None)."""
         entries, batch_position = self.entries_for(frames)
         n_batch = self.setup.n_frames if frames is None else frames.numel()
         intensity = self.intensity_of(self.field_spectra(object_spectrum, entries))
-        intensity = intensity * self.entry_weight[entries, None, None]
         rows, cols = self.setup.frame_shape
         frames_out = torch.zeros(n_batch, rows, cols, device=intensity.device, dtype=intensity.dtype)
         frames_out = frames_out.index_add(0, batch_position, intensity)
