@@ -394,12 +394,6 @@ def test_score_of_a_result_with_corrupt_calibration(simulated, tmp_path, capsys)
     assert_one_error_line(code, err, "score", "calibration.json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="io.result.read_result reads TIFFs without silencing tifffile's logger (read_tiff_frames "
-    "does): a truncated phase.tif gives the right DatasetError but tifffile also logs "
-    "'<TiffTag.fromfile> raised TiffFileError ...' lines to stderr",
-)
 def test_score_of_a_result_with_a_truncated_tiff(simulated, tmp_path):
     """In a subprocess: under pytest, library log records go to pytest's handler, not stderr."""
     import shutil
@@ -439,11 +433,6 @@ def test_simulate_onto_a_folder_or_under_a_file(tmp_path, capsys):
     assert_one_error_line(code, err, "simulate", "plain.txt")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="io.dataset.DatasetWriter.append opens the output with a bare open(): an OSError "
-    "(IsADirectoryError, FileNotFoundError, PermissionError) escapes instead of a DatasetError",
-)
 def test_import_onto_a_folder_with_overwrite(bloodsmear_mat, tmp_path, capsys):
     (tmp_path / "taken.tif").mkdir()
     code, _, err = run_cli(capsys, "import", "zheng", bloodsmear_mat, tmp_path / "taken.tif", "--overwrite")

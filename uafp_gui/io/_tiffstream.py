@@ -139,9 +139,7 @@ class TiffStackWriter:
         self._link_position = next_pointer_position
         self.pages_written += 1
 
-    def _encode_ifd(
-        self, entries: list[tuple[int, int, int, object]], ifd_offset: int
-    ) -> tuple[bytes, int]:
+    def _encode_ifd(self, entries: list[tuple[int, int, int, object]], ifd_offset: int) -> tuple[bytes, int]:
         """Encode an IFD placed at `ifd_offset`; values that do not fit inline follow it."""
         if self.bigtiff:
             count_format, entry_size, inline_size, offset_format = "<Q", 20, 8, "<Q"

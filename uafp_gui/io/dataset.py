@@ -20,8 +20,10 @@ a `PartialDatasetWarning`); `DatasetWriter(..., resume=True)` continues it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import struct
@@ -54,8 +56,7 @@ class PartialDatasetWarning(UserWarning):
 def _number(value: Any, name: str, hint: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise DatasetError(
-            f"{name} must be a number (got {value!r} of type {type(value).__name__})"
-            + (f": {hint}" if hint else "")
+            f"{name} must be a number (got {value!r} of type {type(value).__name__})" + (f": {hint}" if hint else "")
         )
     number = float(value)
     if not math.isfinite(number):
@@ -73,9 +74,7 @@ def _positive(value: Any, name: str, hint: str) -> float:
 def _integer(value: Any, name: str, hint: str = "") -> int:
     number = _number(value, name, hint)
     if number != int(number):
-        raise DatasetError(
-            f"{name} must be an integer (got {value!r})" + (f": {hint}" if hint else "")
-        )
+        raise DatasetError(f"{name} must be an integer (got {value!r})" + (f": {hint}" if hint else ""))
     return int(number)
 
 
@@ -113,8 +112,7 @@ class Glass:
         index = _number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
         if index < 1:
             raise DatasetError(
-                f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): "
-                "typical slide glass is 1.52"
+                f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): typical slide glass is 1.52"
             )
         object.__setattr__(self, "thickness_mm", thickness)
         object.__setattr__(self, "refractive_index", index)
@@ -125,18 +123,15 @@ class Glass:
     @classmethod
     def from_dict(cls, data: Any) -> Glass:
         if not isinstance(data, Mapping):
-            raise DatasetError(
-                f"glass must be an object {{'thickness_mm': t, 'refractive_index': n}} "
-                f"(got {data!r})"
-            )
+            raise DatasetError(f"glass must be an object {{'thickness_mm': t, 'refractive_index': n}} (got {data!r})")
         for key in ("thickness_mm", "refractive_index"):
             if key not in data:
-                raise DatasetError(f"glass.{key} is missing: glass needs thickness_mm and "
-                                   "refractive_index")
+                raise DatasetError(f"glass.{key} is missing: glass needs thickness_mm and refractive_index")
         unknown = set(data) - {"thickness_mm", "refractive_index"}
         if unknown:
-            raise DatasetError(f"glass has unknown fields {sorted(unknown)}: "
-                               "only thickness_mm and refractive_index are allowed")
+            raise DatasetError(
+                f"glass has unknown fields {sorted(unknown)}: only thickness_mm and refractive_index are allowed"
+            )
         return cls(data["thickness_mm"], data["refractive_index"])
 
 
@@ -185,10 +180,7 @@ class FrameSpec:
     def from_dict(cls, data: Any, index: int = 0) -> FrameSpec:
         where = f"frames[{index}]"
         if not isinstance(data, Mapping):
-            raise DatasetError(
-                f"{where} must be an object {{'leds': [[row, col]], 'exposure_ms': t}} "
-                f"(got {data!r})"
-            )
+            raise DatasetError(f"{where} must be an object {{'leds': [[row, col]], 'exposure_ms': t}} (got {data!r})")
         for key in ("leds", "exposure_ms"):
             if key not in data:
                 raise DatasetError(
@@ -218,13 +210,9 @@ def _normalise_leds(leds: Any, name: str) -> tuple[tuple[int, int], ...]:
         raise DatasetError(f"{name} is empty: {hint}")
     out = []
     for k, led in enumerate(leds):
-        if isinstance(led, (str, bytes)) or not isinstance(led, (Sequence, np.ndarray)) or len(
-            led
-        ) != 2:
+        if isinstance(led, (str, bytes)) or not isinstance(led, (Sequence, np.ndarray)) or len(led) != 2:
             raise DatasetError(f"{name}[{k}] must be a [row, col] pair (got {led!r}): {hint}")
-        out.append(
-            (_integer(led[0], f"{name}[{k}][0]", hint), _integer(led[1], f"{name}[{k}][1]", hint))
-        )
+        out.append((_integer(led[0], f"{name}[{k}][0]", hint), _integer(led[1], f"{name}[{k}][1]", hint)))
     return tuple(out)
 
 
@@ -305,8 +293,7 @@ class DatasetMeta:
         rows, cols = _pair(self.led_array_shape, "led_array_shape", shape_hint)
         if rows != int(rows) or cols != int(cols) or rows < 1 or cols < 1:
             raise DatasetError(
-                f"led_array_shape must be two positive integers (got {self.led_array_shape!r}): "
-                + shape_hint
+                f"led_array_shape must be two positive integers (got {self.led_array_shape!r}): " + shape_hint
             )
         setter(self, "led_array_shape", (int(rows), int(cols)))
         setter(
@@ -352,9 +339,7 @@ class DatasetMeta:
             for k, frame in enumerate(self.frames)
         )
         if not frames:
-            raise DatasetError(
-                "frames is empty: list one {'leds': [[row, col]], 'exposure_ms': t} per frame"
-            )
+            raise DatasetError("frames is empty: list one {'leds': [[row, col]], 'exposure_ms': t} per frame")
         rows_i, cols_i = self.led_array_shape
         for k, frame in enumerate(frames):
             for j, (row, col) in enumerate(frame.leds):
@@ -368,9 +353,7 @@ class DatasetMeta:
 
         clash = _KNOWN.intersection(self.extra)
         if clash:
-            raise DatasetError(
-                f"extra must not contain spec fields {sorted(clash)}: set them directly"
-            )
+            raise DatasetError(f"extra must not contain spec fields {sorted(clash)}: set them directly")
         try:
             json.dumps(self.extra, allow_nan=False)
         except (TypeError, ValueError) as error:
@@ -443,13 +426,9 @@ class DatasetMeta:
     def from_dict(cls, data: Any) -> DatasetMeta:
         """Validate a parsed JSON object; raises `DatasetError` naming the field and the fix."""
         if not isinstance(data, Mapping):
-            raise DatasetError(
-                f"dataset metadata must be a JSON object (got {type(data).__name__})"
-            )
+            raise DatasetError(f"dataset metadata must be a JSON object (got {type(data).__name__})")
         if "format" not in data:
-            raise DatasetError(
-                f'format is missing: dataset metadata must contain "format": "{FORMAT_NAME}"'
-            )
+            raise DatasetError(f'format is missing: dataset metadata must contain "format": "{FORMAT_NAME}"')
         if data["format"] != FORMAT_NAME:
             raise DatasetError(
                 f"format is {data['format']!r}, expected {FORMAT_NAME!r}: this is not a uafp "
@@ -462,8 +441,7 @@ class DatasetMeta:
             raise DatasetError(f"version must be the integer {FORMAT_VERSION} (got {version!r})")
         if version > FORMAT_VERSION:
             raise DatasetError(
-                f"version {version} is newer than this software reads ({FORMAT_VERSION}): "
-                "update uafp_gui"
+                f"version {version} is newer than this software reads ({FORMAT_VERSION}): update uafp_gui"
             )
         if version != FORMAT_VERSION:
             raise DatasetError(f"version must be {FORMAT_VERSION} (got {version})")
@@ -473,12 +451,8 @@ class DatasetMeta:
                 raise DatasetError(f"{key} is missing: {hint}")
         frames = data["frames"]
         if isinstance(frames, (str, bytes, Mapping)) or not isinstance(frames, Sequence):
-            raise DatasetError(
-                f"frames must be a list of frame objects (got {type(frames).__name__})"
-            )
-        kwargs: dict[str, Any] = {
-            key: data[key] for key in _REQUIRED if key not in ("format", "version", "frames")
-        }
+            raise DatasetError(f"frames must be a list of frame objects (got {type(frames).__name__})")
+        kwargs: dict[str, Any] = {key: data[key] for key in _REQUIRED if key not in ("format", "version", "frames")}
         kwargs.update({key: data[key] for key in _OPTIONAL if key in data})
         if kwargs.get("glass") is not None:
             kwargs["glass"] = Glass.from_dict(kwargs["glass"])
@@ -586,9 +560,7 @@ def _check_tiff_header(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(8)
     if len(head) < 8 and any(magic.startswith(head) for magic in _TIFF_MAGICS):
-        raise DatasetError(
-            f"{path} is cut short ({len(head)} bytes): no frame was written; acquire again"
-        )
+        raise DatasetError(f"{path} is cut short ({len(head)} bytes): no frame was written; acquire again")
     head = head[:4]
     if head not in _TIFF_MAGICS:
         raise DatasetError(
@@ -612,9 +584,7 @@ def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
             if array.ndim == 3
             else ""
         )
-        raise DatasetError(
-            f"frame {index} of {path} has shape {array.shape}, expected a 2-D grey image{extra}"
-        )
+        raise DatasetError(f"frame {index} of {path} has shape {array.shape}, expected a 2-D grey image{extra}")
     kind = squeezed.dtype.kind
     if kind == "b":
         raise DatasetError(f"frame {index} of {path} is boolean: store intensities")
@@ -637,8 +607,24 @@ def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
     raise DatasetError(f"frame {index} of {path} has unsupported pixel type {squeezed.dtype}")
 
 
-_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
-                    13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 
 
 def _ifd_end(fh: Any, offset: int, tiff: Any) -> int:
@@ -666,14 +652,24 @@ def _ifd_end(fh: Any, offset: int, tiff: Any) -> int:
     return end
 
 
+@contextlib.contextmanager
+def quiet_tifffile():
+    """Silence tifffile's own log while we read: the problems it logs reach the user as our errors."""
+    log = logging.getLogger("tifffile")
+    previous = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
+
+
 def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], str | None, bool]:
     """Every intact page of a TIFF (converted by `_as_frame`), page 0's description, truncated.
 
     A file cut short (killed writer, partial copy) yields the pages that are complete and
     `truncated=True`; a file that is not a TIFF at all raises `DatasetError`.
     """
-    import logging
-
     import tifffile
 
     path = Path(path)
@@ -682,10 +678,7 @@ def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], st
     frames: list[np.ndarray] = []
     description: str | None = None
     truncated = False
-    tifffile_log = logging.getLogger("tifffile")
-    previous_level = tifffile_log.level
-    tifffile_log.setLevel(logging.CRITICAL)  # a truncated chain is reported by us, once
-    try:
+    with quiet_tifffile():  # a truncated chain is reported by us, once
         try:
             tif = tifffile.TiffFile(path)
         except Exception as error:  # header fine but first directory missing or broken
@@ -706,10 +699,7 @@ def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], st
                 if page is None:
                     break
                 try:
-                    ends = [
-                        int(o) + int(c)
-                        for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)
-                    ]
+                    ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
                     if (
                         len(ends) == 0
                         or max(ends) > file_size
@@ -736,8 +726,6 @@ def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], st
                     frames = [f.astype(np.float32) for f in frames]
                 frames.append(frame)
                 index += 1
-    finally:
-        tifffile_log.setLevel(previous_level)
     if not frames:
         raise DatasetError(
             f"{path} holds no complete frame: the acquisition was interrupted before the first "
@@ -764,11 +752,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         meta = _meta_from_text(text, f"sidecar {sidecar}")
     else:
         source = f"embedded metadata of {path}"
-        parsed = (
-            _parse_json(description, source)
-            if description and description.lstrip().startswith("{")
-            else None
-        )
+        parsed = _parse_json(description, source) if description and description.lstrip().startswith("{") else None
         if not isinstance(parsed, dict) or "format" not in parsed:  # e.g. tifffile's {"shape"}
             raise DatasetError(
                 f"{path} carries no uafp metadata and has no sidecar {sidecar.name}: write the "
@@ -810,8 +794,7 @@ def _assemble(meta: DatasetMeta, frames: list[np.ndarray], path: Path, truncated
         )
         meta = meta.with_frames(meta.frames[:found])
     stack = np.stack(frames, axis=0)
-    return Dataset(meta=meta, frames=stack, path=path, complete=complete,
-                   planned_frame_count=planned)
+    return Dataset(meta=meta, frames=stack, path=path, complete=complete, planned_frame_count=planned)
 
 
 def read_dataset_meta(path: str | os.PathLike[str]) -> DatasetMeta:
@@ -850,8 +833,7 @@ def _to_storage(frame: np.ndarray) -> np.ndarray:
     if kind in "ui":
         if frame.size and (frame.min() < 0 or frame.max() > 65535):
             raise DatasetError(
-                f"integer frame values {frame.min()}..{frame.max()} do not fit uint16: pass the "
-                "frame as float32"
+                f"integer frame values {frame.min()}..{frame.max()} do not fit uint16: pass the frame as float32"
             )
         return frame.astype(np.uint16)
     if kind == "f":
@@ -911,9 +893,7 @@ class DatasetWriter:
                 "resume=True to continue an interrupted acquisition"
             )
         if meta is None:
-            raise DatasetError(
-                f"no metadata for {self.path}: pass meta= (or resume=True on an existing file)"
-            )
+            raise DatasetError(f"no metadata for {self.path}: pass meta= (or resume=True on an existing file)")
         self.meta = meta
         self.frames_present = 0
         if existing:
@@ -939,15 +919,12 @@ class DatasetWriter:
         stored = _meta_from_text(description, f"embedded metadata of {self.path}")
         if len(frames) > len(stored.frames):
             raise DatasetError(
-                f"cannot resume {self.path}: it holds {len(frames)} frames but plans "
-                f"{len(stored.frames)}"
+                f"cannot resume {self.path}: it holds {len(frames)} frames but plans {len(stored.frames)}"
             )
         return frames, stored
 
     def _rewrite_with(self, frames: list[np.ndarray]) -> None:
-        handle, temporary = tempfile.mkstemp(
-            prefix=self.path.stem + ".", suffix=".resume.tif", dir=self.path.parent
-        )
+        handle, temporary = tempfile.mkstemp(prefix=self.path.stem + ".", suffix=".resume.tif", dir=self.path.parent)
         os.close(handle)
         original = self.path
         self.path = Path(temporary)
@@ -980,18 +957,19 @@ class DatasetWriter:
     def append(self, frame: np.ndarray) -> int:
         """Write the next frame (flushed to the OS before returning); returns its index."""
         if self.frames_present >= self.frames_planned:
-            raise DatasetError(
-                f"{self.path}: all {self.frames_planned} planned frames are already written"
-            )
+            raise DatasetError(f"{self.path}: all {self.frames_planned} planned frames are already written")
         data = _to_storage(frame)
         if self._writer is None:
             self._frame_shape = data.shape
             self._dtype = data.dtype
             planned_bytes = data.nbytes * self.frames_planned
-            self._fh = open(self.path, "wb")  # closed in close()
-            self._writer = TiffStackWriter(
-                self._fh, bigtiff=planned_bytes > CLASSIC_TIFF_LIMIT_BYTES
-            )
+            try:
+                self._fh = open(self.path, "wb")  # closed in close()
+            except OSError as error:
+                raise DatasetError(
+                    f"cannot write {self.path}: {error.strerror or error}; choose another output file"
+                ) from None
+            self._writer = TiffStackWriter(self._fh, bigtiff=planned_bytes > CLASSIC_TIFF_LIMIT_BYTES)
             self._writer.write_page(
                 data,
                 description=_embeddable_json(self.meta),
@@ -1043,8 +1021,7 @@ def write_dataset(
     count = len(frames)
     if count != len(meta.frames):
         raise DatasetError(
-            f"{count} frames given but the metadata lists {len(meta.frames)}: give one frame per "
-            "entry of meta.frames"
+            f"{count} frames given but the metadata lists {len(meta.frames)}: give one frame per entry of meta.frames"
         )
     with DatasetWriter(path, meta, overwrite=overwrite) as writer:
         for frame in frames:

@@ -38,9 +38,7 @@ ZHENG_CENTRAL_LED = (19, 17)  # [row, col], 0-based: array column x = 18, row y 
 ZHENG_LED_ARRAY_SHAPE = (32, 32)
 
 
-def zheng_spiral_leds(
-    count: int, start: tuple[int, int] = ZHENG_CENTRAL_LED
-) -> tuple[tuple[int, int], ...]:
+def zheng_spiral_leds(count: int, start: tuple[int, int] = ZHENG_CENTRAL_LED) -> tuple[tuple[int, int], ...]:
     """[row, col] of the first `count` LEDs of the spiral: right, down, left, left, up, up, ...
 
     Moves of 1, 1, 2, 2, 3, 3, ... LEDs turning +x (column), +y (row), -x, -y, so the LEDs fill
@@ -84,8 +82,7 @@ def _zheng_meta(frame_count: int, mat_name: str, mat: Mapping[str, Any]) -> Data
         led_height_mm=90.88,
         led_array_shape=ZHENG_LED_ARRAY_SHAPE,
         led_on_axis=(float(ZHENG_CENTRAL_LED[0]), float(ZHENG_CENTRAL_LED[1])),
-        frames=tuple(FrameSpec(leds=(led,), exposure_ms=1.0) for led in zheng_spiral_leds(
-            frame_count)),
+        frames=tuple(FrameSpec(leds=(led,), exposure_ms=1.0) for led in zheng_spiral_leds(frame_count)),
         glass=Glass(thickness_mm=1.0, refractive_index=1.52),
         sample="blood smear (Zheng lab public data, green)",
         notes=notes,
@@ -106,20 +103,16 @@ def import_zheng_mat(
         mat = scipy.io.loadmat(mat_path)
     except Exception as error:
         raise DatasetError(
-            f"cannot read {mat_path} as a MATLAB v5 file ({error}): save it with "
-            "`save(..., '-v7')` in MATLAB"
+            f"cannot read {mat_path} as a MATLAB v5 file ({error}): save it with `save(..., '-v7')` in MATLAB"
         ) from None
     if "imlow_HDR" not in mat:
         variables = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(
-            f"{mat_path} has no variable imlow_HDR (it has {variables}): is it the Zheng "
-            "blood-smear file?"
+            f"{mat_path} has no variable imlow_HDR (it has {variables}): is it the Zheng blood-smear file?"
         )
     stack = np.asarray(mat["imlow_HDR"])
     if stack.ndim != 3 or not 1 <= stack.shape[2] <= 225:
-        raise DatasetError(
-            f"imlow_HDR in {mat_path} has shape {stack.shape}, expected (H, W, N) with N <= 225"
-        )
+        raise DatasetError(f"imlow_HDR in {mat_path} has shape {stack.shape}, expected (H, W, N) with N <= 225")
     frames = np.moveaxis(stack, 2, 0).astype(np.float32)  # MATLAB (:, :, k) -> frame k
     meta = _zheng_meta(frames.shape[0], mat_path.name, mat)
     return write_dataset(out_tif, meta, frames, overwrite=overwrite)
@@ -158,9 +151,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
             with Image.open(path) as png:
                 if png.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-                    raise DatasetError(
-                        f"{path} is a {png.mode} PNG: frames must be grey-level (8 or 16 bit)"
-                    )
+                    raise DatasetError(f"{path} is a {png.mode} PNG: frames must be grey-level (8 or 16 bit)")
                 image = np.array(png)
                 if png.mode.startswith("I;16") or (png.mode == "I" and image.max(initial=0) < 2**16):
                     image = image.astype(np.uint16)
@@ -171,9 +162,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except Exception as error:
         raise DatasetError(f"cannot read image {path}: {error}") from None
     if image.ndim != 2:
-        raise DatasetError(
-            f"{path} has shape {image.shape}: frames must be 2-D grey images (convert RGB to grey)"
-        )
+        raise DatasetError(f"{path} has shape {image.shape}: frames must be 2-D grey images (convert RGB to grey)")
     return image
 
 
@@ -186,8 +175,7 @@ def _load_mapping(path: Path) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise DatasetError(
-                f"{path} is YAML but PyYAML is not installed: `pip install pyyaml` or write the "
-                "geometry as JSON"
+                f"{path} is YAML but PyYAML is not installed: `pip install pyyaml` or write the geometry as JSON"
             ) from None
         try:
             data = yaml.safe_load(text)
@@ -198,8 +186,7 @@ def _load_mapping(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise DatasetError(
-                f"{path} is not valid JSON: {error.msg} at line {error.lineno} column "
-                f"{error.colno}"
+                f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
             ) from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path} must hold one object of dataset fields (wavelength_um, ...)")
@@ -219,19 +206,14 @@ def _read_led_csv(path: Path) -> list[dict[str, str]]:
             )
         unknown = [name for name in header if name not in CSV_COLUMNS]
         if unknown:
-            raise DatasetError(
-                f"{path}: unknown column(s) {unknown}; allowed are {', '.join(CSV_COLUMNS)}"
-            )
+            raise DatasetError(f"{path}: unknown column(s) {unknown}; allowed are {', '.join(CSV_COLUMNS)}")
         if len(set(header)) != len(header):
             raise DatasetError(f"{path}: a column appears twice in the header {header}")
         reader.fieldnames = header
         rows = []
         for line_number, record in enumerate(reader, start=2):
             if None in record or any(value is None for value in record.values()):
-                raise DatasetError(
-                    f"{path} line {line_number}: expected {len(header)} values "
-                    f"({', '.join(header)})"
-                )
+                raise DatasetError(f"{path} line {line_number}: expected {len(header)} values ({', '.join(header)})")
             if all(not value.strip() for value in record.values()):
                 continue  # blank line
             record = {key: value.strip() for key, value in record.items()}
@@ -248,9 +230,7 @@ def _csv_number(record: dict[str, str], key: str, path: Path, integer: bool = Fa
         return int(text) if integer else float(text)
     except ValueError:
         kind = "an integer" if integer else "a number"
-        raise DatasetError(
-            f"{path} line {record['_line']}: {key} must be {kind} (got {text!r})"
-        ) from None
+        raise DatasetError(f"{path} line {record['_line']}: {key} must be {kind} (got {text!r})") from None
 
 
 def import_folder(
@@ -294,7 +274,7 @@ def import_folder(
         else:
             raise DatasetError(
                 f"{led_csv} line {record['_line']}: no exposure_ms; add an exposure_ms column "
-                f"or a default \"exposure_ms\" to {geometry.name}"
+                f'or a default "exposure_ms" to {geometry.name}'
             )
         intensity = _csv_number(record, "intensity", led_csv) if record.get("intensity") else 1.0
         if "file" in record:
@@ -312,9 +292,7 @@ def import_folder(
                 continue
             path = folder / name
             if not path.is_file():
-                raise DatasetError(
-                    f"{led_csv} line {record['_line']}: image {name} not found in {folder}"
-                )
+                raise DatasetError(f"{led_csv} line {record['_line']}: image {name} not found in {folder}")
             by_file[name] = len(frame_files)
             frame_files.append(path)
         frame_leds.append([led])
@@ -352,8 +330,7 @@ def import_folder(
                 f"{frames[0].shape}: all frames must be the same size"
             )
     fits_uint16 = all(
-        frame.dtype.kind in "ui" and (frame.size == 0 or (frame.min() >= 0 and frame.max() < 2**16))
-        for frame in frames
+        frame.dtype.kind in "ui" and (frame.size == 0 or (frame.min() >= 0 and frame.max() < 2**16)) for frame in frames
     )
     stack = np.stack(frames).astype(np.uint16 if fits_uint16 else np.float32)
     return write_dataset(out_tif, meta, stack, overwrite=overwrite)

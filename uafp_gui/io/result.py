@@ -31,9 +31,7 @@ _RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration"}
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DatasetError(
-            f"{name} must be a number (got {value!r} of type {type(value).__name__})"
-        )
+        raise DatasetError(f"{name} must be a number (got {value!r} of type {type(value).__name__})")
     number = float(value)
     if not math.isfinite(number):
         raise DatasetError(f"{name} must be finite (got {value!r})")
@@ -81,15 +79,12 @@ class LedGeometry:
     def from_dict(cls, data: Any) -> LedGeometry:
         if not isinstance(data, Mapping):
             raise DatasetError(
-                "led_geometry must be an object {shift_x_mm, shift_y_mm, rotation_deg, "
-                f"height_mm}} (got {data!r})"
+                f"led_geometry must be an object {{shift_x_mm, shift_y_mm, rotation_deg, height_mm}} (got {data!r})"
             )
         known = {"shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm"}
         unknown = set(data) - known
         if unknown:
-            raise DatasetError(
-                f"led_geometry has unknown fields {sorted(unknown)}: allowed are {sorted(known)}"
-            )
+            raise DatasetError(f"led_geometry has unknown fields {sorted(unknown)}: allowed are {sorted(known)}")
         if "height_mm" not in data:
             raise DatasetError("led_geometry.height_mm is missing: give the LED height in mm")
         return cls(**{key: data[key] for key in known if key in data})
@@ -124,8 +119,7 @@ class Calibration:
             raise DatasetError(f"led_geometry must be a LedGeometry (got {self.led_geometry!r})")
         if not isinstance(self.zernike_rad, Mapping):
             raise DatasetError(
-                f"zernike_rad must map Noll index to radians, e.g. {{\"4\": 0.1}} "
-                f"(got {self.zernike_rad!r})"
+                f'zernike_rad must map Noll index to radians, e.g. {{"4": 0.1}} (got {self.zernike_rad!r})'
             )
         zernike: dict[int, float] = {}
         for key, value in self.zernike_rad.items():
@@ -137,29 +131,23 @@ class Calibration:
             if not valid or index < 1:
                 raise DatasetError(
                     f"zernike_rad key {key!r} is not a Noll index: use integers >= 1 "
-                    "(written as strings in JSON, e.g. \"4\" for defocus)"
+                    '(written as strings in JSON, e.g. "4" for defocus)'
                 )
             zernike[index] = _number(value, f"zernike_rad[{key!r}]")
         setter(self, "zernike_rad", dict(sorted(zernike.items())))
 
-        if isinstance(self.frame_gain, (str, bytes)) or not isinstance(
-            self.frame_gain, (Sequence, np.ndarray)
-        ):
+        if isinstance(self.frame_gain, (str, bytes)) or not isinstance(self.frame_gain, (Sequence, np.ndarray)):
             raise DatasetError(f"frame_gain must be a list of numbers (got {self.frame_gain!r})")
         gains = tuple(_number(g, f"frame_gain[{k}]") for k, g in enumerate(self.frame_gain))
         for k, gain in enumerate(gains):
             if gain <= 0:
-                raise DatasetError(
-                    f"frame_gain[{k}] must be > 0 (got {gain}): gains scale frame intensities"
-                )
+                raise DatasetError(f"frame_gain[{k}] must be > 0 (got {gain}): gains scale frame intensities")
         setter(self, "frame_gain", gains)
 
         if isinstance(self.led_positions_mm, (str, bytes)) or not isinstance(
             self.led_positions_mm, (Sequence, np.ndarray)
         ):
-            raise DatasetError(
-                f"led_positions_mm must be a list of [X, Y] pairs (got {self.led_positions_mm!r})"
-            )
+            raise DatasetError(f"led_positions_mm must be a list of [X, Y] pairs (got {self.led_positions_mm!r})")
         positions = []
         for k, position in enumerate(self.led_positions_mm):
             if isinstance(position, (str, bytes)) or len(position) != 2:
@@ -237,19 +225,15 @@ class Calibration:
             )
         version = data.get("version")
         if isinstance(version, bool) or not isinstance(version, int):
-            raise DatasetError(
-                f"version must be the integer {CALIBRATION_VERSION} (got {version!r})"
-            )
+            raise DatasetError(f"version must be the integer {CALIBRATION_VERSION} (got {version!r})")
         if version != CALIBRATION_VERSION:
             hint = ": update uafp_gui" if version > CALIBRATION_VERSION else ""
             raise DatasetError(
-                f"calibration version {version} is not supported (this software reads "
-                f"{CALIBRATION_VERSION}){hint}"
+                f"calibration version {version} is not supported (this software reads {CALIBRATION_VERSION}){hint}"
             )
         if "led_geometry" not in data:
             raise DatasetError(
-                "led_geometry is missing: a calibration needs at least "
-                '{"led_geometry": {"height_mm": ...}}'
+                'led_geometry is missing: a calibration needs at least {"led_geometry": {"height_mm": ...}}'
             )
         kwargs = {key: data[key] for key in _CALIBRATION_FIELDS if key in data}
         kwargs["led_geometry"] = LedGeometry.from_dict(data["led_geometry"])
@@ -289,8 +273,7 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DatasetError(
-            f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
-            f"(char {error.pos})"
+            f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} (char {error.pos})"
         ) from None
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path} is not UTF-8 text: {error}") from None
@@ -375,15 +358,12 @@ def write_result(
     amplitude = _real_image(amplitude, "amplitude")
     phase = _real_image(phase, "phase")
     if amplitude.shape != phase.shape:
-        raise DatasetError(
-            f"amplitude {amplitude.shape} and phase {phase.shape} must be on the same grid"
-        )
+        raise DatasetError(f"amplitude {amplitude.shape} and phase {phase.shape} must be on the same grid")
     pupil_amplitude = _real_image(pupil_amplitude, "pupil_amplitude")
     pupil_phase = _real_image(pupil_phase, "pupil_phase")
     if pupil_amplitude.shape != pupil_phase.shape:
         raise DatasetError(
-            f"pupil_amplitude {pupil_amplitude.shape} and pupil_phase {pupil_phase.shape} must "
-            "have the same shape"
+            f"pupil_amplitude {pupil_amplitude.shape} and pupil_phase {pupil_phase.shape} must have the same shape"
         )
     extras = {}
     for name, image in (extra_images or {}).items():
@@ -445,13 +425,15 @@ def read_pixel_size_um(path: str | os.PathLike[str]) -> float | None:
 def _read_image(path: Path) -> np.ndarray:
     import tifffile
 
+    from uafp_gui.io.dataset import quiet_tifffile
+
     if not path.exists():
         raise DatasetError(
-            f"{path.parent} has no {path.name}: is it a uafp result folder? (expected "
-            f"{', '.join(RESULT_FILES)})"
+            f"{path.parent} has no {path.name}: is it a uafp result folder? (expected {', '.join(RESULT_FILES)})"
         )
     try:
-        return np.asarray(tifffile.imread(path), dtype=np.float32)
+        with quiet_tifffile():
+            return np.asarray(tifffile.imread(path), dtype=np.float32)
     except Exception as error:
         raise DatasetError(f"cannot read {path}: {error}") from None
 
@@ -467,14 +449,10 @@ def read_result(folder: str | os.PathLike[str]) -> Result:
     pupil = _read_image(folder / "pupil.tif")
     if amplitude.ndim != 2 or amplitude.shape != phase.shape:
         raise DatasetError(
-            f"{folder}: amplitude.tif {amplitude.shape} and phase.tif {phase.shape} must be "
-            "2-D images of the same size"
+            f"{folder}: amplitude.tif {amplitude.shape} and phase.tif {phase.shape} must be 2-D images of the same size"
         )
     if pupil.ndim != 3 or pupil.shape[0] != 2:
-        raise DatasetError(
-            f"{folder / 'pupil.tif'} has shape {pupil.shape}, expected (2, P, P): amplitude "
-            "and phase"
-        )
+        raise DatasetError(f"{folder / 'pupil.tif'} has shape {pupil.shape}, expected (2, P, P): amplitude and phase")
     pixel_um = calibration.object_pixel_um
     if pixel_um is None:
         pixel_um = read_pixel_size_um(folder / "amplitude.tif")
