@@ -30,7 +30,58 @@ def register(subparsers) -> None:
         help="UA-FP: keep the system (geometry, pupil, gains) fixed; use with --calibration",
     )
     parser.add_argument("--no-report", action="store_true", help="do not write report.png")
+    uafp = parser.add_argument_group("UA-FP options (what to learn, how)")
+    uafp.add_argument(
+        "--loss",
+        choices=["amplitude", "poisson"],
+        default="amplitude",
+        help="data term: amplitude least squares (default, robust) or Poisson likelihood",
+    )
+    uafp.add_argument("--tv-weight", type=float, default=0.0, help="total-variation regularisation weight")
+    uafp.add_argument("--batch-size", type=int, default=None, help="frames per mini-batch")
+    uafp.add_argument(
+        "--pixel-integration",
+        type=int,
+        default=None,
+        help="sub-samples per camera pixel and axis in the model (1 = off; default 2)",
+    )
+    for name, text in [
+        ("geometry", "LED shift, rotation and height"),
+        ("zernike", "Zernike aberrations"),
+        ("gains", "per-frame LED brightness"),
+    ]:
+        uafp.add_argument(f"--no-{name}", action="store_true", help=f"do not learn the {text}")
+    for name, text in [
+        ("freeform", "a free-form pupil phase inside the support"),
+        ("led-residuals", "small per-LED position residuals"),
+        ("background", "a background offset"),
+    ]:
+        uafp.add_argument(f"--learn-{name}", action="store_true", help=f"also learn {text}")
     parser.set_defaults(func=run)
+
+
+def uafp_settings(args: argparse.Namespace):
+    from uafp_gui.recon.uafp import UafpSettings
+
+    changes = {
+        "upsample": args.upsample,
+        "device": args.device,
+        "freeze_system": args.freeze_system,
+        "loss": args.loss,
+        "tv_weight": args.tv_weight,
+        "learn_geometry": not args.no_geometry,
+        "learn_zernike": not args.no_zernike,
+        "learn_gains": not args.no_gains,
+        "learn_freeform": args.learn_freeform,
+        "learn_led_residuals": args.learn_led_residuals,
+        "learn_background": args.learn_background,
+    }
+    for name in ("iterations", "batch_size", "pixel_integration"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    settings = UafpSettings().replace(**changes)
+    settings.validate()
+    return settings
 
 
 def check_output_folder(out: Path) -> None:
@@ -50,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.io.dataset import read_dataset
     from uafp_gui.io.result import load_calibration
+    from uafp_gui.physics.zernike import defocus_um_from_z4
     from uafp_gui.recon.common import save_result
 
     dataset = read_dataset(args.dataset)
@@ -68,11 +120,9 @@ def run(args: argparse.Namespace) -> int:
                 lambda update: (bar.update(1), bar.set_postfix(misfit=f"{update.loss:.4f}", refresh=False))
             )
     else:
-        from uafp_gui.recon.uafp import UafpSettings, reconstruct_dataset
+        from uafp_gui.recon.uafp import reconstruct_dataset
 
-        settings = UafpSettings(upsample=args.upsample, device=args.device, freeze_system=args.freeze_system)
-        if args.iterations is not None:
-            settings = settings.replace(iterations=args.iterations)
+        settings = uafp_settings(args)
         with progress_bar(settings.iterations, "UA-FP", "iter") as bar:
             result = reconstruct_dataset(
                 dataset,
@@ -91,9 +141,15 @@ def run(args: argparse.Namespace) -> int:
     geometry = result.geometry
     print(
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "
-        f"final loss {result.final_loss:.4g}; "
-        f"LED shift ({geometry.shift_x_mm:+.3f}, {geometry.shift_y_mm:+.3f}) mm, rotation "
-        f"{geometry.rotation_deg:+.3f} deg, height {geometry.height_mm:.2f} mm"
+        f"data misfit {result.extra.get('data_misfit', float('nan')):.4g}"
+    )
+    defocus_um = defocus_um_from_z4(
+        result.zernike_rad.get(4, 0.0), dataset.meta.wavelength_um, dataset.meta.objective_na
+    )
+    print(
+        f"calibration: LED shift ({geometry.shift_x_mm:+.3f}, {geometry.shift_y_mm:+.3f}) mm, rotation "
+        f"{geometry.rotation_deg:+.3f} deg, height {geometry.height_mm:.2f} mm; Zernike 4 (defocus) "
+        f"{result.zernike_rad.get(4, 0.0):+.3f} rad = {defocus_um:+.1f} um"
     )
     print(f"wrote {out}/")
     return 0

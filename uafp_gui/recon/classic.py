@@ -21,6 +21,7 @@ from uafp_gui.errors import ConfigError, ReconstructionError
 from uafp_gui.io.result import Calibration
 from uafp_gui.recon.common import (
     ReconstructionResult,
+    amplitude_misfit_terms,
     apply_calibration,
     build_model,
     illumination_order,
@@ -50,13 +51,9 @@ class ClassicProgress:
 class ClassicSolver:
     """EPRY on the project's forward-model conventions; `run()` or iterate `steps()`."""
 
-    def __init__(
-        self, dataset, settings: ClassicSettings = ClassicSettings(), calibration: Calibration | None = None
-    ):
+    def __init__(self, dataset, settings: ClassicSettings = ClassicSettings(), calibration: Calibration | None = None):
         if any(len(frame.leds) != 1 for frame in dataset.meta.frames):
-            raise ConfigError(
-                "classic FP needs one LED per frame; this dataset is multiplexed: use --method uafp"
-            )
+            raise ConfigError("classic FP needs one LED per frame; this dataset is multiplexed: use --method uafp")
         if settings.iterations < 1:
             raise ConfigError(f"--iterations must be >= 1 (got {settings.iterations})")
         self.settings = settings
@@ -126,10 +123,22 @@ class ClassicSolver:
                 progress(update)
         return self.result(started)
 
+    def data_misfit(self) -> float:
+        """Relative amplitude misfit of every frame under this solver's own model (no update)."""
+        with torch.no_grad():
+            residual = total = 0.0
+            for k in range(self.index_y.shape[0]):
+                crop = self.spectrum[self.index_y[k][:, None], self.index_x[k][None, :]]
+                field = torch.fft.ifft2(torch.fft.ifftshift(crop * self.pupil)) * self.field_scale
+                terms = amplitude_misfit_terms(field.abs(), self.measured_amplitude[k] / np.sqrt(self.scale))
+                residual, total = residual + terms[0], total + terms[1]
+        return residual / max(total, 1e-30)
+
     def result(self, started: float) -> ReconstructionResult:
         with torch.no_grad():
             self.model.system.frame_gain.fill_(self.scale)
-        return result_from_model(
+        misfit = self.data_misfit()
+        result = result_from_model(
             self.model,
             self.spectrum,
             "classic",
@@ -139,3 +148,5 @@ class ClassicSolver:
             str(self.dataset.path.name if self.dataset.path else ""),
             pupil=self.pupil,
         )
+        result.extra = {"data_misfit": misfit}
+        return result

@@ -93,10 +93,20 @@ def initial_spectrum(model: ForwardModel, measurements: torch.Tensor) -> tuple[t
     scale = max(float(frame.mean()), 1e-12)
     amplitude = torch.sqrt(frame / scale)
     big = model.setup.object_shape
-    amplitude = torch.nn.functional.interpolate(
-        amplitude[None, None], size=big, mode="bilinear", align_corners=False
-    )[0, 0]
+    amplitude = torch.nn.functional.interpolate(amplitude[None, None], size=big, mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     return spectrum_of(amplitude.to(torch.complex64)), scale
+
+
+def amplitude_misfit_terms(predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor) -> tuple[float, float]:
+    """Sum of squared amplitude residuals and of measured intensity: their ratio is the data misfit.
+
+    The relative amplitude misfit sum (sqrt(I_model) - sqrt(I_measured))^2 / sum I_measured is how both
+    engines report how well their own model explains the frames (lower is better).
+    """
+    residual = float((predicted_amplitude - measured_amplitude).square().sum())
+    return residual, float(measured_amplitude.square().sum())
 
 
 @dataclass

@@ -28,7 +28,13 @@ import torch
 from uafp_gui.errors import ConfigError, ReconstructionError
 from uafp_gui.io.result import Calibration, LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
-from uafp_gui.recon.common import ReconstructionResult, apply_calibration, resolve_device, result_from_model
+from uafp_gui.recon.common import (
+    ReconstructionResult,
+    amplitude_misfit_terms,
+    apply_calibration,
+    resolve_device,
+    result_from_model,
+)
 from uafp_gui.recon.report import nominal_frame_positions_mm
 
 LOSSES = ("amplitude", "poisson")
@@ -476,8 +482,24 @@ class UafpReconstruction:
             self.source_dataset,
         )
         result.frame_gain = result.frame_gain * (self.scale or 1.0)
-        result.extra = {"frames_used": int(self.available.sum()), "loss": self.settings.loss}
+        result.extra = {
+            "frames_used": int(self.available.sum()),
+            "loss": self.settings.loss,
+            "data_misfit": self.data_misfit(),
+        }
         return result
+
+    def data_misfit(self) -> float:
+        """Relative amplitude misfit of every available frame under this engine's model."""
+        residual = total = 0.0
+        with torch.no_grad():
+            spectrum = spectrum_of(self.object.detach())
+            available = torch.nonzero(self.available).squeeze(1).to(self.device)
+            for batch in torch.split(available, self.settings.batch_size):
+                predicted = self.model(spectrum, batch).clamp(min=0).sqrt()
+                terms = amplitude_misfit_terms(predicted, (self.measurements[batch] / self.scale).sqrt())
+                residual, total = residual + terms[0], total + terms[1]
+        return residual / max(total, 1e-30)
 
     # ----------------------------------------------------------- save / load
     def save_state(self, path: str | Path) -> Path:
