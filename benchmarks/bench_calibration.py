@@ -21,6 +21,7 @@ from uafp_gui.io.dataset import Dataset
 from uafp_gui.io.result import Calibration
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
+from uafp_gui.recon.common import resolve_device
 from uafp_gui.recon.uafp import UafpSettings, reconstruct_dataset
 from uafp_gui.simulate import PRESETS, simulate
 
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--cases", default="misaligned,misaligned-seed1,lowlight,sparse")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    args.device = str(resolve_device(args.device))
     cases = {
         "misaligned": ("misaligned", 0, False),
         "misaligned-seed1": ("misaligned", 1, False),
