@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,32 @@ BLOODSMEAR_MAT = SHARED / "data" / "zheng-bloodsmear" / "bloodsmear_green.mat"
 
 
 def _stub_icon_lookups() -> None:
-    """superqt/pymmcore-widgets fetch icon fonts lazily; tests must never reach the network."""
+    """superqt/pymmcore-widgets (if ever installed) resolve icon fonts through fonticon plugins that may
+    download: make every look-up answer an empty icon instead."""
     try:
-        import superqt.fonticon._qfont_icon as qfont_icon  # noqa: F401
-    except Exception:  # superqt not installed: nothing to stub
+        from superqt import fonticon
+    except ImportError:  # not installed: nothing to stub
         return
+    from PySide6.QtGui import QIcon
+
+    fonticon.icon = lambda *args, **kwargs: QIcon()
 
 
 _stub_icon_lookups()
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):
+    """Tests never reach the network: only loopback and local (AF_UNIX) connections are allowed."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        if host not in ("localhost", "::1") and not str(host).startswith("127."):
+            raise RuntimeError(f"test tried to reach the network ({address}); stub it out")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _loopback_only_connect
 
 
 @pytest.fixture
