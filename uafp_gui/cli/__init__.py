@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "uafp_gui.cli.score",
     "uafp_gui.cli.acquire",
     "uafp_gui.cli.led",
+    "uafp_gui.cli.gui",
 ]
 
 

@@ -1,0 +1,72 @@
+"""`uafp-gui` (and `uafp gui`): start the desktop app.
+
+Opens on the simulated microscope and looks for an LED array in the background; the status
+bar says which is in use. Options: `--no-probe` (skip hardware detection), `--preset` and
+`--frame-size` (the simulated microscope), `--settings FILE.ini` (a settings file instead of
+the user's), `--open PATH` (a dataset or result to open at start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+__all__ = ["build_parser", "create_window", "main"]
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="uafp-gui", description="uafp desktop app")
+    parser.add_argument("--no-probe", action="store_true", help="do not look for an LED array at start-up")
+    parser.add_argument("--preset", default="misaligned", help="simulated microscope preset (default misaligned)")
+    parser.add_argument("--frame-size", type=int, default=None, help="simulated camera frame size in pixels")
+    parser.add_argument("--settings", type=Path, default=None, help="settings file (.ini) instead of the user's")
+    parser.add_argument("--open", type=Path, default=None, dest="open_path", help="dataset or result to open")
+    return parser
+
+
+def create_window(args: argparse.Namespace):
+    """The main window for parsed `args` (a QApplication must exist)."""
+    from PySide6.QtCore import QSettings
+
+    from uafp_gui.errors import ConfigError
+    from uafp_gui.gui.main_window import MainWindow
+    from uafp_gui.simulate import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ConfigError(f"--preset {args.preset!r}: choose one of {sorted(PRESETS)}")
+    simulation = PRESETS[args.preset]
+    if args.frame_size:
+        simulation = replace(simulation, frame_size=int(args.frame_size))
+    settings = QSettings(str(args.settings), QSettings.Format.IniFormat) if args.settings else None
+    window = MainWindow(settings, simulation=simulation, probe_hardware=not args.no_probe)
+    if args.open_path is not None:
+        window.open_path(args.open_path)
+    return window
+
+
+def run(args: argparse.Namespace) -> int:
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("uafp")
+    app.setApplicationName("uafp-gui")
+    window = create_window(args)
+    window.show()
+    return int(app.exec())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from uafp_gui.errors import UafpError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UafpError as error:
+        print(f"uafp-gui: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

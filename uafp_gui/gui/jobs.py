@@ -1,0 +1,254 @@
+"""The app's long-running work as plain-Python generators (no Qt here).
+
+Each generator runs on a `GeneratorWorker` thread; each yield is an update for a view.
+
+- `camera_stream`: snap after snap for the live view.
+- `ReconJob`: UA-FP (streaming API) fed by an acquisition's frames as they arrive, or by a
+  dataset opened from disk; `run()` iterates, `result()` and `export()` run after it stops.
+  It records when every frame arrived so the GUI can measure frame -> display lag.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uafp_gui.errors import ReconstructionError
+
+__all__ = ["ReconJob", "acquisition_events", "camera_stream", "geometry_led_positions_mm", "open_devices"]
+
+
+def camera_stream(core: Any, exposure_ms: list[float]) -> Iterator[np.ndarray]:
+    """Snap frames until stopped; `exposure_ms[0]` is read before every snap (the view edits it)."""
+    applied = None
+    while True:
+        wanted = float(exposure_ms[0])
+        if wanted != applied:
+            core.setExposure(wanted)
+            applied = wanted
+        core.snapImage()
+        frame = np.asarray(core.getImage())
+        yield frame
+
+
+def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
+    """Open the LED array and the camera a `DeviceChoice` names (blocking: run it off the UI
+    thread). Returns core, led_array, microscope (the simulation's nominal one, or None for
+    hardware: the user's description applies), bit_depth and a one-line description."""
+    from uafp_gui.acquisition.plan import MicroscopeDescription
+    from uafp_gui.devices.illuminate import IlluminateLedArray, SimulatedLedArray
+    from uafp_gui.devices.micromanager import camera_bit_depth, open_core
+
+    if choice.led_port is None:
+        led_array = SimulatedLedArray(
+            tuple(simulation.led_array_shape), simulation.led_pitch_mm,
+            orientation=choice.orientation, height_mm=simulation.led_height_mm,
+        )
+        led_text = "simulated LED array"
+    else:
+        led_array = IlluminateLedArray(choice.led_port, orientation=choice.orientation, pitch_mm=choice.pitch_mm)
+        led_text = f"LED array on {led_array.port}"
+    try:
+        led_array.set_color(*choice.rgb)
+        if choice.mm_config is None:
+            core, led_array = open_core(None, led_array, simulation=simulation)
+            microscope = MicroscopeDescription.from_simulation(simulation)
+            camera_text = "simulated microscope camera"
+        else:
+            core, led_array = open_core(choice.mm_config, led_array)
+            microscope = None
+            camera_text = f"camera {core.getCameraDevice()} ({choice.mm_config.name})"
+        bit_depth = camera_bit_depth(core)
+    except BaseException:
+        led_array.close()
+        raise
+    return {
+        "core": core,
+        "led_array": led_array,
+        "microscope": microscope,
+        "bit_depth": bit_depth,
+        "description": f"{camera_text}, {led_text}",
+    }
+
+
+def acquisition_events(acquisition: Any, job: ReconJob | None = None) -> Iterator[Any]:
+    """`acquisition.run()`, telling a live `ReconJob` when the run starts and ends."""
+    from uafp_gui.acquisition.engine import AcquisitionStarted
+
+    try:
+        for event in acquisition.run():
+            if job is not None and isinstance(event, AcquisitionStarted):
+                job.started(event.meta, event.frame_shape, event.path.name)
+            yield event
+    finally:
+        if job is not None:
+            job.acquiring.clear()
+
+
+def geometry_led_positions_mm(
+    array_shape: tuple[int, int], on_axis: tuple[float, float], pitch_mm: float, geometry: Any | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows*cols, 2) nominal [X, Y] of every LED and, with a `LedGeometry`, where the
+    misalignment puts it (spec section 2: rotate counter-clockwise, then shift)."""
+    rows, cols = array_shape
+    r, c = np.mgrid[0:rows, 0:cols]
+    nominal = np.stack([(c.ravel() - on_axis[1]) * pitch_mm, (r.ravel() - on_axis[0]) * pitch_mm], axis=1)
+    if geometry is None:
+        return nominal, nominal.copy()
+    t = math.radians(geometry.rotation_deg)
+    x, y = nominal[:, 0], nominal[:, 1]
+    estimated = np.stack(
+        [
+            x * math.cos(t) - y * math.sin(t) + geometry.shift_x_mm,
+            x * math.sin(t) + y * math.cos(t) + geometry.shift_y_mm,
+        ],
+        axis=1,
+    )
+    return nominal, estimated
+
+
+class ReconJob:
+    """One UA-FP reconstruction, built on the worker thread and kept between runs.
+
+    Feed frames with `on_frame(index, frame)` (any thread; an acquisition subscriber) or give
+    a dataset. `run(iterations)` keeps iterating while `acquiring` is set, then runs
+    `iterations` more and ends; `stop()` ends it between iterations. `run` again to continue.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        meta: Any = None,
+        frame_shape: tuple[int, int] | None = None,
+        dataset: Any = None,
+        calibration: Any = None,
+        source_dataset: str = "",
+        torch_threads: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.meta = dataset.meta if dataset is not None else meta
+        self.frame_shape = tuple(dataset.frames.shape[1:]) if dataset is not None else frame_shape
+        self.dataset = dataset
+        self.calibration = calibration
+        self.source_dataset = source_dataset or (dataset.path.name if dataset is not None and dataset.path else "")
+        self.torch_threads = torch_threads
+        self.recon: Any = None
+        self.acquiring = threading.Event()
+        self.cancel = threading.Event()
+        self.ready = threading.Event()  # meta and frame shape known
+        if self.meta is not None and self.frame_shape is not None:
+            self.ready.set()
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, np.ndarray]] = []
+        self.arrivals: dict[int, float] = {}
+        self.history: list[tuple[int, float, float, float, float]] = []  # iteration, shift x/y, rotation, height
+        if dataset is not None:
+            now = time.perf_counter()
+            self.arrivals = dict.fromkeys(range(len(dataset.frames)), now)
+
+    # ---- frames (any thread) ---------------------------------------------------------------
+    def started(self, meta: Any, frame_shape: tuple[int, int], source_dataset: str = "") -> None:
+        """The acquisition has started: now the reconstruction can be built."""
+        self.meta, self.frame_shape = meta, tuple(frame_shape)
+        self.source_dataset = self.source_dataset or source_dataset
+        self.ready.set()
+
+    def on_frame(self, index: int, frame: np.ndarray) -> None:
+        with self._lock:
+            self.arrivals[index] = time.perf_counter()
+            if self.recon is None:
+                self._waiting.append((index, frame))
+                return
+        self.recon.add_frames(frame[None], index)
+
+    def frame_message(self, message: Any) -> None:
+        """`Acquisition.subscribe` callback."""
+        self.on_frame(message.index, message.frame)
+
+    @property
+    def frames_arrived(self) -> int:
+        with self._lock:
+            return len(self.arrivals)
+
+    # ---- worker thread ---------------------------------------------------------------------
+    def _build(self) -> None:
+        if self.recon is not None:
+            return
+        from uafp_gui.recon.uafp import UafpReconstruction
+
+        recon = UafpReconstruction(
+            self.meta, self.frame_shape, self.settings, self.calibration, source_dataset=self.source_dataset
+        )
+        if self.dataset is not None:
+            recon.add_frames(self.dataset.frames, 0)
+        with self._lock:
+            self.recon = recon
+            waiting, self._waiting = self._waiting, []
+        for index, frame in waiting:
+            recon.add_frames(frame[None], index)
+
+    def _record(self, update: Any) -> Any:
+        g = update.geometry
+        self.history.append((update.iteration, g.shift_x_mm, g.shift_y_mm, g.rotation_deg, g.height_mm))
+        return update
+
+    def run(self, iterations: int | None = None) -> Iterator[Any]:
+        """Iterate (see the class docstring); yields `ReconstructionUpdate`s."""
+        import torch
+
+        torch.set_num_threads(self.torch_threads or max(1, (os.cpu_count() or 2) - 1))
+        self.cancel.clear()
+        while not self.ready.wait(0.05):
+            if self.cancel.is_set() or not self.acquiring.is_set():
+                return
+        self._build()
+        while self.acquiring.is_set() and not self.cancel.is_set():
+            if self.recon.frames_available == 0:
+                time.sleep(0.05)  # waiting for the first frame to arrive, not for a reply
+                continue
+            try:
+                for update in self.recon.run(iterations=1, cancel=self.cancel):
+                    yield self._record(update)
+            except ReconstructionError:
+                time.sleep(0.05)
+        if self.cancel.is_set():
+            return
+        if self.recon.frames_available == 0:
+            raise ReconstructionError("no frame was acquired: nothing to reconstruct")
+        target = self.settings.iterations if iterations is None else iterations
+        for update in self.recon.run(iterations=target, cancel=self.cancel):
+            yield self._record(update)
+
+    def stop(self) -> None:
+        self.cancel.set()
+
+    # ---- after a run (worker thread) -------------------------------------------------------
+    def result(self) -> Any:
+        if self.recon is None or self.recon.object is None:
+            raise ReconstructionError("the reconstruction has not run yet: start it first")
+        return self.recon.result()
+
+    def export(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the result folder (spec section 3) plus `report.png`."""
+        from uafp_gui.recon.common import save_result
+        from uafp_gui.recon.report import write_report
+
+        result = self.result()
+        folder = save_result(result, folder)
+        write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))
+        return Path(folder)
+
+
+class _MetaHolder:
+    """`write_report` reads only `dataset.meta`."""
+
+    def __init__(self, meta: Any) -> None:
+        self.meta = meta

@@ -1,0 +1,172 @@
+"""LED map: the array drawn to scale in image axes (mm); click an LED to light it.
+
+Shows which LEDs are lit, which the plan will use, the bright-field circle (illumination NA
+below the objective NA) and, after calibration, where each LED really is: estimated
+positions with arrows from the nominal ones (magnified so sub-millimetre errors show).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from uafp_gui.acquisition.plan import MicroscopeDescription
+from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
+from uafp_gui.gui.jobs import geometry_led_positions_mm
+
+__all__ = ["LedMapPanel"]
+
+RowCol = tuple[int, int]
+
+
+class LedMapPanel(QWidget):
+    led_clicked = Signal(int, int)  # row, col (image axes)
+    pattern_requested = Signal(str)  # "brightfield", "darkfield", "plan", "off"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        self.plot = pg.PlotWidget()
+        self.plot.setAspectLocked(True)
+        self.plot.invertY(True)  # image axes: y grows downwards with the row index
+        self.plot.setLabel("bottom", "X (mm)")
+        self.plot.setLabel("left", "Y (mm)")
+        self.plot.addLegend(offset=(5, 5))
+        self.leds = pg.ScatterPlotItem(size=9, pxMode=True, name="LEDs")
+        self.leds.sigClicked.connect(self._clicked)
+        self.arrows = pg.PlotDataItem(pen=pg.mkPen("r", width=1.5), connect="pairs", name="nominal -> estimated")
+        self.estimated = pg.ScatterPlotItem(size=5, brush=pg.mkBrush("r"), pen=None, name="estimated")
+        self.na_circle = pg.PlotDataItem(pen=pg.mkPen((0, 120, 255), width=1, style=pg.QtCore.Qt.PenStyle.DashLine))
+        for item in (self.na_circle, self.leds, self.arrows, self.estimated):
+            self.plot.addItem(item)
+        layout.addWidget(self.plot, 1)
+        buttons = QHBoxLayout()
+        for label, pattern in (("Bright field", "brightfield"), ("Dark field", "darkfield"),
+                               ("Plan", "plan"), ("All off", "off")):
+            button = QPushButton(label)
+            button.clicked.connect(lambda _=False, p=pattern: self.pattern_requested.emit(p))
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        layout.addWidget(self.caption)
+        self.microscope: MicroscopeDescription | None = None
+        self._nominal = np.zeros((0, 2))
+        self._brightfield = np.zeros(0, dtype=bool)
+        self.lit: frozenset[RowCol] = frozenset()
+        self.planned: frozenset[RowCol] = frozenset()
+        self.geometry = None
+        self.magnify = 1.0
+
+    # ---- state -----------------------------------------------------------------------------
+    def set_microscope(self, microscope: MicroscopeDescription) -> None:
+        if microscope == self.microscope:
+            return
+        self.microscope = microscope
+        self._build()
+        self._colour()
+        self._draw_geometry()
+
+    def set_lit(self, lit) -> None:
+        lit = frozenset(tuple(int(v) for v in led) for led in lit)
+        if lit != self.lit:
+            self.lit = lit
+            self._colour()
+
+    def set_planned(self, planned) -> None:
+        planned = frozenset(tuple(int(v) for v in led) for led in planned)
+        if planned != self.planned:
+            self.planned = planned
+            self._colour()
+            self._draw_geometry()
+
+    def set_geometry(self, geometry) -> None:
+        """Show where the LEDs really are (a `LedGeometry`), or nothing with None."""
+        if geometry != self.geometry:
+            self.geometry = geometry
+            self._draw_geometry()
+
+    def redraw(self) -> None:
+        self._build()
+        self._colour()
+        self._draw_geometry()
+
+    # ---- drawing (each part only when what it shows changed: the map has ~1000 points) ------
+    _LIT = pg.mkBrush(255, 200, 0)
+    _PLAN = pg.mkBrush(120, 170, 255)
+    _OFF = pg.mkBrush(210, 210, 210)
+    _BF_PEN = pg.mkPen("k", width=1.5)
+    _DF_PEN = pg.mkPen(150, 150, 150)
+
+    def _build(self) -> None:
+        m = self.microscope
+        if m is None:
+            return
+        rows, cols = m.led_array_shape
+        self._nominal, _ = geometry_led_positions_mm((rows, cols), m.led_on_axis, m.led_pitch_mm)
+        radius_mm = np.hypot(self._nominal[:, 0], self._nominal[:, 1])
+        illumination_na = np.sin(np.arctan2(radius_mm, m.led_height_mm))
+        self._brightfield = illumination_na < m.objective_na
+        pens = [self._BF_PEN if bf else self._DF_PEN for bf in self._brightfield]
+        names = [(i // cols, i % cols) for i in range(rows * cols)]
+        self.leds.setData(pos=self._nominal, pen=pens, brush=self._OFF, data=names)
+        radius = m.led_height_mm * np.tan(np.arcsin(m.objective_na))
+        angle = np.linspace(0, 2 * np.pi, 129)
+        self.na_circle.setData(radius * np.cos(angle), radius * np.sin(angle))
+
+    def _colour(self) -> None:
+        m = self.microscope
+        if m is None:
+            return
+        cols = m.led_array_shape[1]
+        brushes = [self._OFF] * len(self._nominal)
+        for row, col in self.planned:
+            if 0 <= row * cols + col < len(brushes):
+                brushes[row * cols + col] = self._PLAN
+        for row, col in self.lit:
+            if 0 <= row * cols + col < len(brushes):
+                brushes[row * cols + col] = self._LIT
+        self.leds.setBrush(brushes)
+
+    def _draw_geometry(self) -> None:
+        m = self.microscope
+        if m is None:
+            return
+        rows, cols = m.led_array_shape
+        if self.geometry is None:
+            self.arrows.setData([], [])
+            self.estimated.setData([])
+            self.caption.setText(
+                f"{rows}x{cols} LEDs, pitch {m.led_pitch_mm:g} mm, height {m.led_height_mm:g} mm; "
+                "yellow: lit, blue: in the plan, black ring: bright field. Click an LED to light it."
+            )
+            return
+        nominal, estimated = geometry_led_positions_mm((rows, cols), m.led_on_axis, m.led_pitch_mm, self.geometry)
+        shown = (
+            np.array(sorted(self.planned))
+            if self.planned
+            else np.array([(i // cols, i % cols) for i in range(rows * cols)])
+        )
+        indices = shown[:, 0] * cols + shown[:, 1]
+        indices = indices[(indices >= 0) & (indices < len(nominal))]
+        displacement = estimated[indices] - nominal[indices]
+        largest = float(np.abs(displacement).max()) if displacement.size else 0.0
+        self.magnify = 1.0 if largest == 0 else max(1.0, round(0.5 * m.led_pitch_mm / largest))
+        heads = nominal[indices] + displacement * self.magnify
+        pairs = np.empty((2 * len(indices), 2))
+        pairs[0::2] = nominal[indices]
+        pairs[1::2] = heads
+        self.arrows.setData(pairs[:, 0], pairs[:, 1])
+        self.estimated.setData(pos=heads)
+        g = self.geometry
+        self.caption.setText(
+            f"Estimated LED positions (arrows x{self.magnify:g}): shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, "
+            f"rotation {g.rotation_deg:+.2f} deg, height {g.height_mm:.1f} mm"
+        )
+
+    def _clicked(self, _item, points, *_args) -> None:
+        if len(points):
+            row, col = points[0].data()
+            self.led_clicked.emit(int(row), int(col))

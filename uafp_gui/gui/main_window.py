@@ -1,0 +1,692 @@
+"""The main window: docks for every panel, and the glue between panels, devices and workers.
+
+Threads: device commands and connecting run on the `devices` TaskRunner, file reading and
+writing on the `io` TaskRunner; the acquisition, the reconstruction and the live camera are
+generators on `GeneratorWorker`s. One QTimer (`REFRESH_MS`) pulls what the workers produced
+and redraws: intermediate reconstruction updates and camera frames are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QWidget
+
+from uafp_gui.errors import ConfigError, UafpError
+from uafp_gui.gui.acquisition_panel import AcquisitionPanel
+from uafp_gui.gui.devices_panel import DevicesPanel
+from uafp_gui.gui.dialogs import show_error
+from uafp_gui.gui.export_panel import ExportPanel
+from uafp_gui.gui.jobs import ReconJob, acquisition_events, camera_stream, open_devices
+from uafp_gui.gui.led_map import LedMapPanel
+from uafp_gui.gui.live_view import LiveViewPanel
+from uafp_gui.gui.recon_panel import ReconPanel
+from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
+
+__all__ = ["MainWindow"]
+
+REFRESH_MS = 250  # views redraw at most 4 times a second
+MAX_RECENT = 10
+STATE_VERSION = 1
+
+
+class MainWindow(QMainWindow):
+    """`simulation`: settings of the simulated microscope (default: the `misaligned` preset);
+    `probe_hardware`: look for an LED array in the background after start-up."""
+
+    def __init__(
+        self,
+        settings: QSettings | None = None,
+        *,
+        simulation: Any = None,
+        probe_hardware: bool = True,
+        connect_on_start: bool = True,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        from uafp_gui.devices.sim_microscope import default_simulation_settings
+
+        self.setWindowTitle("uafp - Fourier ptychographic microscope")
+        self.setAcceptDrops(True)
+        self.settings = settings if settings is not None else QSettings("uafp", "uafp-gui")
+        self.simulation = simulation or default_simulation_settings()
+        self.devices = TaskRunner("devices", self)
+        self.io = TaskRunner("io", self)
+        self.core: Any = None
+        self.led_array: Any = None
+        self.device_microscope: Any = None  # the simulation's nominal microscope, or None for hardware
+        self.connection_text = "not connected"
+        self.acquisition: Any = None
+        self.acq_worker: GeneratorWorker | None = None
+        self.recon_job: ReconJob | None = None
+        self.recon_worker: GeneratorWorker | None = None
+        self.live_worker: GeneratorWorker | None = None
+        self.live_exposure_ms = [10.0]
+        self.dataset: Any = None
+        self.calibration: Any = None
+        self.last_export: Path | None = None
+        self.updates_drawn = 0
+        self.frame_lags_s: list[float] = []
+        self._lag_counted = 0
+        self._closing = False
+
+        self.recon_panel = ReconPanel()
+        self.setCentralWidget(self.recon_panel)
+        self.devices_panel = DevicesPanel()
+        self.acquisition_panel = AcquisitionPanel()
+        self.export_panel = ExportPanel()
+        self.led_map = LedMapPanel()
+        self.live_view = LiveViewPanel()
+        self.docks: dict[str, QDockWidget] = {}
+        left = Qt.DockWidgetArea.LeftDockWidgetArea
+        right = Qt.DockWidgetArea.RightDockWidgetArea
+        for name, title, widget, area in (
+            ("devices", "Devices", self.devices_panel, left),
+            ("acquisition", "Acquisition", self.acquisition_panel, left),
+            ("export", "Export", self.export_panel, left),
+            ("ledmap", "LED map", self.led_map, right),
+            ("live", "Live view", self.live_view, right),
+        ):
+            dock = QDockWidget(title, self)
+            dock.setObjectName(f"dock_{name}")
+            dock.setWidget(widget)
+            self.addDockWidget(area, dock)
+            self.docks[name] = dock
+        self.tabifyDockWidget(self.docks["devices"], self.docks["acquisition"])
+        self.tabifyDockWidget(self.docks["acquisition"], self.docks["export"])
+        self.docks["acquisition"].raise_()
+        self.splitDockWidget(self.docks["ledmap"], self.docks["live"], Qt.Orientation.Vertical)
+        self.connection_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.connection_label)
+        self._build_menus()
+        self._wire()
+        self._restore_settings()
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(REFRESH_MS)
+        self.timer.timeout.connect(self.refresh)
+        self.timer.start()
+        if connect_on_start:
+            self.connect_simulated(startup=True)
+            if probe_hardware:
+                self._probe_hardware()
+
+    # ------------------------------------------------------------------ construction
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self._action(
+            file_menu, "Open dataset...", self.export_panel._open_dataset, QKeySequence.StandardKey.Open
+        )
+        self._action(file_menu, "Open result folder...", self.export_panel._open_result)
+        self.recent_menu = QMenu("Open recent", self)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addSeparator()
+        self._action(file_menu, "Export result", self.export_panel._export, QKeySequence("Ctrl+E"))
+        self._action(file_menu, "Save calibration...", self.export_panel._save_calibration)
+        self._action(file_menu, "Load calibration...", self.export_panel._load_calibration)
+        file_menu.addSeparator()
+        self._action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        devices_menu = self.menuBar().addMenu("&Devices")
+        self._action(devices_menu, "Use the simulated microscope", self.connect_simulated)
+        self._action(devices_menu, "Connect as set in Devices panel", self.connect_devices)
+        self._action(devices_menu, "Disconnect", self.disconnect_devices)
+        view_menu = self.menuBar().addMenu("&View")
+        for dock in self.docks.values():
+            view_menu.addAction(dock.toggleViewAction())
+
+    def _action(self, menu: QMenu, text: str, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        action.triggered.connect(lambda _=False: slot())
+        menu.addAction(action)
+        return action
+
+    def _wire(self) -> None:
+        self.devices_panel.connect_requested.connect(self.connect_devices)
+        self.devices_panel.disconnect_requested.connect(self.disconnect_devices)
+        self.led_map.led_clicked.connect(self.toggle_led)
+        self.led_map.pattern_requested.connect(self.light_pattern)
+        self.live_view.live_toggled.connect(self.set_live)
+        self.live_view.exposure_changed.connect(self._exposure_changed)
+        self.acquisition_panel.start_requested.connect(self.start_acquisition)
+        self.acquisition_panel.pause_requested.connect(self.pause_acquisition)
+        self.acquisition_panel.cancel_requested.connect(self.cancel_acquisition)
+        self.acquisition_panel.plan_changed.connect(self._show_plan)
+        self.recon_panel.start_requested.connect(self.start_reconstruction)
+        self.recon_panel.stop_requested.connect(self.stop_reconstruction)
+        self.export_panel.export_requested.connect(self.export_result)
+        self.export_panel.save_calibration_requested.connect(self.save_calibration)
+        self.export_panel.load_calibration_requested.connect(self.load_calibration)
+        self.export_panel.clear_calibration_requested.connect(self.clear_calibration)
+        self.export_panel.open_requested.connect(self.open_path)
+
+    # ------------------------------------------------------------------ messages
+    def error(self, title: str, error: BaseException | str) -> None:
+        self.statusBar().showMessage(f"{title}: {error}", 10000)
+        if not self._closing:
+            show_error(self, title, error)
+
+    def status(self, text: str, timeout_ms: int = 8000) -> None:
+        self.statusBar().showMessage(text, timeout_ms)
+
+    # ------------------------------------------------------------------ devices
+    @property
+    def connected(self) -> bool:
+        return self.core is not None
+
+    def microscope(self) -> Any:
+        """The nominal microscope: the simulation's, or the Devices panel's for hardware."""
+        if self.device_microscope is not None:
+            return self.device_microscope
+        microscope = self.devices_panel.microscope()
+        if self.led_array is not None and tuple(self.led_array.shape) != microscope.led_array_shape:
+            from dataclasses import replace
+
+            microscope = replace(microscope, led_array_shape=tuple(self.led_array.shape))
+        return microscope
+
+    def connect_simulated(self, startup: bool = False) -> None:
+        self.devices_panel.use_simulated()
+        self.connect_devices(startup=startup)
+
+    def connect_devices(self, startup: bool = False) -> None:
+        if self._busy_acquiring("connect"):
+            return
+        try:
+            choice = self.devices_panel.choice()
+        except UafpError as error:
+            self.error("Cannot connect", error)
+            return
+        self._release_devices()
+        self.devices_panel.set_state("Connecting...", connected=False, busy=True)
+        simulation = self.simulation
+
+        def done(opened: dict) -> None:
+            self.core, self.led_array = opened["core"], opened["led_array"]
+            self.device_microscope = opened["microscope"]
+            if self.device_microscope is not None:
+                self.devices_panel.show_microscope(self.device_microscope)
+            self.live_view.set_bit_depth(opened["bit_depth"])
+            self.connection_text = opened["description"]
+            self.devices_panel.set_state(f"Connected: {self.connection_text}", connected=True)
+            self.connection_label.setText(
+                "Simulated microscope" if choice.simulated else f"Hardware: {self.connection_text}"
+            )
+            if startup:
+                self.status("No hardware found: running on the simulated microscope. To use real hardware, "
+                            "choose the LED port and camera in Devices and press Connect.", 0)
+            else:
+                self.status(f"Connected: {self.connection_text}")
+            self._show_plan()
+
+        def failed(error: BaseException) -> None:
+            self.devices_panel.set_state(f"Not connected: {error}", connected=False)
+            self.connection_label.setText("Not connected")
+            self.error("Cannot connect", error)
+
+        self.devices.submit(lambda: open_devices(choice, simulation), done, failed)
+
+    def _probe_hardware(self) -> None:
+        from uafp_gui.devices.illuminate import find_led_array_port
+
+        def found(port: str) -> None:
+            self.devices_panel.refresh_ports()
+            self.devices_panel.port_combo.setCurrentText(port)
+            self.status(f"An LED array answered on {port}: choose your camera in Devices and press Connect "
+                        "to switch from the simulated microscope.", 0)
+
+        # Probing runs on its own thread so a slow port never delays LED commands.
+        self._probe_runner = TaskRunner("probe", self)
+        self._probe_runner.submit(lambda: find_led_array_port(boot_timeout_s=1.5), found, lambda _error: None)
+
+    def _release_devices(self) -> None:
+        self._stop_worker(self.live_worker)
+        self.live_view.set_live(False)
+        core, led_array = self.core, self.led_array
+        self.core = self.led_array = None
+        if led_array is not None:
+            self.devices.submit(led_array.close, on_error=lambda _error: None)
+        del core
+
+    def disconnect_devices(self) -> None:
+        if self._busy_acquiring("disconnect"):
+            return
+        self._release_devices()
+        self.devices_panel.set_state("Not connected", connected=False)
+        self.connection_label.setText("Not connected")
+
+    def _busy_acquiring(self, what: str) -> bool:
+        if self.acq_worker is not None and self.acq_worker.isRunning():
+            self.error(f"Cannot {what}", ConfigError(f"an acquisition is running: cancel it before you {what}"))
+            return True
+        return False
+
+    def _require_connection(self, title: str) -> bool:
+        if not self.connected:
+            self.error(title, ConfigError("no microscope is connected: press Connect in the Devices panel"))
+            return False
+        return True
+
+    # ------------------------------------------------------------------ LEDs
+    def toggle_led(self, row: int, col: int) -> None:
+        if not self._require_connection("Cannot light the LED") or self._busy_acquiring("light LEDs"):
+            return
+        led_array = self.led_array
+        leds = [] if led_array.lit == frozenset({(row, col)}) else [(row, col)]
+        self._light(leds)
+
+    def light_pattern(self, pattern: str) -> None:
+        if not self._require_connection("Cannot light the LEDs") or self._busy_acquiring("light LEDs"):
+            return
+        microscope = self.microscope()
+        rows, cols = microscope.led_array_shape
+        every = [(r, c) for r in range(rows) for c in range(cols)]
+        if pattern == "brightfield":
+            leds = [led for led in every if microscope.is_brightfield(led)]
+        elif pattern == "darkfield":
+            reach = microscope.objective_na + 0.1
+            leds = [led for led in every if microscope.objective_na <= microscope.illumination_na(led) < reach]
+        elif pattern == "plan":
+            leds = sorted(self.led_map.planned)
+        else:
+            leds = []
+        self._light(leds)
+
+    def _light(self, leds: list) -> None:
+        led_array = self.led_array
+
+        def work():
+            if leds:
+                led_array.light(leds)
+            else:
+                led_array.clear()
+            return led_array.lit
+
+        self.devices.submit(work, self.led_map.set_lit, lambda error: self.error("LED array error", error))
+
+    # ------------------------------------------------------------------ live view
+    def _exposure_changed(self, value: float) -> None:
+        self.live_exposure_ms[0] = float(value)
+
+    def set_live(self, on: bool) -> None:
+        if not on:
+            self._stop_worker(self.live_worker)
+            self.live_worker = None
+            return
+        if not self._require_connection("Cannot start the live view") or self._busy_acquiring("start the live view"):
+            self.live_view.set_live(False)
+            return
+        core = self.core
+        self.live_exposure_ms[0] = self.live_view.exposure.value()
+        worker = GeneratorWorker(lambda: camera_stream(core, self.live_exposure_ms), name="uafp-live", parent=self)
+        worker.failed.connect(lambda error: self.error("Camera error", error))
+        worker.ended.connect(lambda: self.live_view.set_live(False))
+        self.live_worker = worker
+        worker.start()
+
+    # ------------------------------------------------------------------ acquisition
+    def _show_plan(self) -> None:
+        try:
+            microscope = self.microscope()
+            self.led_map.set_microscope(microscope)
+            self.led_map.set_planned(self.acquisition_panel.plan().led_sequence(microscope))
+        except UafpError as error:
+            self.status(f"Plan: {error}")
+
+    def start_acquisition(self) -> None:
+        if not self._require_connection("Cannot start the acquisition") or self._busy_acquiring("start another"):
+            return
+        if self.recon_worker is not None and self.recon_worker.isRunning():
+            self.error("Cannot start the acquisition", ConfigError("a reconstruction is running: stop it first"))
+            return
+        from uafp_gui.acquisition.engine import Acquisition
+
+        try:
+            plan = self.acquisition_panel.plan()
+            out = self.acquisition_panel.output_path()
+            microscope = self.microscope()
+            settings = self.recon_panel.settings() if self.acquisition_panel.reconstruct_live.isChecked() else None
+            acquisition = Acquisition(
+                self.core, self.led_array, plan, out, microscope, overwrite=self.acquisition_panel.overwrite.isChecked()
+            )
+        except UafpError as error:
+            self.error("Cannot start the acquisition", error)
+            return
+        self._stop_worker(self.live_worker)
+        self.live_view.set_live(False)
+        self.acquisition = acquisition
+        self.dataset = None
+        job = None
+        if settings is not None:
+            job = ReconJob(settings, calibration=self.calibration, source_dataset=out.name)
+            job.acquiring.set()
+            acquisition.subscribe(job.frame_message)
+            self._set_recon_job(job)
+        self.acquisition_panel.reset_progress(len(plan.led_sequence(microscope)))
+        self.acquisition_panel.set_running(True)
+        worker = GeneratorWorker(
+            lambda: acquisition_events(acquisition, job), name="uafp-acquisition", keep_all=True,
+            on_stop=acquisition.cancel, parent=self,
+        )
+        worker.failed.connect(lambda error: self.error("Acquisition failed", error))
+        worker.ended.connect(self._acquisition_ended)
+        self.acq_worker = worker
+        worker.start()
+        if job is not None:
+            self._run_recon(job, None)
+        self.status(f"Acquiring {out}...")
+
+    def pause_acquisition(self, paused: bool) -> None:
+        if self.acquisition is not None:
+            (self.acquisition.pause if paused else self.acquisition.resume)()
+
+    def cancel_acquisition(self) -> None:
+        if self.acq_worker is not None:
+            self.acq_worker.stop()
+
+    def _acquisition_ended(self) -> None:
+        self._drain_acquisition()
+        self.acquisition_panel.set_running(False)
+        if self.acquisition is not None and self.acquisition.out_path.exists():
+            self._add_recent(self.acquisition.out_path)
+
+    def _drain_acquisition(self) -> None:
+        from uafp_gui.acquisition.engine import (
+            AcquisitionFinished,
+            AcquisitionPaused,
+            AcquisitionStarted,
+            FrameAcquired,
+        )
+
+        if self.acq_worker is None:
+            return
+        last_frame = None
+        for event in self.acq_worker.take():
+            if isinstance(event, AcquisitionStarted):
+                self.acquisition_panel.reset_progress(event.total)
+            elif isinstance(event, FrameAcquired):
+                self.acquisition_panel.add_thumbnail(event.index, event.frame, event.spec.leds)
+                self.acquisition_panel.show_progress(event.done, event.total, event.elapsed_s, event.eta_s)
+                last_frame = event
+            elif isinstance(event, AcquisitionPaused):
+                self.status(f"Paused before frame {event.next_index} of {event.total}", 0)
+            elif isinstance(event, AcquisitionFinished):
+                self.status(f"Acquisition {event.reason}: {event.frames_written} of {event.total} frames in "
+                            f"{event.path} ({event.elapsed_s:.1f} s)", 0)
+        if last_frame is not None:
+            self.live_view.show_frame(last_frame.frame, f"frame {last_frame.index}, LEDs {list(last_frame.spec.leds)}")
+            self.led_map.set_lit(last_frame.spec.leds)
+
+    # ------------------------------------------------------------------ reconstruction
+    def _set_recon_job(self, job: ReconJob | None) -> None:
+        self.recon_job = job
+        self.frame_lags_s = []
+        self._lag_counted = 0
+
+    def start_reconstruction(self) -> None:
+        """Start UA-FP on the opened dataset, or continue the current reconstruction."""
+        if self.recon_worker is not None and self.recon_worker.isRunning():
+            return
+        try:
+            settings = self.recon_panel.settings()
+        except UafpError as error:
+            self.error("Invalid reconstruction settings", error)
+            return
+        job = self.recon_job
+        if job is None or job.recon is None:
+            if self.dataset is None:
+                self.error("Nothing to reconstruct", ConfigError(
+                    "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
+                return
+            job = ReconJob(settings, dataset=self.dataset, calibration=self.calibration)
+            self._set_recon_job(job)
+        self._run_recon(job, settings.iterations)
+
+    def _run_recon(self, job: ReconJob, iterations: int | None) -> None:
+        worker = GeneratorWorker(lambda: job.run(iterations), name="uafp-reconstruction", on_stop=job.stop,
+                                 parent=self)
+        worker.failed.connect(lambda error: self.error("Reconstruction failed", error))
+        worker.ended.connect(self._recon_ended)
+        self.recon_worker = worker
+        self.recon_panel.set_running(True, has_state=True)
+        worker.start()
+
+    def stop_reconstruction(self) -> None:
+        if self.recon_worker is not None:
+            self.recon_worker.stop()
+
+    def _recon_ended(self) -> None:
+        self._draw_recon()
+        job = self.recon_job
+        self.recon_panel.set_running(False, has_state=job is not None and job.recon is not None)
+
+    def _draw_recon(self) -> None:
+        if self.recon_worker is None:
+            return
+        update, fresh = self.recon_worker.latest()
+        if not fresh or update is None:
+            return
+        job = self.recon_job
+        self.recon_panel.show_update(update, list(job.history) if job else ())
+        self.led_map.set_geometry(update.geometry)
+        self.updates_drawn += 1
+        if job is not None:  # frame -> display lag: first drawn update that used each frame
+            now = time.perf_counter()
+            arrivals = job.arrivals
+            for index in range(self._lag_counted, update.frames_used):
+                if index in arrivals:
+                    self.frame_lags_s.append(now - arrivals[index])
+            self._lag_counted = max(self._lag_counted, update.frames_used)
+
+    # ------------------------------------------------------------------ refresh (timer)
+    def refresh(self) -> None:
+        self._drain_acquisition()
+        self._draw_recon()
+        if self.live_worker is not None:
+            frame, fresh = self.live_worker.latest()
+            if fresh and frame is not None:
+                self.live_view.show_frame(frame, "live")
+
+    # ------------------------------------------------------------------ export, calibration
+    def _idle_job(self, title: str) -> ReconJob | None:
+        if self.recon_worker is not None and self.recon_worker.isRunning():
+            self.error(title, ConfigError("the reconstruction is still running: press Stop (or wait for it) first"))
+            return None
+        job = self.recon_job
+        if job is None or job.recon is None or job.recon.object is None:
+            self.error(title, ConfigError("there is no reconstruction yet: acquire or open a dataset and reconstruct"))
+            return None
+        return job
+
+    def export_result(self, folder: Path) -> None:
+        job = self._idle_job("Cannot export")
+        if job is None:
+            return
+        self.export_panel.status.setText(f"Exporting to {folder}...")
+
+        def done(path: Path) -> None:
+            self.last_export = path
+            self.export_panel.status.setText(f"Exported to {path}")
+            self.status(f"Result written to {path}")
+            self._add_recent(path)
+
+        def failed(error: BaseException) -> None:
+            self.export_panel.status.setText("Export failed")
+            self.error("Export failed", error)
+
+        self.io.submit(lambda: job.export(folder), done, failed)
+
+    def save_calibration(self, path: Path) -> None:
+        job = self._idle_job("Cannot save the calibration")
+        if job is None:
+            return
+        from uafp_gui.io.result import save_calibration
+
+        self.io.submit(lambda: save_calibration(path, job.result().calibration()),
+                       lambda saved: self.status(f"Calibration saved to {saved}"),
+                       lambda error: self.error("Cannot save the calibration", error))
+
+    def load_calibration(self, path: Path) -> None:
+        from uafp_gui.io.result import load_calibration
+
+        def done(calibration: Any) -> None:
+            self.calibration = calibration
+            g = calibration.led_geometry
+            self.export_panel.calibration_label.setText(
+                f"{path.name}: shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, rotation {g.rotation_deg:+.2f} "
+                f"deg, height {g.height_mm:.1f} mm; the next reconstruction starts from it"
+            )
+            self.led_map.set_geometry(g)
+
+        self.io.submit(lambda: load_calibration(path), done, lambda error: self.error("Cannot load calibration", error))
+
+    def clear_calibration(self) -> None:
+        self.calibration = None
+        self.export_panel.calibration_label.setText("No calibration loaded")
+        self.led_map.set_geometry(None)
+
+    # ------------------------------------------------------------------ opening files
+    def open_path(self, path: Path) -> None:
+        path = Path(path)
+        if self.recon_worker is not None and self.recon_worker.isRunning():
+            self.error("Cannot open", ConfigError("a reconstruction is running: stop it first"))
+            return
+        if path.is_dir():
+            from uafp_gui.io.result import read_result
+
+            self.io.submit(lambda: read_result(path), lambda result: self._show_result(path, result),
+                           lambda error: self.error("Cannot open the result", error))
+        else:
+            from uafp_gui.io.dataset import read_dataset
+
+            self.io.submit(lambda: read_dataset(path), lambda dataset: self._show_dataset(path, dataset),
+                           lambda error: self.error("Cannot open the dataset", error))
+
+    def _show_result(self, path: Path, result: Any) -> None:
+        self.recon_panel.show_result(result)
+        self.led_map.set_geometry(result.calibration.led_geometry)
+        self._add_recent(path)
+        self.status(f"Opened result {path}")
+
+    def _show_dataset(self, path: Path, dataset: Any) -> None:
+        from uafp_gui.acquisition.plan import MicroscopeDescription
+
+        self.dataset = dataset
+        self._set_recon_job(None)
+        self.recon_panel.set_running(False, has_state=False)
+        meta = dataset.meta
+        try:
+            microscope = MicroscopeDescription(
+                wavelength_um=meta.wavelength_um, objective_na=meta.objective_na, magnification=meta.magnification,
+                camera_pixel_um=meta.camera_pixel_um, led_pitch_mm=meta.led_pitch_mm, led_height_mm=meta.led_height_mm,
+                led_array_shape=tuple(meta.led_array_shape), led_on_axis=tuple(meta.led_on_axis),
+            )
+            self.led_map.set_microscope(microscope)
+            self.led_map.set_planned([led for frame in meta.frames for led in frame.leds])
+            self.led_map.set_geometry(None)
+        except UafpError:
+            pass
+        panel = self.acquisition_panel
+        panel.reset_progress(len(dataset.frames))
+        for index, frame in enumerate(dataset.frames[:200]):
+            panel.add_thumbnail(index, frame, meta.frames[index].leds)
+        panel.progress.setValue(len(dataset.frames))
+        self.live_view.show_frame(dataset.frames[0], f"{path.name}, frame 0")
+        self._add_recent(path)
+        self.status(f"Opened {path}: {len(dataset.frames)} frames of {dataset.frames.shape[1]}x"
+                    f"{dataset.frames.shape[2]}; press Reconstruct")
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt API
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt API
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_path(paths[0])
+
+    # ------------------------------------------------------------------ settings
+    def _add_recent(self, path: Path) -> None:
+        text = str(Path(path).resolve())
+        recent = [text] + [p for p in self._recent() if p != text]
+        self.settings.setValue("recent_files", recent[:MAX_RECENT])
+        self._show_recent()
+
+    def _recent(self) -> list[str]:
+        value = self.settings.value("recent_files", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in value or []]
+
+    def _show_recent(self) -> None:
+        recent = self._recent()
+        self.export_panel.set_recent(recent)
+        self.recent_menu.clear()
+        for text in recent:
+            action = self.recent_menu.addAction(text)
+            action.triggered.connect(lambda _=False, p=text: self.open_path(Path(p)))
+
+    def _restore_settings(self) -> None:
+        s = self.settings
+        geometry = s.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1500, 950)
+        state = s.value("window/state")
+        if isinstance(state, QByteArray):
+            self.restoreState(state, STATE_VERSION)
+        self.acquisition_panel.output.setText(str(s.value("acquisition/output", "")))
+        self.devices_panel.mm_config.setText(str(s.value("devices/mm_config", "")))
+        self.export_panel.folder.setText(str(s.value("export/folder", "")))
+        self._show_recent()
+
+    def _save_settings(self) -> None:
+        s = self.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState(STATE_VERSION))
+        s.setValue("acquisition/output", self.acquisition_panel.output.text())
+        s.setValue("devices/mm_config", self.devices_panel.mm_config.text())
+        s.setValue("export/folder", self.export_panel.folder.text())
+        s.sync()
+
+    # ------------------------------------------------------------------ shutdown
+    def _stop_worker(self, worker: GeneratorWorker | None, wait_ms: int = 30000) -> None:
+        if worker is None or not worker.isRunning():
+            return
+        worker.stop()
+        worker.wait(wait_ms)
+
+    def shutdown(self) -> None:
+        """Stop every worker (the acquisition keeps what it wrote), close the devices, save settings."""
+        if self._closing:
+            return
+        self._closing = True
+        self.timer.stop()
+        for worker in (self.acq_worker, self.recon_worker, self.live_worker):
+            if worker is not None and worker.isRunning():
+                worker.stop()
+        for worker in (self.acq_worker, self.recon_worker, self.live_worker):
+            if worker is not None:
+                worker.wait(30000)
+        self.io.shutdown(wait=True)
+        led_array = self.led_array
+        self.core = self.led_array = None
+        if led_array is not None:
+            self.devices.submit(led_array.close)
+        self.devices.shutdown(wait=True)
+        self._save_settings()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
+        self.shutdown()
+        super().closeEvent(event)
+
+    def frame_lag_s(self) -> np.ndarray:
+        return np.asarray(self.frame_lags_s, dtype=float)

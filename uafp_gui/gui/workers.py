@@ -1,0 +1,183 @@
+"""Running work off the UI thread: generators on a QThread, one-shot tasks on an executor.
+
+`GeneratorWorker` runs a plain-Python generator on its own `QThread` (the superqt/napari
+pattern): every yielded item is kept as `latest` (and, with `keep_all`, queued for `take()`),
+so a view pulls the newest on its own timer and intermediate items are dropped. `stop()`
+ends the run at the next yield, or calls the job's own `on_stop` (e.g. `Acquisition.cancel`)
+when it must finish cleanly. `TaskRunner` runs short blocking calls (device commands, file
+reading and writing) on a single background thread and calls back on the UI thread.
+`EventLoopMonitor` measures how long the UI event loop stalls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+
+__all__ = ["EventLoopMonitor", "GeneratorWorker", "TaskRunner"]
+
+
+class GeneratorWorker(QThread):
+    """Iterates `factory()` on a worker thread.
+
+    Signals (queued to the UI thread): `failed(error)` when the generator raises, `ended()`
+    when it is done (after `failed`, or after being stopped).
+    """
+
+    failed = Signal(object)
+    ended = Signal()
+
+    def __init__(
+        self,
+        factory: Callable[[], Iterator[Any]],
+        *,
+        name: str = "worker",
+        keep_all: bool = False,
+        on_stop: Callable[[], None] | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setObjectName(name)
+        self._factory = factory
+        self._keep_all = keep_all
+        self._on_stop = on_stop
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._items: deque[Any] = deque()
+        self._latest: Any = None
+        self._sequence = 0
+        self._taken = 0
+        self.error: BaseException | None = None
+
+    # ---- worker thread --------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            generator = self._factory()
+            for item in generator:
+                with self._lock:
+                    self._latest = item
+                    self._sequence += 1
+                    if self._keep_all:
+                        self._items.append(item)
+                if self._stop.is_set() and self._on_stop is None:
+                    generator.close()
+                    break
+        except BaseException as error:  # shown to the user by whoever listens to `failed`
+            self.error = error
+            self.failed.emit(error)
+        finally:
+            self.ended.emit()
+
+    # ---- any thread ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the job to end: at its next yield, or through its `on_stop` hook."""
+        self._stop.set()
+        if self._on_stop is not None:
+            self._on_stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def latest(self) -> tuple[Any, bool]:
+        """(newest item, whether it is new since the last call)."""
+        with self._lock:
+            fresh = self._sequence != self._taken
+            self._taken = self._sequence
+            return self._latest, fresh
+
+    def take(self) -> list[Any]:
+        """Every item yielded since the last `take()` (only with `keep_all`)."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+class TaskRunner(QObject):
+    """Runs blocking calls on one background thread, in order; callbacks run on the UI thread."""
+
+    _finished = Signal(object, object, object)  # callback, value, error
+
+    def __init__(self, name: str, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"uafp-{name}")
+        self._finished.connect(self._deliver)
+        self._busy = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0
+
+    def submit(
+        self,
+        function: Callable[[], Any],
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> Future:
+        self._busy += 1
+
+        def finished(future: Future) -> None:
+            error = future.exception()
+            value = None if error is not None else future.result()
+            self._finished.emit((on_done, on_error), value, error)
+
+        future = self._executor.submit(function)
+        future.add_done_callback(finished)
+        return future
+
+    @Slot(object, object, object)
+    def _deliver(self, callbacks: tuple, value: Any, error: BaseException | None) -> None:
+        self._busy -= 1
+        on_done, on_error = callbacks
+        if error is not None:
+            if on_error is not None:
+                on_error(error)
+        elif on_done is not None:
+            on_done(value)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=False)
+
+
+class EventLoopMonitor(QObject):
+    """Measures UI event-loop stalls: a timer asks to fire every `interval_ms`; the excess of
+    each real gap over the interval is how long the loop was busy with something else."""
+
+    def __init__(self, interval_ms: int = 5, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.interval_ms = interval_ms
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+        self._last: float | None = None
+        self.gaps_ms: list[float] = []
+
+    def start(self) -> None:
+        self.gaps_ms.clear()
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    @Slot()
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps_ms.append((now - self._last) * 1000.0)
+        self._last = now
+
+    def stall_ms(self) -> tuple[float, float]:
+        """(max, p99) of the gaps beyond the timer interval, in ms."""
+        if not self.gaps_ms:
+            return 0.0, 0.0
+        stalls = np.maximum(np.asarray(self.gaps_ms) - self.interval_ms, 0.0)
+        return float(stalls.max()), float(np.percentile(stalls, 99))
