@@ -239,7 +239,9 @@ class UafpReconstruction:
             and not self.settings.freeze_system
             and not self.calibrated
             and len(bright) > self._geometry_initialised_with
-            and self.iteration < 5
+            # While streaming, more bright-field frames sharpen the start; once the geometry is being
+            # refined by gradients, it is not thrown away.
+            and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
         ):
             from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles
 
