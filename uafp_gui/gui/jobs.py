@@ -22,7 +22,27 @@ import numpy as np
 
 from uafp_gui.errors import ReconstructionError
 
-__all__ = ["ReconJob", "acquisition_events", "camera_stream", "geometry_led_positions_mm", "open_devices"]
+__all__ = [
+    "ReconJob",
+    "acquisition_events",
+    "camera_stream",
+    "geometry_led_positions_mm",
+    "open_devices",
+    "warm_up_solver",
+]
+
+
+def warm_up_solver() -> None:
+    """Import what the solver loads lazily on its first step (torch's optimiser machinery,
+    scipy.optimize). Done once, before the window shows: a first import on the worker thread
+    would hold the interpreter lock long enough to freeze the UI for a moment."""
+    import scipy.optimize  # noqa: F401 - used by the self-calibrating start
+    import torch
+
+    parameter = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.Adam([parameter], lr=0.1)
+    parameter.sum().backward()
+    optimiser.step()
 
 
 def camera_stream(core: Any, exposure_ms: list[float]) -> Iterator[np.ndarray]:

@@ -22,7 +22,7 @@ from uafp_gui.gui.acquisition_panel import AcquisitionPanel
 from uafp_gui.gui.devices_panel import DevicesPanel
 from uafp_gui.gui.dialogs import show_error
 from uafp_gui.gui.export_panel import ExportPanel
-from uafp_gui.gui.jobs import ReconJob, acquisition_events, camera_stream, open_devices
+from uafp_gui.gui.jobs import ReconJob, acquisition_events, camera_stream, open_devices, warm_up_solver
 from uafp_gui.gui.led_map import LedMapPanel
 from uafp_gui.gui.live_view import LiveViewPanel
 from uafp_gui.gui.recon_panel import ReconPanel
@@ -51,6 +51,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         from uafp_gui.devices.sim_microscope import default_simulation_settings
 
+        warm_up_solver()
         self.setWindowTitle("uafp - Fourier ptychographic microscope")
         self.setAcceptDrops(True)
         self.settings = settings if settings is not None else QSettings("uafp", "uafp-gui")
@@ -463,6 +464,7 @@ class MainWindow(QMainWindow):
 
     def _recon_ended(self) -> None:
         self._draw_recon()
+        self.recon_panel.flush()
         job = self.recon_job
         self.recon_panel.set_running(False, has_state=job is not None and job.recon is not None)
 
@@ -471,9 +473,11 @@ class MainWindow(QMainWindow):
             return
         update, fresh = self.recon_worker.latest()
         if not fresh or update is None:
+            self.recon_panel.flush()  # the plots of the update drawn on the previous tick
             return
         job = self.recon_job
-        self.recon_panel.show_update(update, list(job.history) if job else ())
+        # Images now, plots on the next tick: each repaint stays short.
+        self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True)
         self.led_map.set_geometry(update.geometry)
         self.updates_drawn += 1
         if job is not None:  # frame -> display lag: first drawn update that used each frame

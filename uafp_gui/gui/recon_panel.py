@@ -86,6 +86,9 @@ class ReconPanel(QWidget):
             "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rotation (deg)"),
             "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="height - start (mm)"),
         }
+        for plot in (self.misalignment, self.zernike, self.gains, self.loss, self.traces):
+            plot.getAxis("left").setWidth(44)  # fixed: changing tick labels must not re-lay out every plot
+        self._pending = None
         layout.addWidget(self.graphics, 1)
 
         controls = QHBoxLayout()
@@ -154,13 +157,30 @@ class ReconPanel(QWidget):
         self.stop_button.setEnabled(running)
 
     # ---- drawing ---------------------------------------------------------------------------
-    def show_update(self, update, history=()) -> None:
+    def show_update(self, update, history=(), defer_plots: bool = False) -> None:
+        """Draw `update`; with `defer_plots` the images now and the plots at `flush()`."""
         self.amplitude.show_array(update.amplitude)
         self.phase.show_array(update.phase, levels=(-np.pi, np.pi))
         self.spectrum.show_array(update.log_spectrum)
         support = update.pupil_amplitude > 1e-3
         self.pupil_amplitude.show_array(update.pupil_amplitude)
         self.pupil_phase.show_array(np.where(support, update.pupil_phase, 0.0))
+        g = update.geometry
+        self.status.setText(
+            f"iteration {update.iteration}  loss {update.loss:.4g}  frames {update.frames_used}  "
+            f"shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm  rot {g.rotation_deg:+.2f} deg  "
+            f"h {g.height_mm:.1f} mm  {update.elapsed_s:.1f} s"
+        )
+        self._pending = (update, history)
+        if not defer_plots:
+            self.flush()
+
+    def flush(self) -> None:
+        """Draw the plots of the last update shown, if not drawn yet."""
+        if self._pending is None:
+            return
+        update, history = self._pending
+        self._pending = None
         self._show_leds(update.nominal_led_positions_mm, update.led_positions_mm)
         indices = sorted(j for j in update.zernike_rad if j >= 2)
         self.zernike_bars.setOpts(x=indices, height=[update.zernike_rad[j] for j in indices])
@@ -174,12 +194,6 @@ class ReconPanel(QWidget):
             columns = (data[:, 1], data[:, 2], data[:, 3], data[:, 4] - data[0, 4])
             for curve, values in zip(self.trace_curves.values(), columns, strict=True):
                 curve.setData(data[:, 0], values)
-        g = update.geometry
-        self.status.setText(
-            f"iteration {update.iteration}  loss {update.loss:.4g}  frames {update.frames_used}  "
-            f"shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm  rot {g.rotation_deg:+.2f} deg  "
-            f"h {g.height_mm:.1f} mm  {update.elapsed_s:.1f} s"
-        )
 
     def _show_leds(self, nominal, estimated) -> None:
         nominal = np.asarray(nominal, dtype=float)
