@@ -24,6 +24,8 @@ class ImagePlot(pg.PlotItem):
         self.hideAxis("bottom")
         if colormap:
             self.image.setColorMap(pg.colormap.get(colormap))
+        self.disableAutoRange()  # the range changes only with the image size (see show_array)
+        self._shape: tuple[int, ...] = ()
 
     def show_array(self, array: np.ndarray, levels: tuple[float, float] | None = None) -> None:
         array = np.asarray(array, dtype=np.float32)
@@ -33,6 +35,9 @@ class ImagePlot(pg.PlotItem):
             if levels[1] <= levels[0]:
                 levels = (levels[0], levels[0] + 1.0)
         self.image.setImage(np.nan_to_num(array), levels=levels, autoLevels=False)
+        if array.shape != self._shape:
+            self._shape = array.shape
+            self.setRange(xRange=(0, array.shape[1]), yRange=(0, array.shape[0]), padding=0)
 
 
 def thumbnail(frame: np.ndarray, size: int = 64) -> QPixmap:
