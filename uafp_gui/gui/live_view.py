@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
 
@@ -42,6 +42,9 @@ class LiveViewPanel(QWidget):
         self.exposure.setSuffix(" ms")
         self.exposure.valueChanged.connect(self.exposure_changed)
         controls.addWidget(self.exposure)
+        self.auto_levels = QCheckBox("auto levels")
+        self.auto_levels.setChecked(True)
+        controls.addWidget(self.auto_levels)
         controls.addStretch(1)
         layout.addLayout(controls)
         self.info = QLabel("No image")
@@ -65,8 +68,9 @@ class LiveViewPanel(QWidget):
 
     def show_frame(self, frame: np.ndarray, caption: str = "") -> None:
         frame = np.asarray(frame)
-        self.image.setImage(frame, autoLevels=self._first)
-        if self._first:
+        auto = self._first or self.auto_levels.isChecked()
+        self.image.setImage(frame, autoLevels=False)
+        if auto:
             self.histogram.setLevels(float(frame.min()), float(frame.max()))
             self._first = False
         saturated = int(np.count_nonzero(frame >= self.full_scale))

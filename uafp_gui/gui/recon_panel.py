@@ -89,6 +89,9 @@ class ReconPanel(QWidget):
         for plot in (self.misalignment, self.zernike, self.gains, self.loss, self.traces):
             plot.getAxis("left").setWidth(44)  # fixed: changing tick labels must not re-lay out every plot
         self._pending = None
+        grid = self.graphics.ci.layout
+        for row, stretch in enumerate((3, 2, 2)):
+            grid.setRowStretchFactor(row, stretch)
         layout.addWidget(self.graphics, 1)
 
         controls = QHBoxLayout()
