@@ -19,6 +19,24 @@ from scipy import ndimage, optimize
 from uafp_gui.io.result import LedGeometry
 from uafp_gui.physics.geometry import illumination_sines, misaligned_positions_mm, nominal_led_positions_mm
 
+# The misalignment the boundary grid search covers about the nominal geometry: what the start supports.
+SHIFT_RANGE_MM = 4.0
+ROTATION_RANGE_DEG = 6.0
+HEIGHT_RANGE_MM = 12.0
+
+
+def within_search_range(geometry: LedGeometry, nominal_height_mm: float) -> bool:
+    """Whether `geometry` lies inside the misalignment the boundary grid search covers.
+
+    On small frames the pupil circles wrap around the spectrum and the circle fit can settle on a
+    self-consistent but wrong answer (twice the LED height); such an answer leaves this range.
+    """
+    return (
+        max(abs(geometry.shift_x_mm), abs(geometry.shift_y_mm)) <= SHIFT_RANGE_MM
+        and abs(geometry.rotation_deg) <= ROTATION_RANGE_DEG
+        and abs(geometry.height_mm - nominal_height_mm) <= HEIGHT_RANGE_MM
+    )
+
 
 @dataclass(frozen=True)
 class BoundaryFit:
@@ -38,11 +56,11 @@ def fit_geometry_from_boundary(
     model,
     measurements: torch.Tensor,
     frames: torch.Tensor,
-    shift_range_mm: float = 4.0,
+    shift_range_mm: float = SHIFT_RANGE_MM,
     shift_step_mm: float = 0.2,
-    rotation_range_deg: float = 6.0,
+    rotation_range_deg: float = ROTATION_RANGE_DEG,
     rotation_step_deg: float = 1.0,
-    height_range_mm: float = 12.0,
+    height_range_mm: float = HEIGHT_RANGE_MM,
     height_step_mm: float = 3.0,
 ) -> BoundaryFit:
     """Grid search of the rigid LED geometry that best reproduces the bright/dark-field split."""

@@ -243,13 +243,21 @@ class UafpReconstruction:
             # refined by gradients, it is not thrown away.
             and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
         ):
-            from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles
+            from uafp_gui.recon.selfcal import (
+                fit_geometry_from_boundary,
+                fit_geometry_from_circles,
+                within_search_range,
+            )
 
             available = torch.nonzero(self.available).squeeze(1)
             boundary = fit_geometry_from_boundary(self.model, self.measurements, available)
             self.model.system.set_geometry(boundary.geometry)
             circles = fit_geometry_from_circles(self.model, self.measurements, bright)
-            if circles is not None and circles.residual_px < 2.0:
+            if (
+                circles is not None
+                and circles.residual_px < 2.0
+                and within_search_range(circles.geometry, self.model.setup.led_height_mm)
+            ):
                 self.model.system.set_geometry(circles.geometry)
             self.start_geometry = self.model.system.led_geometry()
             self._geometry_initialised_with = len(bright)
@@ -300,7 +308,10 @@ class UafpReconstruction:
             counts = (self.counts_per_unit[frames] * self.scale)[:, None, None]
             expected = predicted.clamp(min=1e-6) * counts
             observed = measured * counts
-            misfit = (expected - observed * torch.log(expected)).mean() / counts.mean()
+            # Poisson deviance / 2: the negative log-likelihood minus its value at a perfect fit, so
+            # it is >= 0 (same gradients) and the divergence check (loss > 3x best) stays meaningful.
+            deviance = expected - observed * torch.log(expected) - observed + torch.special.xlogy(observed, observed)
+            misfit = deviance.mean() / counts.mean()
         if self.settings.tv_weight > 0:
             o = self.object
             tv = (o[1:, :] - o[:-1, :]).abs().mean() + (o[:, 1:] - o[:, :-1]).abs().mean()
@@ -515,6 +526,9 @@ class UafpReconstruction:
                 "scale": self.scale,
                 "available": self.available.cpu(),
                 "learning_rate_factor": self.learning_rate_factor,
+                # Both shape the continuation: the geometry's late start and the mini-batch order.
+                "start_geometry": self.start_geometry.to_dict() if self.start_geometry else None,
+                "generator": self._generator.get_state(),
                 **self._snapshot(),
             },
             path,
@@ -534,6 +548,10 @@ class UafpReconstruction:
         self.elapsed_s = state["elapsed_s"]
         self.learning_rate_factor = state["learning_rate_factor"]
         self._geometry_initialised_with = 10**9
+        if state.get("start_geometry"):
+            self.start_geometry = LedGeometry(**state["start_geometry"])
+        if "generator" in state:
+            self._generator.set_state(state["generator"].cpu())
         self._build_optimisers()
         for name, optimiser_state in state["optimisers"].items():
             if name in self.optimisers:

@@ -1,0 +1,479 @@
+"""The UA-FP engine: self-calibration accuracy, streaming, cancel, resume, roll-back, options, CLI.
+
+Every case is a reduced simulation (small frames, few LEDs, few iterations) so the file runs in
+well under a minute and a half on a 2-core runner; the full-size presets live in
+`benchmarks/bench_calibration.py`. Thresholds were set at about 2-3x the worst error measured
+over seeds 0 and 1, and the calibration assertions were checked to fail with geometry learning,
+Zernike learning or the data-driven start switched off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from uafp_gui.cli import main
+from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.dataset import Dataset
+from uafp_gui.io.result import Calibration, LedGeometry, read_result
+from uafp_gui.metrics import lowpass, score
+from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
+from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles
+from uafp_gui.recon.uafp import ReconstructionUpdate, UafpReconstruction, UafpSettings, reconstruct_dataset
+from uafp_gui.simulate import PRESETS, simulate, write_simulation
+
+# The calibration case: the misaligned preset's errors on 96 px frames and 7 x 7 LEDs. (On 64 px
+# frames UA-FP settles in a wrong pupil even from the true geometry, so 96 px is the smallest
+# honest case.) A batch of 12 gives the ~4 system steps per iteration of the full-size preset.
+CALIBRATION_CASE = replace(PRESETS["misaligned"], frame_size=96, led_grid=7)
+CALIBRATION_SETTINGS = UafpSettings(upsample=3, iterations=30, batch_size=12, device="cpu")
+SHIFT_TOLERANCE_MM = 0.15  # worst measured 0.069 (seeds 0 and 1)
+ROTATION_TOLERANCE_DEG = 0.25  # worst measured 0.085
+HEIGHT_TOLERANCE_MM = 1.0  # worst measured 0.39 (of a 4 mm error)
+ZERNIKE_TOLERANCE_RAD = 0.05  # worst measured 0.017 over Z4..Z7 (truth 1.5, 0.5, -0.4, 0.3)
+PSNR_MARGIN_OVER_CLASSIC_DB = 6.0  # measured 10.2 and 10.5 dB
+
+# Small, fast case for the engine's mechanics.
+TINY_CASE = replace(PRESETS["misaligned"], frame_size=48, led_grid=5)
+TINY_SETTINGS = UafpSettings(upsample=2, iterations=12, batch_size=8, device="cpu", preview_size=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny FFTs run fastest on one thread; on a busy 2-core runner extra threads only spin.
+
+    Module scope, so the shared reconstructions (module fixtures) run single-threaded too.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def misaligned():
+    return simulate(CALIBRATION_CASE, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return simulate(TINY_CASE, device="cpu")
+
+
+def dataset_of(simulation) -> Dataset:
+    return Dataset(meta=simulation.meta, frames=simulation.frames)
+
+
+def band_limited_truth(simulation) -> np.ndarray:
+    """The true object low-passed to the synthetic aperture: the best any reconstruction can do."""
+    s = simulation.settings
+    pixel_um = s.camera_pixel_um / s.magnification / s.upsample
+    cutoff_per_um = simulation.calibration_truth["synthetic_aperture_na"] / s.wavelength_um
+    return lowpass(simulation.object_truth, pixel_um, cutoff_per_um)
+
+
+def psnr_db(simulation, result) -> float:
+    return score(band_limited_truth(simulation), result.object_field.astype(complex)).amplitude_psnr_db
+
+
+def geometry_errors(estimate: LedGeometry, truth: LedGeometry) -> tuple[float, float, float]:
+    """(shift error mm, |rotation error| deg, |height error| mm)."""
+    shift = float(np.hypot(estimate.shift_x_mm - truth.shift_x_mm, estimate.shift_y_mm - truth.shift_y_mm))
+    return shift, abs(estimate.rotation_deg - truth.rotation_deg), abs(estimate.height_mm - truth.height_mm)
+
+
+def run_all(recon: UafpReconstruction, iterations: int | None = None, cancel=None) -> list[ReconstructionUpdate]:
+    return list(recon.run(iterations, cancel))
+
+
+def truth_calibration(simulation) -> Calibration:
+    return Calibration.from_dict(simulation.calibration_truth)
+
+
+@pytest.fixture(scope="module")
+def uafp_from_nominal(misaligned):
+    return reconstruct_dataset(dataset_of(misaligned), CALIBRATION_SETTINGS)
+
+
+# ----------------------------------------------------------------------------- self-calibration
+
+
+def test_uafp_calibrates_a_misaligned_microscope_and_beats_classic(misaligned, uafp_from_nominal):
+    truth = misaligned.settings
+    result = uafp_from_nominal
+    shift, rotation, height = geometry_errors(result.geometry, truth.true_geometry)
+    zernike_errors = {j: result.zernike_rad[j] - truth.zernike_rad[j] for j in (4, 5, 6, 7)}
+    classic = ClassicSolver(dataset_of(misaligned), ClassicSettings(upsample=3, iterations=10, device="cpu")).run()
+    uafp_db, classic_db = psnr_db(misaligned, result), psnr_db(misaligned, classic)
+    print(
+        f"UA-FP: shift error {shift:.3f} mm, rotation {rotation:.3f} deg, height {height:.2f} mm, "
+        f"Zernike errors {', '.join(f'Z{j} {v:+.3f}' for j, v in zernike_errors.items())} rad; "
+        f"PSNR {uafp_db:.2f} dB vs classic {classic_db:.2f} dB"
+    )
+    assert shift < SHIFT_TOLERANCE_MM
+    assert rotation < ROTATION_TOLERANCE_DEG
+    assert height < HEIGHT_TOLERANCE_MM
+    assert max(abs(v) for v in zernike_errors.values()) < ZERNIKE_TOLERANCE_RAD
+    assert uafp_db > classic_db + PSNR_MARGIN_OVER_CLASSIC_DB
+    # The calibration is reported per frame too, in dataset order.
+    n = len(misaligned.meta.frames)
+    assert result.led_positions_mm.shape == (n, 2) and result.frame_gain.shape == (n,)
+    true_positions = np.asarray(misaligned.calibration_truth["led_positions_mm"])
+    assert np.abs(result.led_positions_mm - true_positions).max() < 0.5
+    # Bright-field gains carry the 15 % LED brightness spread (measured residual spread 0.5 %);
+    # dark-field gains trade off against the object's outer spectrum and are not pinned.
+    height = truth.true_geometry.height_mm
+    true_na = np.hypot(*true_positions.T) / np.hypot(np.hypot(*true_positions.T), height)
+    bright_field = true_na < truth.objective_na - 0.01
+    gain_ratio = (result.frame_gain / np.asarray(misaligned.calibration_truth["frame_gain"]))[bright_field]
+    assert bright_field.sum() >= 9
+    assert gain_ratio.std() / gain_ratio.mean() < 0.02
+
+
+def test_data_driven_start_recovers_a_large_misalignment():
+    """Boundary grid search, then the pupil circles: a 3.6 mm shift and 5 degrees, before any iteration."""
+    settings = replace(
+        PRESETS["misaligned"], frame_size=64, led_grid=9, shift_x_mm=3.0, shift_y_mm=-2.0, rotation_deg=5.0
+    )
+    simulation = simulate(settings, device="cpu")
+    recon = UafpReconstruction(simulation.meta, simulation.frames.shape[1:], UafpSettings(upsample=3, device="cpu"))
+    recon.add_frames(simulation.frames, 0)
+    recon._take_pending()
+    available = torch.nonzero(recon.available).squeeze(1)
+    boundary = fit_geometry_from_boundary(recon.model, recon.measurements, available)
+    recon.model.system.set_geometry(boundary.geometry)
+    circles = fit_geometry_from_circles(recon.model, recon.measurements, recon._bright_field_frames())
+    assert circles is not None and circles.residual_px < 2.0
+    shift, rotation, height = geometry_errors(circles.geometry, settings.true_geometry)
+    print(f"data-driven start: shift error {shift:.3f} mm, rotation {rotation:.3f} deg, height {height:.2f} mm")
+    assert shift < 0.05 * settings.led_pitch_mm  # measured 0.03 and 0.055 mm (pitch 4 mm)
+    assert rotation < 0.75  # measured 0.10 - 0.32 deg
+    assert height < 5.0  # measured 1.4 - 2.0 mm; UA-FP refines the height
+
+
+def test_start_ignores_a_circle_fit_outside_the_supported_misalignment():
+    """On 32 px frames the pupil circles wrap around the spectrum; the circle fit once settled on
+    twice the LED height (185 mm) and UA-FP ended 20x above the misfit of the boundary start."""
+    settings = replace(PRESETS["misaligned"], frame_size=32, led_grid=5)
+    simulation = simulate(settings, device="cpu")
+    recon = UafpReconstruction.from_dataset(dataset_of(simulation), TINY_SETTINGS)
+    run_all(recon, 1)
+    shift, _, height = geometry_errors(recon.start_geometry, settings.true_geometry)
+    assert height < 5.0 and shift < 0.5
+
+
+# ------------------------------------------------------------------------------------ streaming
+
+
+def test_streaming_frames_in_chunks_gives_small_immutable_updates(tiny):
+    n = len(tiny.meta.frames)
+    chunks = [(0, 9), (9, 17), (17, n)]  # acquisition (spiral) order: bright field first
+    recon = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS)
+    with pytest.raises(ReconstructionError, match="no frame has arrived"):
+        next(recon.run(1))
+    updates = []
+    for start, stop in chunks:
+        recon.add_frames(tiny.frames[start:stop], start)
+        assert recon.frames_available == stop
+        chunk_updates = run_all(recon, 3)
+        assert [u.frames_used for u in chunk_updates] == [stop] * 3
+        updates += chunk_updates
+    updates += run_all(recon, TINY_SETTINGS.iterations - recon.iteration)
+
+    assert [u.iteration for u in updates] == list(range(1, TINY_SETTINGS.iterations + 1))
+    assert updates[-1].frames_used == n
+    assert len(updates[-1].loss_history) == TINY_SETTINGS.iterations
+    for update in updates:
+        assert np.isfinite(update.loss)
+        for name in ("amplitude", "phase", "log_spectrum", "pupil_amplitude", "pupil_phase", "frame_gain"):
+            value = getattr(update, name)
+            assert isinstance(value, np.ndarray) and not isinstance(value, torch.Tensor), name
+        assert max(update.amplitude.shape) <= TINY_SETTINGS.preview_size
+        assert update.amplitude.shape == update.phase.shape == update.log_spectrum.shape
+        assert update.led_positions_mm.shape == update.nominal_led_positions_mm.shape == (n, 2)
+        assert isinstance(update.geometry, LedGeometry)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        updates[-1].loss = 0.0
+
+    one_shot = reconstruct_dataset(dataset_of(tiny), TINY_SETTINGS)
+    streamed = recon.result()
+    streamed_db, one_shot_db = psnr_db(tiny, streamed), psnr_db(tiny, one_shot)
+    print(
+        f"streamed: loss {streamed.final_loss:.3g}, {streamed_db:.2f} dB; "
+        f"one-shot: loss {one_shot.final_loss:.3g}, {one_shot_db:.2f} dB"
+    )
+    # Iterations spent on part of the frames cost a little: measured 1.5x the one-shot loss.
+    assert streamed.extra["frames_used"] == n
+    assert streamed.final_loss < 2.5 * one_shot.final_loss
+    assert streamed_db > one_shot_db - 1.5
+    shift, rotation, _ = geometry_errors(streamed.geometry, TINY_CASE.true_geometry)
+    assert shift < 0.6 and rotation < 1.25  # calibrated while streaming (measured 0.2-0.35 mm, 0.7-0.8 deg)
+
+
+def test_frames_added_while_running_are_taken_at_the_next_iteration(tiny):
+    """The acquisition thread calls add_frames while the solver iterates."""
+    n = len(tiny.meta.frames)
+    recon = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS)
+    recon.add_frames(tiny.frames[:9], 0)
+    used = []
+    for update in recon.run(6):
+        used.append(update.frames_used)
+        if update.iteration == 2:
+            feeder = threading.Thread(target=recon.add_frames, args=(tiny.frames[9:], 9))
+            feeder.start()
+            feeder.join()
+    assert used == [9, 9, n, n, n, n]
+
+
+def test_add_frames_refuses_frames_that_do_not_fit(tiny):
+    recon = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS)
+    n = len(tiny.meta.frames)
+    with pytest.raises(ReconstructionError, match="outside"):
+        recon.add_frames(tiny.frames[:3], n - 2)
+    with pytest.raises(ReconstructionError, match="frame shape"):
+        recon.add_frames(np.zeros((1, 16, 16), np.uint16), 0)
+    bad = tiny.frames[:1].astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    recon.add_frames(bad, 0)
+    with pytest.raises(ReconstructionError, match="NaN"):
+        next(recon.run(1))
+
+
+# ------------------------------------------------------------------------------ cancel, resume
+
+
+def test_cancel_from_the_progress_callback_stops_between_iterations(tiny):
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    cancel = threading.Event()
+    seen = []
+
+    def progress(update: ReconstructionUpdate) -> None:
+        seen.append(update.iteration)
+        if update.iteration == 3:
+            cancel.set()
+
+    for update in recon.run(10, cancel):
+        progress(update)
+    assert seen == [1, 2, 3]
+    assert recon.iteration == 3 and len(recon.loss_history) == 3
+    # A cancelled reconstruction continues where it stopped.
+    assert [u.iteration for u in recon.run(2)] == [4, 5]
+    # A callable works as well as an Event; set before the start, nothing runs.
+    assert run_all(recon, 5, cancel=lambda: True) == []
+    assert recon.iteration == 5
+
+
+def test_resume_from_saved_state_continues_like_an_uninterrupted_run(tiny, tmp_path):
+    uninterrupted = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    run_all(uninterrupted, 4)
+    state = uninterrupted.save_state(tmp_path / "state.pt")
+    run_all(uninterrupted, 8)
+
+    resumed = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS)
+    resumed.load_state(state)
+    resumed.add_frames(tiny.frames, 0)  # frames are not in the state: added again from the dataset
+    assert resumed.iteration == 4
+    updates = run_all(resumed, 8)
+    assert [u.iteration for u in updates] == list(range(5, 13))
+    assert len(resumed.loss_history) == 12
+    assert resumed.loss_history[:4] == uninterrupted.loss_history[:4]
+    a, b = uninterrupted.result(), resumed.result()
+    difference = np.linalg.norm(a.object_field - b.object_field) / np.linalg.norm(a.object_field)
+    print(f"resume: final loss {b.final_loss:.6g} vs {a.final_loss:.6g}, object difference {difference:.2e}")
+    # The state holds the mini-batch order and the geometry's late start, so the continuation is the same run.
+    np.testing.assert_allclose(resumed.loss_history, uninterrupted.loss_history, rtol=1e-5)
+    assert difference < 1e-4
+    assert b.geometry.rotation_deg == pytest.approx(a.geometry.rotation_deg, abs=1e-4)
+    assert b.geometry.shift_x_mm == pytest.approx(a.geometry.shift_x_mm, abs=1e-4)
+    assert b.geometry.height_mm == pytest.approx(a.geometry.height_mm, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------- divergence
+
+
+def test_a_nan_loss_rolls_back_to_the_last_good_state_and_halves_the_steps(tiny, monkeypatch):
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    run_all(recon, 3)
+    good_object = recon.object.detach().clone()
+    good_geometry = recon.model.system.led_geometry()
+    original_loss = recon.loss
+    poisoned = []
+
+    def loss_with_one_nan(frames):
+        value = original_loss(frames)
+        if not poisoned:
+            poisoned.append(recon.iteration)
+            return value * float("nan")
+        return value
+
+    monkeypatch.setattr(recon, "loss", loss_with_one_nan)
+    updates = run_all(recon, 4)
+    assert poisoned == [3]
+    assert [u.iteration for u in updates] == [4, 5, 6, 7]
+    assert [u.rolled_back for u in updates] == [True, False, False, False]
+    assert recon.learning_rate_factor == 0.5
+    assert all(np.isfinite(u.loss) for u in updates)
+    assert updates[0].loss == min(recon.loss_history[:3])  # a rolled-back iteration reports the best loss
+    # The rolled-back iteration left the state exactly as the last good one...
+    assert updates[0].geometry == good_geometry
+    assert np.isfinite(updates[0].amplitude).all()
+    # ...and the run went on from there with finite, improving numbers.
+    assert torch.isfinite(recon.object).all()
+    assert not torch.equal(recon.object.detach(), good_object)
+    assert recon.loss_history[-1] < recon.loss_history[2]
+
+
+def test_an_exploding_loss_also_rolls_back(tiny, monkeypatch):
+    """Not only NaN: a loss above 3x the best so far counts as divergence."""
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    run_all(recon, 2)
+    good_object = recon.object.detach().clone()
+    original_loss = recon.loss
+    monkeypatch.setattr(recon, "loss", lambda frames: original_loss(frames) * 100)
+    update = run_all(recon, 1)[0]
+    assert update.rolled_back and recon.learning_rate_factor == 0.5
+    assert torch.equal(recon.object.detach(), good_object)
+
+
+# -------------------------------------------------------------------- calibration, frozen system
+
+
+def test_frozen_true_calibration_keeps_the_system_and_improves_only_the_object(misaligned, uafp_from_nominal):
+    calibration = truth_calibration(misaligned)
+    settings = CALIBRATION_SETTINGS.replace(freeze_system=True)
+    recon = UafpReconstruction.from_dataset(dataset_of(misaligned), settings, calibration)
+    updates = run_all(recon)
+    frozen = recon.result()
+    # Exactly as given (float32 parameters).
+    for name, value in calibration.led_geometry.to_dict().items():
+        assert getattr(frozen.geometry, name) == pytest.approx(np.float32(value), abs=0), name
+    for j in range(4, 12):
+        assert frozen.zernike_rad[j] == np.float32(calibration.zernike_rad.get(j, 0.0)), j
+    np.testing.assert_allclose(frozen.frame_gain, calibration.frame_gain, rtol=1e-5)
+    assert all(u.geometry == updates[0].geometry for u in updates)
+    # Only the object moved, and it got better.
+    assert frozen.loss_history[-1] < 0.5 * frozen.loss_history[0]
+    frozen_db, uafp_db = psnr_db(misaligned, frozen), psnr_db(misaligned, uafp_from_nominal)
+    print(f"frozen true system {frozen_db:.2f} dB, UA-FP from nominal {uafp_db:.2f} dB")
+    assert frozen_db >= uafp_db - 0.25
+
+
+def test_cli_calibration_and_freeze_system_keep_the_given_calibration(tiny, tmp_path, capsys):
+    dataset_path = tmp_path / "tiny.tif"
+    truth_folder = write_simulation(tiny, dataset_path)
+    code = main(
+        ["reconstruct", str(dataset_path), "--iterations", "3", "--upsample", "2", "--device", "cpu",
+         "--calibration", str(truth_folder / "calibration.json"), "--freeze-system", "--no-report",
+         "--out", str(tmp_path / "r")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    written = json.loads((tmp_path / "r" / "calibration.json").read_text())
+    truth = tiny.calibration_truth
+    for name, value in truth["led_geometry"].items():
+        assert written["led_geometry"][name] == pytest.approx(value, abs=1e-5), name
+    for j in ("4", "5", "6", "7"):
+        assert written["zernike_rad"][j] == pytest.approx(truth["zernike_rad"][j], abs=1e-6), j
+
+
+# ------------------------------------------------------------------------------------- options
+
+
+def test_poisson_loss_and_tv_weight_run_and_change_the_result(tiny):
+    dataset = dataset_of(tiny)
+    settings = TINY_SETTINGS.replace(iterations=6)
+    amplitude = reconstruct_dataset(dataset, settings)
+    poisson = reconstruct_dataset(dataset, settings.replace(loss="poisson"))
+    smooth = reconstruct_dataset(dataset, settings.replace(tv_weight=0.05))
+    for result in (poisson, smooth):
+        assert np.isfinite(result.object_field).all() and np.isfinite(result.loss_history).all()
+        assert result.loss_history[-1] < 0.8 * result.loss_history[0]
+    assert poisson.extra["loss"] == "poisson"
+    # The Poisson misfit is a deviance (>= 0), so it never trips the divergence check (loss > 3x best).
+    assert min(poisson.loss_history) >= 0
+    assert (np.diff(poisson.loss_history) <= 0).all()
+    assert psnr_db(tiny, poisson) > psnr_db(tiny, amplitude) - 3.0
+
+    def total_variation(result) -> float:
+        o = result.object_field
+        return float(np.abs(np.diff(o, axis=0)).mean() + np.abs(np.diff(o, axis=1)).mean())
+
+    assert total_variation(smooth) < 0.9 * total_variation(amplitude)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"loss": "l2"}, "loss must be one of"),
+        ({"iterations": -1}, "iterations"),
+        ({"upsample": 0}, "upsample"),
+        ({"pixel_integration": 0}, "pixel_integration"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
+def test_invalid_settings_are_config_errors(tiny, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS.replace(**changes))
+
+
+def test_too_few_object_pixels_for_the_outer_leds_is_a_config_error(tiny):
+    with pytest.raises(ConfigError, match="upsample"):
+        UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS.replace(upsample=1))
+
+
+# -------------------------------------------------------------------------------------- devices
+
+
+def test_cpu_device_runs_on_the_cpu(tiny):
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(device="cpu", iterations=2))
+    run_all(recon)
+    assert recon.device == torch.device("cpu") and recon.object.device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_a_config_error(tiny):
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS.replace(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_matches_the_cpu_run(tiny):
+    settings = TINY_SETTINGS.replace(iterations=4)
+    cpu = reconstruct_dataset(dataset_of(tiny), settings.replace(device="cpu"))
+    cuda = reconstruct_dataset(dataset_of(tiny), settings.replace(device="cuda"))
+    np.testing.assert_allclose(cuda.loss_history, cpu.loss_history, rtol=1e-2)
+    difference = np.linalg.norm(cuda.object_field - cpu.object_field) / np.linalg.norm(cpu.object_field)
+    assert difference < 1e-2
+    shift, rotation, height = geometry_errors(cuda.geometry, cpu.geometry)
+    assert shift < 1e-2 and rotation < 1e-2 and height < 0.1
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_reconstruct_writes_the_result_folder(tiny, tmp_path, capsys):
+    dataset_path = tmp_path / "tiny.tif"
+    write_simulation(tiny, dataset_path)
+    out = tmp_path / "result"
+    code = main(["reconstruct", str(dataset_path), "--iterations", "3", "--upsample", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err
+    for name in ("amplitude.tif", "phase.tif", "pupil.tif", "calibration.json", "report.png"):
+        assert (out / name).is_file(), name
+    n = len(tiny.meta.frames)
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert set(calibration["led_geometry"]) == {"shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm"}
+    assert {"4", "5", "6", "7"} <= set(calibration["zernike_rad"])
+    assert len(calibration["frame_gain"]) == n and len(calibration["led_positions_mm"]) == n
+    assert calibration["iterations"] == 3
+    amplitude = tifffile.imread(out / "amplitude.tif")
+    assert amplitude.shape == (2 * 48, 2 * 48) and np.isfinite(amplitude).all()
+    result = read_result(out)
+    assert result.calibration.led_geometry.height_mm > 0
