@@ -46,7 +46,7 @@ class UafpSettings:
 
     upsample: int = 4
     iterations: int = 40
-    batch_size: int = 45
+    batch_size: int | None = None  # None: ~5 mini-batches per pass over the frames, at most 45 frames each
     device: str = "auto"
     loss: str = "amplitude"
     tv_weight: float = 0.0
@@ -83,7 +83,7 @@ class UafpSettings:
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
-        if self.iterations < 0 or self.batch_size < 1 or self.upsample < 1:
+        if self.iterations < 0 or (self.batch_size is not None and self.batch_size < 1) or self.upsample < 1:
             raise ConfigError("iterations >= 0, batch_size >= 1 and upsample >= 1 are required")
         if self.pixel_integration < 1:
             raise ConfigError("pixel_integration must be >= 1 (1 = off)")
@@ -347,6 +347,13 @@ class UafpReconstruction:
             for group in optimiser.param_groups:
                 group["lr"] = group["base_lr"] * factor * self.learning_rate_factor
 
+    def batch_size(self) -> int:
+        """Frames per mini-batch: as set, or enough batches per pass that system and pupil get several
+        optimiser steps per iteration however many frames there are."""
+        if self.settings.batch_size is not None:
+            return self.settings.batch_size
+        return int(min(45, max(4, -(-self.model.setup.n_frames // 5))))
+
     def eligible_frames(self) -> torch.Tensor:
         """Available frames inside the current illumination-NA limit, which grows from the centre outward.
 
@@ -372,8 +379,9 @@ class UafpReconstruction:
         order = available[torch.randperm(len(available), generator=self._generator)].to(self.device)
         optimiser = self.optimisers[phase]
         total = 0.0
-        for start in range(0, len(order), self.settings.batch_size):
-            batch = order[start : start + self.settings.batch_size]
+        batch_size = self.batch_size()
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
             optimiser.zero_grad(set_to_none=True)
             loss = self.loss(batch)
             loss.backward()
@@ -508,7 +516,7 @@ class UafpReconstruction:
         with torch.no_grad():
             spectrum = spectrum_of(self.object.detach())
             available = torch.nonzero(self.available).squeeze(1).to(self.device)
-            for batch in torch.split(available, self.settings.batch_size):
+            for batch in torch.split(available, self.batch_size()):
                 predicted = self.model(spectrum, batch).clamp(min=0).sqrt()
                 terms = amplitude_misfit_terms(predicted, (self.measurements[batch] / self.scale).sqrt())
                 residual, total = residual + terms[0], total + terms[1]
