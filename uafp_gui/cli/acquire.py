@@ -313,7 +313,8 @@ def run(args: argparse.Namespace) -> int:
         from uafp_gui.recon.common import save_result
 
         report = live.lag_report()
-        with progress_bar(live.settings.iterations if args.iterations is None else args.iterations, "UA-FP",
+        planned = live.recon.settings.iterations if live.recon is not None else live.settings.iterations
+        with progress_bar(planned if args.iterations is None else args.iterations, "UA-FP",
                           "iter") as recon_bar:
             result = live.finish(args.iterations, progress=lambda update: recon_bar.update(1))
         out = args.out.with_name(args.out.stem + "_result")

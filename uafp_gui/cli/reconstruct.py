@@ -120,19 +120,14 @@ def run(args: argparse.Namespace) -> int:
                 lambda update: (bar.update(1), bar.set_postfix(misfit=f"{update.loss:.4f}", refresh=False))
             )
     else:
-        from uafp_gui.recon.uafp import reconstruct_dataset
+        from uafp_gui.recon.uafp import UafpReconstruction
 
-        settings = uafp_settings(args)
-        with progress_bar(settings.iterations, "UA-FP", "iter") as bar:
-            result = reconstruct_dataset(
-                dataset,
-                settings,
-                calibration,
-                progress=lambda update: (
-                    bar.update(update.iteration - bar.n),
-                    bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False),
-                ),
-            )
+        recon = UafpReconstruction.from_dataset(dataset, uafp_settings(args), calibration)
+        with progress_bar(recon.settings.iterations, "UA-FP", "iter") as bar:
+            for update in recon.run():
+                bar.update(update.iteration - bar.n)
+                bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
+        result = recon.result()
     save_result(result, out)
     if not args.no_report:
         from uafp_gui.recon.report import write_report

@@ -136,7 +136,9 @@ class ReconPanel(QWidget):
     # ---- settings --------------------------------------------------------------------------
     def show_settings(self, settings) -> None:
         self.upsample.setValue(settings.upsample)
-        self.iterations.setValue(settings.iterations)
+        from uafp_gui.recon.uafp import default_iterations
+
+        self.iterations.setValue(settings.iterations or default_iterations(225))
         self.device.setCurrentText(settings.device)
         for name, box in self.learn.items():
             box.setChecked(bool(getattr(settings, name)))

@@ -45,7 +45,7 @@ class UafpSettings:
     """Everything a user may tune; the defaults are meant to work from the dataset alone."""
 
     upsample: int = 4
-    iterations: int = 40
+    iterations: int | None = None  # None: 40 passes for 225 frames, more for fewer frames (same work)
     batch_size: int | None = None  # None: ~5 mini-batches per pass over the frames, at most 45 frames each
     device: str = "auto"
     loss: str = "amplitude"
@@ -83,10 +83,20 @@ class UafpSettings:
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
-        if self.iterations < 0 or (self.batch_size is not None and self.batch_size < 1) or self.upsample < 1:
+        if (
+            (self.iterations is not None and self.iterations < 0)
+            or (self.batch_size is not None and self.batch_size < 1)
+            or self.upsample < 1
+        ):
             raise ConfigError("iterations >= 0, batch_size >= 1 and upsample >= 1 are required")
         if self.pixel_integration < 1:
             raise ConfigError("pixel_integration must be >= 1 (1 = off)")
+
+
+def default_iterations(n_frames: int) -> int:
+    """Iterations (passes over the frames) for a dataset of `n_frames`: 40 for the usual 15 x 15 LEDs,
+    proportionally more for sparser acquisitions so the optimiser does the same number of frame visits."""
+    return int(min(120, max(40, round(40 * 225 / max(n_frames, 1)))))
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,8 @@ class UafpReconstruction:
     ):
         settings.validate()
         self.meta = meta
+        if settings.iterations is None:
+            settings = settings.replace(iterations=default_iterations(len(meta.frames)))
         self.settings = settings
         self.source_dataset = source_dataset
         self.device = resolve_device(settings.device)
