@@ -81,7 +81,7 @@ def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     small_run(window, out)
     qtbot.mouseClick(window.acquisition_panel.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.acquisition_panel.progress.value() == 25, timeout=30000)
-    assert window.acquisition_panel.thumbnails.count() == 25
+    qtbot.waitUntil(lambda: window.acquisition_panel.thumbnails.count() == 25, timeout=5000)  # a few per tick
     qtbot.waitUntil(lambda: window.updates_drawn >= 1, timeout=30000)  # live updates reach the views
     qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=60000)
     assert window.updates_drawn >= 2

@@ -3,6 +3,7 @@ thumbnail strip where frames land."""
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,12 @@ from PySide6.QtWidgets import (
 
 from uafp_gui.acquisition.plan import AcquisitionPlan
 from uafp_gui.errors import ConfigError
-from uafp_gui.gui.images import thumbnail
+from uafp_gui.gui.images import gray_pixmap
 
 __all__ = ["AcquisitionPanel"]
 
 MAX_THUMBNAILS = 400
+THUMBNAILS_PER_TICK = 16  # the rest wait for the next refresh: each tick stays short
 
 
 class AcquisitionPanel(QWidget):
@@ -129,6 +131,7 @@ class AcquisitionPanel(QWidget):
         self.thumbnails.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         layout.addWidget(self.thumbnails)
         layout.addStretch(1)
+        self._pending_thumbnails: deque[tuple[int, np.ndarray, tuple]] = deque()
         self.set_running(False)
 
     def _browse(self) -> None:
@@ -180,6 +183,7 @@ class AcquisitionPanel(QWidget):
 
     def reset_progress(self, total: int) -> None:
         self.thumbnails.clear()
+        self._pending_thumbnails.clear()
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.eta.setText("")
@@ -189,10 +193,22 @@ class AcquisitionPanel(QWidget):
         self.progress.setValue(done)
         self.eta.setText(f"{done}/{total} frames, {elapsed_s:.1f} s elapsed, about {eta_s:.1f} s left")
 
-    def add_thumbnail(self, index: int, frame: np.ndarray, leds) -> None:
-        if self.thumbnails.count() >= MAX_THUMBNAILS:
-            return
-        item = QListWidgetItem(QIcon(thumbnail(frame)), str(index))
-        item.setToolTip(f"frame {index}: LEDs {list(leds)}")
-        self.thumbnails.addItem(item)
-        self.thumbnails.scrollToItem(item)
+    def queue_thumbnail(self, index: int, thumbnail: np.ndarray, leds) -> None:
+        """Queue an 8-bit thumbnail (`jobs.frame_thumbnail`, made off the UI thread) for the strip."""
+        if self.thumbnails.count() + len(self._pending_thumbnails) < MAX_THUMBNAILS:
+            self._pending_thumbnails.append((index, thumbnail, tuple(leds)))
+
+    @property
+    def thumbnails_pending(self) -> int:
+        return len(self._pending_thumbnails)
+
+    def add_queued_thumbnails(self, limit: int = THUMBNAILS_PER_TICK) -> None:
+        """Add up to `limit` queued thumbnails, oldest first, and scroll to the last once."""
+        item = None
+        for _ in range(min(limit, len(self._pending_thumbnails))):
+            index, thumbnail, leds = self._pending_thumbnails.popleft()
+            item = QListWidgetItem(QIcon(gray_pixmap(thumbnail)), str(index))
+            item.setToolTip(f"frame {index}: LEDs {list(leds)}")
+            self.thumbnails.addItem(item)
+        if item is not None:
+            self.thumbnails.scrollToItem(item)

@@ -2,7 +2,9 @@
 
 Each generator runs on a `GeneratorWorker` thread; each yield is an update for a view.
 
-- `camera_stream`: snap after snap for the live view.
+- `camera_stream`: snap after snap for the live view, each frame with its `FramePreview`.
+- `acquisition_events`: an acquisition's events, frames with a thumbnail and (a few times a
+  second) a `FramePreview`, so the UI thread only draws what is ready.
 - `ReconJob`: UA-FP (streaming API) fed by an acquisition's frames as they arrive, or by a
   dataset opened from disk; `run()` iterates, `result()` and `export()` run after it stops.
   It records when every frame arrived so the GUI can measure frame -> display lag.
@@ -15,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,12 @@ import numpy as np
 from uafp_gui.errors import ReconstructionError
 
 __all__ = [
+    "AcquiredFrame",
+    "FramePreview",
     "ReconJob",
     "acquisition_events",
     "camera_stream",
+    "frame_preview",
     "geometry_led_positions_mm",
     "open_devices",
     "warm_up_solver",
@@ -45,7 +51,73 @@ def warm_up_solver() -> None:
     optimiser.step()
 
 
-def camera_stream(core: Any, exposure_ms: list[float]) -> Iterator[np.ndarray]:
+DISPLAY_PX = 1024  # the live view shows frames at most this many pixels a side (display only)
+THUMBNAIL_PX = 64
+HISTOGRAM_BINS = 128
+PREVIEW_INTERVAL_S = 0.2  # an acquisition makes a live-view preview at most 5 times a second
+
+
+@dataclass(frozen=True)
+class FramePreview:
+    """What the live view shows of one camera frame, computed on a worker thread so the UI
+    thread only draws: a display copy (at most `DISPLAY_PX` a side, strided), a histogram
+    (bin centres, counts) of a strided sample, and statistics of every pixel."""
+
+    display: np.ndarray
+    histogram: tuple[np.ndarray, np.ndarray]
+    minimum: float
+    maximum: float
+    mean: float
+    saturated: int  # pixels at or above `full_scale`
+    full_scale: int
+
+
+@dataclass(frozen=True)
+class AcquiredFrame:
+    """A `FrameAcquired` event with its 8-bit thumbnail and, every `PREVIEW_INTERVAL_S` and
+    for the last frame, its live-view `FramePreview` (else None)."""
+
+    event: Any
+    thumbnail: np.ndarray
+    preview: FramePreview | None
+
+
+def _strided(frame: np.ndarray, size: int) -> np.ndarray:
+    step = max(1, -(-max(frame.shape) // size))  # ceil: the result is at most `size` a side
+    return frame[::step, ::step]
+
+
+def frame_thumbnail(frame: np.ndarray, size: int = THUMBNAIL_PX) -> np.ndarray:
+    """An 8-bit preview (display only; the data keeps its bit depth), at most `size` px a side."""
+    small = np.asarray(_strided(np.asarray(frame), size), dtype=np.float32)
+    low, high = np.percentile(small, (1, 99.8)) if small.size else (0.0, 1.0)
+    scaled = np.clip((small - low) * (255.0 / max(float(high - low), 1e-9)), 0, 255)
+    return np.ascontiguousarray(scaled.astype(np.uint8))
+
+
+def frame_preview(frame: np.ndarray, full_scale: int, display_px: int = DISPLAY_PX) -> FramePreview:
+    frame = np.asarray(frame)
+    display = np.ascontiguousarray(_strided(frame, display_px))
+    sample = _strided(frame, 256)
+    low, high = float(sample.min()), float(sample.max())
+    if np.issubdtype(frame.dtype, np.integer):  # integer bins: no empty combs in the histogram
+        width = max(1, int(np.ceil((high - low + 1) / HISTOGRAM_BINS)))
+        edges = np.arange(low, high + width + 1, width, dtype=np.float64) - 0.5
+    else:
+        edges = np.linspace(low, high if high > low else low + 1.0, HISTOGRAM_BINS + 1)
+    counts, edges = np.histogram(sample, bins=edges)
+    return FramePreview(
+        display=display,
+        histogram=((edges[:-1] + edges[1:]) / 2, counts),
+        minimum=float(frame.min()),
+        maximum=float(frame.max()),
+        mean=float(frame.mean()),
+        saturated=int(np.count_nonzero(frame >= full_scale)),
+        full_scale=int(full_scale),
+    )
+
+
+def camera_stream(core: Any, exposure_ms: list[float], full_scale: int = 65535) -> Iterator[FramePreview]:
     """Snap frames until stopped; `exposure_ms[0]` is read before every snap (the view edits it)."""
     applied = None
     while True:
@@ -54,8 +126,7 @@ def camera_stream(core: Any, exposure_ms: list[float]) -> Iterator[np.ndarray]:
             core.setExposure(wanted)
             applied = wanted
         core.snapImage()
-        frame = np.asarray(core.getImage())
-        yield frame
+        yield frame_preview(np.asarray(core.getImage()), full_scale)
 
 
 def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
@@ -98,14 +169,23 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
     }
 
 
-def acquisition_events(acquisition: Any, job: ReconJob | None = None) -> Iterator[Any]:
-    """`acquisition.run()`, telling a live `ReconJob` when the run starts and ends."""
-    from uafp_gui.acquisition.engine import AcquisitionStarted
+def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale: int = 65535) -> Iterator[Any]:
+    """`acquisition.run()`, telling a live `ReconJob` when the run starts and ends; each
+    `FrameAcquired` comes as an `AcquiredFrame` (thumbnail, and now and then a preview)."""
+    from uafp_gui.acquisition.engine import AcquisitionStarted, FrameAcquired
 
+    last_preview = -np.inf
     try:
         for event in acquisition.run():
             if job is not None and isinstance(event, AcquisitionStarted):
                 job.started(event.meta, event.frame_shape, event.path.name)
+            if isinstance(event, FrameAcquired):
+                preview = None
+                now = time.perf_counter()
+                if now - last_preview >= PREVIEW_INTERVAL_S or event.index == event.total - 1:
+                    preview = frame_preview(event.frame, full_scale)
+                    last_preview = now
+                event = AcquiredFrame(event, frame_thumbnail(event.frame), preview)
             yield event
     finally:
         if job is not None:

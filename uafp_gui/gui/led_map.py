@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
@@ -33,13 +33,18 @@ class LedMapPanel(QWidget):
         self.plot.invertY(True)  # image axes: y grows downwards with the row index
         self.plot.setLabel("bottom", "X (mm)")
         self.plot.setLabel("left", "Y (mm)")
-        self.plot.addLegend(offset=(5, 5))
+        self.legend = self.plot.addLegend(offset=(5, 5))
         self.leds = pg.ScatterPlotItem(size=9, pxMode=True, name="LEDs")
         self.leds.sigClicked.connect(self._clicked)
-        self.arrows = pg.PlotDataItem(pen=pg.mkPen("r", width=1.5), connect="pairs", name="nominal -> estimated")
+        self.arrows = pg.PlotDataItem(pen=pg.mkPen("r", width=1.5), connect="pairs", name=self._arrow_label(1.0))
         self.estimated = pg.ScatterPlotItem(size=5, brush=pg.mkBrush("r"), pen=None, name="estimated")
         self.na_circle = pg.PlotDataItem(pen=pg.mkPen((0, 120, 255), width=1, style=pg.QtCore.Qt.PenStyle.DashLine))
-        for item in (self.na_circle, self.leds, self.arrows, self.estimated):
+        # The lit LEDs are a small overlay: lighting one during an acquisition repaints a few
+        # points, and the ~1000-point map below stays a cached pixmap.
+        self.lit_points = pg.ScatterPlotItem(size=9, pxMode=True, brush=self._LIT, pen=pg.mkPen("k", width=1.5))
+        self.lit_points.sigClicked.connect(self._clicked)
+        self.leds.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        for item in (self.na_circle, self.leds, self.lit_points, self.arrows, self.estimated):
             self.plot.addItem(item)
         layout.addWidget(self.plot, 1)
         buttons = QHBoxLayout()
@@ -67,13 +72,14 @@ class LedMapPanel(QWidget):
         self.microscope = microscope
         self._build()
         self._colour()
+        self._show_lit()
         self._draw_geometry()
 
     def set_lit(self, lit) -> None:
         lit = frozenset(tuple(int(v) for v in led) for led in lit)
         if lit != self.lit:
             self.lit = lit
-            self._colour()
+            self._show_lit()
 
     def set_planned(self, planned) -> None:
         planned = frozenset(tuple(int(v) for v in led) for led in planned)
@@ -91,7 +97,12 @@ class LedMapPanel(QWidget):
     def redraw(self) -> None:
         self._build()
         self._colour()
+        self._show_lit()
         self._draw_geometry()
+
+    @staticmethod
+    def _arrow_label(magnify: float) -> str:
+        return f"nominal -> estimated (x{magnify:g})"
 
     # ---- drawing (each part only when what it shows changed: the map has ~1000 points) ------
     _LIT = pg.mkBrush(255, 200, 0)
@@ -117,6 +128,7 @@ class LedMapPanel(QWidget):
         self.na_circle.setData(radius * np.cos(angle), radius * np.sin(angle))
 
     def _colour(self) -> None:
+        """Plan colours on the whole map (only when the plan or the array changes)."""
         m = self.microscope
         if m is None:
             return
@@ -125,10 +137,16 @@ class LedMapPanel(QWidget):
         for row, col in self.planned:
             if 0 <= row * cols + col < len(brushes):
                 brushes[row * cols + col] = self._PLAN
-        for row, col in self.lit:
-            if 0 <= row * cols + col < len(brushes):
-                brushes[row * cols + col] = self._LIT
         self.leds.setBrush(brushes)
+
+    def _show_lit(self) -> None:
+        m = self.microscope
+        if m is None:
+            return
+        cols = m.led_array_shape[1]
+        lit = sorted(led for led in self.lit if 0 <= led[0] * cols + led[1] < len(self._nominal))
+        positions = self._nominal[[row * cols + col for row, col in lit]] if lit else np.zeros((0, 2))
+        self.lit_points.setData(pos=positions, data=lit)
 
     def _draw_geometry(self) -> None:
         m = self.microscope
@@ -153,7 +171,10 @@ class LedMapPanel(QWidget):
         indices = indices[(indices >= 0) & (indices < len(nominal))]
         displacement = estimated[indices] - nominal[indices]
         largest = float(np.abs(displacement).max()) if displacement.size else 0.0
-        self.magnify = 1.0 if largest == 0 else max(1.0, round(0.5 * m.led_pitch_mm / largest))
+        magnify = 1.0 if largest == 0 else max(1.0, round(0.5 * m.led_pitch_mm / largest))
+        if magnify != self.magnify:
+            self.magnify = magnify
+            self.legend.getLabel(self.arrows).setText(self._arrow_label(magnify))
         heads = nominal[indices] + displacement * self.magnify
         pairs = np.empty((2 * len(indices), 2))
         pairs[0::2] = nominal[indices]

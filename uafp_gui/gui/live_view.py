@@ -1,5 +1,9 @@
 """Live view: the camera stream (or the frames of a running acquisition) with exposure
-control, a histogram and a saturation warning."""
+control, a histogram and a saturation warning.
+
+It draws `jobs.FramePreview`s: the display copy, histogram and statistics are computed on the
+worker thread, so the UI thread never scans a full frame (the histogram widget's own
+recomputation on every image change is switched off)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
+from uafp_gui.gui.jobs import FramePreview, frame_preview
 
 __all__ = ["LiveViewPanel"]
 
@@ -26,6 +31,8 @@ class LiveViewPanel(QWidget):
         self.image = pg.ImageItem()
         self.view.addItem(self.image)
         self.histogram = pg.HistogramLUTWidget(image=self.image)
+        # The histogram comes with each preview (worker side), not from the image on every change.
+        self.image.sigImageChanged.disconnect(self.histogram.item.imageChanged)
         view_row.addWidget(self.graphics, 1)
         view_row.addWidget(self.histogram)
         layout.addLayout(view_row, 1)
@@ -67,17 +74,22 @@ class LiveViewPanel(QWidget):
         self.full_scale = 2 ** int(bits) - 1
 
     def show_frame(self, frame: np.ndarray, caption: str = "") -> None:
-        frame = np.asarray(frame)
+        """Show a raw frame (computes its preview here: for one-off frames, not for streams)."""
+        self.show_preview(frame_preview(frame, self.full_scale), caption)
+
+    def show_preview(self, preview: FramePreview, caption: str = "") -> None:
         auto = self._first or self.auto_levels.isChecked()
-        self.image.setImage(frame, autoLevels=False)
+        self.image.setImage(preview.display, autoLevels=False)
+        centres, counts = preview.histogram
+        self.histogram.item.plot.setData(centres, counts)
         if auto:
-            self.histogram.setLevels(float(frame.min()), float(frame.max()))
+            high = preview.maximum if preview.maximum > preview.minimum else preview.minimum + 1
+            self.histogram.setLevels(preview.minimum, high)
             self._first = False
-        saturated = int(np.count_nonzero(frame >= self.full_scale))
-        text = f"{caption}  min {frame.min():.0f}  max {frame.max():.0f}  mean {frame.mean():.1f}"
-        if saturated:
+        text = f"{caption}  min {preview.minimum:.0f}  max {preview.maximum:.0f}  mean {preview.mean:.1f}"
+        if preview.saturated:
             self.info.setStyleSheet("color: white; background: #c00000;")
-            self.info.setText(f"SATURATED: {saturated} pixels at full scale ({self.full_scale}). {text}")
+            self.info.setText(f"SATURATED: {preview.saturated} pixels at full scale ({preview.full_scale}). {text}")
         else:
             self.info.setStyleSheet("")
             self.info.setText(text)

@@ -18,11 +18,20 @@ from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKe
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QWidget
 
 from uafp_gui.errors import ConfigError, UafpError
-from uafp_gui.gui.acquisition_panel import AcquisitionPanel
+from uafp_gui.gui.acquisition_panel import MAX_THUMBNAILS, AcquisitionPanel
 from uafp_gui.gui.devices_panel import DevicesPanel
 from uafp_gui.gui.dialogs import show_error
 from uafp_gui.gui.export_panel import ExportPanel
-from uafp_gui.gui.jobs import ReconJob, acquisition_events, camera_stream, open_devices, warm_up_solver
+from uafp_gui.gui.jobs import (
+    AcquiredFrame,
+    ReconJob,
+    acquisition_events,
+    camera_stream,
+    frame_preview,
+    frame_thumbnail,
+    open_devices,
+    warm_up_solver,
+)
 from uafp_gui.gui.led_map import LedMapPanel
 from uafp_gui.gui.live_view import LiveViewPanel
 from uafp_gui.gui.recon_panel import ReconPanel
@@ -325,7 +334,9 @@ class MainWindow(QMainWindow):
             return
         core = self.core
         self.live_exposure_ms[0] = self.live_view.exposure.value()
-        worker = GeneratorWorker(lambda: camera_stream(core, self.live_exposure_ms), name="uafp-live", parent=self)
+        full_scale = self.live_view.full_scale
+        worker = GeneratorWorker(lambda: camera_stream(core, self.live_exposure_ms, full_scale), name="uafp-live",
+                                 parent=self)
         worker.failed.connect(lambda error: self.error("Camera error", error))
         worker.ended.connect(lambda: self.live_view.set_live(False))
         self.live_worker = worker
@@ -363,6 +374,7 @@ class MainWindow(QMainWindow):
         self.live_view.set_live(False)
         self.acquisition = acquisition
         self.dataset = None
+        self.recon_panel.led_pitch_mm = microscope.led_pitch_mm
         job = None
         if settings is not None:
             job = ReconJob(settings, calibration=self.calibration, source_dataset=out.name)
@@ -371,8 +383,9 @@ class MainWindow(QMainWindow):
             self._set_recon_job(job)
         self.acquisition_panel.reset_progress(len(plan.led_sequence(microscope)))
         self.acquisition_panel.set_running(True)
+        full_scale = self.live_view.full_scale
         worker = GeneratorWorker(
-            lambda: acquisition_events(acquisition, job), name="uafp-acquisition", keep_all=True,
+            lambda: acquisition_events(acquisition, job, full_scale), name="uafp-acquisition", keep_all=True,
             on_stop=acquisition.cancel, parent=self,
         )
         worker.failed.connect(lambda error: self.error("Acquisition failed", error))
@@ -394,35 +407,38 @@ class MainWindow(QMainWindow):
     def _acquisition_ended(self) -> None:
         self._drain_acquisition()
         self.acquisition_panel.set_running(False)
-        if self.acquisition is not None and self.acquisition.out_path.exists():
+        if self.acquisition is not None and self.acquisition.frames_written:
             self._add_recent(self.acquisition.out_path)
 
     def _drain_acquisition(self) -> None:
-        from uafp_gui.acquisition.engine import (
-            AcquisitionFinished,
-            AcquisitionPaused,
-            AcquisitionStarted,
-            FrameAcquired,
-        )
+        """Take the acquisition's events: progress once, thumbnails queued (a few drawn a tick),
+        the newest preview shown, the LED map told which LEDs the newest frame used."""
+        from uafp_gui.acquisition.engine import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted
 
-        if self.acq_worker is None:
-            return
-        last_frame = None
-        for event in self.acq_worker.take():
-            if isinstance(event, AcquisitionStarted):
-                self.acquisition_panel.reset_progress(event.total)
-            elif isinstance(event, FrameAcquired):
-                self.acquisition_panel.add_thumbnail(event.index, event.frame, event.spec.leds)
-                self.acquisition_panel.show_progress(event.done, event.total, event.elapsed_s, event.eta_s)
-                last_frame = event
-            elif isinstance(event, AcquisitionPaused):
-                self.status(f"Paused before frame {event.next_index} of {event.total}", 0)
-            elif isinstance(event, AcquisitionFinished):
-                self.status(f"Acquisition {event.reason}: {event.frames_written} of {event.total} frames in "
-                            f"{event.path} ({event.elapsed_s:.1f} s)", 0)
-        if last_frame is not None:
-            self.live_view.show_frame(last_frame.frame, f"frame {last_frame.index}, LEDs {list(last_frame.spec.leds)}")
-            self.led_map.set_lit(last_frame.spec.leds)
+        panel = self.acquisition_panel
+        if self.acq_worker is not None:
+            last_frame = last_preview = None
+            for item in self.acq_worker.take():
+                if isinstance(item, AcquiredFrame):
+                    event = item.event
+                    panel.queue_thumbnail(event.index, item.thumbnail, event.spec.leds)
+                    last_frame = event
+                    if item.preview is not None:
+                        last_preview = (event, item.preview)
+                elif isinstance(item, AcquisitionStarted):
+                    panel.reset_progress(item.total)
+                elif isinstance(item, AcquisitionPaused):
+                    self.status(f"Paused before frame {item.next_index} of {item.total}", 0)
+                elif isinstance(item, AcquisitionFinished):
+                    self.status(f"Acquisition {item.reason}: {item.frames_written} of {item.total} frames in "
+                                f"{item.path} ({item.elapsed_s:.1f} s)", 0)
+            if last_frame is not None:
+                panel.show_progress(last_frame.done, last_frame.total, last_frame.elapsed_s, last_frame.eta_s)
+                self.led_map.set_lit(last_frame.spec.leds)
+            if last_preview is not None:
+                event, preview = last_preview
+                self.live_view.show_preview(preview, f"frame {event.index}, LEDs {list(event.spec.leds)}")
+        panel.add_queued_thumbnails()
 
     # ------------------------------------------------------------------ reconstruction
     def _set_recon_job(self, job: ReconJob | None) -> None:
@@ -493,9 +509,9 @@ class MainWindow(QMainWindow):
         self._drain_acquisition()
         self._draw_recon()
         if self.live_worker is not None:
-            frame, fresh = self.live_worker.latest()
-            if fresh and frame is not None:
-                self.live_view.show_frame(frame, "live")
+            preview, fresh = self.live_worker.latest()
+            if fresh and preview is not None:
+                self.live_view.show_preview(preview, "live")
 
     # ------------------------------------------------------------------ export, calibration
     def _idle_job(self, title: str) -> ReconJob | None:
@@ -561,30 +577,44 @@ class MainWindow(QMainWindow):
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error("Cannot open", ConfigError("a reconstruction is running: stop it first"))
             return
-        if path.is_dir():
-            from uafp_gui.io.result import read_result
+        full_scale = self.live_view.full_scale
+        kind = ["dataset"]  # what the path turned out to be (set on the io thread, read after it)
 
-            self.io.submit(lambda: read_result(path), lambda result: self._show_result(path, result),
-                           lambda error: self.error("Cannot open the result", error))
-        else:
+        def read() -> tuple:  # io thread: whatever needs the disk or a full-size array happens here
+            if path.is_dir():
+                kind[0] = "result"
+                from uafp_gui.io.result import read_result
+
+                result = read_result(path)
+                return "result", result, ReconPanel.result_spectrum(result.object_field)
             from uafp_gui.io.dataset import read_dataset
 
-            self.io.submit(lambda: read_dataset(path), lambda dataset: self._show_dataset(path, dataset),
-                           lambda error: self.error("Cannot open the dataset", error))
+            dataset = read_dataset(path)
+            thumbnails = [frame_thumbnail(frame) for frame in dataset.frames[:MAX_THUMBNAILS]]
+            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], full_scale)
 
-    def _show_result(self, path: Path, result: Any) -> None:
-        self.recon_panel.show_result(result)
+        def opened(content: tuple) -> None:
+            if content[0] == "result":
+                self._show_result(path, *content[1:])
+            else:
+                self._show_dataset(path, *content[1:])
+
+        self.io.submit(read, opened, lambda error: self.error(f"Cannot open the {kind[0]}", error))
+
+    def _show_result(self, path: Path, result: Any, spectrum: np.ndarray) -> None:
+        self.recon_panel.show_result(result, spectrum)
         self.led_map.set_geometry(result.calibration.led_geometry)
         self._add_recent(path)
         self.status(f"Opened result {path}")
 
-    def _show_dataset(self, path: Path, dataset: Any) -> None:
+    def _show_dataset(self, path: Path, dataset: Any, thumbnails: list[np.ndarray], preview: Any) -> None:
         from uafp_gui.acquisition.plan import MicroscopeDescription
 
         self.dataset = dataset
         self._set_recon_job(None)
         self.recon_panel.set_running(False, has_state=False)
         meta = dataset.meta
+        self.recon_panel.led_pitch_mm = meta.led_pitch_mm
         try:
             microscope = MicroscopeDescription(
                 wavelength_um=meta.wavelength_um, objective_na=meta.objective_na, magnification=meta.magnification,
@@ -598,10 +628,11 @@ class MainWindow(QMainWindow):
             pass
         panel = self.acquisition_panel
         panel.reset_progress(len(dataset.frames))
-        for index, frame in enumerate(dataset.frames[:200]):
-            panel.add_thumbnail(index, frame, meta.frames[index].leds)
+        for index, thumbnail in enumerate(thumbnails):
+            panel.queue_thumbnail(index, thumbnail, meta.frames[index].leds)
+        panel.add_queued_thumbnails()
         panel.progress.setValue(len(dataset.frames))
-        self.live_view.show_frame(dataset.frames[0], f"{path.name}, frame 0")
+        self.live_view.show_preview(preview, f"{path.name}, frame 0")
         self._add_recent(path)
         self.status(f"Opened {path}: {len(dataset.frames)} frames of {dataset.frames.shape[1]}x"
                     f"{dataset.frames.shape[2]}; press Reconstruct")
@@ -618,7 +649,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ settings
     def _add_recent(self, path: Path) -> None:
-        text = str(Path(path).resolve())
+        text = str(Path(path).absolute())  # no resolve(): the UI thread does not touch the disk
         recent = [text] + [p for p in self._recent() if p != text]
         self.settings.setValue("recent_files", recent[:MAX_RECENT])
         self._show_recent()

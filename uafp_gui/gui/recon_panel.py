@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from uafp_gui.gui.images import ImagePlot
+from uafp_gui.gui.images import DIVERGING_PHASE, ImagePlot, phase_view
 
 __all__ = ["ReconPanel"]
 
@@ -46,52 +46,78 @@ class ReconPanel(QWidget):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         self.graphics = pg.GraphicsLayoutWidget()
+        outer = self.graphics.ci
+        # Each row is its own layout: column widths are not shared between rows, so the image
+        # views (rows 0 and 1, three equal square cells each) all get the same size.
+        image_rows = [outer.addLayout(row=0, col=0), outer.addLayout(row=1, col=0)]
+        plot_row = outer.addLayout(row=2, col=0)
         self.amplitude = ImagePlot("amplitude")
-        self.phase = ImagePlot("phase (rad)", "CET-C6")
+        self.phase = ImagePlot("phase (rad)", DIVERGING_PHASE)
         self.spectrum = ImagePlot("log spectrum", "viridis")
         self.pupil_amplitude = ImagePlot("pupil amplitude")
-        self.pupil_phase = ImagePlot("pupil phase (rad)", "CET-C6")
-        self.graphics.addItem(self.amplitude, 0, 0)
-        self.graphics.addItem(self.phase, 0, 1)
-        self.graphics.addItem(self.spectrum, 0, 2)
-        self.graphics.addItem(self.pupil_amplitude, 0, 3)
-        self.graphics.addItem(self.pupil_phase, 1, 0)
+        self.pupil_phase = ImagePlot("pupil phase (rad)", DIVERGING_PHASE)
+        self.misalignment = pg.PlotItem(title="LED positions (mm)")
+        cells = (self.amplitude, self.phase, self.spectrum, self.pupil_amplitude, self.pupil_phase, self.misalignment)
+        for k, item in enumerate(cells):
+            image_rows[k // 3].addItem(item, row=0, col=k % 3)
+        for item in cells:  # same hints and stretch: equal cells, whatever the titles and axes
+            item.setPreferredSize(200, 200)
+            item.setMinimumSize(60, 60)
+        for layout_row in image_rows:
+            for col in range(3):
+                layout_row.layout.setColumnStretchFactor(col, 1)
 
-        self.misalignment = self.graphics.addPlot(1, 1, title="LEDs: nominal -> estimated")
         self.misalignment.setAspectLocked(True)
         self.misalignment.invertY(True)
-        self.nominal_points = pg.ScatterPlotItem(size=5, brush=pg.mkBrush(150, 150, 150), pen=None)
-        self.estimated_points = pg.ScatterPlotItem(size=5, brush=pg.mkBrush("r"), pen=None)
-        self.misalignment_arrows = pg.PlotDataItem(pen=pg.mkPen("r"), connect="pairs")
+        self.misalignment.hideButtons()
+        self.misalignment_legend = self.misalignment.addLegend(
+            offset=(2, 2), labelTextSize="7pt", brush=pg.mkBrush(255, 255, 255, 200), verSpacing=-6
+        )
+        self.nominal_points = pg.ScatterPlotItem(
+            size=6, brush=None, pen=pg.mkPen(130, 130, 130, width=1), name="nominal"
+        )
+        self.misalignment_arrows = pg.PlotDataItem(pen=pg.mkPen((210, 0, 0), width=1.5), connect="pairs",
+                                                   name=self._arrow_label(1.0))
+        self.estimated_points = pg.ScatterPlotItem(size=4, brush=pg.mkBrush(210, 0, 0), pen=None)
         for item in (self.nominal_points, self.misalignment_arrows, self.estimated_points):
             self.misalignment.addItem(item)
+        self.misalignment_magnify = 1.0
+        self.led_pitch_mm: float | None = None  # the LED array's pitch, when the window knows it
+        self._pitch_found: tuple[int, float | None] = (-1, None)
+        self._led_bounds: tuple[float, ...] = ()
 
-        self.zernike = self.graphics.addPlot(1, 2, title="Zernike (rad, Noll j)")
-        self.zernike_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=(60, 110, 200))
+        self.zernike = plot_row.addPlot(0, 0, title="Zernike (rad, Noll j)")
+        self.zernike_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=(60, 110, 200), pen=None)
         self.zernike.addItem(self.zernike_bars)
-        self.gains = self.graphics.addPlot(1, 3, title="frame gains")
-        self.gain_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=(90, 160, 90))
+        self.gains = plot_row.addPlot(0, 1, title="frame gains")
+        self.gain_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=(90, 160, 90), pen=(90, 160, 90))
         self.gains.addItem(self.gain_bars)
 
-        self.loss = self.graphics.addPlot(2, 0, 1, 2, title="loss")
-        self.loss.setLogMode(y=True)
+        # log10 on a linear axis: a log axis labels its minor ticks, and they overlap.
+        self.loss = plot_row.addPlot(0, 2, title="loss (log10)")
         self.loss.setLabel("bottom", "iteration")
         self.loss_curve = self.loss.plot(pen=pg.mkPen((200, 60, 0), width=2))
-        self.traces = self.graphics.addPlot(2, 2, 1, 2, title="LED geometry over iterations")
-        self.traces.addLegend(offset=(5, 5))
+        self.traces = plot_row.addPlot(0, 3, title="LED geometry (mm, deg)")
+        self.traces.addLegend(offset=(2, 2), labelTextSize="7pt", colCount=2, brush=pg.mkBrush(255, 255, 255, 200))
         self.traces.setLabel("bottom", "iteration")
-        self.trace_curves = {
-            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="shift x (mm)"),
-            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="shift y (mm)"),
-            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rotation (deg)"),
-            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="height - start (mm)"),
+        self.trace_curves = {  # key: what it is; legend: short, so it hides little of the plot
+            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="x"),
+            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="y"),
+            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rot"),
+            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="h - h0"),
         }
+        for col, plot in enumerate((self.zernike, self.gains, self.loss, self.traces)):
+            plot.setPreferredSize(150, 150)
+            plot.setMinimumSize(60, 60)
+            plot_row.layout.setColumnStretchFactor(col, 1)
+        for item in (*cells, self.zernike, self.gains, self.loss, self.traces):
+            item.setTitle(item.titleLabel.text, size="9pt")  # short titles, small: a title sets a cell's minimum width
         for plot in (self.misalignment, self.zernike, self.gains, self.loss, self.traces):
-            plot.getAxis("left").setWidth(44)  # fixed: changing tick labels must not re-lay out every plot
+            plot.getAxis("left").setWidth(36)  # fixed: changing tick labels must not re-lay out every plot
+            plot.hideButtons()
         self._pending = None
-        grid = self.graphics.ci.layout
-        for row, stretch in enumerate((3, 2, 2)):
-            grid.setRowStretchFactor(row, stretch)
+        for row, stretch in enumerate((3, 3, 2)):
+            outer.layout.setRowStretchFactor(row, stretch)
         layout.addWidget(self.graphics, 1)
 
         controls = QHBoxLayout()
@@ -162,14 +188,27 @@ class ReconPanel(QWidget):
         self.stop_button.setEnabled(running)
 
     # ---- drawing ---------------------------------------------------------------------------
+    @staticmethod
+    def _arrow_label(magnify: float) -> str:
+        return f"estimated (x{magnify:g})"
+
+    @staticmethod
+    def result_spectrum(object_field: np.ndarray) -> np.ndarray:
+        """The log spectrum of a result's object (worker side: an FFT of the full field)."""
+        return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(object_field)))).astype(np.float32)
+
+    def _show_pupil(self, amplitude: np.ndarray, phase: np.ndarray) -> None:
+        amplitude = np.asarray(amplitude, dtype=np.float32)
+        support = amplitude > 1e-3 * float(amplitude.max() or 1.0)
+        self.pupil_amplitude.show_array(amplitude)
+        self.pupil_phase.show_phase(phase_view(phase, support, central=1.0))
+
     def show_update(self, update, history=(), defer_plots: bool = False) -> None:
         """Draw `update`; with `defer_plots` the images now and the plots at `flush()`."""
         self.amplitude.show_array(update.amplitude)
-        self.phase.show_array(update.phase, levels=(-np.pi, np.pi))
+        self.phase.show_phase(phase_view(update.phase))
         self.spectrum.show_array(update.log_spectrum)
-        support = update.pupil_amplitude > 1e-3
-        self.pupil_amplitude.show_array(update.pupil_amplitude)
-        self.pupil_phase.show_array(np.where(support, update.pupil_phase, 0.0))
+        self._show_pupil(update.pupil_amplitude, update.pupil_phase)
         g = update.geometry
         self.status.setText(
             f"iteration {update.iteration}  loss {update.loss:.4g}  frames {update.frames_used}  "
@@ -187,49 +226,85 @@ class ReconPanel(QWidget):
         update, history = self._pending
         self._pending = None
         self._show_leds(update.nominal_led_positions_mm, update.led_positions_mm)
-        indices = sorted(j for j in update.zernike_rad if j >= 2)
-        self.zernike_bars.setOpts(x=indices, height=[update.zernike_rad[j] for j in indices])
-        gains = np.asarray(update.frame_gain, dtype=float)
-        self.gain_bars.setOpts(x=np.arange(len(gains)), height=gains / (np.median(gains) or 1.0))
-        losses = np.asarray(update.loss_history, dtype=float)
-        if losses.size:
-            self.loss_curve.setData(np.arange(1, losses.size + 1), np.clip(losses, 1e-12, None))
+        self._show_zernike(update.zernike_rad)
+        self._show_gains(update.frame_gain)
+        self._show_loss(update.loss_history)
         if len(history):
             data = np.asarray(history, dtype=float)
             columns = (data[:, 1], data[:, 2], data[:, 3], data[:, 4] - data[0, 4])
             for curve, values in zip(self.trace_curves.values(), columns, strict=True):
                 curve.setData(data[:, 0], values)
 
+    def _show_zernike(self, zernike_rad) -> None:
+        indices = sorted(j for j in zernike_rad if j >= 2)
+        self.zernike_bars.setOpts(x=indices, height=[zernike_rad[j] for j in indices])
+
+    def _show_gains(self, frame_gain) -> None:
+        gains = np.asarray(frame_gain, dtype=float)
+        if gains.size:
+            self.gain_bars.setOpts(x=np.arange(len(gains)), height=gains / (np.median(gains) or 1.0))
+
+    def _show_loss(self, loss_history) -> None:
+        losses = np.asarray(loss_history, dtype=float)
+        if losses.size:
+            self.loss_curve.setData(np.arange(1, losses.size + 1), np.log10(np.clip(losses, 1e-12, None)))
+
     def _show_leds(self, nominal, estimated) -> None:
+        """Nominal positions (hollow), arrows to the estimated ones magnified so that the
+        largest is about half an LED pitch (as in the report), the factor in the legend."""
         nominal = np.asarray(nominal, dtype=float)
         estimated = np.asarray(estimated, dtype=float)[: len(nominal)]
         nominal = nominal[: len(estimated)]
+        displacement = estimated - nominal
+        pitch_mm = self.led_pitch_mm
+        if pitch_mm is None:  # not told: the nominal grid's pitch, found once per frame count
+            if self._pitch_found[0] != len(nominal):
+                self._pitch_found = (len(nominal), led_pitch_of(nominal))
+            pitch_mm = self._pitch_found[1]
+        largest = float(np.abs(displacement).max()) if displacement.size else 0.0
+        magnify = 1.0 if largest == 0 or pitch_mm is None else max(1.0, round(0.5 * pitch_mm / largest))
+        heads = nominal + displacement * magnify
         self.nominal_points.setData(pos=nominal)
-        self.estimated_points.setData(pos=estimated)
+        self.estimated_points.setData(pos=heads)
         pairs = np.empty((2 * len(nominal), 2))
         pairs[0::2] = nominal
-        pairs[1::2] = estimated
+        pairs[1::2] = heads
         self.misalignment_arrows.setData(pairs[:, 0], pairs[:, 1])
+        if len(nominal):
+            bounds = (*nominal.min(axis=0), *nominal.max(axis=0), pitch_mm or 1.0)
+            if bounds != self._led_bounds:  # room above the LEDs (row 0 at the top) for the legend
+                self._led_bounds = bounds
+                (x0, y0, x1, y1, margin) = bounds
+                self.misalignment.setRange(xRange=(x0 - margin, x1 + margin), yRange=(y0 - 4.5 * margin, y1 + margin),
+                                           padding=0)
+        if magnify != self.misalignment_magnify:
+            self.misalignment_magnify = magnify
+            self.misalignment_legend.getLabel(self.misalignment_arrows).setText(self._arrow_label(magnify))
 
-    def show_result(self, result) -> None:
-        """Draw a result read from disk (`uafp_gui.io.result.Result`)."""
+    def show_result(self, result, spectrum: np.ndarray | None = None) -> None:
+        """Draw a result read from disk (`uafp_gui.io.result.Result`); `spectrum` from
+        `result_spectrum` (computed here when not given)."""
         self.amplitude.show_array(result.amplitude)
-        self.phase.show_array(result.phase, levels=(-np.pi, np.pi))
-        spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(result.object_field))))
-        self.spectrum.show_array(spectrum)
-        self.pupil_amplitude.show_array(result.pupil[0])
-        self.pupil_phase.show_array(np.where(result.pupil[0] > 1e-3, result.pupil[1], 0.0))
+        self.phase.show_phase(phase_view(result.phase))
+        self.spectrum.show_array(self.result_spectrum(result.object_field) if spectrum is None else spectrum)
+        self._show_pupil(result.pupil[0], result.pupil[1])
         cal = result.calibration
-        indices = sorted(j for j in cal.zernike_rad if j >= 2)
-        self.zernike_bars.setOpts(x=indices, height=[cal.zernike_rad[j] for j in indices])
-        gains = np.asarray(cal.frame_gain, dtype=float)
-        if gains.size:
-            self.gain_bars.setOpts(x=np.arange(len(gains)), height=gains / (np.median(gains) or 1.0))
-        history = np.asarray(cal.extra.get("loss_history", []), dtype=float)
-        if history.size:
-            self.loss_curve.setData(np.arange(1, history.size + 1), np.clip(history, 1e-12, None))
+        self._show_zernike(cal.zernike_rad)
+        self._show_gains(cal.frame_gain)
+        self._show_loss(cal.extra.get("loss_history", []))
         g = cal.led_geometry
         self.status.setText(
             f"result {result.folder}: {cal.iterations} iterations, shift ({g.shift_x_mm:+.2f}, "
             f"{g.shift_y_mm:+.2f}) mm, rot {g.rotation_deg:+.2f} deg, h {g.height_mm:.1f} mm"
         )
+
+
+def led_pitch_of(positions: np.ndarray) -> float | None:
+    """The smallest non-zero distance between two of `positions` (mm): the LED pitch of a
+    plan's nominal grid; None with fewer than two distinct positions."""
+    positions = np.asarray(positions, dtype=float)[:400]
+    if len(positions) < 2:
+        return None
+    distances = np.hypot(*(positions[:, None, :] - positions[None, :, :]).transpose(2, 0, 1))
+    distances = distances[distances > 1e-9]
+    return float(distances.min()) if distances.size else None
