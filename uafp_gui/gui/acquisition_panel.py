@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QStackedWidget,
     QVBoxLayout,
@@ -121,6 +122,8 @@ class AcquisitionPanel(QWidget):
         self.progress.setFormat("%v / %m frames")
         layout.addWidget(self.progress)
         self.eta = QLabel("")
+        # New text each tick must not re-lay out the window.
+        self.eta.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.eta)
         self.thumbnails = QListWidget()
         self.thumbnails.setViewMode(QListView.ViewMode.IconMode)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QGraphicsItem, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
@@ -56,6 +56,9 @@ class LedMapPanel(QWidget):
         layout.addLayout(buttons)
         self.caption = QLabel("")
         self.caption.setWordWrap(True)
+        # A new geometry must not re-lay out the window.
+        self.caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.caption.setMinimumHeight(3 * self.caption.fontMetrics().lineSpacing())
         layout.addWidget(self.caption)
         self.microscope: MicroscopeDescription | None = None
         self._nominal = np.zeros((0, 2))

@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
 from uafp_gui.gui.jobs import FramePreview, frame_preview
@@ -55,6 +64,9 @@ class LiveViewPanel(QWidget):
         controls.addStretch(1)
         layout.addLayout(controls)
         self.info = QLabel("No image")
+        # New text each frame must not re-lay out the window.
+        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._info_saturated = False
         layout.addWidget(self.info)
         self.full_scale = 65535
         self._first = True
@@ -87,12 +99,13 @@ class LiveViewPanel(QWidget):
             self.histogram.setLevels(preview.minimum, high)
             self._first = False
         text = f"{caption}  min {preview.minimum:.0f}  max {preview.maximum:.0f}  mean {preview.mean:.1f}"
-        if preview.saturated:
-            self.info.setStyleSheet("color: white; background: #c00000;")
-            self.info.setText(f"SATURATED: {preview.saturated} pixels at full scale ({preview.full_scale}). {text}")
-        else:
-            self.info.setStyleSheet("")
-            self.info.setText(text)
+        saturated = preview.saturated > 0
+        if saturated != self._info_saturated:  # a style change re-polishes the widget: only on a change
+            self._info_saturated = saturated
+            self.info.setStyleSheet("color: white; background: #c00000;" if saturated else "")
+        if saturated:
+            text = f"SATURATED: {preview.saturated} pixels at full scale ({preview.full_scale}). {text}"
+        self.info.setText(text)
 
     @property
     def saturated(self) -> bool:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -129,6 +130,8 @@ class ReconPanel(QWidget):
         controls.addWidget(self.start_button)
         controls.addWidget(self.stop_button)
         self.status = QLabel("No reconstruction yet")
+        # New text each update must not re-lay out the window.
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         controls.addWidget(self.status, 1)
         layout.addLayout(controls)
 
