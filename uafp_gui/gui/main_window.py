@@ -467,7 +467,7 @@ class MainWindow(QMainWindow):
 
     def _run_recon(self, job: ReconJob, iterations: int | None) -> None:
         worker = GeneratorWorker(lambda: job.run(iterations), name="uafp-reconstruction", on_stop=job.stop,
-                                 parent=self)
+                                 background=True, parent=self)
         worker.failed.connect(lambda error: self.error("Reconstruction failed", error))
         worker.ended.connect(self._recon_ended)
         self.recon_worker = worker

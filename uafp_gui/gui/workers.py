@@ -4,13 +4,17 @@
 pattern): every yielded item is kept as `latest` (and, with `keep_all`, queued for `take()`),
 so a view pulls the newest on its own timer and intermediate items are dropped. `stop()`
 ends the run at the next yield, or calls the job's own `on_stop` (e.g. `Acquisition.cancel`)
-when it must finish cleanly. `TaskRunner` runs short blocking calls (device commands, file
-reading and writing) on a single background thread and calls back on the UI thread.
+when it must finish cleanly; `background=True` runs it at a lower CPU priority (the solver:
+on a machine with few cores the UI thread must still get the CPU to draw). `TaskRunner` runs
+short blocking calls (device commands, file reading and writing) on a single background
+thread and calls back on the UI thread.
 `EventLoopMonitor` measures how long the UI event loop stalls.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -22,6 +26,8 @@ import numpy as np
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 __all__ = ["EventLoopMonitor", "GeneratorWorker", "TaskRunner"]
+
+BACKGROUND_NICE = 10  # about a tenth of the CPU share of a normal thread when both want it
 
 
 class GeneratorWorker(QThread):
@@ -41,10 +47,12 @@ class GeneratorWorker(QThread):
         name: str = "worker",
         keep_all: bool = False,
         on_stop: Callable[[], None] | None = None,
+        background: bool = False,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.setObjectName(name)
+        self._background = background
         self._factory = factory
         self._keep_all = keep_all
         self._on_stop = on_stop
@@ -57,7 +65,18 @@ class GeneratorWorker(QThread):
         self.error: BaseException | None = None
 
     # ---- worker thread --------------------------------------------------------------------
+    def _lower_priority(self) -> None:
+        if sys.platform.startswith("linux"):  # QThread priorities do nothing under Linux's default scheduler
+            try:  # a thread's own nice value; threads it starts (torch's pool) inherit it
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+            except OSError:
+                pass  # a hint only: without it the run is the same, the UI a little less smooth
+        else:
+            self.setPriority(QThread.Priority.LowPriority)
+
     def run(self) -> None:
+        if self._background:
+            self._lower_priority()
         try:
             generator = self._factory()
             for item in generator:
