@@ -175,6 +175,21 @@ def test_ui_stays_responsive_during_reconstruction(window, qtbot, tmp_path):
     assert worst < 100, f"event loop stalled {worst:.0f} ms (p99 {p99:.0f} ms)"
 
 
+def test_ui_stays_responsive_during_acquisition_with_live_reconstruction(window, qtbot, tmp_path):
+    small_run(window, tmp_path / "run.tif", size=7, iterations=8)
+    monitor = EventLoopMonitor(interval_ms=5)
+    monitor.start()
+    window.acquisition_panel.start_button.click()
+    qtbot.waitUntil(lambda: window.acq_worker is not None and window.acq_worker.isFinished(), timeout=60000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and not window.recon_worker.isRunning(), timeout=60000)
+    monitor.stop()
+    worst, p99 = monitor.stall_ms()
+    assert window.updates_drawn >= 2 and window.acquisition_panel.thumbnails.count() == 49
+    assert len(monitor.gaps_ms) > 100
+    assert worst < 100, f"event loop stalled {worst:.0f} ms (p99 {p99:.0f} ms)"
+    assert not shown_errors
+
+
 def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     window.open_path(acquire_dataset(tmp_path / "run.tif"))
     qtbot.waitUntil(lambda: window.dataset is not None, timeout=20000)
