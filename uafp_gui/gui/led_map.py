@@ -37,7 +37,7 @@ class LedMapPanel(QWidget):
         self.leds = pg.ScatterPlotItem(size=9, pxMode=True, name="LEDs")
         self.leds.sigClicked.connect(self._clicked)
         self.arrows = pg.PlotDataItem(pen=pg.mkPen("r", width=1.5), connect="pairs", name=self._arrow_label(1.0))
-        self.estimated = pg.ScatterPlotItem(size=5, brush=pg.mkBrush("r"), pen=None, name="estimated")
+        self.estimated = pg.ScatterPlotItem(size=3, brush=pg.mkBrush("r"), pen=None, name="estimated")
         self.na_circle = pg.PlotDataItem(pen=pg.mkPen((0, 120, 255), width=1, style=pg.QtCore.Qt.PenStyle.DashLine))
         # The lit LEDs are a small overlay: lighting one during an acquisition repaints a few
         # points, and the ~1000-point map below stays a cached pixmap.

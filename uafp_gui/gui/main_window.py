@@ -41,6 +41,7 @@ __all__ = ["MainWindow"]
 
 REFRESH_MS = 250  # views redraw at most 4 times a second
 MAX_RECENT = 10
+DOCK_WIDTH_PX = 360  # the side docks' width on first start
 STATE_VERSION = 1
 
 
@@ -678,6 +679,9 @@ class MainWindow(QMainWindow):
         state = s.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state, STATE_VERSION)
+        else:  # first start: the reconstruction gets the middle, the docks what they need
+            self.resizeDocks([self.docks["acquisition"], self.docks["ledmap"]], [DOCK_WIDTH_PX, DOCK_WIDTH_PX],
+                             Qt.Orientation.Horizontal)
         self.acquisition_panel.output.setText(str(s.value("acquisition/output", "")))
         self.devices_panel.mm_config.setText(str(s.value("devices/mm_config", "")))
         self.export_panel.folder.setText(str(s.value("export/folder", "")))

@@ -120,6 +120,7 @@ class ReconPanel(QWidget):
         for row, stretch in enumerate((3, 3, 2)):
             outer.layout.setRowStretchFactor(row, stretch)
         layout.addWidget(self.graphics, 1)
+        self.setMinimumWidth(520)  # below this the plots' titles and axes no longer fit
 
         controls = QHBoxLayout()
         self.start_button = QPushButton("Reconstruct")
