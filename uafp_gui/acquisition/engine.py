@@ -21,6 +21,17 @@ Layers (modelled on pymmcore-plus):
 Failure policy: a camera timeout, an LED array that stops answering or a write error (disk
 full) ends the run with a typed error naming the cause, what is saved and how to continue
 (`--resume`); every frame acquired before the failure is on disk.
+
+Hardware-triggered mode (`AcquisitionPlan.hardware_triggered`, hardware/README.md): runs of frames
+with the same exposure become pymmcore-plus `SequencedEvent`s (at most the array's sequence
+length each); the LED list is loaded into the firmware's sequence (`ssl`/`ssv` through the LED
+device's sequenceable `Pattern`), the camera runs one sequence acquisition of N frames, and each
+exposure-end pulse from the camera steps the array (`tseq`): no serial command per frame. After
+the sequence the array must be at step N (`qseq`), else a `TriggerMismatchError` names the frames
+that may show the wrong LED. Wiring `closed_loop` (camera in external-trigger mode, fed by the
+array's trigger output): the camera is started first and the array's arm pulse starts exposure 0.
+Wiring `strobe`: a free-running camera; the array is armed before the camera starts. Pause acts
+between sequences; cancel stops the camera and the array at the next frame.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import numpy as np
 
 from uafp_gui.acquisition.plan import PLAN_KEY, AcquisitionPlan, MicroscopeDescription, dataset_meta
 from uafp_gui.devices.sim_microscope import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern
-from uafp_gui.errors import DatasetError, DeviceError, UafpError
+from uafp_gui.errors import ConfigError, DatasetError, DeviceError, UafpError
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
@@ -59,6 +70,8 @@ __all__ = [
     "FrameMessage",
     "FrameWriter",
     "LedArrayFailure",
+    "TRIGGER_WIRINGS",
+    "TriggerMismatchError",
     "WriteFailure",
     "frame_events",
 ]
@@ -76,6 +89,15 @@ class LedArrayFailure(DeviceError):
 
 class WriteFailure(DatasetError):
     """A frame could not be written to the dataset (disk full, file gone, ...)."""
+
+
+class TriggerMismatchError(DeviceError):
+    """A hardware-triggered sequence ended with the LED array on another step than the frame count
+    says: a trigger edge was lost (or an extra one arrived), so some frames show the wrong LED."""
+
+
+# How the camera and the LED array's trigger pins are wired (hardware/README.md).
+TRIGGER_WIRINGS = ("closed_loop", "strobe")
 
 
 # --------------------------------------------------------------------------------- events
@@ -170,6 +192,17 @@ def frame_events(
     return events
 
 
+def _is_sequenced(event: Any) -> bool:
+    return hasattr(event, "property_sequences") and hasattr(event, "events")
+
+
+def _pattern_of(event: Any, led_device: str) -> str | None:
+    for device, prop, value in event.properties or ():
+        if device == led_device and prop == PATTERN_PROPERTY:
+            return str(value)
+    return None
+
+
 # ------------------------------------------------------------------------------- snapping
 
 
@@ -229,12 +262,24 @@ class FpEngine:
         *,
         frames_to_average: int = 1,
         camera_timeout_s: float = 10.0,
+        hardware_triggered: bool = False,
+        trigger_wiring: str = "closed_loop",
+        led_array: LedArray | None = None,
+        led_device: str = LED_DEVICE_LABEL,
     ) -> None:
+        if trigger_wiring not in TRIGGER_WIRINGS:
+            raise ConfigError(f"trigger_wiring must be one of {TRIGGER_WIRINGS} (got {trigger_wiring!r})")
         self.mmcore = core
         self.frames_to_average = int(frames_to_average)
         self.camera_timeout_s = float(camera_timeout_s)
+        self.hardware_triggered = bool(hardware_triggered)
+        self.trigger_wiring = trigger_wiring
+        self.led_array = led_array
+        self.led_device = led_device
         self._exposure_ms: float | None = None
         self._snapper: _SnapWorker | None = None
+        self._sequence_running = False
+        self._armed_array: LedArray | None = None
 
     # ---- PMDAEngine protocol --------------------------------------------------------------
     def setup_sequence(self, sequence: Any) -> None:
@@ -244,9 +289,14 @@ class FpEngine:
         return None
 
     def event_iterator(self, events: Iterable[useq.MDAEvent]) -> Iterator[useq.MDAEvent]:
+        if self.hardware_triggered:
+            return iter(self.sequenced_events(events))
         return iter(events)
 
     def setup_event(self, event: useq.MDAEvent) -> None:
+        if _is_sequenced(event):
+            self._setup_sequenced(event)
+            return
         frame = event.metadata.get("uafp_frame", "?")
         for device, prop, value in event.properties or ():
             try:
@@ -265,6 +315,9 @@ class FpEngine:
             self._exposure_ms = float(event.exposure)
 
     def exec_event(self, event: useq.MDAEvent) -> Iterator[tuple[np.ndarray, useq.MDAEvent, dict]]:
+        if _is_sequenced(event):
+            yield from self._exec_sequenced(event)
+            return
         image = self.snap(event)
         yield image, event, {"exposure_ms": self._exposure_ms, "uafp_frame": event.metadata.get("uafp_frame")}
 
@@ -272,9 +325,222 @@ class FpEngine:
         return None
 
     def teardown_sequence(self, sequence: Any) -> None:
+        self._stop_hardware_sequence(quiet=True)
         if self._snapper is not None:
             self._snapper.close()
             self._snapper = None
+
+    # ---- hardware-triggered sequences -------------------------------------------------------
+    def _array(self) -> LedArray:
+        if self.led_array is None:
+            from uafp_gui.devices.sim_microscope import led_array_of
+
+            self.led_array = led_array_of(self.mmcore, self.led_device)
+        if self.led_array is None or not getattr(self.led_array, "supports_sequences", False):
+            name = "no LED array" if self.led_array is None else type(self.led_array).__name__
+            raise ConfigError(
+                f"hardware-triggered acquisition needs an LED array with a sequence mode (uafp-led or "
+                f"illuminate firmware); the core's {self.led_device!r} device has {name}"
+            )
+        return self.led_array
+
+    def sequence_limit(self) -> int:
+        """Most frames one hardware sequence can hold (the firmware's sequence_max, the device's
+        Pattern sequence length), divided by the frames averaged per LED."""
+        limit = 256
+        properties = getattr(self._array(), "properties", None)
+        if getattr(properties, "sequence_max", None):
+            limit = min(limit, int(properties.sequence_max))
+        try:
+            limit = min(limit, int(self.mmcore.getPropertySequenceMaxLength(self.led_device, PATTERN_PROPERTY)))
+        except Exception:  # noqa: BLE001 - a core without the device: the firmware's limit stands
+            pass
+        per_frame = max(1, self.frames_to_average)
+        if limit < per_frame:
+            raise ConfigError(f"averaging {per_frame} frames per LED needs a sequence of at least {per_frame} steps")
+        return limit // per_frame
+
+    def sequenced_events(self, events: Iterable[useq.MDAEvent]) -> list[useq.MDAEvent]:
+        """Combine consecutive single-LED frame events with the same exposure into pymmcore-plus
+        `SequencedEvent`s: one hardware-triggered camera sequence each."""
+        from pymmcore_plus.core._sequencing import SequencedEvent
+
+        limit = self.sequence_limit()
+        batches: list[list[useq.MDAEvent]] = []
+        for event in events:
+            pattern = _pattern_of(event, self.led_device)
+            if pattern is None or ";" in pattern or not pattern:
+                raise ConfigError(
+                    f"frame {event.metadata.get('uafp_frame', '?')}: hardware-triggered sequences light exactly one "
+                    f"LED per frame (got {pattern!r}); use software-timed acquisition for patterns"
+                )
+            last = batches[-1] if batches else None
+            if last is not None and len(last) < limit and last[0].exposure == event.exposure:
+                last.append(event)
+            else:
+                batches.append([event])
+        out = []
+        for batch in batches:
+            patterns = [_pattern_of(e, self.led_device) for e in batch]
+            out.append(
+                SequencedEvent(
+                    events=tuple(batch),
+                    exposure=batch[0].exposure,
+                    property_sequences={(self.led_device, PATTERN_PROPERTY): patterns},
+                    metadata={"uafp_frames": [e.metadata.get("uafp_frame") for e in batch]},
+                )
+            )
+        return out
+
+    def _setup_sequenced(self, event: Any) -> None:
+        frames = event.metadata.get("uafp_frames") or []
+        where = f"frames {frames[0]}-{frames[-1]}" if frames else "sequence"
+        self._array()
+        for device, prop, value in event.properties or ():
+            self.mmcore.setProperty(device, prop, value)
+        if event.exposure is not None and event.exposure != self._exposure_ms:
+            try:
+                self.mmcore.setExposure(float(event.exposure))
+            except Exception as error:
+                raise DeviceError(f"{where}: the camera refused exposure {event.exposure} ms: {error}") from error
+            self._exposure_ms = float(event.exposure)
+        for (device, prop), values in event.property_sequences.items():
+            steps = [value for value in values for _ in range(self.frames_to_average)]
+            try:
+                self.mmcore.loadPropertySequence(device, prop, steps)
+            except UafpError as error:
+                raise LedArrayFailure(f"{where}: loading the LED sequence failed: {error}") from error
+            except Exception as error:
+                raise LedArrayFailure(
+                    f"{where}: loading the {device}.{prop} sequence failed ({type(error).__name__}: {error})"
+                ) from error
+
+    def _start_hardware_sequence(self, event: Any, n_frames: int) -> None:
+        core = self.mmcore
+        if core.isSequenceRunning():
+            core.stopSequenceAcquisition()
+
+        def arm() -> None:
+            try:
+                for device, prop in event.property_sequences:
+                    core.startPropertySequence(device, prop)
+            except Exception as error:
+                raise LedArrayFailure(f"arming the LED sequence failed: {error}") from error
+            self._armed_array = self._array()
+
+        def start_camera() -> None:
+            try:
+                core.startSequenceAcquisition(n_frames, 0, True)
+            except Exception as error:
+                raise DeviceError(
+                    f"camera {core.getCameraDevice()!r} refused a sequence acquisition of {n_frames} frames: {error}"
+                ) from error
+            self._sequence_running = True
+
+        # closed loop: the camera waits for the array's trigger pulse, so it must listen before
+        # `tseq` sends the first; strobe: a free-running camera must not expose before step 0 is lit.
+        first, second = (start_camera, arm) if self.trigger_wiring == "closed_loop" else (arm, start_camera)
+        first()
+        second()
+
+    def _stop_hardware_sequence(self, quiet: bool = False) -> None:
+        """Stop the camera sequence and disarm the array (both safe to repeat)."""
+        if self._sequence_running:
+            self._sequence_running = False
+            from uafp_gui.devices.sim_microscope import simulated_camera
+
+            camera = simulated_camera(self.mmcore)
+            if camera is not None:
+                camera.abort_sequence()  # a real camera's abort ends its wait for a trigger too
+            try:
+                if self.mmcore.isSequenceRunning():
+                    self.mmcore.stopSequenceAcquisition()
+            except Exception as error:
+                if not quiet:
+                    raise DeviceError(f"stopping the camera sequence failed: {error}") from error
+        if self._armed_array is not None:
+            array, self._armed_array = self._armed_array, None
+            try:
+                array.stop_sequence()
+            except UafpError:
+                if not quiet:
+                    raise
+
+    def _exec_sequenced(self, event: Any) -> Iterator[tuple[np.ndarray, useq.MDAEvent, dict]]:
+        core = self.mmcore
+        events = event.events
+        per_led = max(1, self.frames_to_average)
+        n_frames = len(events) * per_led
+        frames = [e.metadata.get("uafp_frame", "?") for e in events]
+        exposure_s = (self._exposure_ms or float(core.getExposure())) / 1000.0
+        self._start_hardware_sequence(event, n_frames)
+        popped = 0
+        total = None
+        try:
+            deadline = time.perf_counter() + exposure_s + self.camera_timeout_s
+            while popped < n_frames:
+                if core.getRemainingImageCount():
+                    image = core.popNextImage()
+                    popped += 1
+                    deadline = time.perf_counter() + exposure_s + self.camera_timeout_s
+                    if per_led > 1:
+                        total = image.astype(np.float64) if total is None else total + image
+                        if popped % per_led:
+                            continue
+                        image = (total / per_led).astype(np.float32)
+                        total = None
+                    sub = events[popped // per_led - 1]
+                    yield image, sub, {"exposure_ms": self._exposure_ms, "uafp_frame": sub.metadata.get("uafp_frame")}
+                elif not core.isSequenceRunning() and not core.getRemainingImageCount():
+                    break  # the camera ended the sequence early
+                elif time.perf_counter() > deadline:
+                    break
+                else:
+                    time.sleep(0.0002)  # polling the camera's buffer, as pymmcore-plus's engine does
+            self._finish_hardware_sequence(frames, per_led, popped, n_frames, exposure_s)
+        finally:
+            self._stop_hardware_sequence(quiet=True)
+
+    def _finish_hardware_sequence(
+        self, frames: list[Any], per_led: int, popped: int, n_frames: int, exposure_s: float
+    ) -> None:
+        array = self._array()
+        camera_running = self.mmcore.isSequenceRunning()
+        self._stop_hardware_sequence()
+        try:
+            position = array.sequence_position()
+        except UafpError as error:
+            raise LedArrayFailure(f"the LED array did not report its sequence position: {error}") from error
+        first, last = frames[0], frames[-1]
+        done = popped // per_led
+        if popped < n_frames:
+            how = (
+                f"nothing within {exposure_s + self.camera_timeout_s:.1f} s"
+                if camera_running
+                else "then the camera ended its sequence acquisition"
+            )
+            cause = (
+                "the camera's exposure-end output did not reach the array's trigger input (D2) after the last "
+                "frame, so the array never pulsed the camera for the next one"
+                if position == popped and self.trigger_wiring == "closed_loop"
+                else "check the camera's trigger mode and the trigger cables (hardware/README.md)"
+            )
+            raise CameraTimeoutError(
+                f"hardware-triggered frames {first}-{last}: the camera delivered {popped} of {n_frames} frames, {how}; "
+                f"the LED array is at step {position} of {n_frames}: {cause}"
+            )
+        if position != n_frames:
+            # the array steps once per exposure end; fewer steps means a lost edge, more an extra
+            # one. Step 0 is lit before the first exposure, so that frame is right either way.
+            suspect = f"{frames[min(1, len(frames) - 1)]}-{last}" if len(frames) > 1 else f"{first}"
+            kind = "missed" if position < n_frames else "got extra"
+            raise TriggerMismatchError(
+                f"hardware-triggered frames {first}-{last}: the LED array {kind} {abs(n_frames - position)} trigger "
+                f"edge(s) (it is at step {position}, the camera took {n_frames} frames), so frames {suspect} may show "
+                f"another LED than their metadata says ({done} frames of this sequence are saved as acquired). Check "
+                "the camera's exposure-end output and the cable to the array's trigger input (D2), or acquire "
+                "software-timed"
+            )
 
     # ---- helpers --------------------------------------------------------------------------
     def snap(self, event: useq.MDAEvent | None = None) -> np.ndarray:
@@ -438,7 +704,10 @@ class Acquisition:
 
     `resume=True` continues an interrupted file: the plan and metadata stored in it win and
     only the missing frames are acquired. `cancel()`, `pause()`, `resume()` may be called
-    from any thread; they act at the next frame boundary.
+    from any thread; they act at the next frame boundary (pause: the next sequence boundary
+    when hardware-triggered). `trigger_wiring` ("closed_loop" or "strobe", hardware/README.md)
+    says how the camera and the LED array's trigger pins are connected for hardware-triggered
+    plans.
     """
 
     def __init__(
@@ -457,7 +726,11 @@ class Acquisition:
         notes: str = "",
         extra_meta: dict[str, Any] | None = None,
         writer_factory: Callable[..., DatasetWriter] = _default_writer_factory,
+        trigger_wiring: str = "closed_loop",
     ) -> None:
+        if trigger_wiring not in TRIGGER_WIRINGS:
+            raise ConfigError(f"trigger_wiring must be one of {TRIGGER_WIRINGS} (got {trigger_wiring!r})")
+        self.trigger_wiring = trigger_wiring
         self.core = core
         self.led_array = led_array
         self.plan = plan
@@ -562,6 +835,16 @@ class Acquisition:
         engine.set_leds([], self.led_device)
         return exposures
 
+    def _configure_triggering(self, engine: FpEngine, plan: AcquisitionPlan) -> None:
+        """Hardware-triggered plans: check the LED array can run sequences before anything moves."""
+        engine.hardware_triggered = plan.hardware_triggered
+        engine.trigger_wiring = self.trigger_wiring
+        engine.led_array = self.led_array
+        engine.led_device = self.led_device
+        if plan.hardware_triggered:
+            engine.frames_to_average = plan.frames_to_average
+            engine.sequence_limit()  # raises ConfigError without a sequence-capable array
+
     def _warm_up_camera(self, leds: list[tuple[int, int]]) -> None:
         from uafp_gui.devices.sim_microscope import simulated_camera
 
@@ -593,6 +876,8 @@ class Acquisition:
                 if self.plan is not None and self.plan.roi is not None and self.microscope is not None:
                     self._apply_roi(self.plan, self.microscope)
                 engine.frames_to_average = self.plan.frames_to_average if self.plan else 1
+                if self.plan is not None:
+                    self._configure_triggering(engine, self.plan)
                 writer = self._writer_factory(self.out_path, None, True, False)
                 self._warm_up_camera([led for spec in writer.meta.frames[writer.frames_present :] for led in spec.leds])
                 return writer, writer.meta
@@ -605,13 +890,7 @@ class Acquisition:
                 f"description says {microscope.led_array_shape[0]}x{microscope.led_array_shape[1]}"
             )
         plan.led_sequence(microscope)  # validates before touching hardware
-        if plan.hardware_triggered:
-            from uafp_gui.errors import ConfigError
-
-            raise ConfigError(
-                "hardware-triggered acquisition is not implemented yet: the LED device's Pattern property is "
-                "sequenceable (firmware ssl/ssv/tseq), but camera trigger set-up is not; use software-timed frames"
-            )
+        self._configure_triggering(engine, plan)
         if self.out_path.exists() and not self.overwrite and not self.resume_existing:
             raise DatasetError(
                 f"{self.out_path} already exists: choose another --out, pass --overwrite, or --resume to "
@@ -624,6 +903,8 @@ class Acquisition:
         if offset is None:
             offset = camera_offset(self.core) or 0.0
         extra = dict(self.extra_meta)
+        if plan.hardware_triggered:
+            extra["hardware_trigger"] = {"wiring": self.trigger_wiring, "sequence_max_frames": engine.sequence_limit()}
         engine.setup_sequence(None)
         if plan.dark_frame:
             dark = self._dark_frame(engine, plan)
@@ -683,41 +964,54 @@ class Acquisition:
             publisher = _Publisher(self._subscribers)
             frame_shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
             yield AcquisitionStarted(total, first, self.out_path, meta, frame_shape)
-            events = frame_events(meta.frames, start=first, led_device=self.led_device)
+            events = list(
+                engine.event_iterator(frame_events(meta.frames, start=first, led_device=self.led_device))
+            )
             engine.setup_sequence(None)
             t0 = time.perf_counter()
             exposure_total_ms = 0.0
             reason = "completed"
-            for done, event in enumerate(events):
-                index = first + done
+            done = 0  # frames acquired in this session
+            for event in events:
                 if not self._control.running.is_set() and not self.cancelled:
                     self.state = "paused"
-                    yield AcquisitionPaused(index, total)
+                    yield AcquisitionPaused(first + done, total)
                     self._control.running.wait()
                     self.state = "acquiring"
                 if self.cancelled:
                     reason = "cancelled"
                     break
                 engine.setup_event(event)
-                for image, _, _ in engine.exec_event(event):
-                    image.flags.writeable = False
-                    writer_thread.put(index, image)
-                    spec = meta.frames[index]
-                    publisher.put(FrameMessage(index, image, spec, meta))
-                    exposure_total_ms += spec.exposure_ms * engine.frames_to_average
-                    elapsed = time.perf_counter() - t0
-                    remaining = total - index - 1
-                    yield FrameAcquired(
-                        index=index,
-                        total=total,
-                        elapsed_s=elapsed,
-                        eta_s=elapsed / (done + 1) * remaining,
-                        frame=image,
-                        spec=spec,
-                        frames_written=writer_thread.frames_written,
-                    )
+                frames = engine.exec_event(event)
+                try:
+                    for image, frame_event, _ in frames:
+                        index = frame_event.metadata.get("uafp_frame", first + done)
+                        image.flags.writeable = False
+                        writer_thread.put(index, image)
+                        spec = meta.frames[index]
+                        publisher.put(FrameMessage(index, image, spec, meta))
+                        exposure_total_ms += spec.exposure_ms * engine.frames_to_average
+                        done += 1
+                        elapsed = time.perf_counter() - t0
+                        remaining = total - index - 1
+                        yield FrameAcquired(
+                            index=index,
+                            total=total,
+                            elapsed_s=elapsed,
+                            eta_s=elapsed / done * remaining,
+                            frame=image,
+                            spec=spec,
+                            frames_written=writer_thread.frames_written,
+                        )
+                        if frame_event is not event and self.cancelled:
+                            break  # inside a hardware sequence: stop it now, not at its end
+                finally:
+                    frames.close()  # stops a hardware sequence left early
+                if self.cancelled and done < total - first:
+                    reason = "cancelled"
+                    break
             acquired_s = time.perf_counter() - t0
-            n_new = len(events) if reason == "completed" else max(0, done)
+            n_new = done
             engine.teardown_sequence(None)
             self._lights_off(engine)
             writer_thread.close()

@@ -31,6 +31,7 @@ from uafp_gui.devices.led_array import (
     LedArrayDisconnected,
     LedArrayError,
     LedArrayNotFound,
+    LedArraySequenceError,
     LedArrayTimeout,
     Orientation,
     RowCol,
@@ -452,12 +453,25 @@ class IlluminateLedArray(LedArray):
         """Pulse the trigger output after every pattern update."""
         self._connection.command(f"tra.{int(enabled)}")
 
+    supports_sequences = True
+
     def load_sequence(self, leds: Sequence[RowCol]) -> None:
-        """Load single-LED steps (image axes) for hardware-triggered stepping."""
-        checked = self._validate(leds)
+        """Load single-LED steps (image axes) for hardware-triggered stepping (`ssl`, `ssv`).
+
+        Loading disarms a running sequence. Steps may repeat an LED (e.g. to average frames).
+        """
+        try:
+            checked = self._validate(leds)
+        except LedArraySequenceError:
+            raise
+        except LedArrayError as error:
+            raise LedArraySequenceError(f"cannot load the LED sequence: {error}") from error
         limit = self.properties.sequence_max or 256
         if not 0 < len(checked) <= limit:
-            raise LedArrayError(f"a sequence holds 1 to {limit} LEDs, got {len(checked)}")
+            raise LedArraySequenceError(
+                f"the LED array on {self.port} holds sequences of 1 to {limit} steps (sequence_max in "
+                f"pprops), got {len(checked)}: split the acquisition into shorter sequences"
+            )
         self._connection.command(f"ssl.{len(checked)}")
         indices = [str(self._index(self.image_to_array(led))) for led in checked]
         for start in range(0, len(indices), 20):
@@ -465,7 +479,10 @@ class IlluminateLedArray(LedArray):
         self._sequence = checked
 
     def arm_sequence(self) -> None:
-        """Light step 0; each rising edge on the trigger input then advances one step."""
+        """Light step 0 and pulse the trigger output (`tseq`); each rising edge on the trigger
+        input then lights the next step and pulses the output once it is latched."""
+        if not self._sequence:
+            raise LedArraySequenceError(f"no LED sequence loaded on {self.port}: call load_sequence() first")
         self._connection.command("tseq")
         self._lit = frozenset(self._sequence[:1])
 
@@ -475,14 +492,24 @@ class IlluminateLedArray(LedArray):
         self._lit = self.read_lit()
 
     def stop_sequence(self) -> None:
+        """Disarm and switch off (`xseq`); the position stays readable."""
         self._connection.command("xseq")
         self._lit = frozenset()
 
     def sequence_status(self) -> tuple[int, int, bool]:
         """(position, length, armed)."""
         text = self._first_line(self._connection.command("qseq"), "qseq")
-        _, position, length, armed = text.split(".")
-        return int(position), int(length), armed == "1"
+        try:
+            _, position, length, armed = text.split(".")
+            return int(position), int(length), armed == "1"
+        except ValueError:
+            raise LedArraySequenceError(
+                f"unexpected reply {text!r} to 'qseq' from {self.port}: is this uafp-led firmware?"
+            ) from None
+
+    def sequence_position(self) -> int:
+        """Steps taken since `arm_sequence`: the loaded length once every step was triggered."""
+        return self.sequence_status()[0]
 
     def close(self) -> None:
         try:
@@ -549,6 +576,15 @@ class SimulatedLedArray(IlluminateLedArray):
     def recover(self) -> None:
         """Undo `fail_after`/`disconnect`."""
         self.loopback.plug_in()
+
+    # ---- the trigger pins, for a simulated camera wired to them ------------------------------
+    def trigger_in(self) -> None:
+        """A rising edge on the trigger input (D2), as a camera's exposure-end output makes."""
+        self.model.trigger_in()
+
+    def trigger_out_count(self) -> int:
+        """Pulses sent on the trigger output (D5) so far (a camera's external trigger input)."""
+        return self.model.trigger_out_pulses
 
 
 def _candidate_ports() -> list[str]:

@@ -63,6 +63,9 @@ class IlluminateFirmwareModel:
         self._binary = False
         self.trigger_out_pulses = 0
         self.frames_shown = 0
+        # The serial port and the trigger input reach the board from different threads (a
+        # camera's exposure-end output steps a sequence while the host sends commands).
+        self._lock = threading.RLock()
         self.reset_state()
 
     # ---- state -------------------------------------------------------------------------
@@ -109,6 +112,10 @@ class IlluminateFirmwareModel:
 
     # ---- bytes in, bytes out -------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
+        with self._lock:
+            return self._feed(data)
+
+    def _feed(self, data: bytes) -> bytes:
         out: list[str] = []
         for byte in data:
             if byte == 0x0D:
@@ -133,9 +140,10 @@ class IlluminateFirmwareModel:
         return "".join(line + "\n" for line in out).encode("ascii")
 
     def trigger_in(self) -> None:
-        """A rising edge on the trigger input (D2)."""
-        if self.sequence_armed:
-            self._step_sequence()
+        """A rising edge on the trigger input (D2): steps an armed sequence, else ignored."""
+        with self._lock:
+            if self.sequence_armed:
+                self._step_sequence()
 
     def _step_sequence(self) -> None:
         self.sequence_position += 1

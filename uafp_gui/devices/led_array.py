@@ -29,6 +29,7 @@ __all__ = [
     "LedArrayDisconnected",
     "LedArrayError",
     "LedArrayNotFound",
+    "LedArraySequenceError",
     "LedArrayTimeout",
     "Orientation",
     "SimulatedLedArray",
@@ -53,6 +54,10 @@ class LedArrayCommandError(LedArrayError):
 
 class LedArrayNotFound(LedArrayError):
     """No serial port answered `about` like an LED array."""
+
+
+class LedArraySequenceError(LedArrayError):
+    """A hardware-triggered LED sequence cannot be loaded, armed or is not where it should be."""
 
 
 RowCol = tuple[int, int]
@@ -181,6 +186,37 @@ class LedArray(ABC):
         if any(not isinstance(v, int) or not 0 <= v <= 255 for v in (r, g, b)):
             raise LedArrayError(f"colour channels must be integers 0-255, got {(r, g, b)!r}")
         self._send_color((r, g, b))
+
+    # ---- hardware-triggered sequences (optional) ---------------------------------------------
+    # An array that can step through a loaded list of LEDs on each rising edge of its trigger
+    # input overrides these; the defaults say it cannot.
+    supports_sequences = False
+
+    def load_sequence(self, leds: Sequence[RowCol]) -> None:
+        """Load single-LED steps (image axes) for hardware-triggered stepping."""
+        raise LedArraySequenceError(self._no_sequences())
+
+    def arm_sequence(self) -> None:
+        """Light step 0; each trigger-input edge then advances one step (dark after the last)."""
+        raise LedArraySequenceError(self._no_sequences())
+
+    def start_sequence(self) -> None:
+        """Same as `arm_sequence` (the name Micro-Manager's sequence API uses)."""
+        self.arm_sequence()
+
+    def stop_sequence(self) -> None:
+        """Disarm the sequence and switch the LEDs off."""
+        raise LedArraySequenceError(self._no_sequences())
+
+    def sequence_position(self) -> int:
+        """Steps taken since arming: 0 while step 0 is lit, the sequence length once past the end."""
+        raise LedArraySequenceError(self._no_sequences())
+
+    def _no_sequences(self) -> str:
+        return (
+            f"{type(self).__name__} has no hardware-triggered sequence mode: use software-timed "
+            "acquisition, or an array running the uafp-led/illuminate firmware"
+        )
 
     @abstractmethod
     def _send_light(self, array_leds: list[RowCol]) -> None: ...

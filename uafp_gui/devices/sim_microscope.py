@@ -14,13 +14,20 @@ can be part of a useq `MDAEvent.properties`.
 
 `open_simulated_microscope()` builds a `UniMMCore` holding both: the default microscope when
 no hardware is found.
+
+Trigger wiring (hardware-triggered acquisition, hardware/README.md): the camera's exposure-end
+output ("strobe") is wired to the LED array's trigger input, so every frame the camera takes
+sends one rising edge there, exactly as a real camera's output would (an array that is not
+running a sequence ignores it). With `TriggerMode` = `External` the camera's sequence
+acquisitions wait for a pulse on its trigger input, wired to the array's trigger output, before
+each exposure (the closed loop); `Internal` free-runs. `snapImage()` is always software-timed.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CAMERA_LABEL",
+    "TRIGGER_MODES",
     "LED_DEVICE_LABEL",
     "CameraTimeout",
     "FpRenderer",
@@ -49,6 +57,7 @@ __all__ = [
 CAMERA_LABEL = "Camera"
 LED_DEVICE_LABEL = "LEDArray"
 PATTERN_PROPERTY = "Pattern"
+TRIGGER_MODES = ("Internal", "External")
 
 RowCol = tuple[int, int]
 
@@ -144,9 +153,9 @@ class LedArrayDevice(GenericDevice):
 
     @Pattern.sequence_stopper
     def stop_pattern_sequence(self) -> None:
-        stop = getattr(self._array(), "stop_sequence", None)
-        if stop is not None:
-            stop()
+        array = self._array()
+        if getattr(array, "supports_sequences", False):
+            array.stop_sequence()
 
     @pymm_property(is_read_only=True)
     def Rows(self) -> int:  # noqa: N802
@@ -311,7 +320,10 @@ class SimulatedFpCamera(SimpleCameraDevice):
     `leds` is where the camera learns which LEDs are lit: a `LedArray` (its physical state)
     or a callable returning (row, col) pairs; `attach_led_array` sets it after a config load.
     `realtime=True` makes a snap last the exposure time, like a real camera.
-    Failure injection: `inject_timeout(after_frames, hang=False)`.
+    `wire_triggers(strobe_out, trigger_in_count)` connects the camera's exposure-end output and
+    its external trigger input (see the module docstring); `attach_led_array` wires a simulated
+    array's pins.
+    Failure injection: `inject_timeout(after_frames, hang=False)`, `inject_missed_strobe(after_frames)`.
     """
 
     def __init__(
@@ -333,6 +345,92 @@ class SimulatedFpCamera(SimpleCameraDevice):
         self._timeout_after: int | None = None
         self._hang = False
         self.frames_snapped = 0
+        self._trigger_mode = "Internal"
+        self.strobe_out: Callable[[], Any] | None = None
+        self.trigger_in_count: Callable[[], int] | None = None
+        self.external_trigger_timeout_s = 10.0
+        self._skip_strobe_at: int | None = None
+        self._abort = threading.Event()
+        self.strobes_sent = 0
+
+    # ---- trigger wiring ---------------------------------------------------------------------
+    def wire_triggers(
+        self, strobe_out: Callable[[], Any] | None, trigger_in_count: Callable[[], int] | None = None
+    ) -> None:
+        """`strobe_out()` is called at the end of every exposure (a rising edge on whatever the
+        camera's output is wired to); `trigger_in_count()` counts the pulses received so far on the
+        camera's trigger input (used with TriggerMode External)."""
+        self.strobe_out = strobe_out
+        self.trigger_in_count = trigger_in_count
+
+    @pymm_property(allowed_values=list(TRIGGER_MODES))
+    def TriggerMode(self) -> str:  # noqa: N802 - Micro-Manager property names are CamelCase
+        """Internal: free-running sequences; External: each sequence frame waits for a trigger pulse."""
+        return self._trigger_mode
+
+    @TriggerMode.setter
+    def TriggerMode(self, value: str) -> None:  # noqa: N802
+        if value not in TRIGGER_MODES:
+            raise ValueError(f"TriggerMode must be one of {TRIGGER_MODES}, got {value!r}")
+        self._trigger_mode = str(value)
+
+    def abort_sequence(self) -> None:
+        """End a sequence that waits for an external trigger (as a camera's acquisition abort does)."""
+        self._abort.set()
+
+    def inject_missed_strobe(self, after_frames: int | None) -> None:
+        """Deliver `after_frames` more frames with their exposure-end pulse, then take the next
+        frame without sending one (a loose trigger cable, a glitch): the LED array misses a step."""
+        self._skip_strobe_at = None if after_frames is None else self.frames_snapped + int(after_frames)
+
+    def _strobe(self) -> None:
+        if self.strobe_out is None:
+            return
+        if self._skip_strobe_at is not None and self.frames_snapped - 1 == self._skip_strobe_at:
+            self._skip_strobe_at = None
+            return
+        self.strobes_sent += 1
+        self.strobe_out()
+
+    def _wait_for_trigger(self, seen: int) -> int | None:
+        """Block until the trigger input has counted more than `seen` pulses; the new count, or
+        None when aborted or after `external_trigger_timeout_s` (the sequence then ends)."""
+        if self.trigger_in_count is None:
+            raise DeviceError("TriggerMode External, but nothing is wired to the camera's trigger input")
+        deadline = time.perf_counter() + self.external_trigger_timeout_s
+        while True:
+            count = self.trigger_in_count()
+            if count > seen:
+                return seen + 1  # one exposure per pulse, however late the camera is
+            if self._abort.is_set() or time.perf_counter() > deadline:
+                return None
+            self._abort.wait(0.0002)
+
+    def start_sequence(self, n: int | None, get_buffer: Callable[..., np.ndarray]) -> Iterator[Mapping]:
+        # n == 1 is snapImage(): software-timed whatever the trigger mode.
+        self._abort.clear()
+        if n == 1 or self._trigger_mode != "External":
+            yield from super().start_sequence(n, get_buffer)
+            return
+        seen = self.trigger_in_count() if self.trigger_in_count is not None else 0  # earlier pulses are stale
+        roi = self._roi
+        sensor, dtype = self.sensor_shape(), self.dtype()
+        full = None if roi is None else np.empty(sensor, dtype=dtype)
+        count = 0
+        while n is None or count < n:
+            waited = self._wait_for_trigger(seen)
+            if waited is None:
+                return  # no trigger came: the acquisition ends short, the core sees it stopped
+            seen = waited
+            if roi is None:
+                meta = self.snap(get_buffer(sensor, dtype))
+            else:
+                x, y, w, h = roi
+                out = get_buffer(self.shape(), dtype)
+                meta = self.snap(full)
+                out[:] = full[y : y + h, x : x + w]
+            yield meta
+            count += 1
 
     # ---- failure injection -----------------------------------------------------------------
     def inject_timeout(self, after_frames: int | None, hang: bool = False) -> None:
@@ -407,6 +505,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
             remaining = start + exposure / 1000.0 - time.perf_counter()
             if remaining > 0:
                 time.sleep(remaining)  # the exposure itself, not a wait for an acknowledgement
+        self._strobe()  # exposure over: the camera's output pulses (steps an armed LED sequence)
         return {"uafp-simulated-leds": format_pattern(leds), "Exposure-ms": str(exposure)}
 
 
@@ -432,8 +531,29 @@ def attach_led_array(core: UniMMCore, led_array: LedArray, label: str = LED_DEVI
     for name in core.getLoadedDevices():
         if core.isPyDevice(name):
             device = core._pydevices[name]  # noqa: SLF001
-            if isinstance(device, SimulatedFpCamera) and device.leds is None:
-                device.leds = led_array
+            if isinstance(device, SimulatedFpCamera):
+                if device.leds is None:
+                    device.leds = led_array
+                if device.leds is led_array and device.strobe_out is None:
+                    wire_simulated_triggers(device, led_array)
+
+
+def wire_simulated_triggers(camera: SimulatedFpCamera, led_array: LedArray) -> None:
+    """Wire a simulated camera's exposure-end output to a simulated LED array's trigger input
+    and the array's trigger output to the camera's trigger input (no-op for a real array)."""
+    trigger_in = getattr(led_array, "trigger_in", None)
+    trigger_out_count = getattr(led_array, "trigger_out_count", None)
+    if callable(trigger_in) and callable(trigger_out_count):
+        camera.wire_triggers(trigger_in, trigger_out_count)
+
+
+def led_array_of(core: Any, label: str = LED_DEVICE_LABEL) -> LedArray | None:
+    """The `LedArray` behind the core's LED device `label`, when it is a `LedArrayDevice`."""
+    if isinstance(core, UniMMCore) and label in core.getLoadedDevices() and core.isPyDevice(label):
+        device = core._pydevices[label]  # noqa: SLF001 - the core offers no public accessor
+        if isinstance(device, LedArrayDevice):
+            return device.led_array
+    return None
 
 
 def open_simulated_microscope(
@@ -464,6 +584,7 @@ def open_simulated_microscope(
 
     core = new_core()
     camera = SimulatedFpCamera(settings, led_array, realtime=realtime, device=device)
+    wire_simulated_triggers(camera, led_array)
     core.loadPyDevice(CAMERA_LABEL, camera)
     core.initializeDevice(CAMERA_LABEL)
     core.setCameraDevice(CAMERA_LABEL)
