@@ -2,7 +2,8 @@
 
 Drives the main window through the same slots its buttons call (simulated microscope, real-time
 camera), and prints:
-- UI event-loop stall (max, p99): a 5 ms timer's lateness while acquisition + reconstruction run;
+- UI event-loop stall (max, p99): a 5 ms timer's lateness while acquisition + reconstruction run,
+  for the whole run, while frames arrive, and for the reconstruction's last iterations alone;
 - frame -> display lag: from a frame's arrival (publisher thread) to the first *drawn*
   reconstruction update that used it (median, max).
 

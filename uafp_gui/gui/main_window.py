@@ -631,7 +631,7 @@ class MainWindow(QMainWindow):
         panel.reset_progress(len(dataset.frames))
         for index, thumbnail in enumerate(thumbnails):
             panel.queue_thumbnail(index, thumbnail, meta.frames[index].leds)
-        panel.add_queued_thumbnails()
+        panel.add_queued_thumbnails(MAX_THUMBNAILS)  # made on the io thread: adding them is cheap
         panel.progress.setValue(len(dataset.frames))
         self.live_view.show_preview(preview, f"{path.name}, frame 0")
         self._add_recent(path)
