@@ -82,7 +82,15 @@ def register(subparsers) -> None:
                       help="take a dark frame first (sets camera_offset; saved as OUT_dark.tif)")
     plan.add_argument("--average", type=int, default=None, help="frames averaged per LED (stored as float32)")
     plan.add_argument("--roi", type=int, nargs=4, default=None, metavar=("X", "Y", "W", "H"), help="camera ROI")
-    plan.add_argument("--hardware-triggered", action="store_true", default=None, help=argparse.SUPPRESS)
+    plan.add_argument("--hardware-triggered", action="store_true", default=None,
+                      help="fast mode: load the LED list into the array's firmware sequence and let each exposure "
+                      "step it (no serial command per frame). Needs the camera's exposure-end/strobe output wired "
+                      "to the Arduino's trigger input D2 (and, for --trigger-wiring closed_loop, the Arduino's "
+                      "trigger output D5 to the camera's trigger input, camera in external-trigger mode in your "
+                      "Micro-Manager config); see hardware/README.md")
+    plan.add_argument("--trigger-wiring", choices=["closed_loop", "strobe"], default=None,
+                      help="--hardware-triggered: closed_loop (default; D5 -> camera trigger in, camera strobe -> D2) "
+                      "or strobe (free-running camera, strobe -> D2 only)")
 
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--resume", action="store_true", help="acquire only the frames missing from --out")
@@ -183,6 +191,14 @@ def build_microscope(args: argparse.Namespace, led_array, simulation):
     return MicroscopeDescription(**values)
 
 
+def triggering(args: argparse.Namespace, stored_meta) -> tuple[bool, str]:
+    """(hardware-triggered?, trigger wiring): the flags, or what a resumed dataset recorded."""
+    stored = stored_meta.extra if stored_meta is not None else {}
+    hardware = bool(args.hardware_triggered or stored.get("acquisition_plan", {}).get("hardware_triggered"))
+    wiring = args.trigger_wiring or stored.get("hardware_trigger", {}).get("wiring") or "closed_loop"
+    return hardware, wiring
+
+
 def open_led_array(args: argparse.Namespace, shape=None, pitch_mm=None):
     from uafp_gui.devices.illuminate import IlluminateLedArray
     from uafp_gui.devices.led_array import Orientation
@@ -229,6 +245,13 @@ def run(args: argparse.Namespace) -> int:
     core, led_array = open_core(
         args.mm_config, led_array, simulation=simulation, realtime=not args.sim_no_wait, mm_path=args.mm_path
     )
+    hardware_triggered, trigger_wiring = triggering(args, stored_meta)
+    if hardware_triggered and trigger_wiring == "closed_loop":
+        from uafp_gui.devices.sim_microscope import simulated_camera
+
+        camera = simulated_camera(core)
+        if camera is not None and camera.trigger_in_count is not None:  # what a real config sets
+            core.setProperty(core.getCameraDevice(), "TriggerMode", "External")
 
     plan = microscope = None
     if stored_meta is None:
@@ -249,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
         camera_timeout_s=args.camera_timeout_s,
         notes="acquired by uafp acquire" + (" (simulated microscope)" if simulate else ""),
         extra_meta=extra,
+        trigger_wiring=trigger_wiring,
     )
     live = None
     if args.reconstruct:
