@@ -519,12 +519,20 @@ class FpEngine:
                 if camera_running
                 else "then the camera ended its sequence acquisition"
             )
-            cause = (
-                "the camera's exposure-end output did not reach the array's trigger input (D2) after the last "
-                "frame, so the array never pulsed the camera for the next one"
-                if position == popped and self.trigger_wiring == "closed_loop"
-                else "check the camera's trigger mode and the trigger cables (hardware/README.md)"
-            )
+            if popped and position == popped - 1:
+                cause = (
+                    f"the camera's exposure-end output did not reach the array's trigger input (D2) after frame "
+                    f"{frames[(popped - 1) // per_led]}, so the array did not step"
+                    + (" nor pulse the camera for the next frame" if self.trigger_wiring == "closed_loop" else "")
+                    + "; the frames saved were taken with the right LEDs"
+                )
+            elif position == popped and self.trigger_wiring == "closed_loop":
+                cause = (
+                    "the array stepped and pulsed its trigger output (D5), but the camera took no frame: is the "
+                    "camera in external-trigger mode and D5 wired to its trigger input?"
+                )
+            else:
+                cause = "check the camera's trigger mode and the trigger cables (hardware/README.md)"
             raise CameraTimeoutError(
                 f"hardware-triggered frames {first}-{last}: the camera delivered {popped} of {n_frames} frames, {how}; "
                 f"the LED array is at step {position} of {n_frames}: {cause}"
