@@ -3,9 +3,11 @@
 Prints the per-frame overhead beyond the exposure (target < 5 ms): the time between
 consecutive frames minus the exposure, which covers the LED command through the core and the
 serial driver, the snap hand-off, the frame hand-off to the writer and subscribers and the
-runner's own bookkeeping. With `--reconstruct` (default on when the UA-FP engine is present)
-it then runs the same acquisition with UA-FP reconstructing live and prints how far the
-reconstruction trailed the newest frame.
+runner's own bookkeeping. The same run hardware-triggered (the LED list in the firmware's
+sequence, each camera exposure-end pulse stepping it; closed loop and free-running strobe
+wiring) shows what is left without a serial command per frame. With `--reconstruct` (default
+on when the UA-FP engine is present) it then runs the same acquisition with UA-FP
+reconstructing live and prints how far the reconstruction trailed the newest frame.
 
     python benchmarks/bench_acquisition.py [--leds 15x15] [--exposure-ms 10] [--no-reconstruct]
 """
@@ -20,17 +22,21 @@ from pathlib import Path
 import numpy as np
 
 
-def run_once(leds: str, exposure_ms: float, folder: Path, live_device: str | None):
+def run_once(leds: str, exposure_ms: float, folder: Path, live_device: str | None, wiring: str | None = None):
     from uafp_gui.acquisition.engine import Acquisition, AcquisitionStarted, FrameAcquired
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
     from uafp_gui.devices.sim_microscope import default_simulation_settings, open_simulated_microscope
 
     settings = default_simulation_settings()
     core, led_array = open_simulated_microscope(settings, realtime=True)
-    plan = AcquisitionPlan(**parse_led_set(leds), brightfield_exposure_ms=exposure_ms)
+    if wiring == "closed_loop":
+        core.setProperty("Camera", "TriggerMode", "External")  # fed by the array's trigger output
+    plan = AcquisitionPlan(
+        **parse_led_set(leds), brightfield_exposure_ms=exposure_ms, hardware_triggered=wiring is not None
+    )
     microscope = MicroscopeDescription.from_simulation(settings)
-    out = folder / ("live.tif" if live_device else "run.tif")
-    acquisition = Acquisition(core, led_array, plan, out, microscope)
+    out = folder / ("live.tif" if live_device else f"run-{wiring or 'software'}.tif")
+    acquisition = Acquisition(core, led_array, plan, out, microscope, trigger_wiring=wiring or "closed_loop")
     live = None
     if live_device:
         from uafp_gui.acquisition.live import LiveReconstruction
@@ -71,6 +77,14 @@ def main() -> None:
             f"(run average {finished.per_frame_overhead_ms:.2f} ms; target < 5 ms)"
         )
         print(f"  {finished.frames_written} frames in {finished.elapsed_s:.2f} s including warm-up")
+        for wiring in ("closed_loop", "strobe"):
+            overhead, finished, _ = run_once(args.leds, args.exposure_ms, folder, None, wiring)
+            print(f"hardware-triggered ({wiring}): no serial command per frame")
+            print(
+                f"  per-frame overhead beyond exposure: median {np.median(overhead):.2f} ms, "
+                f"p95 {np.percentile(overhead, 95):.2f} ms, max {overhead.max():.2f} ms "
+                f"(run average {finished.per_frame_overhead_ms:.2f} ms)"
+            )
 
         try:
             import uafp_gui.recon.uafp  # noqa: F401
