@@ -89,10 +89,6 @@ class OpticalSetup:
         """Pupil radius NA / wavelength in cycles/um."""
         return self.objective_na / self.wavelength_um
 
-    def with_frames(self, frame_leds: tuple[LedList, ...]) -> OpticalSetup:
-        from dataclasses import replace
-
-        return replace(self, frame_leds=tuple(frame_leds))
 
 
 def spectrum_of(obj: torch.Tensor) -> torch.Tensor:
