@@ -120,12 +120,14 @@ def test_dark_field_exposures_and_averaging_split_into_sequences(tmp_path):
 
 
 def test_plans_longer_than_the_firmware_sequence_run_as_several(tmp_path):
-    plan = PLAN_5X5.replace(square_size=17)  # 289 frames > 256 steps
+    # 11 frames averaged per LED: 25 LEDs need 275 steps > 256, so two sequences (23 + 2 LEDs)
+    plan = PLAN_5X5.replace(frames_to_average=11)
     finished, leds, _ = acquire(tmp_path / "run.tif", plan, "strobe")
-    assert finished.frames_written == 289
-    assert leds.model.sequence_position == 289 - 256  # the second sequence
+    assert finished.frames_written == 25
+    assert leds.model.sequence_position == 2 * 11  # the second sequence ran to its end
     data = read_dataset(tmp_path / "run.tif")
     assert [f.leds[0] for f in data.meta.frames] == plan.led_sequence(MICROSCOPE)
+    assert data.meta.extra["hardware_trigger"]["sequence_max_frames"] == 23
 
 
 @pytest.mark.parametrize("wiring", WIRINGS)

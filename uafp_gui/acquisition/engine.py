@@ -280,6 +280,9 @@ class FpEngine:
         self._snapper: _SnapWorker | None = None
         self._sequence_running = False
         self._armed_array: LedArray | None = None
+        # how long the array may take to count the last exposure-end edge (one LED frame: 31 ms for
+        # 32x32 WS2812B) before a lower position counts as a missed trigger
+        self.sequence_settle_s = 0.1
 
     # ---- PMDAEngine protocol --------------------------------------------------------------
     def setup_sequence(self, sequence: Any) -> None:
@@ -506,11 +509,21 @@ class FpEngine:
     ) -> None:
         array = self._array()
         camera_running = self.mmcore.isSequenceRunning()
+        armed, self._armed_array = self._armed_array, None  # stop the camera only, for now
         self._stop_hardware_sequence()
+        self._armed_array = armed
         try:
+            # The last exposure-end edge may still be on its way (the frame can be read out before
+            # the firmware has latched the step): poll the position briefly before disarming.
+            deadline = time.perf_counter() + self.sequence_settle_s
             position = array.sequence_position()
+            while position < popped and time.perf_counter() < deadline:
+                time.sleep(0.005)
+                position = array.sequence_position()
         except UafpError as error:
             raise LedArrayFailure(f"the LED array did not report its sequence position: {error}") from error
+        finally:
+            self._stop_hardware_sequence(quiet=True)
         first, last = frames[0], frames[-1]
         done = popped // per_led
         if popped < n_frames:
