@@ -17,6 +17,10 @@ import argparse
 import time
 from dataclasses import replace
 
+# isort: off
+import uafp_gui  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads OpenMP)
+
+# isort: on
 import numpy as np
 import torch
 
