@@ -89,32 +89,11 @@ class Simulation:
 
 
 def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
-    from uafp_gui.io.dataset import DatasetMeta
 
     s = settings
     rng = np.random.default_rng(s.seed)
     leds = spiral_order(square_leds(s.led_grid, s.led_on_axis), s.led_on_axis)
-    frames_meta = [{"leds": [list(led)], "exposure_ms": s.exposure_ms} for led in leds]
-    meta = DatasetMeta.from_dict(
-        {
-            "format": "uafp-dataset",
-            "version": 1,
-            "wavelength_um": s.wavelength_um,
-            "objective_na": s.objective_na,
-            "magnification": s.magnification,
-            "camera_pixel_um": s.camera_pixel_um,
-            "led_pitch_mm": s.led_pitch_mm,
-            "led_height_mm": s.led_height_mm,
-            "led_array_shape": list(s.led_array_shape),
-            "led_on_axis": list(s.led_on_axis),
-            "frames": frames_meta,
-            "camera_offset": s.camera_offset,
-            "bit_depth": s.bit_depth,
-            "sample": "uafp_gui built-in test sample (resolution target and cells)",
-            "notes": "simulated by uafp simulate",
-            "software": f"uafp_gui {__version__}",
-        }
-    )
+    meta = nominal_meta(s, leds)
     model, obj, spectrum = true_microscope_model(s, meta, device)
     setup = model.setup
     brightness = np.clip(1 + s.led_brightness_spread * rng.standard_normal(len(leds)), 0.2, None)
@@ -153,6 +132,34 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
         | {"zernike_rad": {str(k): v for k, v in s.zernike_rad.items()}},
     }
     return Simulation(meta, counts, obj, pupil, calibration, s)
+
+
+def nominal_meta(settings: SimulationSettings, leds: list[tuple[int, int]]):
+    """Dataset metadata of the simulated microscope as its user knows it (nominal, errors hidden):
+    one frame per LED of `leds`, in that order."""
+    from uafp_gui.io.dataset import DatasetMeta
+
+    s = settings
+    return DatasetMeta.from_dict(
+        {
+            "format": "uafp-dataset",
+            "version": 1,
+            "wavelength_um": s.wavelength_um,
+            "objective_na": s.objective_na,
+            "magnification": s.magnification,
+            "camera_pixel_um": s.camera_pixel_um,
+            "led_pitch_mm": s.led_pitch_mm,
+            "led_height_mm": s.led_height_mm,
+            "led_array_shape": list(s.led_array_shape),
+            "led_on_axis": list(s.led_on_axis),
+            "frames": [{"leds": [list(led)], "exposure_ms": s.exposure_ms} for led in leds],
+            "camera_offset": s.camera_offset,
+            "bit_depth": s.bit_depth,
+            "sample": "uafp_gui built-in test sample (resolution target and cells)",
+            "notes": "simulated by uafp simulate",
+            "software": f"uafp_gui {__version__}",
+        }
+    )
 
 
 def true_microscope_model(

@@ -217,23 +217,12 @@ class FpRenderer:
     def _build(self) -> None:
         import torch
 
-        from uafp_gui.io.dataset import DatasetMeta
-        from uafp_gui.simulate import true_microscope_model
+        from uafp_gui.simulate import nominal_meta, true_microscope_model
 
         s = self.settings
         rows, cols = s.led_array_shape
         leds = [(r, c) for r in range(rows) for c in range(cols)]
-        meta = DatasetMeta(
-            wavelength_um=s.wavelength_um,
-            objective_na=s.objective_na,
-            magnification=s.magnification,
-            camera_pixel_um=s.camera_pixel_um,
-            led_pitch_mm=s.led_pitch_mm,
-            led_height_mm=s.led_height_mm,
-            led_array_shape=s.led_array_shape,
-            led_on_axis=s.led_on_axis,
-            frames=tuple({"leds": [list(led)], "exposure_ms": s.exposure_ms} for led in leds),
-        )
+        meta = nominal_meta(s, leds)
         with torch.no_grad():
             self._model, _, self._spectrum = true_microscope_model(s, meta, self.device)
         self._frame_of = {led: k for k, led in enumerate(leds)}
