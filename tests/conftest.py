@@ -45,6 +45,18 @@ def _loopback_only_connect(self, address):
 socket.socket.connect = _loopback_only_connect
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: tiny FFTs run fastest so, and on a busy 2-core runner extra threads only
+    spin. Modules opt in with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -26,13 +26,7 @@ from uafp_gui.cli import build_parser, main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny FFTs run fastest on one thread; on a busy 2-core runner extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def sidecar_dict(frame_count: int = 3, **changes) -> dict:
@@ -86,21 +80,16 @@ def assert_one_error_line(code: int, err: str, command: str, *fragments: str) ->
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
+def simulated(tmp_path_factory, single_thread):
     """A tiny simulated dataset, its truth, and a classic result folder (built through the CLI)."""
     from uafp_gui.simulate import PRESETS, simulate, write_simulation
 
     folder = tmp_path_factory.mktemp("simulated")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        simulation = simulate(replace(PRESETS["ideal"], frame_size=32, led_grid=3))
-        dataset = folder / "small.tif"
-        truth = write_simulation(simulation, dataset)
-        assert main(["reconstruct", str(dataset), "--method", "classic", "--iterations", "2",
-                     "--out", str(folder / "result"), "--no-report", "--device", "cpu"]) == 0  # fmt: skip
-    finally:
-        torch.set_num_threads(previous)
+    simulation = simulate(replace(PRESETS["ideal"], frame_size=32, led_grid=3))
+    dataset = folder / "small.tif"
+    truth = write_simulation(simulation, dataset)
+    assert main(["reconstruct", str(dataset), "--method", "classic", "--iterations", "2",
+                 "--out", str(folder / "result"), "--no-report", "--device", "cpu"]) == 0  # fmt: skip
     return {"dataset": dataset, "truth": truth, "result": folder / "result"}
 
 

@@ -65,13 +65,7 @@ ZERNIKE_FORMULAS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny FFTs run fastest on one thread; on a busy 2-core runner extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -29,13 +29,7 @@ PSNR_FLOOR_DB = 28.0
 PHASE_RMSE_CEILING_RAD = 0.3
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny FFTs run fastest on one thread; on a busy 2-core runner extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

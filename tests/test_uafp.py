@@ -45,16 +45,7 @@ TINY_CASE = replace(PRESETS["misaligned"], frame_size=48, led_grid=5)
 TINY_SETTINGS = UafpSettings(upsample=2, iterations=12, batch_size=8, device="cpu", preview_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny FFTs run fastest on one thread; on a busy 2-core runner extra threads only spin.
-
-    Module scope, so the shared reconstructions (module fixtures) run single-threaded too.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
