@@ -10,7 +10,6 @@ reuses a calibrated microscope for the next dataset.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -22,27 +21,12 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
+from uafp_gui.io.dataset import _number, _positive
 
 CALIBRATION_FORMAT = "uafp-calibration"
 CALIBRATION_VERSION = 1
 RESULT_FILES = ("amplitude.tif", "phase.tif", "pupil.tif", "calibration.json")
 _RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration"}
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DatasetError(f"{name} must be a number (got {value!r} of type {type(value).__name__})")
-    number = float(value)
-    if not math.isfinite(number):
-        raise DatasetError(f"{name} must be finite (got {value!r})")
-    return number
-
-
-def _positive(value: Any, name: str, hint: str) -> float:
-    number = _number(value, name)
-    if number <= 0:
-        raise DatasetError(f"{name} must be > 0 (got {value!r}): {hint}")
-    return number
 
 
 @dataclass(frozen=True)
