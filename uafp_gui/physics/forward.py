@@ -210,6 +210,13 @@ class ForwardModel(torch.nn.Module):
             setup.glass_index,
         )
 
+    def frame_illumination_na(self) -> torch.Tensor:
+        """(N,) largest illumination NA (sine of the angle) among each frame's lit LEDs."""
+        na = self.illumination_frequencies().norm(dim=-1)[self.entry_led] * self.setup.wavelength_um
+        return torch.zeros(self.setup.n_frames, device=na.device, dtype=na.dtype).scatter_reduce_(
+            0, self.entry_frame, na, "amax", include_self=False
+        )
+
     def frame_led_positions_mm(self) -> torch.Tensor:
         """(N, 2) LED position per frame (centroid of the lit LEDs), dataset order."""
         positions = self.distinct_led_positions_mm()[self.entry_led]

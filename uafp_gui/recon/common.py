@@ -75,11 +75,14 @@ def apply_calibration(model: ForwardModel, calibration: Calibration | None) -> N
 def illumination_order(model: ForwardModel) -> torch.Tensor:
     """Frame indices from the smallest illumination angle outward (bright field first)."""
     with torch.no_grad():
-        radius = model.illumination_frequencies().norm(dim=-1)[model.entry_led]
-        per_frame = torch.zeros(model.setup.n_frames, device=radius.device).scatter_reduce_(
-            0, model.entry_frame, radius, "amax", include_self=False
-        )
-    return torch.argsort(per_frame)
+        return torch.argsort(model.frame_illumination_na())
+
+
+def upsampled_amplitude(frame: torch.Tensor, scale: float, object_shape: tuple[int, int]) -> torch.Tensor:
+    """sqrt(frame / scale) interpolated to the object grid: the start object of both engines (complex64)."""
+    amplitude = torch.sqrt(frame / scale)
+    amplitude = torch.nn.functional.interpolate(amplitude[None, None], size=object_shape, mode="bilinear")[0, 0]
+    return amplitude.to(torch.complex64)
 
 
 def initial_spectrum(model: ForwardModel, measurements: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -88,15 +91,9 @@ def initial_spectrum(model: ForwardModel, measurements: torch.Tensor) -> tuple[t
     Returns the spectrum normalised to unit mean amplitude and the frame's mean intensity,
     which is the gain that maps |object|^2 = 1 to the measured counts.
     """
-    first = int(illumination_order(model)[0])
-    frame = measurements[first]
+    frame = measurements[int(illumination_order(model)[0])]
     scale = max(float(frame.mean()), 1e-12)
-    amplitude = torch.sqrt(frame / scale)
-    big = model.setup.object_shape
-    amplitude = torch.nn.functional.interpolate(amplitude[None, None], size=big, mode="bilinear", align_corners=False)[
-        0, 0
-    ]
-    return spectrum_of(amplitude.to(torch.complex64)), scale
+    return spectrum_of(upsampled_amplitude(frame, scale, model.setup.object_shape)), scale
 
 
 def amplitude_misfit_terms(predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor) -> tuple[float, float]:

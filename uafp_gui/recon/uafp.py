@@ -34,6 +34,7 @@ from uafp_gui.recon.common import (
     apply_calibration,
     resolve_device,
     result_from_model,
+    upsampled_amplitude,
 )
 from uafp_gui.recon.report import nominal_frame_positions_mm
 
@@ -240,11 +241,8 @@ class UafpReconstruction:
                     self.model.system.frame_gain.div_(self.scale)
         if self.object is None:
             central = int(bright[np.argmin(np.linalg.norm(self._nominal_positions[bright], axis=1))])
-            amplitude = torch.sqrt(self.measurements[central] / self.scale)
-            amplitude = torch.nn.functional.interpolate(
-                amplitude[None, None], size=self.model.setup.object_shape, mode="bilinear", align_corners=False
-            )[0, 0]
-            self.object = torch.nn.Parameter(amplitude.to(torch.complex64))
+            start = upsampled_amplitude(self.measurements[central], self.scale, self.model.setup.object_shape)
+            self.object = torch.nn.Parameter(start)
         if (
             self.settings.init_geometry_from_data
             and self.settings.learn_geometry
@@ -376,10 +374,7 @@ class UafpReconstruction:
         if self.settings.freeze_system or not self.settings.learn_geometry:
             return available
         with torch.no_grad():
-            na = self.model.illumination_frequencies().norm(dim=-1) * self.model.setup.wavelength_um
-            frame_na = torch.zeros(self.model.setup.n_frames, device=na.device).scatter_reduce_(
-                0, self.model.entry_frame, na[self.model.entry_led], "amax", include_self=False
-            )
+            frame_na = self.model.frame_illumination_na()
         frame_na = frame_na[available.to(frame_na.device)]
         growth = max(1.0, self.settings.growth_fraction * self.settings.iterations)
         start = self.model.setup.objective_na + 0.05
