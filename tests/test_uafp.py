@@ -25,7 +25,7 @@ from uafp_gui.io.dataset import Dataset
 from uafp_gui.io.result import Calibration, LedGeometry, read_result
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
-from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles
+from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, search_start_geometry
 from uafp_gui.recon.uafp import ReconstructionUpdate, UafpReconstruction, UafpSettings, reconstruct_dataset
 from uafp_gui.simulate import PRESETS, simulate, write_simulation
 
@@ -158,6 +158,51 @@ def test_start_ignores_a_circle_fit_outside_the_supported_misalignment():
     run_all(recon, 1)
     shift, _, height = geometry_errors(recon.start_geometry, settings.true_geometry)
     assert height < 5.0 and shift < 0.5
+
+
+def test_start_search_walks_to_the_best_probe_within_the_uncertainty():
+    """The search of the start geometry finds a probe minimum two standard errors away, and keeps
+    the start when nothing nearby is better."""
+    start = LedGeometry(0.1, 0.5, 0.8, 93.0)
+    sigma = np.array([0.05, 0.05, 0.35, 0.6])
+    best = np.array([0.0, 0.4, 0.1, 93.9])  # (-2, -2, -2, +1.5) standard errors from the start
+
+    def bowl(centre):
+        def probe(g: LedGeometry) -> float:
+            z = (np.array([g.shift_x_mm, g.shift_y_mm, g.rotation_deg, g.height_mm]) - centre) / sigma
+            return 1.0 + float(z @ z)
+
+        return probe
+
+    found, loss_from, loss_to = search_start_geometry(bowl(best), start, sigma, evaluations=60)
+    error = (np.array([found.shift_x_mm, found.shift_y_mm, found.rotation_deg, found.height_mm]) - best) / sigma
+    assert loss_to < loss_from
+    assert np.abs(error).max() < 0.5, error
+    kept, loss_from, loss_to = search_start_geometry(
+        bowl(np.array([0.1, 0.5, 0.8, 93.0])), start, sigma, evaluations=20
+    )
+    assert kept == start and loss_to == loss_from
+
+
+def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny):
+    """Clean data (circles on their grid): no search, no extra time. Forced (threshold 0): the
+    probes run once, frozen-geometry, and the start moves only if a probe beat the circle fit."""
+    clean = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    run_all(clean, 1)
+    assert clean.circle_fit is not None and clean.circle_fit.residual_px < 0.5
+    assert clean.start_search is None
+    assert np.allclose(dataclasses.astuple(clean.start_geometry), dataclasses.astuple(clean.circle_fit.geometry))
+
+    forced = UafpReconstruction.from_dataset(
+        dataset_of(tiny), TINY_SETTINGS.replace(start_search_residual_px=0.0, start_search_evaluations=8)
+    )
+    updates = run_all(forced, 2)
+    search = forced.start_search
+    assert search is not None and search["evaluations"] == 8
+    assert search["probe_loss_to"] <= search["probe_loss_from"]
+    assert np.allclose(dataclasses.astuple(updates[-1].geometry), dataclasses.astuple(search["to"]), atol=1e-5)
+    run_all(forced, 1)  # the search does not repeat
+    assert forced.start_search is search
 
 
 # ------------------------------------------------------------------------------------ streaming

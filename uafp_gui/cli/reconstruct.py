@@ -146,5 +146,13 @@ def run(args: argparse.Namespace) -> int:
         f"{geometry.rotation_deg:+.3f} deg, height {geometry.height_mm:.2f} mm; Zernike 4 (defocus) "
         f"{result.zernike_rad.get(4, 0.0):+.3f} rad = {defocus_um:+.1f} um"
     )
+    search = result.extra.get("start_search")
+    if search:
+        print(
+            f"start: the bright-field pupil circles scatter {search['circle_residual_px']:.2f} px about a rigid LED "
+            f"grid, so the start geometry was searched with {search['evaluations']} short reconstructions "
+            f"({search['seconds']:.0f} s): probe misfit {search['probe_loss_from']:.4g} -> "
+            f"{search['probe_loss_to']:.4g}"
+        )
     print(f"wrote {out}/")
     return 0

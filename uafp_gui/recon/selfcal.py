@@ -10,6 +10,7 @@ frames outward from the centre) then resolves what the boundary leaves open.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +107,9 @@ class CircleFit:
     contrast: np.ndarray  # (K,) rim contrast of each circle (log-spectrum units)
     geometry: LedGeometry
     residual_px: float  # RMS distance between fitted and found centres, spectrum pixels
+    # Standard errors of (shift x mm, shift y mm, rotation deg, height mm) from the scatter of the
+    # circles about the rigid fit: how far the start may be off when LEDs sit off their grid.
+    uncertainty: np.ndarray
 
 
 def _log_spectrum(frame: np.ndarray) -> np.ndarray:
@@ -205,9 +209,8 @@ def fit_geometry_from_circles(
             return ((probe(values) - target) / step)[usable].ravel()
 
         # The model is float32: finite differences need steps well above its rounding.
-        params = optimize.least_squares(
-            residuals, params, x_scale=[0.5, 0.5, 1.0, 5.0], loss="soft_l1", diff_step=1e-3
-        ).x
+        fit = optimize.least_squares(residuals, params, x_scale=[0.5, 0.5, 1.0, 5.0], loss="soft_l1", diff_step=1e-3)
+        params = fit.x
     final = residuals(params)
     return CircleFit(
         frames=frames,
@@ -215,4 +218,48 @@ def fit_geometry_from_circles(
         contrast=contrast,
         geometry=LedGeometry(*[float(v) for v in params]),
         residual_px=float(np.sqrt(np.mean(final**2))),
+        uncertainty=_standard_errors(fit.jac, final),
     )
+
+
+def _standard_errors(jacobian: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Gauss-Newton standard errors of a least-squares fit (inf where the data do not constrain it)."""
+    dof = max(len(residuals) - jacobian.shape[1], 1)
+    variance = float(residuals @ residuals) / dof
+    try:
+        covariance = variance * np.linalg.inv(jacobian.T @ jacobian)
+    except np.linalg.LinAlgError:
+        return np.full(jacobian.shape[1], np.inf)
+    return np.sqrt(np.clip(np.diag(covariance), 0, None))
+
+
+def search_start_geometry(
+    probe_loss: Callable[[LedGeometry], float],
+    start: LedGeometry,
+    uncertainty: np.ndarray,
+    evaluations: int,
+) -> tuple[LedGeometry, float, float]:
+    """Best geometry near `start` by the data themselves: a derivative-free search (Nelder-Mead)
+    of `probe_loss` in units of the start's standard errors, first simplex two of them wide.
+
+    `probe_loss` is a short frozen-geometry reconstruction's misfit: unlike the circles of the
+    few bright-field LEDs, it weighs every frame it uses. Returns (geometry, loss at start, loss at
+    the answer); the start is kept unless the search finds a lower loss.
+    """
+    centre = np.array([start.shift_x_mm, start.shift_y_mm, start.rotation_deg, start.height_mm])
+    scale = np.asarray(uncertainty, dtype=float)
+
+    def geometry(z: np.ndarray) -> LedGeometry:
+        return LedGeometry(*[float(v) for v in centre + scale * z])
+
+    start_loss = probe_loss(start)
+    simplex = np.vstack([np.zeros(4), 2.0 * np.eye(4)])
+    found = optimize.minimize(
+        lambda z: probe_loss(geometry(z)) if np.any(z) else start_loss,
+        np.zeros(4),
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "maxfev": evaluations, "xatol": 0.25, "fatol": 0.0},
+    )
+    if found.fun < start_loss:
+        return geometry(found.x), start_loss, float(found.fun)
+    return start, start_loss, start_loss

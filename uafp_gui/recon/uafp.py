@@ -61,6 +61,13 @@ class UafpSettings:
     learn_background: bool = False
     freeze_system: bool = False
     init_geometry_from_data: bool = True
+    # When the bright-field circles scatter about their rigid fit by more than this (LEDs off their
+    # grid: the few central circles then leave the start uncertain), the start geometry is searched
+    # within that uncertainty by short frozen-geometry reconstructions of the inner frames.
+    start_search_residual_px: float = 0.5
+    start_search_evaluations: int = 40
+    start_search_iterations: int = 3
+    start_search_extra_na: float = 0.1
     warmup_iterations: int = 2
     growth_fraction: float = 0.2
     geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
@@ -169,6 +176,8 @@ class UafpReconstruction:
         self._nominal_positions = nominal_frame_positions_mm(meta)
         self._last_good: dict | None = None
         self.start_geometry: LedGeometry | None = None
+        self.circle_fit = None
+        self.start_search: dict | None = None  # outcome of the start search, when one ran
         self.optimisers: dict[str, torch.optim.Optimizer] = {}
 
     # ------------------------------------------------------------------ frames
@@ -248,30 +257,101 @@ class UafpReconstruction:
             and self.settings.learn_geometry
             and not self.settings.freeze_system
             and not self.calibrated
-            and len(bright) > self._geometry_initialised_with
             # While streaming, more bright-field frames sharpen the start; once the geometry is being
             # refined by gradients, it is not thrown away.
             and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
         ):
-            from uafp_gui.recon.selfcal import (
-                fit_geometry_from_boundary,
-                fit_geometry_from_circles,
-                within_search_range,
-            )
-
-            available = torch.nonzero(self.available).squeeze(1)
-            boundary = fit_geometry_from_boundary(self.model, self.measurements, available)
-            self.model.system.set_geometry(boundary.geometry)
-            circles = fit_geometry_from_circles(self.model, self.measurements, bright)
-            if (
-                circles is not None
-                and circles.residual_px < 2.0
-                and within_search_range(circles.geometry, self.model.setup.led_height_mm)
-            ):
-                self.model.system.set_geometry(circles.geometry)
-            self.start_geometry = self.model.system.led_geometry()
-            self._geometry_initialised_with = len(bright)
+            if len(bright) > self._geometry_initialised_with:
+                self._fit_start_geometry(bright)
+            if self._start_search_due():
+                self._search_start_geometry()
         self._build_optimisers()
+
+    def _fit_start_geometry(self, bright: np.ndarray) -> None:
+        from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, within_search_range
+
+        available = torch.nonzero(self.available).squeeze(1)
+        boundary = fit_geometry_from_boundary(self.model, self.measurements, available)
+        self.model.system.set_geometry(boundary.geometry)
+        circles = fit_geometry_from_circles(self.model, self.measurements, bright)
+        self.circle_fit = None
+        if (
+            circles is not None
+            and circles.residual_px < 2.0
+            and within_search_range(circles.geometry, self.model.setup.led_height_mm)
+        ):
+            self.model.system.set_geometry(circles.geometry)
+            self.circle_fit = circles
+        self.start_geometry = self.model.system.led_geometry()
+        self._geometry_initialised_with = len(bright)
+
+    def _probe_frames(self) -> torch.Tensor:
+        """The frames a start-search probe reconstructs: bright field and the first dark-field rings."""
+        with torch.no_grad():
+            frame_na = self.model.frame_illumination_na().cpu()
+        return torch.nonzero(frame_na <= self.model.setup.objective_na + self.settings.start_search_extra_na).squeeze(1)
+
+    def _start_search_due(self) -> bool:
+        circles = self.circle_fit
+        return (
+            self.start_search is None
+            and self.settings.start_search_evaluations > 0
+            and circles is not None
+            and circles.residual_px > self.settings.start_search_residual_px
+            and bool(np.all(np.isfinite(circles.uncertainty)))
+            and bool(self.available[self._probe_frames()].all())
+        )
+
+    def _search_start_geometry(self) -> None:
+        """Search the start geometry within the circle fit's uncertainty (see `selfcal.search_start_geometry`)."""
+        from uafp_gui.recon.selfcal import search_start_geometry
+
+        self._build_optimisers()
+        frames = self._probe_frames().to(self.device)
+        snapshot = self._snapshot()
+        system = self.model.system
+        geometry_parameters = (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm)
+        evaluations = 0
+
+        def probe_loss(geometry: LedGeometry) -> float:
+            nonlocal evaluations
+            evaluations += 1
+            self._restore(snapshot)
+            system.set_geometry(geometry)
+            generator = torch.Generator().manual_seed(self.settings.seed)
+            for _ in range(self.settings.start_search_iterations):
+                for phase in ("system", "object"):
+                    if phase not in self.optimisers:
+                        continue
+                    order = frames[torch.randperm(len(frames), generator=generator).to(self.device)]
+                    for batch in torch.split(order, self.batch_size()):
+                        self.optimisers[phase].zero_grad(set_to_none=True)
+                        self.loss(batch).backward()
+                        if phase == "system":
+                            self._mask_system_gradients()
+                            for parameter in geometry_parameters:
+                                parameter.grad = None
+                        self.optimisers[phase].step()
+            with torch.no_grad():
+                total = sum(float(self.loss(batch)) * len(batch) for batch in torch.split(frames, self.batch_size()))
+            return total / len(frames)
+
+        started = time.perf_counter()
+        start = self.circle_fit.geometry
+        geometry, start_loss, loss = search_start_geometry(
+            probe_loss, start, self.circle_fit.uncertainty, self.settings.start_search_evaluations
+        )
+        self._restore(snapshot)
+        system.set_geometry(geometry)
+        self.start_geometry = geometry
+        self.start_search = {
+            "from": start,
+            "to": geometry,
+            "probe_loss_from": start_loss,
+            "probe_loss_to": loss,
+            "evaluations": evaluations,
+            "seconds": time.perf_counter() - started,
+        }
 
     def _build_optimisers(self) -> None:
         s = self.settings
@@ -515,6 +595,14 @@ class UafpReconstruction:
             "loss": self.settings.loss,
             "data_misfit": self.data_misfit(),
         }
+        if self.start_search:
+            search = self.start_search
+            result.extra["start_search"] = {
+                **{key: search[key] for key in ("probe_loss_from", "probe_loss_to", "evaluations", "seconds")},
+                "from": search["from"].to_dict(),
+                "to": search["to"].to_dict(),
+                "circle_residual_px": self.circle_fit.residual_px if self.circle_fit else float("nan"),
+            }
         return result
 
     def data_misfit(self) -> float:
@@ -563,6 +651,7 @@ class UafpReconstruction:
         self.elapsed_s = state["elapsed_s"]
         self.learning_rate_factor = state["learning_rate_factor"]
         self._geometry_initialised_with = 10**9
+        self.start_search = self.start_search or {}
         if state.get("start_geometry"):
             self.start_geometry = LedGeometry(**state["start_geometry"])
         if "generator" in state:
