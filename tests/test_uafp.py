@@ -183,6 +183,12 @@ def test_start_search_walks_to_the_best_probe_within_the_uncertainty():
     )
     assert kept == start and loss_to == loss_from
 
+    def shallow(g: LedGeometry) -> float:  # a 1 % dip two standard errors away: noise level, ignored
+        return 1.0 - 0.01 * np.exp(-0.5 * ((g.rotation_deg - 0.1) / 0.35) ** 2)
+
+    kept, loss_from, loss_to = search_start_geometry(shallow, start, sigma, evaluations=20)
+    assert kept == start and loss_to == loss_from
+
 
 def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny):
     """Clean data (circles on their grid): no search, no extra time. Forced (threshold 0): the

@@ -238,28 +238,40 @@ def search_start_geometry(
     start: LedGeometry,
     uncertainty: np.ndarray,
     evaluations: int,
+    min_gain: float = 0.05,
 ) -> tuple[LedGeometry, float, float]:
     """Best geometry near `start` by the data themselves: a derivative-free search (Nelder-Mead)
     of `probe_loss` in units of the start's standard errors, first simplex two of them wide.
 
     `probe_loss` is a short frozen-geometry reconstruction's misfit: unlike the circles of the
     few bright-field LEDs, it weighs every frame it uses. Returns (geometry, loss at start, loss at
-    the answer); the start is kept unless the search finds a lower loss.
+    the answer). The start is kept unless the answer explains the data clearly better (by
+    `min_gain`, relative): differences at the noise level must not move it; and when no vertex of
+    the first simplex gains half that, the search stops there (5 probes instead of `evaluations`).
     """
     centre = np.array([start.shift_x_mm, start.shift_y_mm, start.rotation_deg, start.height_mm])
     scale = np.asarray(uncertainty, dtype=float)
+    cache: dict[tuple[float, ...], float] = {}
 
     def geometry(z: np.ndarray) -> LedGeometry:
         return LedGeometry(*[float(v) for v in centre + scale * z])
 
-    start_loss = probe_loss(start)
+    def loss(z: np.ndarray) -> float:
+        key = tuple(np.round(z, 9))
+        if key not in cache:
+            cache[key] = probe_loss(geometry(z))
+        return cache[key]
+
     simplex = np.vstack([np.zeros(4), 2.0 * np.eye(4)])
+    start_loss = loss(simplex[0])
+    if min(loss(vertex) for vertex in simplex[1:]) > start_loss * (1 - min_gain / 2):
+        return start, start_loss, start_loss
     found = optimize.minimize(
-        lambda z: probe_loss(geometry(z)) if np.any(z) else start_loss,
+        loss,
         np.zeros(4),
         method="Nelder-Mead",
         options={"initial_simplex": simplex, "maxfev": evaluations, "xatol": 0.25, "fatol": 0.0},
     )
-    if found.fun < start_loss:
+    if found.fun < start_loss * (1 - min_gain):
         return geometry(found.x), start_loss, float(found.fun)
     return start, start_loss, start_loss

@@ -68,6 +68,7 @@ class UafpSettings:
     start_search_evaluations: int = 40
     start_search_iterations: int = 3
     start_search_extra_na: float = 0.1
+    start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
     warmup_iterations: int = 2
     growth_fraction: float = 0.2
     geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
@@ -339,7 +340,11 @@ class UafpReconstruction:
         started = time.perf_counter()
         start = self.circle_fit.geometry
         geometry, start_loss, loss = search_start_geometry(
-            probe_loss, start, self.circle_fit.uncertainty, self.settings.start_search_evaluations
+            probe_loss,
+            start,
+            self.circle_fit.uncertainty,
+            self.settings.start_search_evaluations,
+            self.settings.start_search_min_gain,
         )
         self._restore(snapshot)
         system.set_geometry(geometry)
