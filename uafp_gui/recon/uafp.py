@@ -311,7 +311,6 @@ class UafpReconstruction:
         frames = self._probe_frames().to(self.device)
         snapshot = self._snapshot()
         system = self.model.system
-        geometry_parameters = (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm)
         evaluations = 0
 
         def probe_loss(geometry: LedGeometry) -> float:
@@ -322,17 +321,9 @@ class UafpReconstruction:
             generator = torch.Generator().manual_seed(self.settings.seed)
             for _ in range(self.settings.start_search_iterations):
                 for phase in ("system", "object"):
-                    if phase not in self.optimisers:
-                        continue
-                    order = frames[torch.randperm(len(frames), generator=generator).to(self.device)]
-                    for batch in torch.split(order, self.batch_size()):
-                        self.optimisers[phase].zero_grad(set_to_none=True)
-                        self.loss(batch).backward()
-                        if phase == "system":
-                            self._mask_system_gradients()
-                            for parameter in geometry_parameters:
-                                parameter.grad = None
-                        self.optimisers[phase].step()
+                    if phase in self.optimisers:
+                        order = frames[torch.randperm(len(frames), generator=generator).to(self.device)]
+                        self._step_batches(phase, order, freeze_geometry=True)
             with torch.no_grad():
                 total = sum(float(self.loss(batch)) * len(batch) for batch in torch.split(frames, self.batch_size()))
             return total / len(frames)
@@ -469,18 +460,7 @@ class UafpReconstruction:
     def _epoch(self, phase: str) -> float:
         available = self.eligible_frames()
         order = available[torch.randperm(len(available), generator=self._generator)].to(self.device)
-        optimiser = self.optimisers[phase]
-        total = 0.0
-        batch_size = self.batch_size()
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            optimiser.zero_grad(set_to_none=True)
-            loss = self.loss(batch)
-            loss.backward()
-            if phase == "system":
-                self._mask_system_gradients()
-            optimiser.step()
-            total += float(loss.detach()) * len(batch)
+        total = self._step_batches(phase, order)
         if phase == "system":
             with torch.no_grad():
                 gain = self.model.system.frame_gain
@@ -489,6 +469,24 @@ class UafpReconstruction:
                 gain.div_(mean)
                 self.object.mul_(torch.sqrt(mean))
         return total / max(len(order), 1)
+
+    def _step_batches(self, phase: str, order: torch.Tensor, freeze_geometry: bool = False) -> float:
+        """One optimiser step of `phase` per mini-batch of `order`; returns the summed batch losses."""
+        optimiser = self.optimisers[phase]
+        system = self.model.system
+        total = 0.0
+        for batch in torch.split(order, self.batch_size()):
+            optimiser.zero_grad(set_to_none=True)
+            loss = self.loss(batch)
+            loss.backward()
+            if phase == "system":
+                self._mask_system_gradients()
+                if freeze_geometry:
+                    for parameter in (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm):
+                        parameter.grad = None
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        return total
 
     # ------------------------------------------------------------ checkpoints
     def _snapshot(self) -> dict:
