@@ -365,8 +365,8 @@ class ReconJob:
             return
         if self.recon.stop_reason is None:  # ended from outside mid-run (quit): still the last good state
             self.recon.interrupted("the application stopped the run")
-        try:
-            self.autosaved = self.export(self.autosave_folder)
+        try:  # the spec's files only: drawing report.png would hold the interpreter lock and stall the UI
+            self.autosaved = self.export(self.autosave_folder, report=False)
         except Exception as error:  # noqa: BLE001 - reported by the window, never lost silently
             self.autosave_error = error
 
@@ -379,14 +379,15 @@ class ReconJob:
             raise ReconstructionError("the reconstruction has not run yet: start it first")
         return self.recon.result()
 
-    def export(self, folder: str | os.PathLike[str]) -> Path:
+    def export(self, folder: str | os.PathLike[str], report: bool = True) -> Path:
         """Write the result folder (spec section 3) plus `report.png`."""
         from uafp_gui.recon.common import save_result
         from uafp_gui.recon.report import write_report
 
         result = self.result()
         folder = save_result(result, folder)
-        write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))
+        if report:
+            write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))
         return Path(folder)
 
 
