@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from uafp_gui.physics.forward import object_of, spectrum_of
+from uafp_gui.physics.forward import spectrum_of
 from uafp_gui.physics.zernike import zernike_basis
 
 GEOMETRY = ("shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm")
