@@ -202,11 +202,22 @@ def run_keeping_the_last_good_state(recon, out: Path, dataset, report: bool = Tr
     return RunEnding(result, None)
 
 
+def calibration_summary(result, meta) -> list[str]:
+    """The calibration as printed after a reconstruction: `value +- std` where error bars exist."""
+    from uafp_gui.physics.zernike import defocus_um_from_z4
+    from uafp_gui.recon.uncertainty import calibration_lines
+
+    lines = calibration_lines(result.geometry, result.zernike_rad, result.extra)
+    z4 = result.zernike_rad.get(4, 0.0)
+    defocus_um = defocus_um_from_z4(z4, meta.wavelength_um, meta.objective_na)
+    lines[0] = f"calibration: {lines[0]}; Zernike 4 (defocus) {z4:+.3f} rad = {defocus_um:+.1f} um"
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.io.dataset import read_dataset
     from uafp_gui.io.result import load_calibration
-    from uafp_gui.physics.zernike import defocus_um_from_z4
     from uafp_gui.recon.common import save_result
 
     dataset = read_dataset(args.dataset)
@@ -238,19 +249,12 @@ def run(args: argparse.Namespace) -> int:
             from uafp_gui.recon.report import write_report
 
             write_report(result, out / "report.png", dataset=dataset)
-    geometry = result.geometry
     print(
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "
         f"data misfit {result.extra.get('data_misfit', float('nan')):.4g}"
     )
-    defocus_um = defocus_um_from_z4(
-        result.zernike_rad.get(4, 0.0), dataset.meta.wavelength_um, dataset.meta.objective_na
-    )
-    print(
-        f"calibration: LED shift ({geometry.shift_x_mm:+.3f}, {geometry.shift_y_mm:+.3f}) mm, rotation "
-        f"{geometry.rotation_deg:+.3f} deg, height {geometry.height_mm:.2f} mm; Zernike 4 (defocus) "
-        f"{result.zernike_rad.get(4, 0.0):+.3f} rad = {defocus_um:+.1f} um"
-    )
+    for line in calibration_summary(result, dataset.meta):
+        print(line)
     if result.extra.get("at_bounds"):
         print(
             f"warning: {', '.join(result.extra['at_bounds'])} reached the edge of the physical range the engine "

@@ -266,6 +266,7 @@ class ReconJob:
         # state is written here as a complete result folder (calibration.json says if it is partial).
         self.autosave_folder: Path | None = None
         self.autosaved: Path | None = None
+        self.last_result: Any = None  # the ReconstructionResult last written (its calibration has the error bars)
         self.autosave_error: BaseException | None = None
         if dataset is not None:
             now = time.perf_counter()
@@ -384,7 +385,7 @@ class ReconJob:
         from uafp_gui.recon.common import save_result
         from uafp_gui.recon.report import write_report
 
-        result = self.result()
+        result = self.last_result = self.result()
         folder = save_result(result, folder)
         if report:
             write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))

@@ -497,6 +497,8 @@ class MainWindow(QMainWindow):
             return
         recon = job.recon
         self.recon_panel.show_ending(recon.stop_reason, recon.partial, job.autosaved)
+        if job.last_result is not None:
+            self.recon_panel.show_calibration(job.last_result.calibration())
         if job.autosave_error is not None:
             self.error("Could not save the reconstruction's last state", job.autosave_error)
         elif job.autosaved is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -135,6 +135,12 @@ class ReconPanel(QWidget):
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         controls.addWidget(self.status, 1)
         layout.addLayout(controls)
+        # The calibration with its error bars once a run has reached a solution (or a result is opened).
+        self.calibration = QLabel("")
+        self.calibration.setObjectName("calibrationLabel")
+        self.calibration.setWordWrap(True)
+        self.calibration.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.calibration)
 
         settings = QGroupBox("Settings (apply to the next new reconstruction; iterations also to Continue)")
         grid = QGridLayout(settings)
@@ -294,6 +300,21 @@ class ReconPanel(QWidget):
         where = f", saved to {saved_to}" if saved_to is not None else ""
         self.status.setText(f"{text}  |  {ending}{where}")
 
+    def show_calibration(self, calibration) -> None:
+        """The calibration (`uafp_gui.io.result.Calibration`) as text, with `+-` standard errors when it
+        has them and the parameters the data leave undetermined named as such."""
+        from uafp_gui.recon.uncertainty import calibration_lines
+
+        if calibration is None:
+            self.calibration.setText("")
+            return
+        lines = calibration_lines(calibration.led_geometry, calibration.zernike_rad, calibration.extra)
+        if calibration.extra.get("partial"):
+            lines.append(f"partial result ({calibration.extra.get('stop_reason', 'stopped')}): no error bars")
+        elif "led_geometry_std" not in calibration.extra and "zernike_rad_std" not in calibration.extra:
+            lines.append("no error bars computed")
+        self.calibration.setText("\n".join(lines))
+
     def show_result(self, result, spectrum: np.ndarray | None = None) -> None:
         """Draw a result read from disk (`uafp_gui.io.result.Result`); `spectrum` from
         `result_spectrum` (computed here when not given)."""
@@ -302,6 +323,7 @@ class ReconPanel(QWidget):
         self.spectrum.show_array(self.result_spectrum(result.object_field) if spectrum is None else spectrum)
         self._show_pupil(result.pupil[0], result.pupil[1])
         cal = result.calibration
+        self.show_calibration(cal)
         self._show_zernike(cal.zernike_rad)
         self._show_gains(cal.frame_gain)
         self._show_loss(cal.extra.get("loss_history", []))

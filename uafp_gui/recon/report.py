@@ -47,10 +47,27 @@ def write_report(result, path: str | Path, dataset=None) -> Path:
     figure.colorbar(shown, ax=axes[0, 2], fraction=0.046)
 
     indices = sorted(j for j in result.zernike_rad if j >= 2)
-    axes[1, 0].bar(indices, [result.zernike_rad[j] for j in indices], color="tab:blue")
+    zernike_std = result.extra.get("zernike_rad_std", {})
+    undetermined = set(result.extra.get("undetermined", []))
+    flat = [j for j in indices if f"zernike_{j}" in undetermined]
+    errors = [2 * (zernike_std.get(str(j)) or 0.0) for j in indices]
+    colours = ["0.7" if j in flat else "tab:blue" for j in indices]
+    axes[1, 0].bar(
+        indices,
+        [result.zernike_rad[j] for j in indices],
+        color=colours,
+        yerr=errors if zernike_std else None,
+        capsize=2,
+        error_kw={"elinewidth": 1},
+    )
     axes[1, 0].set_xlabel("Noll index j")
     axes[1, 0].set_ylabel("rad")
-    axes[1, 0].set_title("Zernike coefficients")
+    title = "Zernike coefficients"
+    if zernike_std:
+        title += " (bars: +-2 s.e.)"
+    if flat:
+        title += f"\ngrey: undetermined by the data ({', '.join(f'Z{j}' for j in flat)})"
+    axes[1, 0].set_title(title, fontsize=10)
     axes[1, 0].axhline(0, color="k", lw=0.5)
 
     estimated = np.asarray(result.led_positions_mm)
@@ -77,9 +94,17 @@ def write_report(result, path: str | Path, dataset=None) -> Path:
     else:
         axis.scatter(estimated[:, 0], estimated[:, 1], s=12, color="tab:red")
     g = result.geometry
+    geometry_std = result.extra.get("led_geometry_std", {})
+
+    def shown(name: str, value: float, digits: int) -> str:
+        if name in undetermined:
+            return f"{value:+.{digits}f} (undet.)"
+        std = geometry_std.get(name)
+        return f"{value:+.{digits}f}" + (f"+-{std:.{digits}f}" if std is not None else "")
+
     axis.set_title(
-        f"LED map: shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, "
-        f"rot {g.rotation_deg:+.2f} deg, h {g.height_mm:.1f} mm",
+        f"LED map: shift ({shown('shift_x_mm', g.shift_x_mm, 2)}, {shown('shift_y_mm', g.shift_y_mm, 2)}) mm,\n"
+        f"rot {shown('rotation_deg', g.rotation_deg, 2)} deg, h {shown('height_mm', g.height_mm, 1)} mm",
         fontsize=10,
     )
     axis.set_xlabel("X (mm, image x)")

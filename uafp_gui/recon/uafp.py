@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,6 +98,10 @@ class UafpSettings:
     # A run ends (partial, last good state kept) after this many roll-backs in a row.
     max_consecutive_rollbacks: int = 4
     update_every: int = 1
+    # Gauss-Newton steps on the system (and the object along its most coupled modes) after the last
+    # iteration, each kept only if it lowers the data misfit (`uafp_gui.recon.uncertainty`).
+    polish_steps: int = 0
+    uncertainty: bool = True  # standard errors of the calibration at the end of a run (recon.uncertainty)
     preview_size: int = 256
     seed: int = 0
 
@@ -193,6 +198,8 @@ class UafpReconstruction:
         self._last_good: dict | None = None
         self.stop_reason: str | None = None  # why the last run ended (STOP_REASONS); None while running
         self.stop_detail = ""
+        self._uncertainty: tuple | None = None
+        self.polished_steps = 0
         self.start_geometry: LedGeometry | None = None
         self.circle_fit = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
@@ -651,6 +658,8 @@ class UafpReconstruction:
                 return
             if done % self.settings.update_every == 0 or done == target:
                 if done == target:
+                    if self.iteration >= self.settings.iterations and self.settings.polish_steps > 0:
+                        self.polish()
                     self._end(STOP_COMPLETED)
                 last_yielded = done
                 yield self.update(rolled_back)
@@ -666,6 +675,33 @@ class UafpReconstruction:
         """Mark the run as interrupted from outside (Ctrl-C, SIGTERM, quit) and return to the last good state."""
         self._restore_last_good()
         self._end(STOP_INTERRUPTED, detail)
+
+    def polish(self) -> int:
+        """Gauss-Newton steps on the system parameters, the gains and the object's most coupled modes
+        (the first-order optimiser stops short of the optimum on these few, stiff directions). A step
+        is halved until it lowers the relative amplitude misfit of all frames, or dropped; returns the
+        steps kept."""
+        from uafp_gui.recon.uncertainty import apply_gauss_newton_step, calibration_uncertainty
+
+        kept = 0
+        if self.settings.freeze_system or self.object is None:
+            return kept
+        for _ in range(self.settings.polish_steps):
+            before = self.data_misfit()
+            uncertainty = calibration_uncertainty(self)
+            snapshot = self._snapshot()
+            for fraction in (1.0, 0.5, 0.25):
+                apply_gauss_newton_step(self, uncertainty, fraction)
+                self._keep_system_physical()
+                if self._state_is_finite() and self.data_misfit() < before:
+                    kept += 1
+                    break
+                self._restore(snapshot)
+            else:
+                break
+        self._uncertainty = None
+        self.polished_steps = kept
+        return kept
 
     def _end(self, reason: str, detail: str = "") -> None:
         self.stop_reason, self.stop_detail = reason, detail
@@ -732,6 +768,22 @@ class UafpReconstruction:
                 stop_reason=self.stop_reason,
             )
 
+    def calibration_uncertainty(self):
+        """Standard errors of the calibration at the current state (`uafp_gui.recon.uncertainty`), cached
+        per iteration; None when not asked for, or when the run did not reach a solution (partial)."""
+        if not self.settings.uncertainty or self.partial or self.stop_reason is None or self.object is None:
+            return None
+        if self._uncertainty is None or self._uncertainty[0] != self.iteration:
+            from uafp_gui.recon.uncertainty import calibration_uncertainty
+
+            try:
+                self._uncertainty = (self.iteration, calibration_uncertainty(self))
+            except Exception as error:  # noqa: BLE001 - error bars must never cost the result itself
+                message = f"the calibration's error bars could not be computed ({type(error).__name__}: {error})"
+                warnings.warn(message, stacklevel=2)
+                self._uncertainty = (self.iteration, None)
+        return self._uncertainty[1]
+
     def result(self) -> ReconstructionResult:
         if self.object is None:
             raise ReconstructionError("the reconstruction has not run yet")
@@ -752,6 +804,9 @@ class UafpReconstruction:
             "partial": self.partial,
             "stop_reason": self.stop_reason or STOP_CANCELLED,
         }
+        uncertainty = self.calibration_uncertainty()
+        if uncertainty is not None:
+            result.extra.update(uncertainty.to_calibration_fields())
         bounded = self.at_bounds()
         if bounded:  # the data pulled these to the edge of the physical range: not a calibration to trust
             result.extra["at_bounds"] = bounded
