@@ -12,6 +12,7 @@ display with OpenGL:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -48,6 +49,11 @@ def main() -> int:
     sim = simulate(settings)
     dataset = write_dataset(work / "run.tif", sim.meta, sim.frames)
 
+    from napari.settings import get_settings
+
+    get_settings().application.gui_notification_level = "none"  # no toasts over the screenshot
+    # the (hidden) pupil layers are in cycles/um, the images in um: napari logs that once per layer
+    logging.getLogger("napari").setLevel(logging.ERROR)
     viewer = napari.Viewer(title="uafp in napari", show=True)
     viewer.window.resize(1400, 860)
     viewer.open(str(dataset), plugin="uafp_gui")
@@ -64,18 +70,29 @@ def main() -> int:
     if widget.last_result is None:
         return 1
     result_folder = save_result(widget.last_result, work / "run_result")
-    for name in ("uafp amplitude", "uafp phase (rad)"):
-        viewer.layers.remove(name)
-    viewer.open(str(result_folder), plugin="uafp_gui")
+    for name in ("uafp amplitude", "uafp phase (rad)"):  # the widget's own layers: the folder shows the same
+        viewer.layers[name].visible = False
+    opened = viewer.open(str(result_folder), plugin="uafp_gui")
+    scales = [f"{layer.name} (scale {tuple(float(v) for v in layer.scale)})" for layer in opened]
+    print("result layers:", ", ".join(scales))
+    for layer in opened[2:]:  # the pupil (cycles/um): in the file and the reader, not in this picture
+        viewer.layers.remove(layer)
     viewer.layers["run"].visible = True
     viewer.grid.enabled = True
     viewer.grid.shape = (1, 3)
     viewer.scale_bar.visible = True
     viewer.scale_bar.unit = "um"
+    viewer.dims.set_current_step(0, 0)  # frame 0: the on-axis, bright-field frame
+    viewer.layers.selection.active = viewer.layers["run_result amplitude"]
     viewer.reset_view()
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    QApplication.processEvents()
     image = viewer.screenshot(canvas_only=False, flash=False)
     from PIL import Image
 

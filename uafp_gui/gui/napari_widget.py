@@ -122,7 +122,7 @@ class ReconstructWidget(QWidget):
             layer.data = data
             layer.scale = (scale, scale)
         else:
-            self.viewer.add_image(data, name=name, scale=(scale, scale), **kwargs)
+            self.viewer.add_image(data, name=name, scale=(scale, scale), units=("micrometer", "micrometer"), **kwargs)
 
     # ---- run ---------------------------------------------------------------------------------
     def start(self) -> None:
