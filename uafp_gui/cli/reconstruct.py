@@ -128,11 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(update.iteration - bar.n)
                 bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
         result = recon.result()
-    save_result(result, out)
-    if not args.no_report:
-        from uafp_gui.recon.report import write_report
-
-        write_report(result, out / "report.png", dataset=dataset)
+    save_result(result, out, report=not args.no_report, report_dataset=dataset)
     geometry = result.geometry
     print(
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "

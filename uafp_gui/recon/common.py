@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,8 +176,18 @@ def result_from_model(
     )
 
 
-def save_result(result: ReconstructionResult, folder: str | Path) -> Path:
-    """Write the result folder of spec section 3."""
+def save_result(result: ReconstructionResult, folder: str | Path, *, report_dataset: Any = None,
+                report: bool = False) -> Path:
+    """Write the result folder of spec section 3, atomically (all files, or none); with
+    `report=True` report.png is drawn into the same folder before it is moved into place."""
+    extra_files = None
+    if report:
+        def draw_report(path: Path) -> None:
+            from uafp_gui.recon.report import write_report
+
+            write_report(result, path, dataset=report_dataset)
+
+        extra_files = {"report.png": draw_report}
     return write_result(
         folder,
         amplitude=np.abs(result.object_field).astype(np.float32),
@@ -184,4 +195,5 @@ def save_result(result: ReconstructionResult, folder: str | Path) -> Path:
         pupil_amplitude=np.abs(result.pupil).astype(np.float32),
         pupil_phase=np.angle(result.pupil).astype(np.float32),
         calibration=result.calibration(),
+        extra_files=extra_files,
     )

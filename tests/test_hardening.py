@@ -1,0 +1,260 @@
+"""Issue 14: every reader, every reply, every write - no hang, no raw traceback, nothing lost.
+
+One test (or a few) per class of the issue; the property-based fuzz suite is in
+tests/test_fuzz.py (slow lane)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from uafp_gui.errors import DatasetError
+from uafp_gui.io import dataset as dataset_module
+from uafp_gui.io.dataset import (
+    DatasetMeta,
+    DatasetWriter,
+    FrameSpec,
+    PartialDatasetWarning,
+    read_dataset,
+    write_dataset,
+)
+
+
+def make_meta(frame_count: int = 4) -> DatasetMeta:
+    return DatasetMeta(
+        wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45, led_pitch_mm=4.0,
+        led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0),
+        frames=tuple(FrameSpec(leds=((15, 16 + k % 8),), exposure_ms=1.0) for k in range(frame_count)),
+    )
+
+
+def make_frames(count: int = 4, shape=(12, 10)) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 4000, size=(count, *shape)).astype(np.uint16)
+
+
+def ifd_offsets(path: Path) -> list[int]:
+    with tifffile.TiffFile(path) as tif:
+        return [page.offset for page in tif.pages]
+
+
+def next_pointer_position(path: Path, ifd_offset: int) -> int:
+    data = path.read_bytes()
+    (count,) = struct.unpack_from("<H", data, ifd_offset)
+    return ifd_offset + 2 + 12 * count
+
+
+# ------------------------------------------------------------------ 1. looping IFD chain
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", [0, 1, 3])
+def test_looping_ifd_chain_ends_the_walk(tmp_path, target):
+    path = tmp_path / "loop.tif"
+    write_dataset(path, make_meta(4), make_frames(4)[:4])
+    offsets = ifd_offsets(path)
+    with open(path, "r+b") as fh:  # the last page points back to an earlier one (or itself)
+        fh.seek(next_pointer_position(path, offsets[-1]))
+        fh.write(struct.pack("<I", offsets[target]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PartialDatasetWarning)
+        dataset = read_dataset(path)  # all 4 planned frames are there: complete, no loop followed
+    assert dataset.complete and dataset.frame_count == 4
+
+
+@pytest.mark.timeout(60)
+def test_looping_chain_of_a_partial_file_reads_and_resumes(tmp_path):
+    path = tmp_path / "loop.tif"
+    with DatasetWriter(path, make_meta(6)) as writer:
+        for frame in make_frames(3):
+            writer.append(frame)
+    offsets = ifd_offsets(path)
+    with open(path, "r+b") as fh:
+        fh.seek(next_pointer_position(path, offsets[-1]))
+        fh.write(struct.pack("<I", offsets[1]))
+    with pytest.warns(PartialDatasetWarning, match="3 of 6"):
+        assert read_dataset(path).frame_count == 3
+    with DatasetWriter(path, resume=True) as writer:
+        assert writer.frames_present == 3
+        for frame in make_frames(6)[3:]:
+            writer.append(frame)
+    dataset = read_dataset(path)
+    assert dataset.complete
+    np.testing.assert_array_equal(dataset.frames, make_frames(6))
+
+
+def test_extra_pages_are_refused_without_reading_them(tmp_path, monkeypatch):
+    path = tmp_path / "many.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for frame in make_frames(200, shape=(4, 4)):
+            tif.write(frame, photometric="minisblack", metadata=None)
+    path.with_suffix(".json").write_text(make_meta(3).to_json())
+    decoded = []
+    real = tifffile.TiffPage.asarray
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda self, *a, **k: decoded.append(1) or real(self, *a, **k))
+    walked = []
+    real_get = tifffile.TiffPages.get
+    monkeypatch.setattr(
+        tifffile.TiffPages, "get", lambda self, i, *a, **k: walked.append(i) or real_get(self, i, *a, **k)
+    )
+    with pytest.raises(DatasetError, match="more than 3 frames"):
+        read_dataset(path)
+    assert not decoded and max(walked) <= 4
+
+
+# ------------------------------------------------------------------ 6. limits before allocating
+
+
+def test_huge_compressed_page_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.tif"
+    tifffile.imwrite(path, np.zeros((9000, 8000), np.uint16), compression="zlib")  # ~140 MB decoded
+    assert path.stat().st_size < 2_000_000
+    path.with_suffix(".json").write_text(make_meta(1).to_json())
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("decoded a page over the limit"))
+    with pytest.raises(DatasetError, match="pixels a frame may have"):
+        read_dataset(path)
+
+
+def test_dataset_memory_limit(tmp_path, monkeypatch):
+    path = tmp_path / "big.tif"
+    write_dataset(path, make_meta(4), make_frames(4, shape=(64, 64)))
+    monkeypatch.setenv(dataset_module.MAX_DATASET_BYTES_ENV, str(64 * 64 * 2 * 3))
+    with pytest.raises(DatasetError, match="GiB limit"):
+        read_dataset(path)
+
+
+# ------------------------------------------------------------------ 7. resume in place
+
+
+def test_resume_appends_in_place_keeps_mode_and_bytes(tmp_path):
+    path = tmp_path / "run.tif"
+    with DatasetWriter(path, make_meta(6)) as writer:
+        for frame in make_frames(6)[:2]:
+            writer.append(frame)
+    with open(path, "ab") as fh:  # a half-written third page (killed mid-frame)
+        fh.write(b"\x01" * 100)
+    os.chmod(path, 0o640)
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+    with DatasetWriter(path, resume=True) as writer:
+        assert not list(tmp_path.glob("*.resume.tif")) and not list(tmp_path.glob(".*"))
+        assert writer.frames_present == 2
+        for frame in make_frames(6)[2:]:
+            writer.append(frame)
+    assert path.stat().st_ino == inode  # same file, never copied
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    after = path.read_bytes()
+    first_two_end = len(before) - 100
+    # the first two pages are untouched except page 1's next-IFD pointer (linked to page 2)
+    link = next_pointer_position(path, ifd_offsets(path)[1])
+    assert after[:link] == before[:link] and after[link + 4 : first_two_end] == before[link + 4 : first_two_end]
+    dataset = read_dataset(path)
+    assert dataset.complete
+    np.testing.assert_array_equal(dataset.frames, make_frames(6))
+
+
+def test_resume_on_a_full_disk_says_so_and_leaves_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "run.tif"
+    with DatasetWriter(path, make_meta(4)) as writer:
+        writer.append(make_frames(1)[0])
+    before = path.read_bytes()
+    with DatasetWriter(path, resume=True) as writer:
+        real_write = writer._fh.write
+
+        def full(data):
+            raise OSError(28, "No space left on device")
+
+        writer._fh.write = full
+        with pytest.raises(OSError):
+            writer.append(make_frames(2)[1])
+        writer._fh.write = real_write
+    with pytest.warns(PartialDatasetWarning):
+        assert read_dataset(path).frame_count == 1
+    assert path.read_bytes()[: len(before)] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.tif"]
+
+
+# ------------------------------------------------------------------ 10. atomic dataset writes
+
+
+def test_write_dataset_failure_leaves_nothing(tmp_path):
+    out = tmp_path / "out.tif"
+    frames = make_frames(4).astype(np.float32)
+    frames[2, 0, 0] = np.nan  # bad data found only at frame 2
+    with pytest.raises(DatasetError, match="NaN"):
+        write_dataset(out, make_meta(4), frames)
+    assert list(tmp_path.iterdir()) == []
+    write_dataset(out, make_meta(4), make_frames(4))  # the next run is not refused
+    assert read_dataset(out).complete
+
+
+# ------------------------------------------------------------------ 2. atomic result folders
+
+
+def _calibration(**changes):
+    from uafp_gui.io.result import Calibration, LedGeometry
+
+    fields = dict(led_geometry=LedGeometry(0.1, -0.2, 0.5, 80.0), zernike_rad={4: 0.3}, object_pixel_um=0.5)
+    fields.update(changes)
+    return Calibration(**fields)
+
+
+def _images(value: float):
+    image = np.full((32, 32), value, np.float32)
+    return image, image * 0, image[:8, :8], image[:8, :8] * 0
+
+
+def test_failed_result_write_leaves_the_previous_result_whole(tmp_path):
+    from uafp_gui.io.result import read_result, write_result
+
+    folder = tmp_path / "r"
+    write_result(folder, *_images(1.0), _calibration())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(path):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(DatasetError, match="No space left.*nothing was changed"):
+        write_result(folder, *_images(2.0), _calibration(zernike_rad={4: 0.9}), extra_files={"report.png": full_disk})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no temporary folder left
+    assert read_result(folder, require_manifest=True).amplitude.max() == 1.0
+
+    def diverged(path):
+        raise ValueError("non-finite loss")
+
+    with pytest.raises(ValueError):
+        write_result(folder, *_images(3.0), _calibration(), extra_files={"report.png": diverged})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_result_writer_never_deletes_foreign_files(tmp_path):
+    from uafp_gui.io.result import write_result
+
+    (tmp_path / "thesis.docx").write_text("precious")
+    with pytest.raises(DatasetError, match="not part of a uafp result"):
+        write_result(tmp_path, *_images(1.0), _calibration())
+    assert (tmp_path / "thesis.docx").read_text() == "precious"
+
+
+def test_score_refuses_a_mixed_or_incomplete_folder(tmp_path):
+    import shutil
+
+    from uafp_gui.cli.score import score_folders
+    from uafp_gui.io.result import write_result
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_result(old, *_images(1.0), _calibration())
+    write_result(new, *_images(2.0), _calibration(zernike_rad={4: 0.7}))
+    shutil.copy(old / "calibration.json", new / "calibration.json")  # new images beside an old calibration
+    with pytest.raises(DatasetError, match="mixes files from different runs: calibration.json"):
+        score_folders(new, old)
+    (old / "manifest.json").unlink()  # written by hand, or cut short before the manifest
+    with pytest.raises(DatasetError, match="no manifest.json"):
+        score_folders(old, old)
