@@ -258,3 +258,36 @@ def test_score_refuses_a_mixed_or_incomplete_folder(tmp_path):
     (old / "manifest.json").unlink()  # written by hand, or cut short before the manifest
     with pytest.raises(DatasetError, match="no manifest.json"):
         score_folders(old, old)
+
+
+# ------------------------------------------------------------------ 5. safe state loading
+
+
+def test_crafted_state_file_cannot_run_code(tmp_path):
+    import pickle
+
+    import torch
+
+    from uafp_gui.errors import ReconstructionError
+    from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    crafted = tmp_path / "state.pt"
+    torch.save({"object": Exploit()}, crafted, pickle_protocol=2)
+    recon = UafpReconstruction(make_meta(4), (12, 10), UafpSettings(upsample=2, device="cpu"))
+    with pytest.raises(ReconstructionError, match="refused, nothing of it was run"):
+        recon.load_state(crafted)
+    assert not marker.exists()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04not a pickle at all")
+    with pytest.raises(ReconstructionError):
+        recon.load_state(garbage)
+    with open(tmp_path / "plain.pt", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(ReconstructionError, match="not a uafp reconstruction state"):
+        recon.load_state(tmp_path / "plain.pt")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -624,26 +625,44 @@ class UafpReconstruction:
     def save_state(self, path: str | Path) -> Path:
         path = Path(path)
         torch.save(
-            {
-                "settings": self.settings.__dict__,
-                "iteration": self.iteration,
-                "loss_history": self.loss_history,
-                "elapsed_s": self.elapsed_s,
-                "scale": self.scale,
-                "available": self.available.cpu(),
-                "learning_rate_factor": self.learning_rate_factor,
-                # Both shape the continuation: the geometry's late start and the mini-batch order.
-                "start_geometry": self.start_geometry.to_dict() if self.start_geometry else None,
-                "generator": self._generator.get_state(),
-                **self._snapshot(),
-            },
+            _plain_values(
+                {
+                    "settings": self.settings.__dict__,
+                    "iteration": self.iteration,
+                    "loss_history": self.loss_history,
+                    "elapsed_s": self.elapsed_s,
+                    "scale": self.scale,
+                    "available": self.available.cpu(),
+                    "learning_rate_factor": self.learning_rate_factor,
+                    # Both shape the continuation: the geometry's late start and the mini-batch order.
+                    "start_geometry": self.start_geometry.to_dict() if self.start_geometry else None,
+                    "generator": self._generator.get_state(),
+                    **self._snapshot(),
+                }
+            ),
             path,
         )
         return path
 
     def load_state(self, path: str | Path) -> None:
-        """Continue from a saved state (frames must be added again from the dataset)."""
-        state = torch.load(Path(path), map_location=self.device, weights_only=False)
+        """Continue from a saved state (frames must be added again from the dataset).
+
+        Only tensors and plain containers are unpickled (`weights_only=True`): a crafted state file
+        cannot run code; anything else in it is a `ReconstructionError`."""
+        import pickle
+
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise ReconstructionError(f"state file not found: {path}: check the path") from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as error:
+            raise ReconstructionError(
+                f"{path} is not a uafp reconstruction state, or holds more than tensors and plain values "
+                f"(refused, nothing of it was run): {str(error).splitlines()[0][:160]}"
+            ) from None
+        if not isinstance(state, dict) or not {"object", "system", "optimisers", "scale"} <= set(state):
+            raise ReconstructionError(f"{path} is not a uafp reconstruction state (fields missing)")
         self._take_pending()
         self.scale = state["scale"]
         self.object = torch.nn.Parameter(state["object"].to(self.device))
@@ -663,6 +682,20 @@ class UafpReconstruction:
         for name, optimiser_state in state["optimisers"].items():
             if name in self.optimisers:
                 self.optimisers[name].load_state_dict(optimiser_state)
+
+
+def _plain_values(value: Any) -> Any:
+    """Tensors and plain Python values only (numpy scalars become floats/ints), so that
+    `load_state` can read the file with `torch.load(weights_only=True)`."""
+    if isinstance(value, dict):
+        return {key: _plain_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_values(item) for item in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
 
 
 def reconstruct_dataset(
