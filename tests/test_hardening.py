@@ -291,3 +291,136 @@ def test_crafted_state_file_cannot_run_code(tmp_path):
         pickle.dump([1, 2, 3], fh)
     with pytest.raises(ReconstructionError, match="not a uafp reconstruction state"):
         recon.load_state(tmp_path / "plain.pt")
+
+
+# ------------------------------------------------------------------ 3. serial framing resynchronises
+
+
+class SlowPort:
+    """A fake serial port whose reply to each command line arrives after a chosen delay."""
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        import time as _time
+
+        self._time = _time
+        self.delays = delays
+        self.timeout = 0.01
+        self.is_open = True
+        self._scheduled: list[tuple[float, bytes]] = []
+        self._buffer = bytearray()
+
+    def _arrived(self) -> None:
+        now = self._time.monotonic()
+        for item in [item for item in self._scheduled if item[0] <= now]:
+            self._buffer += item[1]
+            self._scheduled.remove(item)
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+
+    def write(self, data: bytes) -> int:
+        command = data.decode().strip()
+        name = command.split(".")[0]
+        reply = {"about": "uafp-led test", "ver": "1.0"}.get(name, f"echo {command}")
+        at = max([self._time.monotonic() + self.delays.get(name, 0.0)] + [t for t, _ in self._scheduled])
+        self._scheduled.append((at, f"{reply}\n-==-\n".encode()))  # in order, like the firmware
+        return len(data)
+
+    def read(self, size: int = 1) -> bytes:
+        self._arrived()
+        if not self._buffer:
+            self._time.sleep(self.timeout)
+            self._arrived()
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+    def reset_input_buffer(self) -> None:
+        self._arrived()
+        self._buffer.clear()
+
+    @property
+    def in_waiting(self) -> int:
+        self._arrived()
+        return len(self._buffer)
+
+
+@pytest.mark.timeout(60)
+def test_late_reply_is_discarded_not_taken_as_the_next_answer():
+    from uafp_gui.devices.illuminate import IlluminateConnection
+    from uafp_gui.devices.led_array import LedArrayTimeout
+
+    port = SlowPort({"slow": 0.35})
+    connection = IlluminateConnection("fake", timeout_s=0.2, boot_timeout_s=0.5, open_port=lambda name: port)
+    connection.open()
+    with pytest.raises(LedArrayTimeout):
+        connection.transact("slow.1")  # its reply comes 0.15 s after the timeout
+    assert connection.transact("fast.2") == ["echo fast.2"]  # not ["echo slow.1"]
+    assert connection.transact("fast.3") == ["echo fast.3"]
+    # two late replies in a row, the second sent while the first is still owed
+    port.delays["slow"] = 0.25
+    for k in range(2):
+        with pytest.raises(LedArrayTimeout):
+            connection.transact(f"slow.{k}", timeout_s=0.1)
+    assert connection.transact("fast.4") == ["echo fast.4"]
+    # a reply that never comes (dropped command) costs one wait, then the line is in step again
+    port.delays["slow"] = 1e9
+    with pytest.raises(LedArrayTimeout):
+        connection.transact("slow.9")
+    port._scheduled.clear()
+    assert connection.transact("fast.5") == ["echo fast.5"]
+    assert connection.transact("fast.6") == ["echo fast.6"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0.0])
+def test_nonsense_timeouts_are_refused(value):
+    from uafp_gui.devices.illuminate import IlluminateConnection
+    from uafp_gui.devices.led_array import LedArrayError
+
+    with pytest.raises(LedArrayError, match="seconds"):
+        IlluminateConnection("fake", timeout_s=value)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "not json", "[1, 2]", '{"array_shape": [0, 0]}', '{"array_shape": [-3, 4]}', '{"array_shape": [1e400, 2]}',
+        '{"array_shape": [true, 2]}', '{"array_shape": [100000, 100000]}',
+        '{"array_shape": [4, 4], "led_pitch_um": NaN}',
+        '{"array_shape": [4, 4], "led_pitch_um": -2}', '{"array_shape": [4, 4], "sequence_max": "x"}',
+        '{"array_shape": [4, 4], "line_max": 0}', '{"array_shape": [4, 4], "color_channels": 5}', "[" * 100000,
+    ],
+)
+def test_odd_pprops_replies_are_typed_errors(reply):
+    from uafp_gui.devices.illuminate import LedArrayProperties
+    from uafp_gui.devices.led_array import LedArrayError
+
+    with pytest.raises(LedArrayError):
+        LedArrayProperties.from_pprops(reply, None)
+
+
+@pytest.mark.parametrize("reply", ["lit.x", "lot.1", "lit.1.99999", "lit.-1", "lit.1e3", "lit.\u00b2"])
+def test_odd_plit_replies_are_typed_errors(reply):
+    from uafp_gui.devices.illuminate import SimulatedLedArray
+    from uafp_gui.devices.led_array import LedArrayError
+
+    with SimulatedLedArray(shape=(8, 8)) as array:
+        array._connection.command = lambda line, timeout_s=None: [reply]
+        with pytest.raises(LedArrayError, match="plit"):
+            array.read_lit()
+
+
+def test_a_device_that_only_says_the_terminator_is_not_an_led_array():
+    from uafp_gui.devices.illuminate import IlluminateConnection
+    from uafp_gui.devices.led_array import LedArrayNotFound
+
+    class EmptyReplies(SlowPort):
+        def write(self, data: bytes) -> int:
+            self._scheduled.append((0.0, b"-==-\n"))
+            return len(data)
+
+    connection = IlluminateConnection(
+        "fake", timeout_s=0.2, boot_timeout_s=0.5, open_port=lambda name: EmptyReplies({})
+    )
+    with pytest.raises(LedArrayNotFound, match="not an illuminate LED array"):
+        connection.open()

@@ -649,7 +649,12 @@ def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
     if squeezed.dtype in (np.uint8, np.uint16):
         return squeezed.astype(np.uint16, copy=False)
     if kind in "ui":
-        if squeezed.size and squeezed.min() >= 0 and squeezed.max() <= 65535:
+        if squeezed.size and squeezed.min() < 0:
+            raise DatasetError(
+                f"frame {index} of {path} holds negative counts (min {squeezed.min()}): camera frames count "
+                "photons; store dark-subtracted frames as float32"
+            )
+        if squeezed.size and squeezed.max() <= 65535:
             return squeezed.astype(np.uint16)
         return squeezed.astype(np.float32)
     if kind == "f":

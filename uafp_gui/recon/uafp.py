@@ -514,6 +514,11 @@ class UafpReconstruction:
         self._take_pending()
         if not bool(self.available.any()):
             raise ReconstructionError("no frame has arrived yet: add frames before running the reconstruction")
+        if not bool((self.measurements[self.available] > 0).any()):
+            raise ReconstructionError(
+                f"every pixel of every frame is at or below the dark level (camera_offset "
+                f"{float(self.meta.camera_offset):g}): nothing to reconstruct; check camera_offset and the LEDs"
+            )
         self._initialise()
         done = 0
         last_yielded = -1
