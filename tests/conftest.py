@@ -74,3 +74,9 @@ def pytest_sessionfinish(session, exitstatus):
     code 5 becomes 0, so the README's two-lane command never fails for an empty lane."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """Readable, short test ids (fuzz-like parameters can be 100 kB long)."""
+    text = repr(val) if not isinstance(val, str) else val
+    return text if len(text) <= 40 else text[:37] + "..."

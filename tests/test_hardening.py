@@ -5,6 +5,7 @@ tests/test_fuzz.py (slow lane)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import struct
@@ -424,3 +425,300 @@ def test_a_device_that_only_says_the_terminator_is_not_an_led_array():
     )
     with pytest.raises(LedArrayNotFound, match="not an illuminate LED array"):
         connection.open()
+
+
+# ------------------------------------------------------------------ 4. import folder stays in its folder
+
+GEOMETRY = {
+    "wavelength_um": 0.532, "objective_na": 0.1, "magnification": 2.0, "camera_pixel_um": 3.69, "led_pitch_mm": 4.0,
+    "led_height_mm": 90.0, "led_array_shape": [32, 32], "led_on_axis": [16, 16], "exposure_ms": 10,
+}
+
+
+def _import_case(tmp_path: Path, csv_text: str, frames: dict[str, np.ndarray] | None = None) -> tuple[Path, Path, Path]:
+    folder = tmp_path / "frames"
+    folder.mkdir(exist_ok=True)
+    for name, frame in (frames or {"a.tif": np.full((8, 8), 100, np.uint16)}).items():
+        tifffile.imwrite(folder / name, frame)
+    (tmp_path / "leds.csv").write_text(csv_text)
+    (tmp_path / "geometry.json").write_text(json.dumps(GEOMETRY))
+    return folder, tmp_path / "leds.csv", tmp_path / "geometry.json"
+
+
+@pytest.mark.parametrize("name", ["../secret.tif", "sub/../../secret.tif", "/etc/passwd", "link.tif"])
+def test_import_folder_reads_nothing_outside_the_folder(tmp_path, name):
+    from uafp_gui.io.importers import import_folder
+
+    tifffile.imwrite(tmp_path / "secret.tif", np.full((8, 8), 7, np.uint16))
+    folder, csv_path, geometry = _import_case(tmp_path, f"row,col,file\n16,16,{name}\n")
+    (folder / "link.tif").symlink_to(tmp_path / "secret.tif")
+    with pytest.raises(DatasetError, match="not a plain name inside|leads outside"):
+        import_folder(folder, csv_path, geometry, tmp_path / "out.tif")
+    assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.full((8, 8), 1 + 2j, np.complex64), "complex"),
+        (np.ones((8, 8), bool), "bool"),
+        (np.full((8, 8), -5, np.int16), "negative counts"),
+        (np.full((8, 8), -1.0, np.float32), "no positive value"),
+    ],
+)
+def test_import_refuses_frames_that_are_not_intensities(tmp_path, frame, message):
+    from uafp_gui.io.importers import import_folder
+
+    folder, csv_path, geometry = _import_case(tmp_path, "row,col,file\n16,16,a.tif\n", {"a.tif": frame})
+    with pytest.raises(DatasetError, match=message):
+        import_folder(folder, csv_path, geometry, tmp_path / "out.tif")
+    assert list(tmp_path.glob("*.tif")) == []
+
+
+@pytest.mark.parametrize(
+    "csv_bytes, message",  # ids: the expected message
+    [
+        (b"row,col,file\n16,16,\xff\xfe.tif\n", "not UTF-8"),
+        (b"row,col,file\n16,16," + b"x" * 200_000 + b"\n", "not a readable CSV"),
+        (b"row,col,file\n16," + b"9" * 401 + b",a.tif\n", r"leds\[0\]\[1\] must be finite"),
+        (b"row,col,file,exposure_ms\n16,16,a.tif,nan\n", "exposure_ms"),
+        (b"row,col,file,exposure_ms\n16,16,a.tif,1e400\n", "exposure_ms"),
+    ],
+)
+def test_bad_led_csv_is_one_typed_error(tmp_path, csv_bytes, message):
+    from uafp_gui.io.importers import import_folder
+
+    folder, csv_path, geometry = _import_case(tmp_path, "")
+    csv_path.write_bytes(csv_bytes)
+    with pytest.raises(DatasetError, match=message):
+        import_folder(folder, csv_path, geometry, tmp_path / "out.tif")
+
+
+# ------------------------------------------------------------------ 8. typed errors for users' files
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested"),
+        ('{"a": ' * 200 + "1" + "}" * 200, "nested"),
+        ('{"wavelength_um": ' + "9" * 401 + "}", "wavelength_um"),
+        ('{"wavelength_um": 1e300}', "wavelength_um"),
+        ('{"wavelength_um": NaN}', "invalid number"),
+        ('{"wavelength_um": 1e999}', "invalid number"),
+    ],
+)
+def test_hostile_metadata_json_is_one_typed_error(tmp_path, text, message):
+    path = tmp_path / "d.tif"
+    tifffile.imwrite(path, np.ones((4, 4), np.uint16))
+    if text.startswith('{"wavelength_um"'):
+        meta = make_meta(1).to_dict()
+        meta["wavelength_um"] = "@@"
+        text = json.dumps(meta).replace('"@@"', text.split(": ", 1)[1].rstrip("}"))
+    path.with_suffix(".json").write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        read_dataset(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"led_positions_mm": [1, 2, 3]}, "led_positions_mm"),
+        ({"led_positions_mm": [[1, 2, 3]]}, "led_positions_mm"),
+        ({"zernike_rad": {"22": 0.1}}, "Noll index 1 to 21"),
+        ({"zernike_rad": {"4": 1e300}}, "zernike_rad"),
+        ({"led_geometry": {"height_mm": 1e300}}, "height_mm"),
+        ({"frame_gain": [1e300]}, "frame_gain"),
+    ],
+)
+def test_hostile_calibration_is_one_typed_error(tmp_path, change, message):
+    from uafp_gui.io.result import load_calibration
+
+    data = {"format": "uafp-calibration", "version": 1, "led_geometry": {"height_mm": 90.0}}
+    data.update(change)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        load_calibration(path)
+
+
+def test_a_folder_named_calibration_json_is_a_typed_error(tmp_path):
+    from uafp_gui.io.result import load_calibration
+
+    (tmp_path / "calibration.json").mkdir()
+    with pytest.raises(DatasetError, match="is a folder, not a calibration file"):
+        load_calibration(tmp_path / "calibration.json")
+
+
+def test_noll_limit_matches_the_physics():
+    from uafp_gui.io.result import MAX_NOLL_INDEX
+    from uafp_gui.physics.zernike import MAX_NOLL_INDEX as PHYSICS_MAX
+
+    assert MAX_NOLL_INDEX == PHYSICS_MAX
+
+
+# ------------------------------------------------------------------ 6, 8, 9: command-line options
+
+
+def _cli(capsys, *argv):
+    from uafp_gui.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own one-line error
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    return code, errors
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    from uafp_gui.cli import main
+
+    folder = tmp_path_factory.mktemp("small")
+    assert main(["simulate", str(folder / "s.tif"), "--preset", "ideal", "--frame-size", "32", "--led-grid", "5"]) == 0
+    return folder / "s.tif"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--upsample", "256"], "upsample"),
+        (["--upsample", "0"], "upsample"),
+        (["--tv-weight", "nan"], "finite"),
+        (["--tv-weight", "-1"], "tv_weight"),
+        (["--iterations", "9" * 401], "whole number"),
+        (["--method", "classic", "--upsample", "64"], "upsample"),
+    ],
+)
+def test_reconstruct_options_are_checked_before_any_work(capsys, tmp_path, small_dataset, options, message):
+    code, errors = _cli(capsys, "reconstruct", small_dataset, "--out", tmp_path / "r", *options)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--leds", "100000x100000"], "at most 1024x1024"),
+        (["--leds", "list:1,2,3"], "list:r,c"),
+        (["--led-on-axis", "nan", "1"], "finite"),
+        (["--camera-timeout-s", "inf"], "finite"),
+        (["--wavelength-um", "1e300"], "wavelength_um"),
+    ],
+)
+def test_acquire_options_are_checked_before_the_camera_runs(capsys, tmp_path, options, message):
+    code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "a.tif", *options)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "a.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", "one JSON object"),
+        ('{"camera_pixel_um": [1]}', "camera_pixel_um"),
+        ('{"objective_na": "wide"}', "objective_na"),
+        ('{"led_on_axis": [NaN, 1]}', "invalid number"),
+        ('{"magnification": -4}', "magnification"),
+        ('{"sample": 5}', "sample"),
+        ('{"led_pitch_mm": 1e400}', "invalid number"),
+    ],
+)
+def test_microscope_json_of_the_wrong_type(capsys, tmp_path, content, message):
+    (tmp_path / "m.json").write_text(content)
+    code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "a.tif",
+                        "--microscope", tmp_path / "m.json")
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1]", "JSON object"),
+        ('{"leds": 5, "led_set": "list"}', "leds"),
+        ('{"leds": [[1, 2, 3]], "led_set": "list"}', "leds"),
+        ('{"square_size": "x"}', "square_size"),
+        ('{"roi": 5}', "roi"),
+        ('{"auto_exposure_target": "x"}', "auto_exposure_target"),
+    ],
+)
+def test_plan_json_of_the_wrong_type(capsys, tmp_path, content, message):
+    (tmp_path / "p.json").write_text(content)
+    code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "a.tif",
+                        "--plan", tmp_path / "p.json")
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+
+
+def test_led_cli_timeout_nan_is_refused(capsys):
+    code, errors = _cli(capsys, "led", "--port", "/dev/null", "--timeout-s", "nan", "about")
+    assert code == 2 and len(errors) == 1 and "finite" in errors[0]
+
+
+# ------------------------------------------------------------------ 9, 10: garbage and leftovers
+
+
+def test_all_dark_frames_are_refused_by_uafp(tmp_path):
+    from uafp_gui.errors import ReconstructionError
+    from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
+
+    path = tmp_path / "dark.tif"
+    write_dataset(path, make_meta(4), np.zeros((4, 16, 16), np.uint16))
+    recon = UafpReconstruction.from_dataset(read_dataset(path), UafpSettings(upsample=2, device="cpu"))
+    with pytest.raises(ReconstructionError, match="dark level"):
+        list(recon.run(1))
+
+
+def test_a_tiny_amplitude_is_not_scored(tmp_path):
+    from uafp_gui.cli.score import score_folders
+    from uafp_gui.io.result import write_result
+
+    truth = _calibration(extra={"synthetic_aperture_na": 0.3, "simulation": {"wavelength_um": 0.5}})
+    image = np.ones((1, 1), np.float32)
+    write_result(tmp_path / "r", image, image, *_images(1.0)[2:], _calibration())
+    write_result(tmp_path / "t", *_images(1.0), truth)
+    with pytest.raises(DatasetError, match="too small to score"):
+        score_folders(tmp_path / "r", tmp_path / "t")
+
+
+def test_a_broken_truth_folder_is_a_typed_error(tmp_path):
+    from uafp_gui.cli.score import score_folders
+    from uafp_gui.io.result import write_result
+
+    write_result(tmp_path / "r", *_images(1.0), _calibration())
+    bad = _calibration(extra={"synthetic_aperture_na": "wide", "simulation": []})
+    write_result(tmp_path / "t", *_images(1.0), bad)
+    with pytest.raises(DatasetError, match="not a ground-truth folder"):
+        score_folders(tmp_path / "r", tmp_path / "t")
+
+
+def test_a_partial_dataset_below_half_needs_allow_partial(capsys, tmp_path):
+    path = tmp_path / "cut.tif"
+    with DatasetWriter(path, make_meta(9)) as writer:
+        writer.append(np.full((16, 16), 500, np.uint16))
+    code, errors = _cli(capsys, "reconstruct", path, "--out", tmp_path / "r", "--iterations", "1")
+    assert code == 2 and "1 of 9 planned frames" in errors[0] and "--allow-partial" in errors[0]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_acquiring_into_a_read_only_folder_fails_before_the_camera(capsys, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", folder / "a.tif")
+    finally:
+        folder.chmod(0o755)
+    assert code == 2 and "no permission" in errors[0] and "--resume" not in errors[0]
+
+
+def test_acquiring_into_a_missing_folder_fails_before_the_camera(capsys, tmp_path, monkeypatch):
+    from uafp_gui.devices import sim_microscope
+
+    monkeypatch.setattr(sim_microscope, "open_simulated_microscope",
+                        lambda *a, **k: pytest.fail("the camera was opened"))
+    code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "nope" / "a.tif")
+    assert code == 2 and "no folder" in errors[0] and "--resume" not in errors[0]

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io.dataset import _number, _positive
+from uafp_gui.io.dataset import _at_most, _number, _positive
 
 CALIBRATION_FORMAT = "uafp-calibration"
 CALIBRATION_VERSION = 1
 RESULT_FILES = ("amplitude.tif", "phase.tif", "pupil.tif", "calibration.json")
-_RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration"}
+_RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration", "manifest"}
+MAX_NOLL_INDEX = 21  # as uafp_gui.physics.zernike (io stays free of torch)
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,12 @@ class LedGeometry:
     height_mm: float = 90.0
 
     def __post_init__(self) -> None:
-        for name in ("shift_x_mm", "shift_y_mm", "rotation_deg"):
-            object.__setattr__(self, name, _number(getattr(self, name), f"led_geometry.{name}"))
-        object.__setattr__(
-            self,
-            "height_mm",
-            _positive(
-                self.height_mm,
-                "led_geometry.height_mm",
-                "give the LED-plane-to-sample distance in millimetres",
-            ),
-        )
+        for name, limit in (("shift_x_mm", 1e4), ("shift_y_mm", 1e4), ("rotation_deg", 360.0)):
+            value = _number(getattr(self, name), f"led_geometry.{name}")
+            object.__setattr__(self, name, _at_most(value, limit, f"led_geometry.{name}", "check the calibration"))
+        hint = "give the LED-plane-to-sample distance in millimetres"
+        height = _positive(self.height_mm, "led_geometry.height_mm", hint)
+        object.__setattr__(self, "height_mm", _at_most(height, 1e5, "led_geometry.height_mm", hint))
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -112,18 +108,21 @@ class Calibration:
                 valid = str(index) == str(key).strip() or isinstance(key, (int, np.integer))
             except (TypeError, ValueError):
                 valid = False
-            if not valid or index < 1:
+            if not valid or not 1 <= index <= MAX_NOLL_INDEX:
                 raise DatasetError(
-                    f"zernike_rad key {key!r} is not a Noll index: use integers >= 1 "
+                    f"zernike_rad key {str(key)[:20]!r} is not a Noll index 1 to {MAX_NOLL_INDEX} "
                     '(written as strings in JSON, e.g. "4" for defocus)'
                 )
-            zernike[index] = _number(value, f"zernike_rad[{key!r}]")
+            zernike[index] = _at_most(
+                _number(value, f"zernike_rad[{key!r}]"), 1e3, f"zernike_rad[{key!r}]", "radians of phase"
+            )
         setter(self, "zernike_rad", dict(sorted(zernike.items())))
 
         if isinstance(self.frame_gain, (str, bytes)) or not isinstance(self.frame_gain, (Sequence, np.ndarray)):
             raise DatasetError(f"frame_gain must be a list of numbers (got {self.frame_gain!r})")
         gains = tuple(_number(g, f"frame_gain[{k}]") for k, g in enumerate(self.frame_gain))
         for k, gain in enumerate(gains):
+            _at_most(gain, 1e6, f"frame_gain[{k}]", "gains scale frame intensities")
             if gain <= 0:
                 raise DatasetError(f"frame_gain[{k}] must be > 0 (got {gain}): gains scale frame intensities")
         setter(self, "frame_gain", gains)
@@ -134,12 +133,15 @@ class Calibration:
             raise DatasetError(f"led_positions_mm must be a list of [X, Y] pairs (got {self.led_positions_mm!r})")
         positions = []
         for k, position in enumerate(self.led_positions_mm):
-            if isinstance(position, (str, bytes)) or len(position) != 2:
-                raise DatasetError(f"led_positions_mm[{k}] must be [X, Y] in mm (got {position!r})")
+            if isinstance(position, (str, bytes, Mapping)) or not isinstance(position, (Sequence, np.ndarray)) or (
+                len(position) != 2
+            ):
+                raise DatasetError(f"led_positions_mm[{k}] must be [X, Y] in mm (got {str(position)[:40]})")
             positions.append(
-                (
-                    _number(position[0], f"led_positions_mm[{k}][0]"),
-                    _number(position[1], f"led_positions_mm[{k}][1]"),
+                tuple(
+                    _at_most(_number(position[i], f"led_positions_mm[{k}][{i}]"), 1e5,
+                             f"led_positions_mm[{k}][{i}]", "millimetres")
+                    for i in range(2)
                 )
             )
         setter(self, "led_positions_mm", tuple(positions))
@@ -272,6 +274,8 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
 
     path = Path(path)
     if path.is_dir():
+        if path.suffix.lower() == ".json" or not (path / "calibration.json").exists():
+            raise DatasetError(f"{path} is a folder, not a calibration file: give calibration.json or a result folder")
         path = path / "calibration.json"
     if not path.exists():
         raise DatasetError(f"calibration file not found: {path}: check the path")

@@ -16,10 +16,11 @@ diverges or turns NaN. `save_state`/`load_state` resume a reconstruction later.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,28 @@ class UafpSettings:
         return replace(self, **changes)
 
     def validate(self) -> None:
+        """Every field checked (type, finite, range): `ConfigError` names the first bad one."""
+        from uafp_gui.recon.common import MAX_UPSAMPLE
+
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
-        if (
-            (self.iterations is not None and self.iterations < 0)
-            or (self.batch_size is not None and self.batch_size < 1)
-            or self.upsample < 1
+        for name, low, high in (
+            ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
+            ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("start_search_evaluations", 0, 10_000),
+            ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
+            ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
         ):
-            raise ConfigError("iterations >= 0, batch_size >= 1 and upsample >= 1 are required")
-        if self.pixel_integration < 1:
-            raise ConfigError("pixel_integration must be >= 1 (1 = off)")
+            value = getattr(self, name)
+            if value is None and name in ("iterations", "batch_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number {low} to {high} (got {value!r})")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{item.name} must be a finite number (got {value!r})")
+            if isinstance(value, float) and value < 0:
+                raise ConfigError(f"{item.name} must be >= 0 (got {value!r})")
 
 
 def default_iterations(n_frames: int) -> int:
@@ -149,6 +162,9 @@ class UafpReconstruction:
         self.settings = settings
         self.source_dataset = source_dataset
         self.device = resolve_device(settings.device)
+        from uafp_gui.recon.common import check_work_size
+
+        check_work_size(tuple(frame_shape), settings.upsample, settings.pixel_integration)
         setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration)
         try:
             self.model = ForwardModel(setup, device=self.device)
