@@ -30,6 +30,7 @@ __all__ = [
     "FramePreview",
     "ReconJob",
     "acquisition_events",
+    "autosave_folder_for",
     "camera_stream",
     "frame_preview",
     "geometry_led_positions_mm",
@@ -192,6 +193,17 @@ def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale
             job.acquiring.clear()
 
 
+def autosave_folder_for(dataset_path: Path | None, fallback: Path) -> Path:
+    """Where a GUI reconstruction of `dataset_path` is saved whenever its run ends: `<stem>_autosave/`
+    next to the dataset when that folder can be written, else `fallback/<stem>_autosave/`."""
+    stem = Path(dataset_path).stem if dataset_path else "reconstruction"
+    if dataset_path is not None:
+        parent = Path(dataset_path).parent
+        if os.access(parent, os.W_OK | os.X_OK):
+            return parent / f"{stem}_autosave"
+    return Path(fallback) / f"{stem}_autosave"
+
+
 def geometry_led_positions_mm(
     array_shape: tuple[int, int], on_axis: tuple[float, float], pitch_mm: float, geometry: Any | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +262,11 @@ class ReconJob:
         self._waiting: list[tuple[int, np.ndarray]] = []
         self.arrivals: dict[int, float] = {}
         self.history: list[tuple[int, float, float, float, float]] = []  # iteration, shift x/y, rotation, height
+        # Whatever ends a run (it completes, Stop, quit, divergence, an engine failure), the last good
+        # state is written here as a complete result folder (calibration.json says if it is partial).
+        self.autosave_folder: Path | None = None
+        self.autosaved: Path | None = None
+        self.autosave_error: BaseException | None = None
         if dataset is not None:
             now = time.perf_counter()
             self.arrivals = dict.fromkeys(range(len(dataset.frames)), now)
@@ -301,7 +318,8 @@ class ReconJob:
         return update
 
     def run(self, iterations: int | None = None) -> Iterator[Any]:
-        """Iterate (see the class docstring); yields `ReconstructionUpdate`s."""
+        """Iterate (see the class docstring); yields `ReconstructionUpdate`s. However it ends, the
+        last good state is written to `autosave_folder` (when set)."""
         import torch
 
         torch.set_num_threads(self.torch_threads or max(1, (os.cpu_count() or 2) - 1))
@@ -310,6 +328,12 @@ class ReconJob:
             if self.cancel.is_set() or not self.acquiring.is_set():
                 return
         self._build()
+        try:
+            yield from self._iterate(iterations)
+        finally:
+            self._autosave()
+
+    def _iterate(self, iterations: int | None) -> Iterator[Any]:
         while self.acquiring.is_set() and not self.cancel.is_set():
             if self.recon.frames_available == 0:
                 time.sleep(0.05)  # waiting for the first frame to arrive, not for a reply
@@ -318,14 +342,33 @@ class ReconJob:
                 for update in self.recon.run(iterations=1, cancel=self.cancel):
                     yield self._record(update)
             except ReconstructionError:
+                if self.recon.stop_reason == "engine_error":
+                    raise
                 time.sleep(0.05)
         if self.cancel.is_set():
+            if self.acquiring.is_set():  # stopped while frames were still coming
+                self.recon.interrupted("stopped during the acquisition")
             return
         if self.recon.frames_available == 0:
             raise ReconstructionError("no frame was acquired: nothing to reconstruct")
         target = self.settings.iterations if iterations is None else iterations
         for update in self.recon.run(iterations=target, cancel=self.cancel):
             yield self._record(update)
+        if self.recon.failed:  # diverged: the engine's fault (the state is the last good one, and saved)
+            raise ReconstructionError(self.recon.failure_message())
+
+    def _autosave(self) -> None:
+        """Write the last good state to `autosave_folder`; a failure to write is kept, not raised (the
+        run's own outcome matters more), and shown by the window."""
+        self.autosaved = self.autosave_error = None
+        if self.autosave_folder is None or self.recon is None or self.recon.object is None:
+            return
+        if self.recon.stop_reason is None:  # ended from outside mid-run (quit): still the last good state
+            self.recon.interrupted("the application stopped the run")
+        try:  # the spec's files only: drawing report.png would hold the interpreter lock and stall the UI
+            self.autosaved = self.export(self.autosave_folder, report=False)
+        except Exception as error:  # noqa: BLE001 - reported by the window, never lost silently
+            self.autosave_error = error
 
     def stop(self) -> None:
         self.cancel.set()
@@ -336,12 +379,12 @@ class ReconJob:
             raise ReconstructionError("the reconstruction has not run yet: start it first")
         return self.recon.result()
 
-    def export(self, folder: str | os.PathLike[str]) -> Path:
+    def export(self, folder: str | os.PathLike[str], report: bool = True) -> Path:
         """Write the result folder (spec section 3) plus `report.png`."""
         from uafp_gui.recon.common import save_result
 
         result = self.result()
-        return Path(save_result(result, folder, report=True, report_dataset=_MetaHolder(self.meta)))
+        return Path(save_result(result, folder, report=report, report_dataset=_MetaHolder(self.meta)))
 
 
 class _MetaHolder:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
+from PySide6.QtCore import QByteArray, QSettings, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QWidget
 
@@ -26,6 +26,7 @@ from uafp_gui.gui.jobs import (
     AcquiredFrame,
     ReconJob,
     acquisition_events,
+    autosave_folder_for,
     camera_stream,
     frame_preview,
     frame_thumbnail,
@@ -380,6 +381,7 @@ class MainWindow(QMainWindow):
         job = None
         if settings is not None:
             job = ReconJob(settings, calibration=self.calibration, source_dataset=out.name)
+            job.autosave_folder = self.autosave_folder(out)
             job.acquiring.set()
             acquisition.subscribe(job.frame_message)
             self._set_recon_job(job)
@@ -464,6 +466,7 @@ class MainWindow(QMainWindow):
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
                 return
             job = ReconJob(settings, dataset=self.dataset, calibration=self.calibration)
+            job.autosave_folder = self.autosave_folder(self.dataset.path)
             self._set_recon_job(job)
         self._run_recon(job, settings.iterations)
 
@@ -480,11 +483,26 @@ class MainWindow(QMainWindow):
         if self.recon_worker is not None:
             self.recon_worker.stop()
 
+    @staticmethod
+    def autosave_folder(dataset_path: Path | None) -> Path:
+        """Where every ending of a reconstruction writes its last good state (see `ReconJob.autosave_folder`)."""
+        fallback = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
+        return autosave_folder_for(dataset_path, Path(fallback or Path.home() / ".uafp") / "autosave")
+
     def _recon_ended(self) -> None:
         self._draw_recon()
         self.recon_panel.flush()
         job = self.recon_job
         self.recon_panel.set_running(False, has_state=job is not None and job.recon is not None)
+        if job is None or job.recon is None:
+            return
+        recon = job.recon
+        self.recon_panel.show_ending(recon.stop_reason, recon.partial, job.autosaved)
+        if job.autosave_error is not None:
+            self.error("Could not save the reconstruction's last state", job.autosave_error)
+        elif job.autosaved is not None:
+            kind = f"partial ({recon.stop_reason})" if recon.partial else "complete"
+            self.status(f"Reconstruction {kind}: its last good state is saved in {job.autosaved}", 15000)
 
     def _draw_recon(self) -> None:
         if self.recon_worker is None:

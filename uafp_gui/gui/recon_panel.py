@@ -285,6 +285,15 @@ class ReconPanel(QWidget):
             self.misalignment_magnify = magnify
             self.misalignment_legend.getLabel(self.misalignment_arrows).setText(self._arrow_label(magnify))
 
+    def show_ending(self, stop_reason: str | None, partial: bool, saved_to=None) -> None:
+        """Say how the run ended (a partial state says why) and where its last good state was saved."""
+        if stop_reason is None:
+            return
+        text = self.status.text().split("  |  ")[0]
+        ending = f"PARTIAL: {stop_reason}" if partial else stop_reason
+        where = f", saved to {saved_to}" if saved_to is not None else ""
+        self.status.setText(f"{text}  |  {ending}{where}")
+
     def show_result(self, result, spectrum: np.ndarray | None = None) -> None:
         """Draw a result read from disk (`uafp_gui.io.result.Result`); `spectrum` from
         `result_spectrum` (computed here when not given)."""
@@ -300,6 +309,7 @@ class ReconPanel(QWidget):
         self.status.setText(
             f"result {result.folder}: {cal.iterations} iterations, shift ({g.shift_x_mm:+.2f}, "
             f"{g.shift_y_mm:+.2f}) mm, rot {g.rotation_deg:+.2f} deg, h {g.height_mm:.1f} mm"
+            + (f"  |  PARTIAL: {cal.extra.get('stop_reason', 'stopped')}" if cal.extra.get("partial") else "")
         )
 
 
