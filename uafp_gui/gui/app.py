@@ -9,6 +9,7 @@ the user's), `--open PATH` (a dataset or result to open at start).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -54,7 +55,15 @@ def run(args: argparse.Namespace) -> int:
     app.setApplicationName("uafp-gui")
     window = create_window(args)
     window.show()
-    return int(app.exec())
+    code = int(app.exec())
+    window.shutdown()  # already done by closeEvent unless the app quit another way
+    from uafp_gui.gui.workers import wait_for_detached
+
+    if not wait_for_detached(5.0):  # a job that ignored its stop: leave without destroying its thread
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
