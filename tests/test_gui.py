@@ -36,7 +36,7 @@ def make_window(qtbot, tmp_path: Path, connect: bool = True) -> MainWindow:
 def window(qtbot, tmp_path):
     shown_errors.clear()
     window = make_window(qtbot, tmp_path)
-    qtbot.waitUntil(lambda: window.connected, timeout=20000)
+    qtbot.waitUntil(lambda: window.connected and window.engine_ready, timeout=180000)
     yield window
     window.close()
     for box in list(shown_errors):

@@ -211,6 +211,15 @@ def open_led_array(args: argparse.Namespace, shape=None, pitch_mm=None):
 
 
 def run(args: argparse.Namespace) -> int:
+    # Arguments and paths first: devices and the engine load only once they are good.
+    if args.simulate and args.mm_config is not None:
+        raise ConfigError("--simulate and --mm-config exclude each other")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist: create it first")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder: give the dataset file to write, e.g. {args.out / 'run.tif'}")
+    if args.mm_config is not None and not args.mm_config.is_file():
+        raise ConfigError(f"--mm-config {args.mm_config} does not exist: check the path")
     from uafp_gui.acquisition.engine import (
         Acquisition,
         AcquisitionFinished,
@@ -223,8 +232,6 @@ def run(args: argparse.Namespace) -> int:
     from uafp_gui.devices.micromanager import open_core
     from uafp_gui.io.dataset import read_dataset_meta
 
-    if args.simulate and args.mm_config is not None:
-        raise ConfigError("--simulate and --mm-config exclude each other")
     stored_meta = None
     if args.resume and args.out.exists():
         stored_meta = read_dataset_meta(args.out)

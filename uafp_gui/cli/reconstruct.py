@@ -97,17 +97,33 @@ def check_output_folder(out: Path) -> None:
         raise ConfigError(f"cannot create result folder {out}: no write permission in {existing}")
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options' ranges, checked before torch loads (a typo fails in well under a second)."""
+    if args.upsample < 1:
+        raise ConfigError(f"--upsample {args.upsample}: give 1 or more object pixels per camera pixel")
+    for name in ("iterations", "batch_size", "pixel_integration"):
+        value = getattr(args, name)
+        smallest = 0 if name == "iterations" else 1
+        if value is not None and value < smallest:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be {smallest} or more")
+    if args.tv_weight < 0:
+        raise ConfigError(f"--tv-weight {args.tv_weight}: must be 0 or more")
+
+
 def run(args: argparse.Namespace) -> int:
-    from uafp_gui.cli.progress import progress_bar
+    # Arguments, paths and files first (numpy and tifffile only); torch loads once they are good.
     from uafp_gui.io.dataset import read_dataset
     from uafp_gui.io.result import load_calibration
-    from uafp_gui.physics.zernike import defocus_um_from_z4
-    from uafp_gui.recon.common import save_result
 
-    dataset = read_dataset(args.dataset)
-    calibration = load_calibration(args.calibration) if args.calibration else None
+    check_numbers(args)
     out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
     check_output_folder(out)
+    dataset = read_dataset(args.dataset)
+    calibration = load_calibration(args.calibration) if args.calibration else None
+
+    from uafp_gui.cli.progress import progress_bar
+    from uafp_gui.physics.zernike import defocus_um_from_z4
+    from uafp_gui.recon.common import save_result
     if args.method == "classic":
         from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
 

@@ -54,8 +54,7 @@ def _parse_zernike(items: list[str]) -> dict[int, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uafp_gui.recon.common import resolve_device
-    from uafp_gui.simulate import PRESETS, describe, simulate, write_simulation
+    from uafp_gui.simulate import PRESETS
 
     settings = PRESETS[args.preset]
     changes = {}
@@ -74,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"folder {args.out.parent} does not exist or is not a folder: create it first")
     if args.out.is_dir():
         raise ConfigError(f"{args.out} is a folder: give the dataset file to write, e.g. {args.out / 'run.tif'}")
+    from uafp_gui.recon.common import resolve_device  # torch loads here, after the checks
+    from uafp_gui.simulate import describe, simulate, write_simulation
+
     print(f"simulating {args.preset}: {describe(settings)}")
     simulation = simulate(settings, device=str(resolve_device(args.device)))
     truth = write_simulation(simulation, args.out)

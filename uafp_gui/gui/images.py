@@ -16,6 +16,19 @@ from PySide6.QtGui import QFont, QImage, QPixmap
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w", foreground="k")
 
+
+def _skip_matplotlib_leftovers() -> None:
+    """pyqtgraph's gradient editor (the live view's histogram) lists matplotlib's uncategorised
+    colormaps by importing matplotlib.pyplot when it is built: 2-3 s on the UI thread before the
+    window shows. Those leftovers are not offered (the categorised matplotlib maps still are)."""
+    from pyqtgraph.widgets import ColorMapMenu
+
+    if hasattr(ColorMapMenu, "find_mpl_leftovers"):
+        ColorMapMenu.find_mpl_leftovers = lambda: []
+
+
+_skip_matplotlib_leftovers()
+
 __all__ = ["CYCLIC_PHASE", "DIVERGING_PHASE", "ImagePlot", "PhaseView", "gray_pixmap", "percentile_levels",
            "phase_view"]
 

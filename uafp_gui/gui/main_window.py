@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QPaintEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QWidget
 
 from uafp_gui.errors import ConfigError, UafpError
@@ -59,15 +59,19 @@ class MainWindow(QMainWindow):
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
-        from uafp_gui.devices.sim_microscope import default_simulation_settings
-
-        warm_up_solver()
         self.setWindowTitle("uafp - Fourier ptychographic microscope")
         self.setAcceptDrops(True)
         self.settings = settings if settings is not None else QSettings("uafp", "uafp-gui")
-        self.simulation = simulation or default_simulation_settings()
+        if simulation is None:  # the simulated microscope's default (uafp_gui.devices.sim_microscope)
+            from uafp_gui.simulate import PRESETS
+
+            simulation = PRESETS["misaligned"]
+        self.simulation = simulation
         self.devices = TaskRunner("devices", self)
         self.io = TaskRunner("io", self)
+        self.engine_loader = TaskRunner("engine", self)
+        self.engine_ready = False
+        self._after_engine: Any = None  # what the user asked for while the engine was loading
         self.core: Any = None
         self.led_array: Any = None
         self.device_microscope: Any = None  # the simulation's nominal microscope, or None for hardware
@@ -122,12 +126,39 @@ class MainWindow(QMainWindow):
         self.timer.setInterval(REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
         self.timer.start()
-        if connect_on_start:
+        self._connect_on_start = connect_on_start
+        self._probe_on_start = probe_hardware
+        self._started = False
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt API
+        super().paintEvent(event)
+        if not self._started:  # after the first paint: the window is on screen before anything heavy loads
+            self._started = True
+            QTimer.singleShot(0, self._start_background_work)
+
+    def _start_background_work(self) -> None:
+        """torch and the solver's lazily loaded parts load off the UI thread; the simulated
+        microscope connects (and the LED array is looked for) on the devices thread."""
+        if self._closing:
+            return
+        self._load_engine()
+        if self._connect_on_start:
             self.connect_simulated(startup=True)
-            if probe_hardware:
+            if self._probe_on_start:
                 self._probe_hardware()
 
     # ------------------------------------------------------------------ construction
+    def _load_engine(self) -> None:
+        def loaded(_: object) -> None:
+            self.engine_ready = True
+            self.recon_panel.engine_loaded()
+            waiting, self._after_engine = self._after_engine, None
+            if waiting is not None:
+                waiting()
+
+        self.engine_loader.submit(warm_up_solver, loaded,
+                                  lambda error: self.error("Cannot load the reconstruction engine", error))
+
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self._action(
@@ -358,6 +389,8 @@ class MainWindow(QMainWindow):
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error("Cannot start the acquisition", ConfigError("a reconstruction is running: stop it first"))
             return
+        if self.acquisition_panel.reconstruct_live.isChecked() and self._engine_loading(self.start_acquisition):
+            return
         from uafp_gui.acquisition.engine import Acquisition
 
         try:
@@ -447,9 +480,20 @@ class MainWindow(QMainWindow):
         self.frame_lags_s = []
         self._lag_counted = 0
 
+    def _engine_loading(self, then) -> bool:
+        """True (and `then` runs once it has loaded) while torch is still loading: importing it here
+        would freeze the window until the loader thread is done."""
+        if self.engine_ready:
+            return False
+        self._after_engine = then
+        self.status("Loading the reconstruction engine: this starts as soon as it is ready", 0)
+        return True
+
     def start_reconstruction(self) -> None:
         """Start UA-FP on the opened dataset, or continue the current reconstruction."""
         if self.recon_worker is not None and self.recon_worker.isRunning():
+            return
+        if self._engine_loading(self.start_reconstruction):
             return
         try:
             settings = self.recon_panel.settings()
@@ -716,6 +760,7 @@ class MainWindow(QMainWindow):
             if worker is not None:
                 worker.wait(30000)
         self.io.shutdown(wait=True)
+        self.engine_loader.shutdown(wait=True)
         led_array = self.led_array
         self.core = self.led_array = None
         if led_array is not None:

@@ -157,14 +157,25 @@ class ReconPanel(QWidget):
             box = QCheckBox(f"learn {label}")
             self.learn[name] = box
             grid.addWidget(box, 1 + k // 3, 2 * (k % 3), 1, 2)
-        from uafp_gui.recon.uafp import UafpSettings
-
-        self.show_settings(UafpSettings())
+        # The engine's defaults fill these once it has loaded (`engine_loaded`): torch is not
+        # imported on the UI thread before the window shows.
+        self._defaults_shown = False
         layout.addWidget(settings)
         self.set_running(False, has_state=False)
+        self.status.setText("Loading the reconstruction engine...")
 
     # ---- settings --------------------------------------------------------------------------
+    def engine_loaded(self) -> None:
+        """The solver is importable without a wait: show its default settings."""
+        if not self._defaults_shown:
+            from uafp_gui.recon.uafp import UafpSettings
+
+            self.show_settings(UafpSettings())
+        if self.status.text() == "Loading the reconstruction engine...":
+            self.status.setText("No reconstruction yet")
+
     def show_settings(self, settings) -> None:
+        self._defaults_shown = True
         self.upsample.setValue(settings.upsample)
         from uafp_gui.recon.uafp import default_iterations
 
@@ -177,6 +188,8 @@ class ReconPanel(QWidget):
         """`UafpSettings` from the controls (other fields from `base`)."""
         from uafp_gui.recon.uafp import UafpSettings
 
+        if not self._defaults_shown:
+            self.engine_loaded()
         base = base or UafpSettings()
         changes = {name: box.isChecked() for name, box in self.learn.items()}
         settings = base.replace(
