@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.dataset)
     calibration = load_calibration(args.calibration) if args.calibration else None
 
-    from uafp_gui.cli.progress import progress_bar
+    from uafp_gui.cli.progress import PhaseProgress, progress_bar
     from uafp_gui.physics.zernike import defocus_um_from_z4
     from uafp_gui.recon.common import save_result
     if args.method == "classic":
@@ -139,10 +139,10 @@ def run(args: argparse.Namespace) -> int:
         from uafp_gui.recon.uafp import UafpReconstruction
 
         recon = UafpReconstruction.from_dataset(dataset, uafp_settings(args), calibration)
-        with progress_bar(recon.settings.iterations, "UA-FP", "iter") as bar:
+        with PhaseProgress(recon.settings.iterations) as progress:
+            recon.on_phase = progress.on_phase
             for update in recon.run():
-                bar.update(update.iteration - bar.n)
-                bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
+                progress.iteration(update)
         result = recon.result()
     save_result(result, out)
     if not args.no_report:

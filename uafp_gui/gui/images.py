@@ -136,6 +136,10 @@ class ImagePlot(pg.PlotItem):
             self._shape = array.shape
             self.setRange(xRange=(0, array.shape[1]), yRange=(0, array.shape[0]), padding=0)
 
+    def clear_image(self) -> None:
+        self.image.clear()
+        self.caption.setText("")
+
     def show_phase(self, view: PhaseView) -> None:
         self.set_colormap(view.colormap)
         self.show_array(view.image, view.levels, view.caption)

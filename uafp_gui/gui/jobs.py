@@ -28,9 +28,11 @@ from uafp_gui.errors import ReconstructionError
 __all__ = [
     "AcquiredFrame",
     "FramePreview",
+    "JobProgress",
     "ReconJob",
     "acquisition_events",
     "camera_stream",
+    "format_duration",
     "frame_preview",
     "geometry_led_positions_mm",
     "open_devices",
@@ -214,6 +216,37 @@ def geometry_led_positions_mm(
     return nominal, estimated
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a `ReconJob` is: `phase` ("waiting", a `UafpReconstruction` PHASE_* name, or "iterating"),
+    `done` of `total` steps of it, since `started` (perf_counter). For the view's progress and ETA."""
+
+    phase: str
+    done: int
+    total: int
+    started: float
+    first_done: int = 0  # steps already done when `started` was taken (the ETA rate excludes them)
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds left at this phase's own pace; None until a step beyond the first has been timed."""
+        timed = self.done - self.first_done
+        if timed <= 0 or self.total <= self.done:
+            return None if self.total > self.done else 0.0
+        return (now - self.started) / timed * (self.total - self.done)
+
+
+def format_duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min: a duration a person reads at a glance."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 class ReconJob:
     """One UA-FP reconstruction, built on the worker thread and kept between runs.
 
@@ -250,6 +283,10 @@ class ReconJob:
         self._waiting: list[tuple[int, np.ndarray]] = []
         self.arrivals: dict[int, float] = {}
         self.history: list[tuple[int, float, float, float, float]] = []  # iteration, shift x/y, rotation, height
+        # What the job is doing now, for the view (read on the UI thread; replaced, never mutated):
+        self.progress = JobProgress("waiting", 0, 0, time.perf_counter())
+        self.run_first_iteration = 0
+        self.run_target = 0
         if dataset is not None:
             now = time.perf_counter()
             self.arrivals = dict.fromkeys(range(len(dataset.frames)), now)
@@ -289,13 +326,27 @@ class ReconJob:
         )
         if self.dataset is not None:
             recon.add_frames(self.dataset.frames, 0)
+        recon.on_phase = self._on_phase
         with self._lock:
             self.recon = recon
             waiting, self._waiting = self._waiting, []
         for index, frame in waiting:
             recon.add_frames(frame[None], index)
 
+    def _on_phase(self, phase: str, done: int, total: int) -> None:
+        """`UafpReconstruction.on_phase`: the start fits and search, before the first iteration."""
+        current = self.progress
+        started = current.started if current.phase == phase else time.perf_counter()
+        self.progress = JobProgress(phase, done, total, started)
+
     def _record(self, update: Any) -> Any:
+        progress = self.progress
+        if progress.phase != "iterating":
+            self.progress = JobProgress("iterating", update.iteration - self.run_first_iteration, self.run_target
+                                        - self.run_first_iteration, time.perf_counter(), first_done=1)
+        else:
+            self.progress = JobProgress("iterating", update.iteration - self.run_first_iteration, self.run_target
+                                        - self.run_first_iteration, progress.started, first_done=progress.first_done)
         g = update.geometry
         self.history.append((update.iteration, g.shift_x_mm, g.shift_y_mm, g.rotation_deg, g.height_mm))
         return update
@@ -310,6 +361,8 @@ class ReconJob:
             if self.cancel.is_set() or not self.acquiring.is_set():
                 return
         self._build()
+        self.run_first_iteration = self.recon.iteration
+        self.run_target = self.recon.iteration + (self.settings.iterations if iterations is None else iterations)
         while self.acquiring.is_set() and not self.cancel.is_set():
             if self.recon.frames_available == 0:
                 time.sleep(0.05)  # waiting for the first frame to arrive, not for a reply
@@ -324,11 +377,19 @@ class ReconJob:
         if self.recon.frames_available == 0:
             raise ReconstructionError("no frame was acquired: nothing to reconstruct")
         target = self.settings.iterations if iterations is None else iterations
+        # The iterations after the acquisition: what the view counts ("iteration k of n") and times.
+        self.run_first_iteration, self.run_target = self.recon.iteration, self.recon.iteration + target
+        self.progress = JobProgress("waiting", 0, 0, time.perf_counter())
         for update in self.recon.run(iterations=target, cancel=self.cancel):
             yield self._record(update)
 
     def stop(self) -> None:
         self.cancel.set()
+
+    @property
+    def iterations_done(self) -> int:
+        """Iterations the reconstruction has made (0: stopped before its first, nothing to show or export)."""
+        return 0 if self.recon is None else int(self.recon.iteration)
 
     # ---- after a run (worker thread) -------------------------------------------------------
     def result(self) -> Any:

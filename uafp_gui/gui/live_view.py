@@ -85,6 +85,15 @@ class LiveViewPanel(QWidget):
     def set_bit_depth(self, bits: int) -> None:
         self.full_scale = 2 ** int(bits) - 1
 
+    def clear(self, text: str = "No image") -> None:
+        """Show no frame (what was shown belongs to something no longer open)."""
+        self.image.clear()
+        self.histogram.item.plot.setData([], [])
+        if self._info_saturated:
+            self._info_saturated = False
+            self.info.setStyleSheet("")
+        self.info.setText(text)
+
     def show_frame(self, frame: np.ndarray, caption: str = "") -> None:
         """Show a raw frame (computes its preview here: for one-off frames, not for streams)."""
         self.show_preview(frame_preview(frame, self.full_scale), caption)

@@ -27,6 +27,7 @@ from uafp_gui.gui.jobs import (
     ReconJob,
     acquisition_events,
     camera_stream,
+    format_duration,
     frame_preview,
     frame_thumbnail,
     open_devices,
@@ -501,7 +502,7 @@ class MainWindow(QMainWindow):
             self.error("Invalid reconstruction settings", error)
             return
         job = self.recon_job
-        if job is None or job.recon is None:
+        if job is None or job.iterations_done == 0:  # nothing made yet: a new run, with the settings shown
             if self.dataset is None:
                 self.error("Nothing to reconstruct", ConfigError(
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
@@ -516,30 +517,68 @@ class MainWindow(QMainWindow):
         worker.failed.connect(lambda error: self.error("Reconstruction failed", error))
         worker.ended.connect(self._recon_ended)
         self.recon_worker = worker
-        self.recon_panel.set_running(True, has_state=True)
+        self.recon_panel.set_running(True, has_state=job.iterations_done > 0)
+        self.recon_panel.show_status("Starting the reconstruction...")
         worker.start()
 
     def stop_reconstruction(self) -> None:
-        if self.recon_worker is not None:
+        if self.recon_worker is not None and self.recon_worker.isRunning():
             self.recon_worker.stop()
+            self.recon_panel.stop_button.setEnabled(False)  # acts at the next mini-batch or iteration
+            self.recon_panel.show_status("Stopping...")
 
     def _recon_ended(self) -> None:
         self._draw_recon()
         self.recon_panel.flush()
         job = self.recon_job
-        self.recon_panel.set_running(False, has_state=job is not None and job.recon is not None)
+        done = job.iterations_done if job is not None else 0
+        self.recon_panel.set_running(False, has_state=done > 0)
+        if job is None:
+            return
+        if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
+            self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
+                                         "Reconstruct to start again.", "")
+        elif job.recon.iteration >= job.run_target:
+            elapsed = job.recon.elapsed_s
+            self.recon_panel.show_status(f"Finished: {done} iterations in {format_duration(elapsed)}. Continue runs "
+                                         f"{self.recon_panel.iterations.value()} more; Export writes the result.")
+        else:
+            self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target}. Continue runs "
+                                         f"{self.recon_panel.iterations.value()} more; Export writes this state.")
+
+    def _progress_text(self, job: ReconJob) -> str:
+        """What the reconstruction is doing, how far it is and (once a step is timed) how long is left."""
+        progress = job.progress
+        now = time.perf_counter()
+        if progress.phase == "waiting":
+            return "Starting the reconstruction..."
+        if progress.phase == "iterating":
+            if job.acquiring.is_set():
+                return f"Iteration {job.iterations_done} (refining while frames arrive)"
+            text = f"Iteration {job.iterations_done} of {job.run_target}"
+        else:
+            from uafp_gui.recon.uafp import PHASE_START_SEARCH
+
+            at_most = "at most " if progress.phase == PHASE_START_SEARCH and progress.total > 5 else ""
+            text = f"{progress.phase[:1].upper()}{progress.phase[1:]}: {progress.done} of {at_most}{progress.total}"
+        eta = progress.eta_s(now)
+        return text + (f", about {format_duration(eta)} left" if eta else "")
 
     def _draw_recon(self) -> None:
         if self.recon_worker is None:
             return
+        job = self.recon_job
         update, fresh = self.recon_worker.latest()
         if not fresh or update is None:
             self.recon_panel.flush()  # the plots of the update drawn on the previous tick
+            if job is not None and self.recon_worker.isRunning() and not self.recon_worker.stopping:
+                self.recon_panel.show_status(self._progress_text(job))
             return
-        job = self.recon_job
         # Images now, plots on the next tick: each repaint stays short.
-        self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True)
+        progress = self._progress_text(job) if job is not None else None
+        self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True, progress=progress)
         self.led_map.set_geometry(update.geometry)
+        self.recon_panel.set_arrow_magnify(self.led_map.magnify)
         self.updates_drawn += 1
         if job is not None:  # frame -> display lag: first drawn update that used each frame
             now = time.perf_counter()
@@ -564,7 +603,7 @@ class MainWindow(QMainWindow):
             self.error(title, ConfigError("the reconstruction is still running: press Stop (or wait for it) first"))
             return None
         job = self.recon_job
-        if job is None or job.recon is None or job.recon.object is None:
+        if job is None or job.iterations_done == 0 or job.recon.object is None:
             self.error(title, ConfigError("there is no reconstruction yet: acquire or open a dataset and reconstruct"))
             return None
         return job
@@ -647,17 +686,28 @@ class MainWindow(QMainWindow):
         self.io.submit(read, opened, lambda error: self.error(f"Cannot open the {kind[0]}", error))
 
     def _show_result(self, path: Path, result: Any, spectrum: np.ndarray) -> None:
-        self.recon_panel.show_result(result, spectrum)
+        """Show an opened result folder, and nothing of what was open before: the previous dataset's
+        frames and reconstruction leave the views (the result on disk is what Export would give)."""
+        self._set_recon_job(None)
+        self.recon_worker = None
+        self.dataset = None
+        self.recon_panel.set_running(False, has_state=False)
+        self.acquisition_panel.reset_progress(0)
+        self.live_view.clear(f"{path.name}: a result folder (no raw frames)")
         self.led_map.set_geometry(result.calibration.led_geometry)
+        self.recon_panel.show_result(result, spectrum, arrow_magnify=self.led_map.magnify)
         self._add_recent(path)
-        self.status(f"Opened result {path}")
+        self.status(f"Opened result {path}" + (f" (from {result.calibration.source_dataset})"
+                                              if result.calibration.source_dataset else ""))
 
     def _show_dataset(self, path: Path, dataset: Any, thumbnails: list[np.ndarray], preview: Any) -> None:
         from uafp_gui.acquisition.plan import MicroscopeDescription
 
         self.dataset = dataset
         self._set_recon_job(None)
+        self.recon_worker = None
         self.recon_panel.set_running(False, has_state=False)
+        self.recon_panel.clear(f"No reconstruction of {path.name} yet: press Reconstruct")
         meta = dataset.meta
         self.recon_panel.led_pitch_mm = meta.led_pitch_mm
         try:

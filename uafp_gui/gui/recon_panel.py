@@ -130,9 +130,13 @@ class ReconPanel(QWidget):
         self.stop_button.clicked.connect(self.stop_requested)
         controls.addWidget(self.start_button)
         controls.addWidget(self.stop_button)
+        # Two lines (progress; what the current state says), fixed height: new text each update
+        # must not re-lay out the window, and nothing is cut off at a usual window width.
         self.status = QLabel("No reconstruction yet")
-        # New text each update must not re-lay out the window.
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.setObjectName("reconStatus")
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.status.setFixedHeight(2 * self.status.fontMetrics().lineSpacing() + 4)
+        self.status.setWordWrap(True)
         controls.addWidget(self.status, 1)
         layout.addLayout(controls)
 
@@ -160,9 +164,11 @@ class ReconPanel(QWidget):
         # The engine's defaults fill these once it has loaded (`engine_loaded`): torch is not
         # imported on the UI thread before the window shows.
         self._defaults_shown = False
+        self._state_text = ""
+        self._fixed_magnify: float | None = None
         layout.addWidget(settings)
         self.set_running(False, has_state=False)
-        self.status.setText("Loading the reconstruction engine...")
+        self.show_status("Loading the reconstruction engine...")
 
     # ---- settings --------------------------------------------------------------------------
     def engine_loaded(self) -> None:
@@ -172,7 +178,7 @@ class ReconPanel(QWidget):
 
             self.show_settings(UafpSettings())
         if self.status.text() == "Loading the reconstruction engine...":
-            self.status.setText("No reconstruction yet")
+            self.show_status("No reconstruction yet")
 
     def show_settings(self, settings) -> None:
         self._defaults_shown = True
@@ -220,18 +226,46 @@ class ReconPanel(QWidget):
         self.pupil_amplitude.show_array(amplitude)
         self.pupil_phase.show_phase(phase_view(phase, support, central=1.0))
 
-    def show_update(self, update, history=(), defer_plots: bool = False) -> None:
+    def show_status(self, progress: str, state: str | None = None) -> None:
+        """The status lines: `progress` (what runs, how far, ETA) and `state` (what is shown);
+        without `state` the last one stays."""
+        if state is not None:
+            self._state_text = state
+        text = progress if not self._state_text else f"{progress}\n{self._state_text}"
+        if text != self.status.text():
+            self.status.setText(text)
+
+    @staticmethod
+    def describe_state(update) -> str:
+        g = update.geometry
+        return (
+            f"loss {update.loss:.4g} · {update.frames_used} frames · LED shift ({signed(g.shift_x_mm)}, "
+            f"{signed(g.shift_y_mm)}) mm, rotation {signed(g.rotation_deg)} deg, height {g.height_mm:.1f} mm"
+        )
+
+    def clear(self, text: str = "No reconstruction yet") -> None:
+        """Empty every view: nothing on screen belongs to a dataset or result that is not open."""
+        for plot in (self.amplitude, self.phase, self.spectrum, self.pupil_amplitude, self.pupil_phase):
+            plot.clear_image()
+        for item in (self.nominal_points, self.estimated_points):
+            item.setData(pos=np.empty((0, 2)))
+        self.misalignment_arrows.setData([], [])
+        self.zernike_bars.setOpts(x=[], height=[])
+        self.gain_bars.setOpts(x=[], height=[])
+        self.loss_curve.setData([], [])
+        for curve in self.trace_curves.values():
+            curve.setData([], [])
+        self._pending = None
+        self._state_text = ""
+        self.show_status(text)
+
+    def show_update(self, update, history=(), defer_plots: bool = False, progress: str | None = None) -> None:
         """Draw `update`; with `defer_plots` the images now and the plots at `flush()`."""
         self.amplitude.show_array(update.amplitude)
         self.phase.show_phase(phase_view(update.phase))
         self.spectrum.show_array(update.log_spectrum)
         self._show_pupil(update.pupil_amplitude, update.pupil_phase)
-        g = update.geometry
-        self.status.setText(
-            f"iteration {update.iteration}  loss {update.loss:.4g}  frames {update.frames_used}  "
-            f"shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm  rot {g.rotation_deg:+.2f} deg  "
-            f"h {g.height_mm:.1f} mm  {update.elapsed_s:.1f} s"
-        )
+        self.show_status(progress or f"iteration {update.iteration}", self.describe_state(update))
         self._pending = (update, history)
         if not defer_plots:
             self.flush()
@@ -250,7 +284,7 @@ class ReconPanel(QWidget):
             data = np.asarray(history, dtype=float)
             columns = (data[:, 1], data[:, 2], data[:, 3], data[:, 4] - data[0, 4])
             for curve, values in zip(self.trace_curves.values(), columns, strict=True):
-                curve.setData(data[:, 0], values)
+                curve.setData(data[:, 0], values, symbol=None)
 
     def _show_zernike(self, zernike_rad) -> None:
         indices = sorted(j for j in zernike_rad if j >= 2)
@@ -280,6 +314,8 @@ class ReconPanel(QWidget):
             pitch_mm = self._pitch_found[1]
         largest = float(np.abs(displacement).max()) if displacement.size else 0.0
         magnify = 1.0 if largest == 0 or pitch_mm is None else max(1.0, round(0.5 * pitch_mm / largest))
+        if self._fixed_magnify:
+            magnify = self._fixed_magnify
         heads = nominal + displacement * magnify
         self.nominal_points.setData(pos=nominal)
         self.estimated_points.setData(pos=heads)
@@ -298,9 +334,10 @@ class ReconPanel(QWidget):
             self.misalignment_magnify = magnify
             self.misalignment_legend.getLabel(self.misalignment_arrows).setText(self._arrow_label(magnify))
 
-    def show_result(self, result, spectrum: np.ndarray | None = None) -> None:
-        """Draw a result read from disk (`uafp_gui.io.result.Result`); `spectrum` from
-        `result_spectrum` (computed here when not given)."""
+    def show_result(self, result, spectrum: np.ndarray | None = None, arrow_magnify: float | None = None) -> None:
+        """Draw a result read from disk (`uafp_gui.io.result.Result`) in every view; `spectrum` from
+        `result_spectrum` (computed here when not given); `arrow_magnify`: the LED map's arrow scale."""
+        self.clear()
         self.amplitude.show_array(result.amplitude)
         self.phase.show_phase(phase_view(result.phase))
         self.spectrum.show_array(self.result_spectrum(result.object_field) if spectrum is None else spectrum)
@@ -310,10 +347,37 @@ class ReconPanel(QWidget):
         self._show_gains(cal.frame_gain)
         self._show_loss(cal.extra.get("loss_history", []))
         g = cal.led_geometry
-        self.status.setText(
-            f"result {result.folder}: {cal.iterations} iterations, shift ({g.shift_x_mm:+.2f}, "
-            f"{g.shift_y_mm:+.2f}) mm, rot {g.rotation_deg:+.2f} deg, h {g.height_mm:.1f} mm"
+        estimated = np.asarray(cal.led_positions_mm, dtype=float).reshape(-1, 2)
+        self._fixed_magnify = arrow_magnify
+        self._show_leds(nominal_from_estimated(estimated, g), estimated)
+        # A result keeps the final geometry only: one marker per trace at its last iteration.
+        final = (g.shift_x_mm, g.shift_y_mm, g.rotation_deg, 0.0)
+        for curve, value in zip(self.trace_curves.values(), final, strict=True):
+            curve.setData([cal.iterations], [value], symbol="o", symbolSize=7)
+        self.show_status(
+            f"Result {result.folder}: {cal.iterations} iterations (from {cal.source_dataset or 'an unnamed dataset'})",
+            f"LED shift ({signed(g.shift_x_mm)}, {signed(g.shift_y_mm)}) mm, rotation {signed(g.rotation_deg)} deg, "
+            f"height {g.height_mm:.1f} mm · final loss {cal.final_loss:.4g}",
         )
+
+    def set_arrow_magnify(self, magnify: float | None) -> None:
+        """Draw the LED arrows at this scale (the LED map's, so both read alike); None: pick one."""
+        self._fixed_magnify = magnify
+
+
+def nominal_from_estimated(estimated: np.ndarray, geometry) -> np.ndarray:
+    """Nominal LED positions (mm) behind estimated ones, undoing the rigid misalignment (spec section 2:
+    rotate, then shift); per-LED residuals, if any were learnt, stay in the arrows."""
+    t = np.radians(geometry.rotation_deg)
+    x = estimated[:, 0] - geometry.shift_x_mm
+    y = estimated[:, 1] - geometry.shift_y_mm
+    return np.stack([x * np.cos(t) + y * np.sin(t), -x * np.sin(t) + y * np.cos(t)], axis=1)
+
+
+def signed(value: float, decimals: int = 2) -> str:
+    """+1.25 / -0.40 / +0.00: never "-0.00" for a value that rounds to zero."""
+    rounded = round(float(value), decimals)
+    return f"{rounded + 0.0:+.{decimals}f}"
 
 
 def led_pitch_of(positions: np.ndarray) -> float | None:

@@ -40,6 +40,10 @@ from uafp_gui.recon.report import nominal_frame_positions_mm
 
 LOSSES = ("amplitude", "poisson")
 
+# Phases a run reports through `UafpReconstruction.on_phase(phase, done, total)` before its first iteration.
+PHASE_START_GEOMETRY = "fitting the start geometry"
+PHASE_START_SEARCH = "searching the start geometry"
+
 
 @dataclass(frozen=True)
 class UafpSettings:
@@ -179,7 +183,12 @@ class UafpReconstruction:
         self.start_geometry: LedGeometry | None = None
         self.circle_fit = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
+        self._searching = False
         self.optimisers: dict[str, torch.optim.Optimizer] = {}
+        # Progress before the first iteration (the start fits and search can take minutes on a CPU):
+        # called as on_phase(phase, done, total) with PHASE_* names; None reports nothing.
+        self.on_phase: Callable[[str, int, int], None] | None = None
+        self._cancel_requested: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ frames
     @classmethod
@@ -263,7 +272,15 @@ class UafpReconstruction:
             and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
         ):
             if len(bright) > self._geometry_initialised_with:
-                self._fit_start_geometry(bright)
+                from uafp_gui.recon.selfcal import Cancelled
+
+                self._report(PHASE_START_GEOMETRY, 0, 1)
+                try:
+                    self._fit_start_geometry(bright)
+                except Cancelled:  # stopped: the fit runs again when the run continues
+                    self._build_optimisers()
+                    return
+                self._report(PHASE_START_GEOMETRY, 1, 1)
             if self._start_search_due():
                 self._search_start_geometry()
         self._build_optimisers()
@@ -272,9 +289,18 @@ class UafpReconstruction:
         from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, within_search_range
 
         available = torch.nonzero(self.available).squeeze(1)
-        boundary = fit_geometry_from_boundary(self.model, self.measurements, available)
+        cancelled = self._cancel_requested
+        boundary = fit_geometry_from_boundary(
+            self.model, self.measurements, available, cancelled=cancelled,
+            progress=lambda done, total: self._report(PHASE_START_GEOMETRY, done, total + 1),  # + the circle fit
+        )
+        saved = self.model.system.led_geometry()
         self.model.system.set_geometry(boundary.geometry)
-        circles = fit_geometry_from_circles(self.model, self.measurements, bright)
+        try:
+            circles = fit_geometry_from_circles(self.model, self.measurements, bright, cancelled=cancelled)
+        except Exception:
+            self.model.system.set_geometry(saved)
+            raise
         self.circle_fit = None
         if (
             circles is not None
@@ -305,7 +331,7 @@ class UafpReconstruction:
 
     def _search_start_geometry(self) -> None:
         """Search the start geometry within the circle fit's uncertainty (see `selfcal.search_start_geometry`)."""
-        from uafp_gui.recon.selfcal import search_start_geometry
+        from uafp_gui.recon.selfcal import Cancelled, search_start_geometry
 
         self._build_optimisers()
         frames = self._probe_frames().to(self.device)
@@ -313,8 +339,14 @@ class UafpReconstruction:
         system = self.model.system
         evaluations = 0
 
+        limit = self.settings.start_search_evaluations
+        first_simplex = 5  # selfcal.search_start_geometry stops after it unless a vertex gains
+
         def probe_loss(geometry: LedGeometry) -> float:
             nonlocal evaluations
+            self._report(PHASE_START_SEARCH, evaluations, first_simplex if evaluations < first_simplex else limit)
+            if self._cancel_requested():
+                raise Cancelled
             evaluations += 1
             self._restore(snapshot)
             system.set_geometry(geometry)
@@ -330,13 +362,22 @@ class UafpReconstruction:
 
         started = time.perf_counter()
         start = self.circle_fit.geometry
-        geometry, start_loss, loss = search_start_geometry(
-            probe_loss,
-            start,
-            self.circle_fit.uncertainty,
-            self.settings.start_search_evaluations,
-            self.settings.start_search_min_gain,
-        )
+        self._searching = True
+        try:
+            geometry, start_loss, loss = search_start_geometry(
+                probe_loss,
+                start,
+                self.circle_fit.uncertainty,
+                self.settings.start_search_evaluations,
+                self.settings.start_search_min_gain,
+            )
+        except Cancelled:  # back to the circle fit; the search runs again when the run continues
+            self._restore(snapshot)
+            system.set_geometry(start)
+            return
+        finally:
+            self._searching = False
+        self._report(PHASE_START_SEARCH, evaluations, evaluations)
         self._restore(snapshot)
         system.set_geometry(geometry)
         self.start_geometry = geometry
@@ -348,6 +389,10 @@ class UafpReconstruction:
             "evaluations": evaluations,
             "seconds": time.perf_counter() - started,
         }
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, done, total)
 
     def _build_optimisers(self) -> None:
         s = self.settings
@@ -476,6 +521,10 @@ class UafpReconstruction:
         system = self.model.system
         total = 0.0
         for batch in torch.split(order, self.batch_size()):
+            if self._searching and self._cancel_requested():  # Stop acts within one batch, not one search
+                from uafp_gui.recon.selfcal import Cancelled
+
+                raise Cancelled
             optimiser.zero_grad(set_to_none=True)
             loss = self.loss(batch)
             loss.backward()
@@ -510,6 +559,7 @@ class UafpReconstruction:
         """Iterate from the current state; yields an update every `update_every` iterations and at the end."""
         target = self.settings.iterations if iterations is None else iterations
         cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+        self._cancel_requested = cancelled  # the start search checks it between mini-batches
         self._take_pending()
         if not bool(self.available.any()):
             raise ReconstructionError("no frame has arrived yet: add frames before running the reconstruction")
@@ -520,6 +570,8 @@ class UafpReconstruction:
             started = time.perf_counter()
             if self._take_pending():
                 self._initialise()
+                if cancelled():  # stopped during the start search the new frames set off
+                    break
             self._set_learning_rates()
             if self._last_good is None:
                 self._last_good = self._snapshot()
