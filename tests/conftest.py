@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# benchmarks/ holds the independent reference simulator (`refsim`) that engine-accuracy tests use.
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 BLOODSMEAR_MAT = SHARED / "data" / "zheng-bloodsmear" / "bloodsmear_green.mat"
 
 

@@ -201,6 +201,13 @@ def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=10000)
     stopped_at = window.recon_job.recon.iteration
     assert stopped_at < 500
+    # Stop wrote the last good state next to the dataset, marked partial, and the panel says so.
+    saved = window.recon_job.autosaved
+    assert saved == tmp_path / "run_autosave"
+    calibration = json.loads((saved / "calibration.json").read_text())
+    assert calibration["partial"] is True and calibration["stop_reason"] == "cancelled"
+    assert calibration["iterations"] == stopped_at
+    assert "PARTIAL: cancelled" in window.recon_panel.status.text()
     window.recon_panel.iterations.setValue(2)
     window.recon_panel.start_button.click()  # Continue
     qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=30000)

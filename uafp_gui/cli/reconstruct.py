@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from uafp_gui.errors import ConfigError
@@ -110,6 +114,107 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise ConfigError(f"--tv-weight {args.tv_weight}: must be 0 or more")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so a reconstruction ends the same way (last good state saved)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
+@dataclass
+class RunEnding:
+    result: object  # the ReconstructionResult written (None when there was nothing to write)
+    exit_code: int | None  # None: the run ended normally, the caller prints the summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within: SIGTERM raises `Terminated` (main thread only; elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """While the last good state is written, Ctrl-C and SIGTERM wait (a second Ctrl-C must not lose it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _save(recon, result, out: Path, dataset, report: bool) -> None:
+    from uafp_gui.recon.common import save_result
+
+    save_result(result, out)
+    if report:
+        from uafp_gui.recon.report import write_report
+
+        write_report(result, out / "report.png", dataset=dataset)
+
+
+def run_keeping_the_last_good_state(recon, out: Path, dataset, report: bool = True) -> RunEnding:
+    """Run UA-FP with a progress bar; whatever ends it, write the last good state to `out`.
+
+    A run that completes returns its result (exit_code None: the caller saves and reports). Ctrl-C
+    or SIGTERM write the last good state as a partial result and give exit code 130 / 143; a
+    diverged run or an engine failure writes it and raises a `ReconstructionError` that says it is
+    the engine's fault and what to try.
+    """
+    import sys
+
+    from uafp_gui.cli.progress import PhaseProgress
+    from uafp_gui.errors import ReconstructionError
+
+    def write_partial() -> object:
+        if recon.object is None:
+            return None
+        with _signals_held():
+            result = recon.result()
+            _save(recon, result, out, dataset, report)
+        return result
+
+    try:
+        with _sigterm_as_interrupt(), PhaseProgress(recon.settings.iterations) as progress:
+            recon.on_phase = progress.on_phase  # the start fit and search: a bar each, before the iterations
+            for update in recon.run():
+                progress.iteration(update)
+    except KeyboardInterrupt as interrupt:
+        how = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+        recon.interrupted(f"interrupted by {how}")
+        result = write_partial()
+        where = (
+            f"the last good state (iteration {recon.iteration}) is written to {out}/ as a partial result"
+            if result is not None
+            else "it had not started iterating: nothing to write"
+        )
+        print(f"uafp reconstruct: {how}: stopped; {where}", file=sys.stderr)
+        return RunEnding(result, 143 if how == "SIGTERM" else 130)
+    except ReconstructionError as error:
+        result = write_partial() if recon.failed else None
+        if result is not None:
+            raise ReconstructionError(f"{error}; it is written to {out}/ as a partial result") from None
+        raise
+    if recon.failed:  # diverged or failed in every roll-back: the engine's fault, the state is kept
+        write_partial()
+        raise ReconstructionError(f"{recon.failure_message()}; it is written to {out}/ as a partial result")
+    result = recon.result()
+    _save(recon, result, out, dataset, report)
+    return RunEnding(result, None)
+
+
 def run(args: argparse.Namespace) -> int:
     # Arguments, paths and files first (numpy and tifffile only); torch loads once they are good.
     from uafp_gui.io.dataset import read_dataset
@@ -121,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.dataset)
     calibration = load_calibration(args.calibration) if args.calibration else None
 
-    from uafp_gui.cli.progress import PhaseProgress, progress_bar
+    from uafp_gui.cli.progress import progress_bar
     from uafp_gui.physics.zernike import defocus_um_from_z4
     from uafp_gui.recon.common import save_result
     if args.method == "classic":
@@ -139,16 +244,16 @@ def run(args: argparse.Namespace) -> int:
         from uafp_gui.recon.uafp import UafpReconstruction
 
         recon = UafpReconstruction.from_dataset(dataset, uafp_settings(args), calibration)
-        with PhaseProgress(recon.settings.iterations) as progress:
-            recon.on_phase = progress.on_phase
-            for update in recon.run():
-                progress.iteration(update)
-        result = recon.result()
-    save_result(result, out)
-    if not args.no_report:
-        from uafp_gui.recon.report import write_report
+        ending = run_keeping_the_last_good_state(recon, out, dataset, report=not args.no_report)
+        result = ending.result
+        if ending.exit_code is not None:
+            return ending.exit_code
+    if args.method == "classic":
+        save_result(result, out)
+        if not args.no_report:
+            from uafp_gui.recon.report import write_report
 
-        write_report(result, out / "report.png", dataset=dataset)
+            write_report(result, out / "report.png", dataset=dataset)
     geometry = result.geometry
     print(
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "
@@ -162,6 +267,11 @@ def run(args: argparse.Namespace) -> int:
         f"{geometry.rotation_deg:+.3f} deg, height {geometry.height_mm:.2f} mm; Zernike 4 (defocus) "
         f"{result.zernike_rad.get(4, 0.0):+.3f} rad = {defocus_um:+.1f} um"
     )
+    if result.extra.get("at_bounds"):
+        print(
+            f"warning: {', '.join(result.extra['at_bounds'])} reached the edge of the physical range the engine "
+            "allows: the engine could not pin it down from these data, do not trust that value"
+        )
     search = result.extra.get("start_search")
     if search:
         print(

@@ -31,6 +31,7 @@ __all__ = [
     "JobProgress",
     "ReconJob",
     "acquisition_events",
+    "autosave_folder_for",
     "camera_stream",
     "format_duration",
     "frame_preview",
@@ -194,6 +195,17 @@ def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale
             job.acquiring.clear()
 
 
+def autosave_folder_for(dataset_path: Path | None, fallback: Path) -> Path:
+    """Where a GUI reconstruction of `dataset_path` is saved whenever its run ends: `<stem>_autosave/`
+    next to the dataset when that folder can be written, else `fallback/<stem>_autosave/`."""
+    stem = Path(dataset_path).stem if dataset_path else "reconstruction"
+    if dataset_path is not None:
+        parent = Path(dataset_path).parent
+        if os.access(parent, os.W_OK | os.X_OK):
+            return parent / f"{stem}_autosave"
+    return Path(fallback) / f"{stem}_autosave"
+
+
 def geometry_led_positions_mm(
     array_shape: tuple[int, int], on_axis: tuple[float, float], pitch_mm: float, geometry: Any | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +299,11 @@ class ReconJob:
         self.progress = JobProgress("waiting", 0, 0, time.perf_counter())
         self.run_first_iteration = 0
         self.run_target = 0
+        # Whatever ends a run (it completes, Stop, quit, divergence, an engine failure), the last good
+        # state is written here as a complete result folder (calibration.json says if it is partial).
+        self.autosave_folder: Path | None = None
+        self.autosaved: Path | None = None
+        self.autosave_error: BaseException | None = None
         if dataset is not None:
             now = time.perf_counter()
             self.arrivals = dict.fromkeys(range(len(dataset.frames)), now)
@@ -352,7 +369,8 @@ class ReconJob:
         return update
 
     def run(self, iterations: int | None = None) -> Iterator[Any]:
-        """Iterate (see the class docstring); yields `ReconstructionUpdate`s."""
+        """Iterate (see the class docstring); yields `ReconstructionUpdate`s. However it ends, the
+        last good state is written to `autosave_folder` (when set)."""
         import torch
 
         torch.set_num_threads(self.torch_threads or max(1, (os.cpu_count() or 2) - 1))
@@ -363,6 +381,12 @@ class ReconJob:
         self._build()
         self.run_first_iteration = self.recon.iteration
         self.run_target = self.recon.iteration + (self.settings.iterations if iterations is None else iterations)
+        try:
+            yield from self._iterate(iterations)
+        finally:
+            self._autosave()
+
+    def _iterate(self, iterations: int | None) -> Iterator[Any]:
         while self.acquiring.is_set() and not self.cancel.is_set():
             if self.recon.frames_available == 0:
                 time.sleep(0.05)  # waiting for the first frame to arrive, not for a reply
@@ -371,8 +395,12 @@ class ReconJob:
                 for update in self.recon.run(iterations=1, cancel=self.cancel):
                     yield self._record(update)
             except ReconstructionError:
+                if self.recon.stop_reason == "engine_error":
+                    raise
                 time.sleep(0.05)
         if self.cancel.is_set():
+            if self.acquiring.is_set():  # stopped while frames were still coming
+                self.recon.interrupted("stopped during the acquisition")
             return
         if self.recon.frames_available == 0:
             raise ReconstructionError("no frame was acquired: nothing to reconstruct")
@@ -382,6 +410,21 @@ class ReconJob:
         self.progress = JobProgress("waiting", 0, 0, time.perf_counter())
         for update in self.recon.run(iterations=target, cancel=self.cancel):
             yield self._record(update)
+        if self.recon.failed:  # diverged: the engine's fault (the state is the last good one, and saved)
+            raise ReconstructionError(self.recon.failure_message())
+
+    def _autosave(self) -> None:
+        """Write the last good state to `autosave_folder`; a failure to write is kept, not raised (the
+        run's own outcome matters more), and shown by the window."""
+        self.autosaved = self.autosave_error = None
+        if self.autosave_folder is None or self.iterations_done == 0 or self.recon.object is None:  # nothing made
+            return
+        if self.recon.stop_reason is None:  # ended from outside mid-run (quit): still the last good state
+            self.recon.interrupted("the application stopped the run")
+        try:  # the spec's files only: drawing report.png would hold the interpreter lock and stall the UI
+            self.autosaved = self.export(self.autosave_folder, report=False)
+        except Exception as error:  # noqa: BLE001 - reported by the window, never lost silently
+            self.autosave_error = error
 
     def stop(self) -> None:
         self.cancel.set()
@@ -397,14 +440,15 @@ class ReconJob:
             raise ReconstructionError("the reconstruction has not run yet: start it first")
         return self.recon.result()
 
-    def export(self, folder: str | os.PathLike[str]) -> Path:
+    def export(self, folder: str | os.PathLike[str], report: bool = True) -> Path:
         """Write the result folder (spec section 3) plus `report.png`."""
         from uafp_gui.recon.common import save_result
         from uafp_gui.recon.report import write_report
 
         result = self.result()
         folder = save_result(result, folder)
-        write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))
+        if report:
+            write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))
         return Path(folder)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
+from PySide6.QtCore import QByteArray, QSettings, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QPaintEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QWidget
 
@@ -26,6 +26,7 @@ from uafp_gui.gui.jobs import (
     AcquiredFrame,
     ReconJob,
     acquisition_events,
+    autosave_folder_for,
     camera_stream,
     format_duration,
     frame_preview,
@@ -413,6 +414,7 @@ class MainWindow(QMainWindow):
         job = None
         if settings is not None:
             job = ReconJob(settings, calibration=self.calibration, source_dataset=out.name)
+            job.autosave_folder = self.autosave_folder(out)
             job.acquiring.set()
             acquisition.subscribe(job.frame_message)
             self._set_recon_job(job)
@@ -508,6 +510,7 @@ class MainWindow(QMainWindow):
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
                 return
             job = ReconJob(settings, dataset=self.dataset, calibration=self.calibration)
+            job.autosave_folder = self.autosave_folder(self.dataset.path)
             self._set_recon_job(job)
         self._run_recon(job, settings.iterations)
 
@@ -527,24 +530,38 @@ class MainWindow(QMainWindow):
             self.recon_panel.stop_button.setEnabled(False)  # acts at the next mini-batch or iteration
             self.recon_panel.show_status("Stopping...")
 
+    @staticmethod
+    def autosave_folder(dataset_path: Path | None) -> Path:
+        """Where every ending of a reconstruction writes its last good state (see `ReconJob.autosave_folder`)."""
+        fallback = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
+        return autosave_folder_for(dataset_path, Path(fallback or Path.home() / ".uafp") / "autosave")
+
     def _recon_ended(self) -> None:
         self._draw_recon()
         self.recon_panel.flush()
         job = self.recon_job
         done = job.iterations_done if job is not None else 0
         self.recon_panel.set_running(False, has_state=done > 0)
-        if job is None:
+        if job is None or job.recon is None:
             return
+        recon = job.recon
+        saved = f"; its last good state is saved in {job.autosaved}" if job.autosaved is not None else ""
+        more = self.recon_panel.iterations.value()
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
-        elif job.recon.iteration >= job.run_target:
-            elapsed = job.recon.elapsed_s
-            self.recon_panel.show_status(f"Finished: {done} iterations in {format_duration(elapsed)}. Continue runs "
-                                         f"{self.recon_panel.iterations.value()} more; Export writes the result.")
+        elif recon.iteration >= job.run_target and not recon.partial:
+            self.recon_panel.show_status(f"Finished: {done} iterations in {format_duration(recon.elapsed_s)}"
+                                         f"{saved}. Continue runs {more} more; Export writes the result.")
         else:
-            self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target}. Continue runs "
-                                         f"{self.recon_panel.iterations.value()} more; Export writes this state.")
+            why = f"PARTIAL: {recon.stop_reason}" if recon.partial else (recon.stop_reason or "stopped")
+            self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target} ({why}){saved}. "
+                                         f"Continue runs {more} more; Export writes this state.")
+        if job.autosave_error is not None:
+            self.error("Could not save the reconstruction's last state", job.autosave_error)
+        elif job.autosaved is not None:
+            kind = f"partial ({recon.stop_reason})" if recon.partial else "complete"
+            self.status(f"Reconstruction {kind}: its last good state is saved in {job.autosaved}", 15000)
 
     def _progress_text(self, job: ReconJob) -> str:
         """What the reconstruction is doing, how far it is and (once a step is timed) how long is left."""

@@ -357,7 +357,8 @@ class ReconPanel(QWidget):
         self.show_status(
             f"Result {result.folder}: {cal.iterations} iterations (from {cal.source_dataset or 'an unnamed dataset'})",
             f"LED shift ({signed(g.shift_x_mm)}, {signed(g.shift_y_mm)}) mm, rotation {signed(g.rotation_deg)} deg, "
-            f"height {g.height_mm:.1f} mm · final loss {cal.final_loss:.4g}",
+            f"height {g.height_mm:.1f} mm · final loss {cal.final_loss:.4g}"
+            + (f" · PARTIAL: {cal.extra.get('stop_reason', 'stopped')}" if cal.extra.get("partial") else ""),
         )
 
     def set_arrow_magnify(self, magnify: float | None) -> None:

@@ -92,9 +92,10 @@ def write_report(result, path: str | Path, dataset=None) -> Path:
         axes[1, 2].semilogy(np.arange(1, history.size + 1), history)
     axes[1, 2].set_xlabel("iteration")
     axes[1, 2].set_title(f"loss ({result.method})")
-    figure.suptitle(
-        f"{result.source_dataset}: {result.method}, {result.iterations} iterations, {result.elapsed_s:.1f} s"
-    )
+    title = f"{result.source_dataset}: {result.method}, {result.iterations} iterations, {result.elapsed_s:.1f} s"
+    if result.extra.get("partial"):
+        title += f"  --  PARTIAL RESULT ({result.extra.get('stop_reason', 'stopped')})"
+    figure.suptitle(title, color="tab:red" if result.extra.get("partial") else "black")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

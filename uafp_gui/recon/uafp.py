@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.errors import ConfigError, ReconstructionError, UafpError
 from uafp_gui.io.result import Calibration, LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
 from uafp_gui.recon.common import (
@@ -43,6 +43,18 @@ LOSSES = ("amplitude", "poisson")
 # Phases a run reports through `UafpReconstruction.on_phase(phase, done, total)` before its first iteration.
 PHASE_START_GEOMETRY = "fitting the start geometry"
 PHASE_START_SEARCH = "searching the start geometry"
+
+# Why a run ended (`UafpReconstruction.stop_reason`, written as `stop_reason` in calibration.json).
+STOP_COMPLETED = "completed"  # ran the iterations asked for
+STOP_CONVERGED = "converged"  # the misfit stopped improving before the cap
+STOP_CANCELLED = "cancelled"  # stopped between iterations (GUI Stop or quit, a cancel event)
+STOP_INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM (a KeyboardInterrupt) mid-iteration
+STOP_DIVERGED = "diverged"  # the loss kept turning NaN or exploding after every roll-back
+STOP_ENGINE_ERROR = "engine_error"  # the engine raised (a torch error...): the engine's fault
+STOP_ERROR = "error"  # bad input met while running (e.g. a frame with NaN pixels)
+STOP_REASONS = (
+    STOP_COMPLETED, STOP_CONVERGED, STOP_CANCELLED, STOP_INTERRUPTED, STOP_DIVERGED, STOP_ENGINE_ERROR, STOP_ERROR
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class UafpSettings:
     lr_gain: float = 0.01
     lr_background: float = 0.001
     final_lr_fraction: float = 0.05
+    # A run ends (partial, last good state kept) after this many roll-backs in a row.
+    max_consecutive_rollbacks: int = 4
     update_every: int = 1
     preview_size: int = 256
     seed: int = 0
@@ -132,6 +146,7 @@ class ReconstructionUpdate:
     elapsed_s: float
     rolled_back: bool = False
     loss_history: tuple[float, ...] = field(default=())
+    stop_reason: str | None = None  # set on the last update of a run (see `UafpReconstruction.stop_reason`)
 
 
 class UafpReconstruction:
@@ -180,6 +195,8 @@ class UafpReconstruction:
         self._generator = torch.Generator().manual_seed(settings.seed)
         self._nominal_positions = nominal_frame_positions_mm(meta)
         self._last_good: dict | None = None
+        self.stop_reason: str | None = None  # why the last run ended (STOP_REASONS); None while running
+        self.stop_detail = ""
         self.start_geometry: LedGeometry | None = None
         self.circle_fit = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
@@ -309,6 +326,7 @@ class UafpReconstruction:
         ):
             self.model.system.set_geometry(circles.geometry)
             self.circle_fit = circles
+        self._keep_system_physical()
         self.start_geometry = self.model.system.led_geometry()
         self._geometry_initialised_with = len(bright)
 
@@ -380,7 +398,8 @@ class UafpReconstruction:
         self._report(PHASE_START_SEARCH, evaluations, evaluations)
         self._restore(snapshot)
         system.set_geometry(geometry)
-        self.start_geometry = geometry
+        self._keep_system_physical()
+        geometry = self.start_geometry = system.led_geometry()
         self.start_search = {
             "from": start,
             "to": geometry,
@@ -534,8 +553,48 @@ class UafpReconstruction:
                     for parameter in (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm):
                         parameter.grad = None
             optimiser.step()
+            if phase == "system":
+                self._keep_system_physical()
             total += float(loss.detach()) * len(batch)
         return total
+
+    def geometry_bounds(self) -> dict[str, tuple[float, float]]:
+        """The physical range each LED-geometry estimate is kept in (see `_keep_system_physical`).
+
+        The height stays within a factor of 2 of the dataset's (never at or below zero); the
+        rotation within +-45 deg (beyond, the LED grid's labels would be a different grid); the
+        shift within twice the start search's range or two pitches, whichever is larger.
+        """
+        from uafp_gui.recon.selfcal import SHIFT_RANGE_MM
+
+        height = self.model.setup.led_height_mm
+        shift = max(2 * SHIFT_RANGE_MM, 2 * self.model.setup.led_pitch_mm)
+        return {
+            "shift_x_mm": (-shift, shift),
+            "shift_y_mm": (-shift, shift),
+            "rotation_deg": (-45.0, 45.0),
+            "height_mm": (0.5 * height, 2.0 * height),
+        }
+
+    def _keep_system_physical(self) -> None:
+        """Project the system onto its physical range after every step: by construction no estimate can
+        leave it (a height walking below zero, a gain at or below zero), so the result is always valid."""
+        system = self.model.system
+        with torch.no_grad():
+            for name, (low, high) in self.geometry_bounds().items():
+                parameter = getattr(system, name)
+                if bool(parameter.isfinite()):  # a NaN is caught (and rolled back) by the run
+                    parameter.clamp_(low, high)
+            system.frame_gain.clamp_(min=1e-3)
+
+    def at_bounds(self) -> list[str]:
+        """The geometry parameters sitting on a bound of `geometry_bounds` (the data pulled them there)."""
+        geometry = self.model.system.led_geometry().to_dict()
+        return [
+            name
+            for name, (low, high) in self.geometry_bounds().items()
+            if min(geometry[name] - low, high - geometry[name]) <= 1e-6 * max(1.0, abs(high))
+        ]
 
     # ------------------------------------------------------------ checkpoints
     def _snapshot(self) -> dict:
@@ -556,16 +615,47 @@ class UafpReconstruction:
     def run(
         self, iterations: int | None = None, cancel: threading.Event | Callable[[], bool] | None = None
     ) -> Iterator[ReconstructionUpdate]:
-        """Iterate from the current state; yields an update every `update_every` iterations and at the end."""
+        """Iterate from the current state; yields an update every `update_every` iterations and at the end.
+
+        However the run ends, the state is the last good one and `stop_reason` says why it ended
+        (`STOP_REASONS`); `partial` is true unless it ran its iterations (or converged). Divergence and
+        engine failures (NaN, an exploding loss, a torch error) roll back to the last good state with
+        smaller steps; `max_consecutive_rollbacks` of them in a row end the run. Ctrl-C (or any
+        `KeyboardInterrupt`, e.g. the CLI's SIGTERM) restores the last good state and propagates;
+        an unexpected engine exception outside an iteration restores it and becomes a
+        `ReconstructionError` that says it is the engine's fault and what to try.
+        """
         target = self.settings.iterations if iterations is None else iterations
         cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
         self._cancel_requested = cancelled  # the start search checks it between mini-batches
         self._take_pending()
         if not bool(self.available.any()):
             raise ReconstructionError("no frame has arrived yet: add frames before running the reconstruction")
+        self.stop_reason, self.stop_detail = None, ""
+        try:
+            yield from self._iterate(target, cancelled)
+        except GeneratorExit:
+            if self.stop_reason is None:
+                self._end(STOP_CANCELLED, "the caller stopped iterating")
+            raise
+        except KeyboardInterrupt as interrupt:
+            self._restore_last_good()
+            self._end(STOP_INTERRUPTED, str(interrupt) or "interrupted (Ctrl-C)")
+            raise
+        except UafpError as error:  # bad input (a frame with NaN pixels...): the user's to fix
+            self._restore_last_good()
+            self._end(STOP_ERROR, str(error))
+            raise
+        except Exception as error:
+            self._restore_last_good()
+            self._end(STOP_ENGINE_ERROR, f"{type(error).__name__}: {error}")
+            raise ReconstructionError(self.failure_message()) from error
+
+    def _iterate(self, target: int, cancelled: Callable[[], bool]) -> Iterator[ReconstructionUpdate]:
         self._initialise()
         done = 0
         last_yielded = -1
+        failures = 0  # roll-backs in a row
         while done < target and not cancelled():
             started = time.perf_counter()
             if self._take_pending():
@@ -576,28 +666,89 @@ class UafpReconstruction:
             if self._last_good is None:
                 self._last_good = self._snapshot()
             rolled_back = False
-            # System first: frames newly admitted by the growing NA limit pull the geometry before
-            # the object has a chance to absorb their misplacement.
-            if "system" in self.optimisers and self.iteration >= self.settings.warmup_iterations:
-                self._epoch("system")
-            loss = self._epoch("object")
             best = min(self.loss_history) if self.loss_history else np.inf
-            if not np.isfinite(loss) or loss > 3 * best:
+            try:
+                # System first: frames newly admitted by the growing NA limit pull the geometry before
+                # the object has a chance to absorb their misplacement.
+                if "system" in self.optimisers and self.iteration >= self.settings.warmup_iterations:
+                    self._epoch("system")
+                loss = self._epoch("object")
+                failure = "" if np.isfinite(loss) and loss <= 3 * best else f"the loss became {loss:.4g}"
+                if not failure and not self._state_is_finite():
+                    failure = "a parameter became NaN or infinite"
+            except UafpError:
+                raise
+            except Exception as error:  # a torch error, an LED pushed outside the bandwidth...: the engine's
+                failure = f"{type(error).__name__}: {error}"
+                loss = np.nan
+            if failure:
                 self._restore(self._last_good)
                 self.learning_rate_factor *= 0.5
                 rolled_back = True
+                failures += 1
+                self.stop_detail = failure
                 loss = best
             else:
+                failures = 0
                 self._last_good = self._snapshot()
             self.iteration += 1
             done += 1
             self.loss_history.append(float(loss))
             self.elapsed_s += time.perf_counter() - started
-            if done % self.settings.update_every == 0 or done == target:
+            if failures >= max(1, self.settings.max_consecutive_rollbacks):
+                reason = STOP_DIVERGED if failure.startswith(("the loss", "a parameter")) else STOP_ENGINE_ERROR
+                self._end(reason, f"{failures} roll-backs in a row at iteration {self.iteration}, last: {failure}")
                 last_yielded = done
                 yield self.update(rolled_back)
+                return
+            if done % self.settings.update_every == 0 or done == target:
+                if done == target:
+                    self._end(STOP_COMPLETED)
+                last_yielded = done
+                yield self.update(rolled_back)
+        if self.stop_reason is None:
+            if done < target:
+                self._end(STOP_CANCELLED, f"stopped at iteration {self.iteration} of {self.iteration + target - done}")
+            else:
+                self._end(STOP_COMPLETED)
         if last_yielded != done and done > 0:
             yield self.update()
+
+    def interrupted(self, detail: str = "interrupted") -> None:
+        """Mark the run as interrupted from outside (Ctrl-C, SIGTERM, quit) and return to the last good state."""
+        self._restore_last_good()
+        self._end(STOP_INTERRUPTED, detail)
+
+    def _end(self, reason: str, detail: str = "") -> None:
+        self.stop_reason, self.stop_detail = reason, detail
+
+    @property
+    def partial(self) -> bool:
+        """Whether the state is not what the run set out to reach (it was stopped, diverged or failed)."""
+        return self.stop_reason not in (None, STOP_COMPLETED, STOP_CONVERGED)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the last run ended because the engine failed (it diverged, or raised in every retry)."""
+        return self.stop_reason in (STOP_DIVERGED, STOP_ENGINE_ERROR)
+
+    def failure_message(self) -> str:
+        """One line for an engine failure: whose fault it is, what was kept, what to try."""
+        return (
+            f"the UA-FP engine failed at iteration {self.iteration} ({self.stop_reason}: {self.stop_detail}); "
+            "this is a fault of the reconstruction, not of your data or settings. The last good state is "
+            "kept. Try: --loss poisson or fewer unknowns (--no-geometry, --no-zernike), a larger --upsample, "
+            "--device cpu; please report it with the dataset"
+        )
+
+    def _restore_last_good(self) -> None:
+        if self._last_good is not None and self.object is not None:
+            self._restore(self._last_good)
+
+    def _state_is_finite(self) -> bool:
+        return bool(torch.isfinite(self.object).all()) and all(
+            bool(torch.isfinite(p).all()) for p in self.model.system.parameters()
+        )
 
     def update(self, rolled_back: bool = False) -> ReconstructionUpdate:
         with torch.no_grad():
@@ -630,6 +781,7 @@ class UafpReconstruction:
                 elapsed_s=self.elapsed_s,
                 rolled_back=rolled_back,
                 loss_history=tuple(self.loss_history),
+                stop_reason=self.stop_reason,
             )
 
     def result(self) -> ReconstructionResult:
@@ -649,7 +801,14 @@ class UafpReconstruction:
             "frames_used": int(self.available.sum()),
             "loss": self.settings.loss,
             "data_misfit": self.data_misfit(),
+            "partial": self.partial,
+            "stop_reason": self.stop_reason or STOP_CANCELLED,
         }
+        bounded = self.at_bounds()
+        if bounded:  # the data pulled these to the edge of the physical range: not a calibration to trust
+            result.extra["at_bounds"] = bounded
+        if self.stop_detail:
+            result.extra["stop_detail"] = self.stop_detail
         if self.start_search:
             search = self.start_search
             result.extra["start_search"] = {
@@ -731,4 +890,6 @@ def reconstruct_dataset(
     return recon.result()
 
 
-__all__ = ["ReconstructionUpdate", "UafpReconstruction", "UafpSettings", "object_of", "reconstruct_dataset"]
+__all__ = [
+    "STOP_REASONS",
+    "ReconstructionUpdate", "UafpReconstruction", "UafpSettings", "object_of", "reconstruct_dataset"]

@@ -1,0 +1,499 @@
+"""Independent reference simulator of an LED-array FP microscope, for validating the engine.
+
+Every acceptance figure of UA-FP is measured on data from here (or real data), never only on
+data from the engine's own `ForwardModel`: this module shares no physics code with the engine
+(it imports nothing from `uafp_gui.physics`), so a convention or approximation the engine gets
+wrong cannot cancel out (no "inverse crime"). It follows `shared/spec/dataset.md` section 2
+literally, the slow and direct way:
+
+- the object lives on a grid `subsamples` times finer than the camera's sample-plane pixel
+  (>= 5 by default, finer than the engine's default grid of 4, and fine enough that the
+  tilted exit wave never aliases into the pupil), over a field of view
+  larger than the frame by a margin wider than the blur of the pupil, so nothing periodic wraps
+  into the frame;
+- each LED's tilted plane wave multiplies the object in real space, exp(i 2 pi u . x), with u
+  from the true (rotated, shifted, per-LED perturbed) LED positions and the true height: the
+  illumination is never rounded to a spectrum pixel;
+- a coherent imaging system with its own circular pupil and its own Noll Zernike polynomials
+  (written out term by term below, not the engine's recursion) filters the exit wave;
+- the intensity is integrated over each camera pixel from `subsamples` x `subsamples` samples;
+- vignetting (smooth radial fall-off of the field), LED brightness spread and the LED's own
+  inverse-square/cosine fall-off, Poisson shot noise, Gaussian read noise, a camera conversion
+  gain, dark offset and quantisation to the bit depth make the raw counts.
+
+The test object (`make_object`) is generated, not the engine's built-in sample: USAF-like bar
+groups (amplitude and phase) spanning the synthetic resolution, and cell-like phase objects
+with nuclei. The ground truth (`RefSimulation`) holds the object band-limited to the synthetic
+aperture on the fine grid, the true geometry, per-LED offsets, Zernikes and frame gains.
+
+    python benchmarks/refsim.py OUT.tif [--preset misaligned] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+# ----------------------------------------------------------------------------- Zernike polynomials
+
+# Noll-ordered, RMS-normalised on the unit disk (Noll 1976, table 1): written out term by term so it
+# shares nothing with the engine's recursive implementation. Even j with m != 0 takes cos(m phi),
+# odd j takes sin(m phi), as the dataset spec says.
+_ZERNIKE_TERMS = {
+    1: lambda r, p: np.ones_like(r),
+    2: lambda r, p: 2 * r * np.cos(p),
+    3: lambda r, p: 2 * r * np.sin(p),
+    4: lambda r, p: math.sqrt(3) * (2 * r**2 - 1),
+    5: lambda r, p: math.sqrt(6) * r**2 * np.sin(2 * p),
+    6: lambda r, p: math.sqrt(6) * r**2 * np.cos(2 * p),
+    7: lambda r, p: math.sqrt(8) * (3 * r**3 - 2 * r) * np.sin(p),
+    8: lambda r, p: math.sqrt(8) * (3 * r**3 - 2 * r) * np.cos(p),
+    9: lambda r, p: math.sqrt(8) * r**3 * np.sin(3 * p),
+    10: lambda r, p: math.sqrt(8) * r**3 * np.cos(3 * p),
+    11: lambda r, p: math.sqrt(5) * (6 * r**4 - 6 * r**2 + 1),
+    12: lambda r, p: math.sqrt(10) * (4 * r**4 - 3 * r**2) * np.cos(2 * p),
+    13: lambda r, p: math.sqrt(10) * (4 * r**4 - 3 * r**2) * np.sin(2 * p),
+    14: lambda r, p: math.sqrt(10) * r**4 * np.cos(4 * p),
+    15: lambda r, p: math.sqrt(10) * r**4 * np.sin(4 * p),
+    16: lambda r, p: math.sqrt(12) * (10 * r**5 - 12 * r**3 + 3 * r) * np.cos(p),
+    17: lambda r, p: math.sqrt(12) * (10 * r**5 - 12 * r**3 + 3 * r) * np.sin(p),
+    18: lambda r, p: math.sqrt(12) * (5 * r**5 - 4 * r**3) * np.cos(3 * p),
+    19: lambda r, p: math.sqrt(12) * (5 * r**5 - 4 * r**3) * np.sin(3 * p),
+    20: lambda r, p: math.sqrt(12) * r**5 * np.cos(5 * p),
+    21: lambda r, p: math.sqrt(12) * r**5 * np.sin(5 * p),
+    22: lambda r, p: math.sqrt(7) * (20 * r**6 - 30 * r**4 + 12 * r**2 - 1),
+}
+
+
+def zernike_noll(j: int, rho: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """RMS-normalised Noll Zernike Z_j(rho, phi), j = 1..22 (not masked to the disk)."""
+    if j not in _ZERNIKE_TERMS:
+        raise ValueError(f"reference Zernike index {j} outside 1..22")
+    return _ZERNIKE_TERMS[j](np.asarray(rho, dtype=float), np.asarray(phi, dtype=float))
+
+
+def wavefront_rad(zernike_rad: dict[int, float], rho: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Pupil phase sum_j c_j Z_j (radians)."""
+    total = np.zeros(np.broadcast(rho, phi).shape)
+    for j, c in zernike_rad.items():
+        if c:
+            total = total + float(c) * zernike_noll(int(j), rho, phi)
+    return total
+
+
+# ----------------------------------------------------------------------------- the microscope
+
+
+@dataclass(frozen=True)
+class RefMicroscope:
+    """A microscope, its hidden errors and the acquisition: everything the reference simulator needs."""
+
+    wavelength_um: float = 0.532
+    objective_na: float = 0.1
+    magnification: float = 2.0
+    camera_pixel_um: float = 3.69
+    frame_size: int = 128
+    led_pitch_mm: float = 4.0
+    led_height_mm: float = 90.0  # nominal, as the user knows it
+    led_array_shape: tuple[int, int] = (32, 32)
+    led_on_axis: tuple[int, int] = (16, 16)
+    led_grid: int = 15  # square n x n about the on-axis LED ...
+    led_disk_na: float | None = None  # ... or, when set, every LED with nominal illumination NA below this
+    order: str = "row"  # "row" (raster) or "spiral" (centre outward)
+    # Hidden errors.
+    shift_x_mm: float = 0.0
+    shift_y_mm: float = 0.0
+    rotation_deg: float = 0.0
+    height_error_mm: float = 0.0
+    led_position_error_mm: float = 0.0  # RMS per axis of each LED's offset from its grid place
+    zernike_rad: dict[int, float] = field(default_factory=dict)
+    led_brightness_spread: float = 0.0  # relative RMS
+    vignetting: float = 0.0  # relative intensity drop at the frame corners
+    # Camera.
+    photons_per_pixel: float = 30000.0  # bright-field photons per pixel for a clear sample
+    read_noise_e: float = 1.0
+    bit_depth: int = 16
+    camera_offset: float = 100.0
+    exposure_ms: float = 10.0
+    # Simulation.
+    object_kind: str = "mixed"  # "usaf", "cells" or "mixed"
+    subsamples: int | None = None  # fine object samples per camera pixel (None: >= 5, enough for the aperture)
+    # A diagnostic, not a microscope: the object repeats with the frame's field of view, as the engine's
+    # periodic model assumes (the sample around the field of view is a copy of what is inside).
+    periodic_object: bool = False
+    seed: int = 0
+
+    @property
+    def sample_pixel_um(self) -> float:
+        return self.camera_pixel_um / self.magnification
+
+    @property
+    def true_height_mm(self) -> float:
+        return self.led_height_mm + self.height_error_mm
+
+    def true_geometry_dict(self) -> dict[str, float]:
+        return {
+            "shift_x_mm": self.shift_x_mm,
+            "shift_y_mm": self.shift_y_mm,
+            "rotation_deg": self.rotation_deg,
+            "height_mm": self.true_height_mm,
+        }
+
+
+# The misaligned preset of `uafp_gui.simulate`, in the reference simulator (LEDs in row order, as
+# the issue's independent check used).
+MISALIGNED = RefMicroscope(
+    shift_x_mm=1.2,
+    shift_y_mm=-0.8,
+    rotation_deg=2.5,
+    height_error_mm=4.0,
+    zernike_rad={4: 1.5, 5: 0.5, 6: -0.4, 7: 0.3},
+    led_brightness_spread=0.15,
+    photons_per_pixel=3000.0,
+    read_noise_e=2.0,
+    bit_depth=12,
+)
+PRESETS = {"ideal": RefMicroscope(), "misaligned": MISALIGNED}
+
+
+def led_list(micro: RefMicroscope) -> list[tuple[int, int]]:
+    """The (row, col) LEDs lit, one per frame, in acquisition order."""
+    r0, c0 = micro.led_on_axis
+    rows, cols = micro.led_array_shape
+    if micro.led_disk_na is not None:
+        candidates = []
+        for r in range(rows):
+            for c in range(cols):
+                x, y = (c - c0) * micro.led_pitch_mm, (r - r0) * micro.led_pitch_mm
+                na = math.hypot(x, y) / math.sqrt(x * x + y * y + micro.led_height_mm**2)
+                if na <= micro.led_disk_na:
+                    candidates.append((r, c))
+    else:
+        half = micro.led_grid // 2
+        lo_r, lo_c = int(round(r0)) - half, int(round(c0)) - half
+        candidates = [(r, c) for r in range(lo_r, lo_r + micro.led_grid) for c in range(lo_c, lo_c + micro.led_grid)]
+        if (
+            min(min(p) for p in candidates) < 0
+            or max(r for r, _ in candidates) >= rows
+            or max(c for _, c in candidates) >= cols
+        ):
+            raise ValueError(f"a {micro.led_grid}x{micro.led_grid} square about {micro.led_on_axis} leaves the array")
+    if micro.order == "spiral":
+        candidates.sort(key=lambda p: (math.hypot(p[0] - r0, p[1] - c0), math.atan2(p[0] - r0, p[1] - c0)))
+    elif micro.order != "row":
+        raise ValueError(f"order must be 'row' or 'spiral' (got {micro.order!r})")
+    return candidates
+
+
+def true_led_positions_mm(
+    micro: RefMicroscope, leds: list[tuple[int, int]], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(L, 2) true [X', Y'] of each LED (rotate CCW, shift, per-LED offsets), and the offsets."""
+    r0, c0 = micro.led_on_axis
+    rc = np.asarray(leds, dtype=float)
+    x, y = (rc[:, 1] - c0) * micro.led_pitch_mm, (rc[:, 0] - r0) * micro.led_pitch_mm
+    t = math.radians(micro.rotation_deg)
+    xr = x * math.cos(t) - y * math.sin(t) + micro.shift_x_mm
+    yr = x * math.sin(t) + y * math.cos(t) + micro.shift_y_mm
+    offsets = micro.led_position_error_mm * rng.standard_normal((len(leds), 2))
+    return np.stack([xr, yr], axis=1) + offsets, offsets
+
+
+def illumination_frequencies(positions_mm: np.ndarray, height_mm: float, wavelength_um: float) -> np.ndarray:
+    """(L, 2) (u_x, u_y) cycles/um at the tile centre (0, 0): straight rays, no glass."""
+    dx, dy = -positions_mm[:, 0], -positions_mm[:, 1]
+    r = np.sqrt(dx * dx + dy * dy + height_mm * height_mm)
+    return np.stack([dx / r, dy / r], axis=1) / wavelength_um
+
+
+def choose_subsamples(micro: RefMicroscope, largest_frequency: float) -> int:
+    """Fine samples per camera pixel: >= 5 (finer than the engine's default 4), and a fine-grid Nyquist
+    1.3 x beyond the largest exit-wave frequency that can reach the pupil, so the real-space tilt
+    never aliases into a frame."""
+    if micro.subsamples is not None:
+        if micro.subsamples < 4:
+            raise ValueError("subsamples must be >= 4 (pixel integration from at least 4 x 4 samples)")
+        return int(micro.subsamples)
+    needed = 2 * micro.sample_pixel_um * 1.3 * (largest_frequency + micro.objective_na / micro.wavelength_um)
+    return int(max(5, math.ceil(needed)))
+
+
+def defocus_blur_px(micro: RefMicroscope) -> float:
+    """Geometric blur radius (camera pixels) of the Zernike defocus and higher terms: sets the margin."""
+    z = sum(abs(float(v)) for j, v in micro.zernike_rad.items() if int(j) >= 4)
+    dz_um = 2 * math.sqrt(3) * z * micro.wavelength_um / (math.pi * micro.objective_na**2)
+    return dz_um * micro.objective_na / micro.sample_pixel_um
+
+
+# ----------------------------------------------------------------------------- the test object
+
+
+def make_object(
+    shape: tuple[int, int], pixel_um: float, resolution_um: float, rng: np.random.Generator, kind: str = "mixed"
+) -> np.ndarray:
+    """Complex test object on a fine grid: USAF-like bars and cell-like phase objects.
+
+    `resolution_um` is the finest period the synthetic aperture passes (wavelength / synthetic NA):
+    bar groups run from just below it to several times it, so the truth band-limited to the
+    aperture keeps some and loses others.
+    """
+    rows, cols = shape
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(float)
+    amplitude = np.full(shape, 0.92)
+    phase = np.zeros(shape)
+    fov = min(rows, cols) * pixel_um
+    if kind in ("cells", "mixed"):
+        n_cells = int(rng.integers(10, 22))
+        for _ in range(n_cells):
+            radius = rng.uniform(0.04, 0.10) * fov
+            cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+            a, b = radius * rng.uniform(0.7, 1.0), radius * rng.uniform(0.7, 1.0)
+            angle = rng.uniform(0, np.pi)
+            dx, dy = (xx - cx) * pixel_um, (yy - cy) * pixel_um
+            u = (dx * np.cos(angle) + dy * np.sin(angle)) / a
+            v = (-dx * np.sin(angle) + dy * np.cos(angle)) / b
+            d2 = u * u + v * v
+            inside = d2 < 1
+            phase += rng.uniform(0.4, 1.4) * np.sqrt(np.clip(1 - d2, 0, None))
+            amplitude[inside] *= rng.uniform(0.85, 0.98)
+            nucleus = d2 * 9 < 1
+            phase += rng.uniform(0.2, 0.6) * np.sqrt(np.clip(1 - 9 * d2, 0, None))
+            amplitude[nucleus] *= rng.uniform(0.6, 0.85)
+    if kind in ("usaf", "mixed"):
+        periods = resolution_um * np.geomspace(0.8, 8.0, 9)
+        periods = periods[periods * 5 < 0.3 * fov]
+        spots = rng.permutation(len(periods))
+        for index, period in enumerate(periods):
+            length = 5 * period
+            # Place the group (3 bars and 3 orthogonal bars) somewhere inside the frame.
+            cy = rng.uniform(0.15, 0.85) * rows * pixel_um
+            cx = rng.uniform(0.15, 0.85) * cols * pixel_um
+            y_um, x_um = yy * pixel_um - cy, xx * pixel_um - cx
+            in_box_h = (np.abs(y_um) < length / 2) & (x_um >= 0) & (x_um < 2.5 * period)
+            bars_h = in_box_h & ((x_um / period) % 1.0 < 0.5)
+            in_box_v = (np.abs(x_um + length / 2 + period) < length / 2) & (y_um >= 0) & (y_um < 2.5 * period)
+            bars_v = in_box_v & ((y_um / period) % 1.0 < 0.5)
+            bars = bars_h | bars_v
+            if spots[index] % 2 == 0:
+                amplitude[bars] *= 0.35
+            else:
+                phase[bars] += 0.9
+    # Edges softened over a fixed physical width (not a number of grid samples), so the object does
+    # not depend on the grid it is drawn on.
+    sigma = 0.15 * resolution_um / pixel_um
+    amplitude = ndimage.gaussian_filter(np.clip(amplitude, 0.05, 1.0), sigma)
+    phase = ndimage.gaussian_filter(phase, sigma)
+    return amplitude * np.exp(1j * (phase - phase.mean()))
+
+
+def lowpass_fine(field: np.ndarray, pixel_um: float, cutoff_per_um: float) -> np.ndarray:
+    """`field` with every spatial frequency above `cutoff_per_um` removed (circular)."""
+    fy = np.fft.fftfreq(field.shape[0], d=pixel_um)
+    fx = np.fft.fftfreq(field.shape[1], d=pixel_um)
+    mask = (fy[:, None] ** 2 + fx[None, :] ** 2) <= cutoff_per_um**2
+    return np.fft.ifft2(np.fft.fft2(field) * mask)
+
+
+# ----------------------------------------------------------------------------- imaging
+
+
+@dataclass
+class RefSimulation:
+    """A reference dataset and its ground truth."""
+
+    micro: RefMicroscope
+    meta: object  # uafp_gui.io.dataset.DatasetMeta (nominal geometry, errors hidden)
+    frames: np.ndarray  # (N, H, W) uint16 raw counts
+    expected_counts: np.ndarray  # (N, H, W) float noise-free counts above the offset
+    leds: list[tuple[int, int]]
+    led_positions_mm: np.ndarray  # (N, 2) true positions
+    led_offsets_mm: np.ndarray  # (N, 2) per-LED placement errors
+    frequencies: np.ndarray  # (N, 2) true illumination (u_x, u_y) cycles/um
+    frame_gain: np.ndarray  # (N,) true gains in the engine's units (counts per ms at |object| = 1)
+    object_fine: np.ndarray  # complex, the frame's field of view on the fine grid
+    fine_pixel_um: float
+    synthetic_na: float
+    subsamples: int
+
+    @property
+    def truth(self) -> np.ndarray:
+        """The object band-limited to the synthetic aperture (what any reconstruction can reach)."""
+        return lowpass_fine(self.object_fine, self.fine_pixel_um, self.synthetic_na / self.micro.wavelength_um)
+
+    @property
+    def true_zernike(self) -> dict[int, float]:
+        return {j: float(self.micro.zernike_rad.get(j, 0.0)) for j in range(2, 22)}
+
+    def calibration_dict(self) -> dict:
+        """The true system as a `uafp-calibration` dictionary (per-LED offsets as an extra field)."""
+        return {
+            "format": "uafp-calibration",
+            "version": 1,
+            "led_geometry": self.micro.true_geometry_dict(),
+            "zernike_rad": {str(j): v for j, v in self.true_zernike.items()},
+            "frame_gain": [float(g) for g in self.frame_gain],
+            "led_positions_mm": self.led_positions_mm.tolist(),
+            "object_pixel_um": self.fine_pixel_um,
+            "final_loss": 0.0,
+            "iterations": 0,
+            "elapsed_s": 0.0,
+            "source_dataset": "",
+            "software": "benchmarks/refsim.py",
+            "ground_truth": True,
+            "synthetic_aperture_na": self.synthetic_na,
+            "led_offsets_mm": self.led_offsets_mm.tolist(),
+            "refsim": {k: v for k, v in asdict(self.micro).items() if k != "zernike_rad"}
+            | {"zernike_rad": {str(k): v for k, v in self.micro.zernike_rad.items()}},
+        }
+
+    def dataset(self):
+        from uafp_gui.io.dataset import Dataset
+
+        return Dataset(meta=self.meta, frames=self.frames)
+
+
+def nominal_meta(micro: RefMicroscope, leds: list[tuple[int, int]]):
+    """The dataset metadata as the microscope's user knows it (errors hidden)."""
+    from uafp_gui.io.dataset import DatasetMeta
+
+    return DatasetMeta.from_dict(
+        {
+            "format": "uafp-dataset",
+            "version": 1,
+            "wavelength_um": micro.wavelength_um,
+            "objective_na": micro.objective_na,
+            "magnification": micro.magnification,
+            "camera_pixel_um": micro.camera_pixel_um,
+            "led_pitch_mm": micro.led_pitch_mm,
+            "led_height_mm": micro.led_height_mm,
+            "led_array_shape": list(micro.led_array_shape),
+            "led_on_axis": list(micro.led_on_axis),
+            "frames": [{"leds": [list(led)], "exposure_ms": micro.exposure_ms} for led in leds],
+            "camera_offset": micro.camera_offset,
+            "bit_depth": micro.bit_depth,
+            "sample": f"refsim {micro.object_kind} object",
+            "notes": "simulated by benchmarks/refsim.py (independent reference simulator)",
+        }
+    )
+
+
+def simulate(micro: RefMicroscope, batch: int = 8) -> RefSimulation:
+    """Simulate the raw frames of `micro` and keep the ground truth."""
+    rng = np.random.default_rng(micro.seed)
+    leds = led_list(micro)
+    positions, offsets = true_led_positions_mm(micro, leds, rng)
+    frequencies = illumination_frequencies(positions, micro.true_height_mm, micro.wavelength_um)
+    largest = float(np.linalg.norm(frequencies, axis=1).max())
+    q = choose_subsamples(micro, largest)
+    n = micro.frame_size
+    p = micro.sample_pixel_um
+    dx = p / q
+    margin = int(math.ceil(1.5 * defocus_blur_px(micro) + 8))
+    padded = n + 2 * margin
+    padded += (-padded) % 8
+    margin = (padded - n) // 2
+    size = padded * q
+    synthetic_na = micro.objective_na + largest * micro.wavelength_um
+
+    object_big = make_object((size, size), dx, micro.wavelength_um / synthetic_na, rng, micro.object_kind)
+    crop = slice(margin * q, (margin + n) * q)
+    if micro.periodic_object:
+        object_big = np.pad(object_big[crop, crop], margin * q, mode="wrap")
+
+    coordinates = (np.arange(size) - size / 2) * dx
+    f = np.fft.fftfreq(size, d=dx)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    cutoff = micro.objective_na / micro.wavelength_um
+    rho = np.sqrt(fx**2 + fy**2) / cutoff
+    phi = np.arctan2(fy, fx)
+    pupil = np.where(rho <= 1.0, np.exp(1j * wavefront_rad(micro.zernike_rad, rho, phi)), 0.0)
+
+    brightness = np.clip(1 + micro.led_brightness_spread * rng.standard_normal(len(leds)), 0.2, None)
+    # The LED's own fall-off at the sample: inverse square and cosine (relative to the on-axis LED).
+    cos_theta = micro.true_height_mm / np.sqrt((positions**2).sum(axis=1) + micro.true_height_mm**2)
+    brightness = brightness * cos_theta**3
+    yy, xx = np.mgrid[0:n, 0:n]
+    r2 = ((yy - (n - 1) / 2) ** 2 + (xx - (n - 1) / 2) ** 2) / (2 * ((n - 1) / 2) ** 2)
+    vignette = 1 - micro.vignetting * r2
+
+    obj_t = torch.as_tensor(object_big, dtype=torch.complex64)
+    pupil_t = torch.as_tensor(pupil, dtype=torch.complex64)
+    intensities = np.empty((len(leds), n, n))
+    with torch.no_grad():
+        for start in range(0, len(leds), batch):
+            # exp(i 2 pi (u_x x + u_y y)) is separable: two 1-D phase ramps (float64 phases, then complex64).
+            u = frequencies[start : start + batch]
+            ramp_x = torch.as_tensor(np.exp(2j * np.pi * u[:, 0, None] * coordinates[None]), dtype=torch.complex64)
+            ramp_y = torch.as_tensor(np.exp(2j * np.pi * u[:, 1, None] * coordinates[None]), dtype=torch.complex64)
+            exit_wave = obj_t[None] * ramp_y[:, :, None] * ramp_x[:, None, :]
+            field_ = torch.fft.ifft2(torch.fft.fft2(exit_wave) * pupil_t[None])
+            intensity = (field_.real**2 + field_.imag**2)[:, crop, crop]
+            intensities[start : start + batch] = intensity.reshape(-1, n, q, n, q).mean(dim=(2, 4)).numpy()
+
+    electrons_per_count = max(1.0, 2.5 * micro.photons_per_pixel / 2**micro.bit_depth)
+    expected_e = micro.photons_per_pixel * brightness[:, None, None] * vignette[None] * intensities
+    electrons = rng.poisson(np.clip(expected_e, 0, None)).astype(float)
+    electrons += micro.read_noise_e * rng.standard_normal(electrons.shape)
+    counts = np.clip(np.round(electrons / electrons_per_count + micro.camera_offset), 0, 2**micro.bit_depth - 1)
+    frame_gain = micro.photons_per_pixel * brightness / (electrons_per_count * micro.exposure_ms)
+    return RefSimulation(
+        micro=micro,
+        meta=nominal_meta(micro, leds),
+        frames=counts.astype(np.uint16),
+        expected_counts=expected_e / electrons_per_count,
+        leds=leds,
+        led_positions_mm=positions,
+        led_offsets_mm=offsets,
+        frequencies=frequencies,
+        frame_gain=frame_gain,
+        object_fine=object_big[crop, crop],
+        fine_pixel_um=dx,
+        synthetic_na=float(synthetic_na),
+        subsamples=q,
+    )
+
+
+def write_reference(simulation: RefSimulation, dataset_path: Path) -> Path:
+    """Write the dataset (the project's writer) and `<stem>_truth/` (band-limited object, true system)."""
+    from uafp_gui.io.dataset import write_dataset
+    from uafp_gui.io.result import Calibration, write_result
+
+    dataset_path = Path(dataset_path)
+    write_dataset(dataset_path, simulation.meta, simulation.frames)
+    truth_folder = dataset_path.with_name(dataset_path.stem + "_truth")
+    micro = simulation.micro
+    cutoff = micro.objective_na / micro.wavelength_um
+    grid = (np.arange(micro.frame_size) - micro.frame_size // 2) / (micro.frame_size * micro.sample_pixel_um)
+    fy, fx = np.meshgrid(grid, grid, indexing="ij")
+    rho, phi = np.sqrt(fx**2 + fy**2) / cutoff, np.arctan2(fy, fx)
+    truth = simulation.truth
+    write_result(
+        truth_folder,
+        amplitude=np.abs(truth).astype(np.float32),
+        phase=np.angle(truth).astype(np.float32),
+        pupil_amplitude=(rho <= 1).astype(np.float32),
+        pupil_phase=np.where(rho <= 1, wavefront_rad(micro.zernike_rad, rho, phi), 0).astype(np.float32),
+        calibration=Calibration.from_dict(dict(simulation.calibration_dict(), source_dataset=dataset_path.name)),
+    )
+    return truth_folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--preset", default="misaligned", choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    simulation = simulate(replace(PRESETS[args.preset], seed=args.seed))
+    truth = write_reference(simulation, args.out)
+    print(f"wrote {args.out} ({len(simulation.frames)} frames, {simulation.subsamples} sub-samples) and {truth}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Standard errors of a UA-FP calibration from the curvature of the data misfit at the solution.
+
+What is estimated
+-----------------
+The calibrated system parameters theta (LED shift x/y, rotation, height; each learned Zernike
+coefficient) and the per-frame gains g, at the reconstruction's solution. The object has millions
+of unknowns; holding it fixed would make the error bars far too small, because some object
+changes mimic system changes (a phase ramp on the object moves its spectrum exactly as a common
+shift of the illumination angles does; a smooth phase on the object's spectrum trades off
+against the pupil). So the object also moves along a reduced basis of its directions most
+coupled to the system (`object_modes`): phase ramps in x and y, and low-order Zernike phase
+maps on its spectrum over the synthetic aperture. The covariance of theta is the theta block of
+the inverse over [theta, object modes, gains]: the Schur complement, i.e. the object's
+coupling is accounted for along those modes.
+
+The model
+---------
+Residuals r = sqrt(I_model) - sqrt(I_measured) per pixel (the engine's amplitude data term; the
+square root also stabilises the Poisson variance, so it is used for `loss="poisson"` too).
+Linearised at the solution, r(p + dp) = r + J dp with J the Jacobian over all parameters p. The
+engine minimises sum r^2 with every frame weighted alike while the noise differs between frames
+(bright and dark field, exposure), so the covariance is the sandwich
+
+    Cov(p) = A^-1 B A^-1,   A = sum_k J_k^T J_k,   B = sum_k s_k^2 J_k^T J_k,
+
+with s_k^2 the residual variance of frame k, sum(r_k^2) / n_pixels, scaled up by M / (M - d) for
+the d = 2 x (object spectrum pixels the data reach) degrees of freedom the object spends (M data
+pixels). The residual holds whatever the model does not explain, so a misfit beyond the noise
+widens the error bars too.
+
+J is computed by central finite differences in float64 (the forward model's bilinear pupil
+interpolation has no forward-mode derivative in torch), frame batch by frame batch; the gains'
+columns are analytic (dr/dg_k = I_k / (2 g_k sqrt(I_k)) on frame k only). Cost: two forward
+passes over the frames per system parameter and object mode.
+
+Undetermined parameters
+-----------------------
+In units of each parameter's physically meaningful range (`MEANINGFUL_RANGE`: an LED pitch of
+shift, 5 deg, a quarter of the height, 1 rad of Zernike), A is eigen-decomposed; directions with
+an eigenvalue below `FLAT_EIGENVALUE` x the largest are flat (the data do not constrain them).
+A parameter that loads on a flat direction, or whose standard error exceeds half its range,
+is reported as undetermined, not as a number.
+
+Calibration of the error bars
+-----------------------------
+`INFLATION` multiplies every standard error. It is measured, not assumed: 2-sigma coverage of
+the truth across seeded reference-simulator draws (benchmarks/bench_uncertainty.py; figures in
+the closing note of issue 10).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from uafp_gui.physics.forward import spectrum_of
+from uafp_gui.physics.zernike import zernike_basis
+
+GEOMETRY = ("shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm")
+FLAT_EIGENVALUE = 1e-9
+UNDETERMINED_FRACTION = 0.5  # a standard error above half the meaningful range says nothing
+INFLATION = 1.0
+OBJECT_SPECTRAL_MODES = tuple(range(2, 12))  # Noll 2..11 over the synthetic aperture
+FD_STEP = {"shift_x_mm": 1e-3, "shift_y_mm": 1e-3, "rotation_deg": 1e-3, "height_mm": 1e-2, "zernike": 1e-3}
+OBJECT_FD_STEP = 1e-3
+
+
+def meaningful_range(name: str, led_pitch_mm: float, led_height_mm: float) -> float:
+    """The scale a parameter's standard error is judged against (see the module docstring)."""
+    if name in ("shift_x_mm", "shift_y_mm"):
+        return led_pitch_mm
+    if name == "rotation_deg":
+        return 5.0
+    if name == "height_mm":
+        return 0.25 * led_height_mm
+    return 1.0  # radians of Zernike
+
+
+@dataclass(frozen=True)
+class CalibrationUncertainty:
+    """Standard errors of a calibration; `undetermined` names what the data cannot pin down."""
+
+    std: dict[str, float]  # GEOMETRY names and "zernike_<j>"; NaN where undetermined
+    undetermined: tuple[str, ...]
+    frame_gain_std: np.ndarray  # (N,) relative standard error per frame (NaN for frames not used)
+    noise_rms: float  # residual RMS per pixel (normalised amplitude units), dof-corrected
+    object_modes: int
+    inflation: float = INFLATION
+    extra: dict = field(default_factory=dict)
+
+    def geometry_std(self) -> dict[str, float]:
+        return {name: self.std[name] for name in GEOMETRY if name in self.std}
+
+    def zernike_std(self) -> dict[int, float]:
+        return {int(name.split("_")[1]): v for name, v in self.std.items() if name.startswith("zernike_")}
+
+    def to_calibration_fields(self) -> dict:
+        """The optional calibration.json fields (NaN, i.e. undetermined, written as null)."""
+
+        def number(value: float) -> float | None:
+            return float(value) if np.isfinite(value) else None
+
+        used = self.frame_gain_std[np.isfinite(self.frame_gain_std)]
+        out = {
+            "led_geometry_std": {k: number(v) for k, v in self.geometry_std().items()},
+            "zernike_rad_std": {str(j): number(v) for j, v in self.zernike_std().items()},
+            "frame_gain_std": [number(v) for v in self.frame_gain_std],
+            "frame_gain_std_summary": {
+                "median_relative": number(float(np.median(used))) if used.size else None,
+                "max_relative": number(float(np.max(used))) if used.size else None,
+            },
+            "undetermined": list(self.undetermined),
+            "uncertainty": {
+                "method": "sandwich Gauss-Newton at the solution, object coupled along "
+                f"{self.object_modes} modes (uafp_gui.recon.uncertainty)",
+                "inflation": self.inflation,
+                "noise_rms": self.noise_rms,
+            },
+        }
+        if not self.geometry_std():
+            del out["led_geometry_std"]
+        if not self.zernike_std():
+            del out["zernike_rad_std"]
+        return out
+
+
+def format_value(value: float, std: float | None, digits: int = 3, undetermined: bool = False) -> str:
+    """`+1.234 +- 0.012`, or the value with `(undetermined)`."""
+    if undetermined:
+        return f"{value:+.{digits}f} (undetermined)"
+    if std is None or not math.isfinite(std):
+        return f"{value:+.{digits}f}"
+    return f"{value:+.{digits}f} +- {std:.{digits}f}"
+
+
+def _object_modes(shape: tuple[int, int], object_pixel_um: float, synthetic_cutoff: float, step: tuple):
+    """Phase maps of the object's reduced basis: ('real', map) multiply exp(i c map) on the object,
+    ('spectral', map) multiply exp(i c map) on its spectrum. Scaled so c = 1 is about 1 rad at the edge."""
+    rows, cols = shape
+    y = (torch.arange(rows, dtype=torch.float64) - rows // 2) / (rows / 2)
+    x = (torch.arange(cols, dtype=torch.float64) - cols // 2) / (cols / 2)
+    modes = [("real", x[None, :].expand(rows, cols)), ("real", y[:, None].expand(rows, cols))]
+    df_y, df_x = step
+    fy = (torch.arange(rows, dtype=torch.float64) - rows // 2) * df_y
+    fx = (torch.arange(cols, dtype=torch.float64) - cols // 2) * df_x
+    grid_y, grid_x = torch.meshgrid(fy, fx, indexing="ij")
+    rho = torch.sqrt(grid_x**2 + grid_y**2) / synthetic_cutoff
+    phi = torch.atan2(grid_y, grid_x)
+    inside = (rho <= 1).double()
+    for basis in zernike_basis(list(OBJECT_SPECTRAL_MODES), rho, phi):
+        modes.append(("spectral", basis * inside))
+    return modes
+
+
+def calibration_uncertainty(recon, batch_frames: int = 8) -> CalibrationUncertainty:
+    """Standard errors of `recon`'s learned system parameters (a `UafpReconstruction` after a run)."""
+    settings = recon.settings
+    if recon.object is None:
+        raise ValueError("the reconstruction has not run yet")
+    model = copy.deepcopy(recon.model).double()
+    model.requires_grad_(False)
+    system = model.system
+    setup = model.setup
+    names: list[str] = []
+    if not settings.freeze_system and settings.learn_geometry:
+        names += list(GEOMETRY)
+    zernike_indices: list[int] = []
+    if not settings.freeze_system and settings.learn_zernike:
+        zernike_indices = list(range(settings.zernike_min_index, system.zernike_rad.numel() + 1))
+        names += [f"zernike_{j}" for j in zernike_indices]
+    learn_gains = not settings.freeze_system and settings.learn_gains
+
+    obj = recon.object.detach().to(torch.complex128)
+    spectrum = spectrum_of(obj)
+    with torch.no_grad():
+        synthetic_cutoff = setup.pupil_cutoff + float(model.illumination_frequencies().norm(dim=-1).max())
+    df_y, df_x = setup.frequency_step
+    modes = _object_modes(setup.object_shape, setup.object_pixel_um, synthetic_cutoff, (df_y, df_x))
+    n_system, n_modes = len(names), len(modes)
+    available = torch.nonzero(recon.available).squeeze(1).to(model.device)
+    frame_slot = {int(k): i for i, k in enumerate(available.tolist())}
+    n_gains = len(frame_slot) if learn_gains else 0
+    n_total = n_system + n_modes + n_gains
+
+    def perturbed(index: int, delta: float):
+        """(object spectrum, restore) with parameter `index` (system or object mode) moved by `delta`."""
+        if index < n_system:
+            name = names[index]
+            if name in GEOMETRY:
+                parameter = getattr(system, name)
+                original = parameter.detach().clone()
+                parameter.data = original + delta
+            else:
+                j = int(name.split("_")[1])
+                parameter = system.zernike_rad
+                original = parameter.detach().clone()
+                changed = original.clone()
+                changed[j - 1] += delta
+                parameter.data = changed
+
+            def restore() -> None:
+                parameter.data = original
+
+            return spectrum, restore
+        kind, phase_map = modes[index - n_system]
+        factor = torch.polar(torch.ones_like(phase_map), delta * phase_map)
+        moved = spectrum_of(obj * factor) if kind == "real" else spectrum * factor
+        return moved, lambda: None
+
+    steps = [FD_STEP.get(name, FD_STEP["zernike"]) for name in names] + [OBJECT_FD_STEP] * n_modes
+    information = np.zeros((n_total, n_total))  # A = sum J^T J
+    weighted = np.zeros((n_total, n_total))  # B = sum s_k^2 J_k^T J_k
+    residual_sq = torch.zeros(len(available), dtype=torch.float64)
+    pixels_per_frame = setup.frame_shape[0] * setup.frame_shape[1]
+    frame_terms = []  # per batch: (frames, per-frame J^T J blocks) to weight once s_k is known
+    scale = float(recon.scale or 1.0)
+    with torch.no_grad():
+        for batch in torch.split(available, batch_frames):
+            measured = torch.sqrt(recon.measurements[batch].double() / scale)
+            predicted = model(spectrum, batch).clamp(min=0)
+            amplitude = torch.sqrt(predicted + 1e-8)
+            residual = amplitude - measured
+            columns = []
+            for index in range(n_system + n_modes):
+                h = steps[index]
+                values = []
+                for sign in (1.0, -1.0):
+                    moved, restore = perturbed(index, sign * h)
+                    values.append(torch.sqrt(model(moved, batch).clamp(min=0) + 1e-8))
+                    restore()
+                columns.append((values[0] - values[1]) / (2 * h))
+            dense = torch.stack(columns, dim=1) if columns else torch.zeros(len(batch), 0, *residual.shape[1:])
+            dense = dense.reshape(len(batch), n_system + n_modes, -1)  # (B, p, pixels)
+            gains = system.frame_gain[batch.to(system.frame_gain.device)].double()
+            gain_column = ((predicted - system.background.double()) / (2 * gains[:, None, None] * amplitude))
+            gain_column = gain_column.reshape(len(batch), -1)
+            blocks = []
+            for b, frame in enumerate(batch.tolist()):
+                k = frame_slot[frame]
+                residual_sq[k] = residual[b].square().sum()
+                block = np.zeros((n_total, n_total))
+                jj = (dense[b] @ dense[b].T).cpu().numpy()
+                block[: n_system + n_modes, : n_system + n_modes] = jj
+                if learn_gains:
+                    g = n_system + n_modes + k
+                    cross = (dense[b] @ gain_column[b]).cpu().numpy()
+                    block[: n_system + n_modes, g] = cross
+                    block[g, : n_system + n_modes] = cross
+                    block[g, g] = float(gain_column[b].square().sum())
+                blocks.append((k, block))
+            frame_terms.extend(blocks)
+
+    # Residual variance per frame, corrected for the object's degrees of freedom.
+    data_pixels = len(available) * pixels_per_frame
+    object_dof = 2 * _object_support_pixels(model)
+    dof_factor = data_pixels / max(data_pixels - object_dof - n_total, 0.1 * data_pixels)
+    frame_variance = (residual_sq / pixels_per_frame * dof_factor).numpy()
+    for k, block in frame_terms:
+        information += block
+        weighted += frame_variance[k] * block
+
+    ranges = np.array(
+        [meaningful_range(n, setup.led_pitch_mm, setup.led_height_mm) for n in names]
+        + [1.0] * n_modes
+        + [1.0] * n_gains
+    )
+    covariance, flat_loading = _sandwich(information, weighted, ranges)
+    std = np.sqrt(np.clip(np.diag(covariance), 0, None)) * INFLATION
+    results: dict[str, float] = {}
+    undetermined: list[str] = []
+    for i, name in enumerate(names):
+        if flat_loading[i] > 1e-3 or not np.isfinite(std[i]) or std[i] > UNDETERMINED_FRACTION * ranges[i]:
+            undetermined.append(name)
+            results[name] = float("nan")
+        else:
+            results[name] = float(std[i])
+    gain_std = np.full(setup.n_frames, np.nan)
+    if learn_gains:
+        gains = system.frame_gain.detach().cpu().numpy()
+        for frame, k in frame_slot.items():
+            i = n_system + n_modes + k
+            if flat_loading[i] <= 1e-3:
+                gain_std[frame] = std[i] / gains[frame]
+    noise_rms = float(np.sqrt(frame_variance.mean())) if len(frame_variance) else float("nan")
+    return CalibrationUncertainty(
+        std=results,
+        undetermined=tuple(undetermined),
+        frame_gain_std=gain_std,
+        noise_rms=noise_rms,
+        object_modes=n_modes,
+    )
+
+
+def _sandwich(information: np.ndarray, weighted: np.ndarray, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A^-1 B A^-1 in the parameters' units, pseudo-inverting A on its non-flat directions; and, per
+    parameter, how much of it lies in A's flat directions (0: none, 1: entirely)."""
+    d = np.diag(ranges)
+    scaled = d @ information @ d
+    eigenvalues, vectors = np.linalg.eigh(0.5 * (scaled + scaled.T))
+    largest = float(eigenvalues.max()) if eigenvalues.size else 0.0
+    flat = eigenvalues <= FLAT_EIGENVALUE * max(largest, 1e-300)
+    inverse = (vectors[:, ~flat] / eigenvalues[~flat]) @ vectors[:, ~flat].T
+    scaled_b = d @ weighted @ d
+    covariance_scaled = inverse @ scaled_b @ inverse
+    covariance = d @ covariance_scaled @ d
+    flat_loading = (vectors[:, flat] ** 2).sum(axis=1)
+    return covariance, flat_loading
+
+
+def _object_support_pixels(model) -> int:
+    """Object spectrum pixels inside at least one frame's pupil: what the data constrain."""
+    with torch.no_grad():
+        frequencies = model.illumination_frequencies()
+        whole_y, whole_x, _ = model.crop_plan(frequencies)
+        index_y, index_x = model.crop_indices(whole_y, whole_x)
+        covered = torch.zeros(model.setup.object_shape, dtype=torch.bool, device=model.device)
+        support = model.support > 0.5
+        for e in range(len(whole_y)):
+            block = covered[index_y[e][:, None], index_x[e][None, :]]
+            covered[index_y[e][:, None], index_x[e][None, :]] = block | support
+    return int(covered.sum())
+
+
+__all__ = ["CalibrationUncertainty", "calibration_uncertainty", "format_value", "meaningful_range"]
