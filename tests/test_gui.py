@@ -85,7 +85,7 @@ def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.updates_drawn >= 1, timeout=30000)  # live updates reach the views
     qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=60000)
     assert window.updates_drawn >= 2
-    assert "frames 25" in window.recon_panel.status.text()
+    assert "25 frames" in window.recon_panel.status.text() and "Finished" in window.recon_panel.status.text()
     assert window.frame_lag_s().size == 25 and np.all(window.frame_lag_s() >= 0)
     assert window.recon_panel.start_button.text() == "Continue"
     assert window.led_map.geometry is not None  # estimated LED positions drawn on the map

@@ -551,7 +551,9 @@ class MainWindow(QMainWindow):
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
         elif recon.iteration >= job.run_target and not recon.partial:
-            self.recon_panel.show_status(f"Finished: {done} iterations in {format_duration(recon.elapsed_s)}"
+            live = job.run_first_iteration  # made while the frames were arriving (a live acquisition)
+            split = f" ({live} while frames arrived, {done - live} after)" if live else ""
+            self.recon_panel.show_status(f"Finished: {done} iterations{split} in {format_duration(recon.elapsed_s)}"
                                          f"{saved}. Continue runs {more} more; Export writes the result.")
         else:
             why = f"PARTIAL: {recon.stop_reason}" if recon.partial else (recon.stop_reason or "stopped")
