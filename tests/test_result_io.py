@@ -114,7 +114,7 @@ def test_result_round_trip(tmp_path, rng):
         extra_images={"phase_std": std},
     )
     assert sorted(p.name for p in folder.iterdir()) == [
-        "amplitude.tif", "calibration.json", "phase.tif", "phase_std.tif", "pupil.tif"
+        "amplitude.tif", "calibration.json", "manifest.json", "phase.tif", "phase_std.tif", "pupil.tif"
     ]
     result = read_result(folder)
     assert result.calibration == calibration
@@ -167,7 +167,7 @@ def test_write_result_rejects_bad_input(tmp_path, rng):
 def test_read_result_says_what_is_missing(tmp_path, rng):
     write_result(tmp_path / "r", *make_images(rng), make_calibration())
     (tmp_path / "r" / "phase.tif").unlink()
-    with pytest.raises(DatasetError, match=r"has no phase\.tif: is it a uafp result folder"):
+    with pytest.raises(DatasetError, match=r"incomplete: phase\.tif is missing"):
         read_result(tmp_path / "r")
     with pytest.raises(DatasetError, match="result folder not found"):
         read_result(tmp_path / "elsewhere")

@@ -165,6 +165,7 @@ def test_counts_clip_at_the_bit_depth():
 # --------------------------------------------------------------------- must-show: ideal, CLI
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_ideal_preset_cli_pipeline_meets_the_quality_bar(tmp_path, capsys, monkeypatch):
     """uafp simulate ideal.tif --preset ideal && uafp reconstruct ideal.tif --method classic --out r/
     && uafp score r/ ideal_truth/   (the issue's must-show, at full preset size)."""
@@ -195,6 +196,7 @@ def test_ideal_preset_cli_pipeline_meets_the_quality_bar(tmp_path, capsys, monke
 # ------------------------------------------------------- must-show: third-party TIFF + sidecar
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_third_party_tiff_stack_with_sidecar_reconstructs_with_no_other_input(tmp_path, capsys):
     """A script that knows nothing of uafp_gui: tifffile.imwrite + json.dump, its own frame order,
     longer exposures for dark-field frames, an extra field of its own."""
@@ -242,6 +244,7 @@ def test_third_party_tiff_stack_with_sidecar_reconstructs_with_no_other_input(tm
 # ------------------------------------------------------------ must-show: real blood smear
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_imported_blood_smear_reconstructs_sharper_than_the_raw_frame(bloodsmear_mat, tmp_path, capsys):
     code, out, err = run_cli(capsys, "import", "zheng", bloodsmear_mat, tmp_path / "bloodsmear.tif")
     assert code == 0, err

@@ -96,6 +96,7 @@ def uafp_from_nominal(misaligned):
 # ----------------------------------------------------------------------------- self-calibration
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_uafp_calibrates_a_misaligned_microscope_and_beats_classic(misaligned, uafp_from_nominal):
     truth = misaligned.settings
     result = uafp_from_nominal
@@ -190,6 +191,7 @@ def test_start_search_walks_to_the_best_probe_within_the_uncertainty():
     assert kept == start and loss_to == loss_from
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny):
     """Clean data (circles on their grid): no search, no extra time. Forced (threshold 0): the
     probes run once, frozen-geometry, and the start moves only if a probe beat the circle fit."""
@@ -387,6 +389,7 @@ def test_an_exploding_loss_also_rolls_back(tiny, monkeypatch):
 # -------------------------------------------------------------------- calibration, frozen system
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_frozen_true_calibration_keeps_the_system_and_improves_only_the_object(misaligned, uafp_from_nominal):
     calibration = truth_calibration(misaligned)
     settings = CALIBRATION_SETTINGS.replace(freeze_system=True)
@@ -427,6 +430,7 @@ def test_cli_calibration_and_freeze_system_keep_the_given_calibration(tiny, tmp_
 # ------------------------------------------------------------------------------------- options
 
 
+@pytest.mark.slow  # long numerical end-to-end check: the slow lane
 def test_poisson_loss_and_tv_weight_run_and_change_the_result(tiny):
     dataset = dataset_of(tiny)
     settings = TINY_SETTINGS.replace(iterations=6)

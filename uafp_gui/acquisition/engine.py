@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import queue
 import threading
@@ -272,6 +273,8 @@ class FpEngine:
         self.mmcore = core
         self.frames_to_average = int(frames_to_average)
         self.camera_timeout_s = float(camera_timeout_s)
+        if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
+            raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
         self.hardware_triggered = bool(hardware_triggered)
         self.trigger_wiring = trigger_wiring
         self.led_array = led_array
@@ -697,6 +700,20 @@ class _Publisher:
 # --------------------------------------------------------------------------------- runner
 
 
+def check_output_path(path: Path, resume: bool) -> None:
+    """Fail before the camera runs, not after, when the dataset cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DatasetError(f"--out {path} is a folder: give a .tif file name")
+    if not folder.is_dir():
+        raise DatasetError(f"cannot write {path}: no folder {folder}; create it or choose another --out")
+    if path.exists() and resume:
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DatasetError(f"cannot resume {path}: no permission to write it; choose another --out")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        raise DatasetError(f"cannot write {path}: no permission to write in {folder}; choose another --out")
+
+
 def _default_writer_factory(path: Path, meta: DatasetMeta | None, resume: bool, overwrite: bool) -> DatasetWriter:
     from uafp_gui.io.dataset import DatasetWriter
 
@@ -762,6 +779,8 @@ class Acquisition:
         self.led_device = led_device
         self.camera_offset = camera_offset
         self.camera_timeout_s = float(camera_timeout_s)
+        if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
+            raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
         self.notes = notes
         self.extra_meta = dict(extra_meta or {})
         self._writer_factory = writer_factory
@@ -774,6 +793,7 @@ class Acquisition:
         self.metered_leds_per_ring = 4
         if not self.resume_existing and (plan is None or microscope is None):
             raise UafpError("a new acquisition needs a plan and a microscope description")
+        check_output_path(self.out_path, self.resume_existing)
 
     # ---- control (any thread) ------------------------------------------------------------
     def cancel(self) -> None:
@@ -1051,6 +1071,8 @@ class Acquisition:
             if isinstance(error, WriteFailure) or writer_thread is None:
                 raise
             total = len(self.meta.frames) if self.meta else "?"
+            if not saved:
+                raise type(error)(f"{error}. Acquisition stopped before any frame was saved") from error
             raise type(error)(
                 f"{error}. Acquisition stopped: {saved} of {total} frames are saved in {self.out_path}; "
                 "fix the problem and run the same command with --resume to acquire the rest"

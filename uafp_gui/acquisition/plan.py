@@ -44,6 +44,12 @@ LED_SETS = ("square", "disk", "list")
 ORDERS = ("spiral", "na", "as_given")
 
 RowCol = tuple[int, int]
+MAX_LED_ARRAY_SIDE = 1024
+MAX_PLAN_LEDS = 10_000  # frames a plan may hold (as io.dataset.MAX_FRAMES)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -62,17 +68,33 @@ class MicroscopeDescription:
     sample: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("wavelength_um", "magnification", "camera_pixel_um", "led_pitch_mm", "led_height_mm"):
+        for name, limit in (("wavelength_um", 100.0), ("magnification", 1e4), ("camera_pixel_um", 1e4),
+                            ("led_pitch_mm", 1e4), ("led_height_mm", 1e5)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a positive number (got {value!r})")
-        if not 0 < self.objective_na < 1:
+            if not _is_number(value) or not 0 < value <= limit:
+                raise ConfigError(f"{name} must be a positive number up to {limit:g} (got {value!r})")
+        if not _is_number(self.objective_na) or not 0 < self.objective_na < 1:
             raise ConfigError(f"objective_na must be in (0, 1) (got {self.objective_na!r})")
-        rows, cols = (int(v) for v in self.led_array_shape)
-        if rows < 1 or cols < 1:
-            raise ConfigError(f"led_array_shape must be two positive integers (got {self.led_array_shape!r})")
-        object.__setattr__(self, "led_array_shape", (rows, cols))
-        object.__setattr__(self, "led_on_axis", tuple(float(v) for v in self.led_on_axis))
+        shape = self.led_array_shape
+        if (
+            isinstance(shape, (str, bytes)) or not isinstance(shape, (list, tuple)) or len(shape) != 2
+            or not all(_is_number(v) and v == int(v) and 1 <= v <= MAX_LED_ARRAY_SIDE for v in shape)
+        ):
+            raise ConfigError(
+                f"led_array_shape must be two whole numbers 1 to {MAX_LED_ARRAY_SIDE} (got {str(shape)[:40]})"
+            )
+        object.__setattr__(self, "led_array_shape", (int(shape[0]), int(shape[1])))
+        axis = self.led_on_axis
+        if (
+            isinstance(axis, (str, bytes)) or not isinstance(axis, (list, tuple)) or len(axis) != 2
+            or not all(_is_number(v) and abs(v) <= 1e5 for v in axis)
+        ):
+            raise ConfigError(f"led_on_axis must be two finite numbers [row, col] (got {str(axis)[:40]})")
+        object.__setattr__(self, "led_on_axis", tuple(float(v) for v in axis))
+        if self.glass is not None and not isinstance(self.glass, dict):
+            raise ConfigError(f"glass must be an object {{thickness_mm, refractive_index}} (got {self.glass!r})")
+        if not isinstance(self.sample, str):
+            raise ConfigError(f"sample must be a string (got {self.sample!r})")
 
     @classmethod
     def from_simulation(cls, settings: Any) -> MicroscopeDescription:
@@ -118,23 +140,29 @@ def parse_led_set(text: str) -> dict[str, Any]:
     if text.startswith("disk:"):
         try:
             return {"led_set": "disk", "max_illumination_na": float(text[5:])}
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"--leds {text!r}: write disk:NA, e.g. disk:0.3") from None
     if text.startswith("list:"):
         body = text[5:]
         if body.endswith(".json"):
+            from uafp_gui.io.jsontext import parse_json
+
             try:
-                leds = json.loads(Path(body).read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise ConfigError(f"--leds {text!r}: cannot read the LED list: {error}") from None
+                leds = parse_json(Path(body).read_bytes(), f"--leds {body}", ConfigError)
+            except OSError as error:
+                raise ConfigError(f"--leds {text!r}: cannot read the LED list: {error.strerror or error}") from None
         else:
             try:
                 leds = [[int(v) for v in item.split(",")] for item in body.split(";") if item.strip()]
+                if any(len(led) != 2 for led in leds):
+                    raise ValueError("not row,col pairs")
             except ValueError:
                 raise ConfigError(f"--leds {text!r}: write list:r,c;r,c or list:FILE.json") from None
         return {"led_set": "list", "leds": leds}
     parts = text.lower().split("x")
-    if len(parts) == 2 and parts[0] == parts[1] and parts[0].isdigit():
+    if len(parts) == 2 and parts[0] == parts[1] and parts[0].isascii() and parts[0].isdigit():
+        if len(parts[0]) > 4 or int(parts[0]) > MAX_LED_ARRAY_SIDE:
+            raise ConfigError(f"--leds {text[:40]!r}: at most {MAX_LED_ARRAY_SIDE}x{MAX_LED_ARRAY_SIDE} LEDs")
         return {"led_set": "square", "square_size": int(parts[0])}
     raise ConfigError(
         f"--leds {text!r} is not understood: use NxN (a square, e.g. 15x15), disk:NA (e.g. disk:0.3) "
@@ -168,16 +196,29 @@ class AcquisitionPlan:
             raise ConfigError(f"led_set must be one of {LED_SETS} (got {self.led_set!r})")
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {ORDERS} (got {self.order!r})")
-        if self.led_set == "square" and (not isinstance(self.square_size, int) or self.square_size < 1):
-            raise ConfigError(f"square_size must be a positive integer (got {self.square_size!r})")
+        size = self.square_size
+        if self.led_set == "square" and (
+            isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_LED_ARRAY_SIDE
+        ):
+            raise ConfigError(
+                f"square_size must be a whole number 1 to {MAX_LED_ARRAY_SIDE} (got {str(size)[:20]}): "
+                "the plan cannot be larger than an LED array"
+            )
         if self.led_set == "disk":
             na = self.max_illumination_na
-            if na is None or not 0 <= na < 1:
+            if not _is_number(na) or not 0 <= na < 1:
                 raise ConfigError(f"a disk LED set needs max_illumination_na in [0, 1) (got {na!r})")
-        try:
-            leds = tuple((int(r), int(c)) for r, c in self.leds)
-        except (TypeError, ValueError):
-            raise ConfigError(f"leds must be [row, col] integer pairs (got {self.leds!r})") from None
+        if isinstance(self.leds, (str, bytes)) or not isinstance(self.leds, (list, tuple)):
+            raise ConfigError(f"leds must be a list of [row, col] pairs (got {str(self.leds)[:40]})")
+        if len(self.leds) > MAX_PLAN_LEDS:
+            raise ConfigError(f"the LED list has {len(self.leds)} entries, more than a plan may hold ({MAX_PLAN_LEDS})")
+        if not all(
+            isinstance(led, (list, tuple)) and len(led) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 10**6 for v in led)
+            for led in self.leds
+        ):
+            raise ConfigError(f"leds must be [row, col] integer pairs (got {str(self.leds)[:60]})")
+        leds = tuple((int(r), int(c)) for r, c in self.leds)
         if self.led_set == "list" and not leds:
             raise ConfigError("an explicit LED list is empty: give at least one [row, col]")
         if len(set(leds)) != len(leds):
@@ -187,16 +228,21 @@ class AcquisitionPlan:
             self._positive(name)
         if self.darkfield_exposure_ms is not None:
             self._positive("darkfield_exposure_ms")
-        if not 0 < self.auto_exposure_target <= 1:
+        for name in ("auto_exposure", "dark_frame", "hardware_triggered"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if not _is_number(self.auto_exposure_target) or not 0 < self.auto_exposure_target <= 1:
             raise ConfigError(f"auto_exposure_target must be in (0, 1] (got {self.auto_exposure_target!r})")
         self._positive("auto_exposure_ring_na")
-        if not isinstance(self.frames_to_average, int) or self.frames_to_average < 1:
-            raise ConfigError(f"frames_to_average must be an integer >= 1 (got {self.frames_to_average!r})")
+        average = self.frames_to_average
+        if isinstance(average, bool) or not isinstance(average, int) or not 1 <= average <= 1000:
+            raise ConfigError(f"frames_to_average must be a whole number 1 to 1000 (got {str(average)[:20]})")
         if self.roi is not None:
-            try:
-                roi = tuple(int(v) for v in self.roi)
-            except (TypeError, ValueError):
-                raise ConfigError(f"roi must be [x, y, width, height] in camera pixels (got {self.roi!r})") from None
+            if isinstance(self.roi, (str, bytes)) or not isinstance(self.roi, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 10**6 for v in self.roi
+            ):
+                raise ConfigError(f"roi must be [x, y, width, height] in camera pixels (got {str(self.roi)[:40]})")
+            roi = tuple(int(v) for v in self.roi)
             if len(roi) != 4 or roi[0] < 0 or roi[1] < 0 or roi[2] < 1 or roi[3] < 1:
                 raise ConfigError(f"roi must be [x, y, width, height] with x, y >= 0 and a positive size ({roi})")
             object.__setattr__(self, "roi", roi)
@@ -295,9 +341,11 @@ class AcquisitionPlan:
         known = {item.name for item in fields(cls)} - {"extra"}
         kwargs = {key: value for key, value in data.items() if key in known}
         kwargs["extra"] = {k: v for k, v in data.items() if k not in known and k not in ("format", "version")}
-        if kwargs.get("roi") is not None:
+        if isinstance(kwargs.get("roi"), list):
             kwargs["roi"] = tuple(kwargs["roi"])
-        kwargs["leds"] = tuple(tuple(led) for led in kwargs.get("leds", ()))
+        leds = kwargs.get("leds", ())
+        if isinstance(leds, list):
+            kwargs["leds"] = tuple(tuple(led) if isinstance(led, list) else led for led in leds)
         try:
             return cls(**kwargs)
         except TypeError as error:
@@ -313,10 +361,12 @@ class AcquisitionPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AcquisitionPlan:
+        from uafp_gui.io.jsontext import parse_json
+
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"cannot read acquisition plan {path}: {error}") from None
+            data = parse_json(Path(path).read_bytes(), f"acquisition plan {path}", ConfigError)
+        except OSError as error:
+            raise ConfigError(f"cannot read acquisition plan {path}: {error.strerror or error}") from None
         return cls.from_dict(data)
 
 

@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
 
 SIMULATION_KEY = "simulated_microscope"  # the hidden truth of a simulated run, kept in the dataset
@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     source.add_argument("--simulate", action="store_true", help="use the simulated FP microscope (the default "
                         "without --mm-config)")
     source.add_argument("--preset", default="misaligned", help="simulated microscope preset (default misaligned)")
-    source.add_argument("--seed", type=int, default=None, help="simulated microscope: noise and brightness seed")
+    source.add_argument("--seed", type=whole_number, default=None,
+                        help="simulated microscope: noise and brightness seed")
     source.add_argument("--sim-no-wait", action="store_true",
                         help="simulated camera: do not wait out the exposure time (faster than real time)")
     source.add_argument("--mm-config", type=Path, default=None, help="Micro-Manager configuration (.cfg) with "
@@ -51,19 +52,19 @@ def register(subparsers) -> None:
     source.add_argument("--microscope", type=Path, default=None, help="microscope description JSON "
                         "(wavelength_um, objective_na, magnification, camera_pixel_um, led_height_mm, ...)")
     for name, kind, text in (
-        ("wavelength_um", float, "illumination wavelength"),
-        ("objective_na", float, "objective NA"),
-        ("magnification", float, "sensor-to-sample magnification"),
-        ("camera_pixel_um", float, "camera pixel after binning"),
-        ("led_pitch_mm", float, "LED spacing (default: what the LED array reports)"),
-        ("led_height_mm", float, "LED-plane-to-sample distance"),
+        ("wavelength_um", finite_float, "illumination wavelength"),
+        ("objective_na", finite_float, "objective NA"),
+        ("magnification", finite_float, "sensor-to-sample magnification"),
+        ("camera_pixel_um", finite_float, "camera pixel after binning"),
+        ("led_pitch_mm", finite_float, "LED spacing (default: what the LED array reports)"),
+        ("led_height_mm", finite_float, "LED-plane-to-sample distance"),
     ):
         source.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
-    source.add_argument("--led-on-axis", type=float, nargs=2, default=None, metavar=("ROW", "COL"),
+    source.add_argument("--led-on-axis", type=finite_float, nargs=2, default=None, metavar=("ROW", "COL"),
                         help="LED index on the optical axis (default: the array centre)")
-    source.add_argument("--camera-offset", type=float, default=None, help="camera dark level in counts "
+    source.add_argument("--camera-offset", type=finite_float, default=None, help="camera dark level in counts "
                         "(default: the camera's Offset property, or the dark frame)")
-    source.add_argument("--camera-timeout-s", type=float, default=10.0, help="seconds beyond the exposure "
+    source.add_argument("--camera-timeout-s", type=finite_float, default=10.0, help="seconds beyond the exposure "
                         "before a frame counts as lost (default 10)")
 
     plan = parser.add_argument_group("plan")
@@ -73,15 +74,16 @@ def register(subparsers) -> None:
                       "list:FILE.json")
     plan.add_argument("--order", choices=["spiral", "na", "as_given"], default=None,
                       help="spiral from the centre (default) or by illumination NA")
-    plan.add_argument("--exposure-ms", type=float, default=None, help="bright-field exposure (default 10)")
-    plan.add_argument("--darkfield-exposure-ms", type=float, default=None, help="dark-field exposure")
+    plan.add_argument("--exposure-ms", type=finite_float, default=None, help="bright-field exposure (default 10)")
+    plan.add_argument("--darkfield-exposure-ms", type=finite_float, default=None, help="dark-field exposure")
     plan.add_argument("--auto-exposure", action="store_true", default=None,
                       help="meter one LED per NA ring and set each ring's exposure")
-    plan.add_argument("--max-exposure-ms", type=float, default=None, help="auto-exposure ceiling")
+    plan.add_argument("--max-exposure-ms", type=finite_float, default=None, help="auto-exposure ceiling")
     plan.add_argument("--dark-frame", action="store_true", default=None,
                       help="take a dark frame first (sets camera_offset; saved as OUT_dark.tif)")
-    plan.add_argument("--average", type=int, default=None, help="frames averaged per LED (stored as float32)")
-    plan.add_argument("--roi", type=int, nargs=4, default=None, metavar=("X", "Y", "W", "H"), help="camera ROI")
+    plan.add_argument("--average", type=whole_number, default=None, help="frames averaged per LED (stored as float32)")
+    plan.add_argument("--roi", type=whole_number, nargs=4, default=None, metavar=("X", "Y", "W", "H"),
+                      help="camera ROI")
     plan.add_argument("--hardware-triggered", action="store_true", default=None,
                       help="fast mode: load the LED list into the array's firmware sequence and let each exposure "
                       "step it (no serial command per frame). Needs the camera's exposure-end/strobe output wired "
@@ -97,7 +99,7 @@ def register(subparsers) -> None:
     run_group.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run_group.add_argument("--reconstruct", action="store_true", help="reconstruct (UA-FP) while acquiring; "
                            "writes OUT_result/ when done")
-    run_group.add_argument("--iterations", type=int, default=None, help="--reconstruct: final iterations")
+    run_group.add_argument("--iterations", type=whole_number, default=None, help="--reconstruct: final iterations")
     run_group.add_argument("--device", default="auto", help="--reconstruct: auto, cpu or cuda")
     parser.set_defaults(func=run)
 
@@ -163,10 +165,15 @@ def build_microscope(args: argparse.Namespace, led_array, simulation):
     if simulation is not None:
         values = MicroscopeDescription.from_simulation(simulation).to_dict()
     if args.microscope is not None:
+        from uafp_gui.io.jsontext import parse_json
+
         try:
-            values.update(json.loads(args.microscope.read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"cannot read --microscope {args.microscope}: {error}") from None
+            described = parse_json(args.microscope.read_bytes(), f"--microscope {args.microscope}", ConfigError)
+        except OSError as error:
+            raise ConfigError(f"cannot read --microscope {args.microscope}: {error.strerror or error}") from None
+        if not isinstance(described, dict):
+            raise ConfigError(f"--microscope {args.microscope} must hold one JSON object of microscope fields")
+        values.update(described)
     if led_array is not None:
         values["led_array_shape"] = list(led_array.shape)
         if "led_pitch_mm" not in values:
@@ -214,10 +221,10 @@ def run(args: argparse.Namespace) -> int:
     # Arguments and paths first: devices and the engine load only once they are good.
     if args.simulate and args.mm_config is not None:
         raise ConfigError("--simulate and --mm-config exclude each other")
-    if not args.out.parent.is_dir():
-        raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist: create it first")
     if args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a folder: give the dataset file to write, e.g. {args.out / 'run.tif'}")
+        raise ConfigError(f"--out {args.out} is a folder: give a .tif file name")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"cannot write {args.out}: no folder {args.out.parent}; create it or choose another --out")
     if args.mm_config is not None and not args.mm_config.is_file():
         raise ConfigError(f"--mm-config {args.mm_config} does not exist: check the path")
     from uafp_gui.acquisition.engine import (
@@ -232,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
     from uafp_gui.devices.micromanager import open_core
     from uafp_gui.io.dataset import read_dataset_meta
 
+    from uafp_gui.acquisition.engine import check_output_path
+
+    check_output_path(args.out, args.resume)  # before any device is opened or the camera runs
     stored_meta = None
     if args.resume and args.out.exists():
         stored_meta = read_dataset_meta(args.out)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from uafp_gui.cli.options import whole_number
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--no-probe", action="store_true", help="do not look for an LED array at start-up")
     parser.add_argument("--preset", default="misaligned", help="simulated microscope preset (default misaligned)")
-    parser.add_argument("--frame-size", type=int, default=None, help="simulated camera frame size in pixels")
+    parser.add_argument("--frame-size", type=whole_number, default=None, help="simulated camera frame size in pixels")
     parser.add_argument("--settings", default=None, help="settings file (.ini) instead of the user's")
     parser.add_argument("--open", default=None, dest="open_path", help="dataset or result to open")
     parser.set_defaults(func=run)

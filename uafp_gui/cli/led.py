@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.devices.illuminate import IlluminateLedArray, SimulatedLedArray
 from uafp_gui.devices.led_array import Orientation
 from uafp_gui.errors import ConfigError
@@ -36,29 +37,29 @@ def register(subparsers) -> None:
     where.add_argument("--simulate", action="store_true", help="use the simulated LED array")
     parser.add_argument(
         "--shape",
-        type=int,
+        type=whole_number,
         nargs=2,
         metavar=("ROWS", "COLS"),
         default=None,
         help="array shape, for --simulate or firmware that does not report it",
     )
-    parser.add_argument("--pitch-mm", type=float, default=None, help="override the LED pitch")
+    parser.add_argument("--pitch-mm", type=finite_float, default=None, help="override the LED pitch")
     parser.add_argument("--flip-rows", action="store_true")
     parser.add_argument("--flip-cols", action="store_true")
     parser.add_argument("--transpose", action="store_true")
-    parser.add_argument("--timeout-s", type=float, default=2.0, help="reply timeout (2 s)")
+    parser.add_argument("--timeout-s", type=finite_float, default=2.0, help="reply timeout (2 s)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.add_parser("about", help="print the firmware's about line and properties")
     light = actions.add_parser("light", help="light LEDs given as ROW COL [ROW COL ...]")
-    light.add_argument("rowcol", type=int, nargs="+", metavar="N")
+    light.add_argument("rowcol", type=whole_number, nargs="+", metavar="N")
     actions.add_parser("clear", help="switch every LED off")
     actions.add_parser("fill", help="switch every LED on")
     actions.add_parser("bf", help="bright-field pattern for the NA set on the array")
     actions.add_parser("df", help="dark-field pattern for the NA set on the array")
     brightness = actions.add_parser("brightness", help="brightness 0-255 (one value or R G B)")
-    brightness.add_argument("values", type=int, nargs="+")
+    brightness.add_argument("values", type=whole_number, nargs="+")
     color = actions.add_parser("color", help="colour R G B, 0-255 each")
-    color.add_argument("rgb", type=int, nargs=3)
+    color.add_argument("rgb", type=whole_number, nargs=3)
     actions.add_parser("trigger", help="pulse the trigger output once")
     raw = actions.add_parser("raw", help="send one protocol line and print the reply")
     raw.add_argument("line")

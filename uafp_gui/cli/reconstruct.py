@@ -10,7 +10,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
+
+MIN_PARTIAL_FRACTION = 0.5  # a partial dataset below this share of its planned frames needs --allow-partial
 
 
 def register(subparsers) -> None:
@@ -24,8 +27,8 @@ def register(subparsers) -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--method", choices=["uafp", "classic"], default="uafp")
     parser.add_argument("--out", type=Path, default=None, help="result folder (default: DATASET_result/)")
-    parser.add_argument("--upsample", type=int, default=4, help="object pixels per camera pixel (default 4)")
-    parser.add_argument("--iterations", type=int, default=None, help="iterations (default: engine's own)")
+    parser.add_argument("--upsample", type=whole_number, default=4, help="object pixels per camera pixel (default 4)")
+    parser.add_argument("--iterations", type=whole_number, default=None, help="iterations (default: engine's own)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--calibration", type=Path, default=None, help="start from a saved calibration.json")
     parser.add_argument(
@@ -34,6 +37,12 @@ def register(subparsers) -> None:
         help="UA-FP: keep the system (geometry, pupil, gains) fixed; use with --calibration",
     )
     parser.add_argument("--no-report", action="store_true", help="do not write report.png")
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help=f"reconstruct an interrupted (partial) dataset even when it holds fewer than "
+        f"{int(MIN_PARTIAL_FRACTION * 100)} %% of its planned frames",
+    )
     uafp = parser.add_argument_group("UA-FP options (what to learn, how)")
     uafp.add_argument(
         "--loss",
@@ -41,11 +50,11 @@ def register(subparsers) -> None:
         default="amplitude",
         help="data term: amplitude least squares (default, robust) or Poisson likelihood",
     )
-    uafp.add_argument("--tv-weight", type=float, default=0.0, help="total-variation regularisation weight")
-    uafp.add_argument("--batch-size", type=int, default=None, help="frames per mini-batch")
+    uafp.add_argument("--tv-weight", type=finite_float, default=0.0, help="total-variation regularisation weight")
+    uafp.add_argument("--batch-size", type=whole_number, default=None, help="frames per mini-batch")
     uafp.add_argument(
         "--pixel-integration",
-        type=int,
+        type=whole_number,
         default=None,
         help="sub-samples per camera pixel and axis in the model (1 = off; default 2)",
     )
@@ -86,6 +95,18 @@ def uafp_settings(args: argparse.Namespace):
     settings = UafpSettings().replace(**changes)
     settings.validate()
     return settings
+
+
+def check_partial(dataset, allowed: bool) -> None:
+    """An interrupted acquisition reconstructs only when it holds a sensible share of its plan."""
+    planned = dataset.planned_frame_count or dataset.frame_count
+    if dataset.complete or allowed or dataset.frame_count >= MIN_PARTIAL_FRACTION * planned:
+        return
+    raise ConfigError(
+        f"{dataset.path} is a partial dataset: {dataset.frame_count} of {planned} planned frames, fewer than "
+        f"{int(MIN_PARTIAL_FRACTION * 100)} %: complete it with `uafp acquire --out {dataset.path} --resume`, "
+        "or pass --allow-partial to reconstruct the frames there are"
+    )
 
 
 def check_output_folder(out: Path) -> None:
@@ -158,11 +179,7 @@ def _signals_held():
 def _save(recon, result, out: Path, dataset, report: bool) -> None:
     from uafp_gui.recon.common import save_result
 
-    save_result(result, out)
-    if report:
-        from uafp_gui.recon.report import write_report
-
-        write_report(result, out / "report.png", dataset=dataset)
+    save_result(result, out, report=report, report_dataset=dataset)  # the whole folder, atomically
 
 
 def run_keeping_the_last_good_state(recon, out: Path, dataset, report: bool = True) -> RunEnding:
@@ -224,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
     check_output_folder(out)
     dataset = read_dataset(args.dataset)
+    check_partial(dataset, args.allow_partial)
     calibration = load_calibration(args.calibration) if args.calibration else None
 
     from uafp_gui.cli.progress import progress_bar
@@ -249,11 +267,7 @@ def run(args: argparse.Namespace) -> int:
         if ending.exit_code is not None:
             return ending.exit_code
     if args.method == "classic":
-        save_result(result, out)
-        if not args.no_report:
-            from uafp_gui.recon.report import write_report
-
-            write_report(result, out / "report.png", dataset=dataset)
+        save_result(result, out, report=not args.no_report, report_dataset=dataset)
     geometry = result.geometry
     print(
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+MIN_SCORED_SIDE_PX = 16
+
+
 def score_folders(result_dir: Path, truth_dir: Path) -> dict:
     import numpy as np
 
@@ -29,15 +32,31 @@ def score_folders(result_dir: Path, truth_dir: Path) -> dict:
     from uafp_gui.io.result import read_result
     from uafp_gui.metrics import lowpass, score
 
-    result = read_result(result_dir)
-    truth = read_result(truth_dir)
+    # Both folders must be complete and unmixed (their manifest matches every file).
+    result = read_result(result_dir, require_manifest=True)
+    truth = read_result(truth_dir, require_manifest=True)
     extra = truth.calibration.extra
-    if "synthetic_aperture_na" not in extra or "simulation" not in extra:
+    simulation = extra.get("simulation")
+    aperture = extra.get("synthetic_aperture_na")
+    if (
+        not isinstance(simulation, dict)
+        or isinstance(aperture, bool)
+        or not isinstance(aperture, (int, float))
+        or not 0 < aperture < 2
+        or isinstance(simulation.get("wavelength_um"), bool)
+        or not isinstance(simulation.get("wavelength_um"), (int, float))
+        or not 0 < simulation["wavelength_um"] < 100
+    ):
         raise DatasetError(
-            f"{truth_dir}: not a ground-truth folder (no synthetic_aperture_na in calibration.json); "
-            "give the *_truth folder written by `uafp simulate`"
+            f"{truth_dir}: not a ground-truth folder (calibration.json needs synthetic_aperture_na and "
+            "simulation.wavelength_um); give the *_truth folder written by `uafp simulate`"
         )
     for folder, content in ((result_dir, result), (truth_dir, truth)):
+        if min(content.amplitude.shape) < MIN_SCORED_SIDE_PX:
+            raise DatasetError(
+                f"{folder}: amplitude.tif is {content.amplitude.shape[0]}x{content.amplitude.shape[1]} pixels, "
+                f"too small to score (at least {MIN_SCORED_SIDE_PX}x{MIN_SCORED_SIDE_PX})"
+            )
         bad = int(np.size(content.object_field) - np.isfinite(content.object_field).sum())
         if bad:
             raise DatasetError(

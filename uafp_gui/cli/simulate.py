@@ -6,6 +6,7 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
+from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
 
 
@@ -33,9 +34,9 @@ def register(subparsers) -> None:
                 help="aberration coefficient, Noll index J in radians (repeatable), e.g. --zernike 4=1.5",
             )
         elif spec.type in ("tuple[int, int]",):
-            parser.add_argument(flag, type=int, nargs=2, default=None, metavar=("ROW", "COL"))
+            parser.add_argument(flag, type=whole_number, nargs=2, default=None, metavar=("ROW", "COL"))
         else:
-            kind = {"int": int, "float": float}.get(str(spec.type), float)
+            kind = {"int": whole_number, "float": finite_float}.get(str(spec.type), finite_float)
             parser.add_argument(flag, type=kind, default=None, help=f"override the preset's {spec.name}")
     parser.set_defaults(func=run)
 

@@ -13,11 +13,11 @@ along the strip); `Orientation` maps those to image axes.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +55,21 @@ try:  # tcflush on a hung-up pty raises termios.error, which is not an OSError
 except ImportError:  # pragma: no cover - Windows
     _PORT_ERRORS = (serial.SerialException, OSError)
 REPLY_END = "-==-"
+# A reply later than its timeout is still awaited this many timeouts after it (then taken as lost).
+LATE_REPLY_GRACE = 3.0
+MAX_REPLY_LINES = 4096  # `help` and `pprops` are a few lines; a stream of lines is not an LED array
+MAX_REPLY_LINE_CHARS = 16384
+
+
+def _seconds(value: float, name: str) -> float:
+    """A timeout: finite and positive (NaN or inf would make a read block forever)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number <= 3600):
+        raise LedArrayError(f"{name} must be a number of seconds in (0, 3600], got {value!r}")
+    return number
 # Extra paths (os.pathsep-separated) that port auto-detection probes first, e.g. a
 # /dev/serial/by-id link or a simulator's pty.
 PORT_CANDIDATES_ENV = "UAFP_LED_PORT_CANDIDATES"
@@ -96,9 +111,15 @@ class IlluminateConnection:
         open_port: Callable[[str], SerialLike] = _open_serial,
     ) -> None:
         self.port = port
-        self.timeout_s = timeout_s
-        self.boot_timeout_s = boot_timeout_s
+        self.timeout_s = _seconds(timeout_s, "timeout_s")
+        self.boot_timeout_s = _seconds(boot_timeout_s, "boot_timeout_s")
         self._open_port = open_port
+        # Replies owed by commands that timed out. The firmware answers every command line with
+        # exactly one reply ending in `-==-`, in order; a late reply is therefore the next
+        # terminator to arrive, and it is discarded before the next command is sent, so the driver
+        # never runs one reply behind. See `_drain_owed`.
+        self._owed = 0
+        self._owed_until = 0.0
         self._serial: SerialLike | None = None
         self._lock = threading.RLock()
         self.on_reconnect: Callable[[], None] | None = None
@@ -139,19 +160,40 @@ class IlluminateConnection:
         # bootloader and drops what it is sent meanwhile.
         deadline = time.monotonic() + self.boot_timeout_s
         probe_s = min(0.5, self.timeout_s)
+        timed_out = 0
         while True:
             try:
-                self._transact_locked("about", probe_s)
-                return
+                reply = self._transact_locked("about", probe_s)
             except LedArrayTimeout as error:
+                self._owed = 0  # a booting board drops what it is sent: no reply is owed...
+                timed_out += 1
                 if time.monotonic() >= deadline:
                     raise LedArrayTimeout(
                         f"no reply to 'about' from {self.port} within {self.boot_timeout_s:.1f} s "
                         "of opening it: is the uafp-led (or illuminate) firmware flashed and "
                         "the board powered?"
                     ) from error
+                continue
+            if not reply or any(text.startswith("ERROR") for text in reply) or not "".join(reply).isprintable():
+                raise LedArrayNotFound(
+                    f"the device on {self.port} answered 'about' with {' / '.join(reply)[:80]!r}: not an "
+                    "illuminate LED array (is the right port selected?)"
+                )
+            if timed_out:  # ...unless it was only slow: its late replies come right behind this one
+                self._discard_until_quiet(0.05, probe_s)
+            return
+
+    def _discard_until_quiet(self, quiet_s: float, limit_s: float) -> None:
+        port = self._serial
+        assert port is not None
+        end = time.monotonic() + limit_s
+        last = time.monotonic()
+        while time.monotonic() < end and time.monotonic() - last < quiet_s:
+            if port.read(max(1, port.in_waiting)):
+                last = time.monotonic()
 
     def _drop(self) -> None:
+        self._owed = 0  # a reopened port starts a fresh conversation (the board reboots)
         port, self._serial = self._serial, None
         if port is not None:
             try:
@@ -199,9 +241,18 @@ class IlluminateConnection:
         port = self._serial
         assert port is not None
         try:
-            port.reset_input_buffer()  # a late reply to a timed-out command must not leak in
+            if self._owed:
+                self._drain_owed(port, timeout_s)
+            else:
+                port.reset_input_buffer()  # stray bytes (a boot banner) are no reply of ours
             port.write(line.encode("ascii", errors="replace") + b"\n")
-            return self._read_reply(port, line, timeout_s)
+            try:
+                return self._read_reply(port, line, timeout_s)
+            except LedArrayTimeout:
+                # Its reply may still come: it is awaited (and discarded) before the next command.
+                self._owed += 1
+                self._owed_until = time.monotonic() + LATE_REPLY_GRACE * max(timeout_s, self.timeout_s)
+                raise
         except _PORT_ERRORS as error:
             self._drop()
             raise LedArrayDisconnected(
@@ -209,19 +260,48 @@ class IlluminateConnection:
                 "USB cable and power; the driver reopens the port on the next command"
             ) from error
 
+    def _drain_owed(self, port: SerialLike, timeout_s: float) -> None:
+        """Read and discard the replies owed by timed-out commands. They are awaited until
+        `LATE_REPLY_GRACE` x the timeout after the last timeout (at least what has arrived is read);
+        replies that have not come by then were lost (the board dropped the command)."""
+        deadline = self._owed_until
+        buffer = bytearray()
+        while self._owed and (time.monotonic() < deadline or port.in_waiting):
+            buffer += port.read(max(1, port.in_waiting))
+            for text in self._complete_lines(buffer):
+                if text == REPLY_END:
+                    self._owed -= 1
+                    if not self._owed:
+                        break
+        self._owed = 0
+        if buffer:
+            port.reset_input_buffer()
+
+    @staticmethod
+    def _complete_lines(buffer: bytearray) -> Iterator[str]:
+        newline = buffer.find(b"\n")
+        while newline >= 0:
+            text = buffer[:newline].decode("ascii", errors="replace").rstrip("\r")
+            del buffer[: newline + 1]
+            yield text
+            newline = buffer.find(b"\n")
+
     def _read_reply(self, port: SerialLike, line: str, timeout_s: float) -> list[str]:
         deadline = time.monotonic() + timeout_s
         buffer = bytearray()
         lines: list[str] = []
         while True:
-            newline = buffer.find(b"\n")
-            while newline >= 0:
-                text = buffer[:newline].decode("ascii", errors="replace").rstrip("\r")
-                del buffer[: newline + 1]
+            for text in self._complete_lines(buffer):
                 if text == REPLY_END:
+                    if buffer:  # bytes after the terminator answer nothing we sent
+                        port.reset_input_buffer()
                     return lines
+                if len(lines) >= MAX_REPLY_LINES or len(text) > MAX_REPLY_LINE_CHARS:
+                    raise LedArrayError(
+                        f"the device on {self.port} answered {line!r} with more than {MAX_REPLY_LINES} lines or a "
+                        f"line over {MAX_REPLY_LINE_CHARS} characters: is it an LED array?"
+                    )
                 lines.append(text)
-                newline = buffer.find(b"\n")
             if time.monotonic() >= deadline:
                 raise LedArrayTimeout(
                     f"no complete reply to {line!r} from LED array on {self.port} within "
@@ -230,6 +310,11 @@ class IlluminateConnection:
                 )
             chunk = port.read(max(1, port.in_waiting))
             buffer += chunk
+            if len(buffer) > MAX_REPLY_LINE_CHARS:
+                raise LedArrayError(
+                    f"the device on {self.port} sent a line over {MAX_REPLY_LINE_CHARS} characters in reply to "
+                    f"{line!r}: is it an LED array at {BAUD_RATE} baud?"
+                )
 
     # ---- raw access, for conformance and fuzz tests ----------------------------------------
     def write_raw(self, data: bytes) -> None:
@@ -270,25 +355,65 @@ class LedArrayProperties:
 
     @classmethod
     def from_pprops(cls, text: str, shape: tuple[int, int] | None) -> LedArrayProperties:
+        """Parse and check a `pprops` reply; anything odd is a `LedArrayError` naming the field."""
+        from uafp_gui.errors import UafpError
+        from uafp_gui.io.jsontext import parse_json
+
         try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise LedArrayError(f"pprops reply is not JSON ({error}): {text[:80]!r}") from error
+            raw = parse_json(text, "pprops reply", LedArrayError)
+        except UafpError as error:
+            raise LedArrayError(f"{error} ({text[:80]!r}): is this an illuminate LED array?") from None
+        if not isinstance(raw, dict):
+            raise LedArrayError(f"pprops reply is not a JSON object: {text[:80]!r}")
         array_shape = raw.get("array_shape")
         if array_shape is None:
             if shape is None:
                 raise LedArrayError("the firmware does not report array_shape in pprops: pass shape=(rows, cols)")
             array_shape = shape
+        if (
+            not isinstance(array_shape, (list, tuple))
+            or len(array_shape) != 2
+            or not all(_plain_int(n) and 1 <= n <= MAX_ARRAY_SIDE for n in array_shape)
+        ):
+            raise LedArrayError(
+                f"pprops array_shape {array_shape!r} is not two whole numbers 1 to {MAX_ARRAY_SIDE}: "
+                "check the firmware's LED_ROWS/LED_COLS, or pass shape=(rows, cols)"
+            )
         pitch_um = raw.get("led_pitch_um")
+        if pitch_um is not None and not (_plain_number(pitch_um) and 0 < pitch_um <= 1e6):
+            raise LedArrayError(f"pprops led_pitch_um {pitch_um!r} is not a positive number of micrometres")
+        channels = raw.get("color_channels", ("r", "g", "b"))
+        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8 or not all(
+            isinstance(c, str) for c in channels
+        ):
+            raise LedArrayError(f"pprops color_channels {channels!r} is not a short list of names")
+        sequence_max = raw.get("sequence_max")
+        if sequence_max is not None and not (_plain_int(sequence_max) and 1 <= sequence_max <= 1 << 20):
+            raise LedArrayError(f"pprops sequence_max {sequence_max!r} is not a whole number >= 1")
+        line_max = raw.get("line_max")
+        if line_max is not None and not (_plain_int(line_max) and 8 <= line_max <= 1 << 16):
+            raise LedArrayError(f"pprops line_max {line_max!r} is not a whole number 8 to 65536")
+        driver = raw.get("led_driver")
         return cls(
             array_shape=(int(array_shape[0]), int(array_shape[1])),
             pitch_mm=None if pitch_um is None else float(pitch_um) / 1000.0,
-            color_channels=tuple(raw.get("color_channels", ("r", "g", "b"))),
-            firmware_version=str(raw.get("firmware_version", raw.get("version", "unknown"))),
-            led_driver=raw.get("led_driver"),
-            sequence_max=raw.get("sequence_max"),
+            color_channels=tuple(channels),
+            firmware_version=str(raw.get("firmware_version", raw.get("version", "unknown")))[:80],
+            led_driver=driver if isinstance(driver, str) else None,
+            sequence_max=sequence_max,
             raw=raw,
         )
+
+
+MAX_ARRAY_SIDE = 1024
+
+
+def _plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class IlluminateLedArray(LedArray):
@@ -437,8 +562,16 @@ class IlluminateLedArray(LedArray):
     def read_lit(self) -> frozenset[RowCol]:
         """Ask the firmware what is lit (uafp-led `plit` extension), in image axes."""
         text = self._first_line(self._connection.command("plit"), "plit")
-        cols = self.array_shape[1]
-        indices = [int(v) for v in text.split(".")[1:]]
+        rows, cols = self.array_shape
+        parts = text.split(".")
+        if parts[0] != "lit" or not all(v.isascii() and v.isdigit() and len(v) <= 7 for v in parts[1:]):
+            raise LedArrayError(
+                f"unexpected reply {text[:80]!r} to 'plit' from {self.port}: expected lit.<i>.<i>...; "
+                "is this uafp-led firmware?"
+            )
+        indices = [int(v) for v in parts[1:]]
+        if any(i >= rows * cols for i in indices):
+            raise LedArrayError(f"'plit' from {self.port} names an LED beyond the {rows}x{cols} array: {text[:80]!r}")
         return frozenset(self.array_to_image((i // cols, i % cols)) for i in indices)
 
     def trigger(self) -> None:
@@ -500,7 +633,10 @@ class IlluminateLedArray(LedArray):
         """(position, length, armed)."""
         text = self._first_line(self._connection.command("qseq"), "qseq")
         try:
-            _, position, length, armed = text.split(".")
+            name, position, length, armed = text.split(".")
+            digits = all(v.isascii() and v.isdigit() and len(v) <= 7 for v in (position, length))
+            if name != "seq" or not digits or armed not in ("0", "1"):
+                raise ValueError(text)
             return int(position), int(length), armed == "1"
         except ValueError:
             raise LedArraySequenceError(
@@ -605,6 +741,8 @@ def find_led_array_port(candidates: Sequence[str] | None = None, *, boot_timeout
         connection = IlluminateConnection(port, timeout_s=1.0, boot_timeout_s=boot_timeout_s)
         try:
             connection.open()  # probes `about` until it answers
+            reply = connection.command("pprops")  # and says what it is, as an LED array would
+            LedArrayProperties.from_pprops(reply[0] if reply else "", None)
             return port
         except LedArrayError as error:
             tried.append(f"{port} ({type(error).__name__})")

@@ -9,6 +9,7 @@ the user's), `--open PATH` (a dataset or result to open at start).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -62,7 +63,15 @@ def run(args: argparse.Namespace) -> int:
     window = create_window(args)
     window.show()
     splash.finish(window)
-    return int(app.exec())
+    code = int(app.exec())
+    window.shutdown()  # already done by closeEvent unless the app quit another way
+    from uafp_gui.gui.workers import wait_for_detached
+
+    if not wait_for_detached(5.0):  # a job that ignored its stop: leave without destroying its thread
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def show_splash():

@@ -443,13 +443,9 @@ class ReconJob:
     def export(self, folder: str | os.PathLike[str], report: bool = True) -> Path:
         """Write the result folder (spec section 3) plus `report.png`."""
         from uafp_gui.recon.common import save_result
-        from uafp_gui.recon.report import write_report
 
         result = self.result()
-        folder = save_result(result, folder)
-        if report:
-            write_report(result, Path(folder) / "report.png", dataset=_MetaHolder(self.meta))
-        return Path(folder)
+        return Path(save_result(result, folder, report=report, report_dataset=_MetaHolder(self.meta)))
 
 
 class _MetaHolder:

@@ -45,6 +45,7 @@ REFRESH_MS = 250  # views redraw at most 4 times a second
 MAX_RECENT = 10
 DOCK_WIDTH_PX = 360  # the side docks' width on first start
 STATE_VERSION = 1
+QUIT_WAIT_S = 0.8  # quit, Stop and Cancel act within a second: jobs get this long to end cleanly
 
 
 class MainWindow(QMainWindow):
@@ -817,24 +818,33 @@ class MainWindow(QMainWindow):
         worker.wait(wait_ms)
 
     def shutdown(self) -> None:
-        """Stop every worker (the acquisition keeps what it wrote), close the devices, save settings."""
+        """Quit within about a second whatever runs: ask every job to stop, wait (bounded) for
+        them, then mute every worker so none can emit into a widget being destroyed; a job still
+        running (it stops at its next check) is detached, never destroyed while it runs. The
+        acquisition keeps what it wrote; the devices are closed; the settings are saved."""
         if self._closing:
             return
         self._closing = True
         self.timer.stop()
-        for worker in (self.acq_worker, self.recon_worker, self.live_worker):
-            if worker is not None and worker.isRunning():
+        workers = [w for w in (self.acq_worker, self.recon_worker, self.live_worker) if w is not None]
+        for worker in workers:
+            if worker.isRunning():
                 worker.stop()
-        for worker in (self.acq_worker, self.recon_worker, self.live_worker):
-            if worker is not None:
-                worker.wait(30000)
-        self.io.shutdown(wait=True)
-        self.engine_loader.shutdown(wait=True)
+        deadline = time.monotonic() + QUIT_WAIT_S
+        for worker in workers:
+            worker.wait(max(0, int((deadline - time.monotonic()) * 1000)))
+        for worker in workers:
+            if worker.isRunning():
+                worker.detach()
+            else:
+                worker.mute()
         led_array = self.led_array
         self.core = self.led_array = None
         if led_array is not None:
             self.devices.submit(led_array.close)
-        self.devices.shutdown(wait=True)
+        for runner in (self.io, self.devices, self.engine_loader):  # the loader: torch may still be loading
+            runner.mute()
+            runner.shutdown(timeout_s=max(0.2, deadline - time.monotonic()))
         self._save_settings()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API

@@ -9,10 +9,18 @@ on a machine with few cores the UI thread must still get the CPU to draw). `Task
 short blocking calls (device commands, file reading and writing) on a single background
 thread and calls back on the UI thread.
 `EventLoopMonitor` measures how long the UI event loop stalls.
+
+Teardown: a signal emitted from a worker thread while the UI thread destroys a widget can
+deadlock (the emitter holds the GIL and wants Qt's connection lock; the destroyer holds that
+lock and wants the GIL). So every emission from a worker thread happens under a lock, and
+`mute()` (called before any widget is closed) waits for an emission in flight and forbids the
+next. A worker still running after the bounded wait at quit is `detach()`ed: muted, unparented
+and kept alive here until it ends, so no QThread is ever destroyed while it runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -63,6 +71,8 @@ class GeneratorWorker(QThread):
         self._sequence = 0
         self._taken = 0
         self.error: BaseException | None = None
+        self._emit_lock = threading.Lock()
+        self._muted = False
 
     # ---- worker thread --------------------------------------------------------------------
     def _lower_priority(self) -> None:
@@ -90,9 +100,26 @@ class GeneratorWorker(QThread):
                     break
         except BaseException as error:  # shown to the user by whoever listens to `failed`
             self.error = error
-            self.failed.emit(error)
+            self._emit(self.failed, error)
         finally:
-            self.ended.emit()
+            self._emit(self.ended)
+
+    def _emit(self, signal: Any, *args: Any) -> None:
+        with self._emit_lock:
+            if not self._muted:
+                signal.emit(*args)
+
+    # ---- UI thread ---------------------------------------------------------------------------
+    def mute(self) -> None:
+        """No signal is emitted after this returns (one in flight completes first)."""
+        with self._emit_lock:
+            self._muted = True
+
+    def detach(self) -> None:
+        """Mute a worker that is still running, unparent it and keep it alive until it ends."""
+        self.mute()
+        self.setParent(None)
+        _DETACHED.add(self)
 
     # ---- any thread ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -120,6 +147,29 @@ class GeneratorWorker(QThread):
             return items
 
 
+_DETACHED: set[GeneratorWorker] = set()
+
+
+def wait_for_detached(timeout_s: float) -> bool:
+    """Wait (bounded) for workers detached at quit; True when none is running any more."""
+    deadline = time.monotonic() + timeout_s
+    for worker in list(_DETACHED):
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if worker.isRunning() and not worker.wait(remaining_ms):
+            return False
+    _DETACHED.clear()
+    return True
+
+
+@atexit.register
+def _never_destroy_a_running_thread() -> None:
+    # Interpreter exit would destroy a still-running QThread, which aborts the process.
+    if _DETACHED and not wait_for_detached(30.0):
+        print("uafp: a background job did not stop within 30 s of quitting; exiting anyway", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(3)
+
+
 class TaskRunner(QObject):
     """Runs blocking calls on one background thread, in order; callbacks run on the UI thread."""
 
@@ -130,6 +180,8 @@ class TaskRunner(QObject):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"uafp-{name}")
         self._finished.connect(self._deliver)
         self._busy = 0
+        self._emit_lock = threading.Lock()
+        self._muted = False
 
     @property
     def busy(self) -> bool:
@@ -146,7 +198,9 @@ class TaskRunner(QObject):
         def finished(future: Future) -> None:
             error = future.exception()
             value = None if error is not None else future.result()
-            self._finished.emit((on_done, on_error), value, error)
+            with self._emit_lock:  # see the module docstring: never emit into a closing UI
+                if not self._muted:
+                    self._finished.emit((on_done, on_error), value, error)
 
         future = self._executor.submit(function)
         future.add_done_callback(finished)
@@ -162,8 +216,21 @@ class TaskRunner(QObject):
         elif on_done is not None:
             on_done(value)
 
-    def shutdown(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=False)
+    def mute(self) -> None:
+        """No callback is delivered after this returns."""
+        with self._emit_lock:
+            self._muted = True
+
+    def shutdown(self, wait: bool = True, timeout_s: float | None = None) -> bool:
+        """Stop taking work; with `timeout_s`, wait at most that long for the running call
+        (its thread is a plain Python thread: the interpreter joins it at exit). True when idle."""
+        if timeout_s is None:
+            self._executor.shutdown(wait=wait, cancel_futures=False)
+            return True
+        done = threading.Event()
+        self._executor.submit(done.set)
+        self._executor.shutdown(wait=False, cancel_futures=False)
+        return done.wait(timeout_s)
 
 
 class EventLoopMonitor(QObject):

@@ -74,9 +74,16 @@ class TiffStackWriter:
             self._link_position = 4
         fh.flush()
 
-    def rebind(self, fh: BinaryIO) -> None:
-        """Continue on another handle to the same bytes (after the file was moved into place)."""
-        self._fh = fh
+    @classmethod
+    def resume(cls, fh: BinaryIO, bigtiff: bool, link_position: int, pages_written: int) -> TiffStackWriter:
+        """Append to an existing stack whose last complete page's next-IFD pointer is at
+        `link_position` (that pointer must be 0 or point past the end of the valid pages)."""
+        writer = cls.__new__(cls)
+        writer._fh = fh
+        writer.bigtiff = bigtiff
+        writer.pages_written = pages_written
+        writer._link_position = link_position
+        return writer
 
     def write_page(
         self,

@@ -45,6 +45,24 @@ FORMAT_NAME = "uafp-dataset"
 FORMAT_VERSION = 1
 SOFTWARE_NAME = f"uafp_gui {__version__}"
 
+# Limits checked before anything is allocated (README, "Limits"): a frame's pixel count, the
+# memory a whole dataset may take once decoded (override with the environment variable), and the
+# frames a plan may hold.
+MAX_FRAME_PIXELS = 2**26  # 64 Mpx: 8192 x 8192
+MAX_DATASET_BYTES_ENV = "UAFP_MAX_DATASET_BYTES"
+DEFAULT_MAX_DATASET_BYTES = 4 * 2**30
+MAX_FRAMES = 10_000
+
+
+def max_dataset_bytes() -> int:
+    """Decoded size a dataset may reach: `UAFP_MAX_DATASET_BYTES` or 4 GiB."""
+    text = os.environ.get(MAX_DATASET_BYTES_ENV, "")
+    try:
+        value = int(text) if text else DEFAULT_MAX_DATASET_BYTES
+    except ValueError:
+        value = DEFAULT_MAX_DATASET_BYTES
+    return value if value > 0 else DEFAULT_MAX_DATASET_BYTES
+
 
 class PartialDatasetWarning(UserWarning):
     """A dataset holds fewer frames than its metadata plans (an interrupted acquisition)."""
@@ -58,9 +76,19 @@ def _number(value: Any, name: str, hint: str = "") -> float:
         raise DatasetError(
             f"{name} must be a number (got {value!r} of type {type(value).__name__})" + (f": {hint}" if hint else "")
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise DatasetError(f"{name} must be finite (got {value!r})" + (f": {hint}" if hint else ""))
+        shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
+        raise DatasetError(f"{name} must be finite (got {shown})" + (f": {hint}" if hint else ""))
+    return number
+
+
+def _at_most(number: float, maximum: float, name: str, hint: str) -> float:
+    if abs(number) > maximum:
+        raise DatasetError(f"{name} = {number:g} is beyond the plausible {maximum:g}: {hint}")
     return number
 
 
@@ -69,6 +97,23 @@ def _positive(value: Any, name: str, hint: str) -> float:
     if number <= 0:
         raise DatasetError(f"{name} must be > 0 (got {value!r}): {hint}")
     return number
+
+
+# Upper bounds of the physical fields: far beyond any real microscope, low enough that no
+# later computation overflows (a wavelength of 1e300 um would).
+_MAXIMA = {
+    "wavelength_um": 100.0,
+    "magnification": 10_000.0,
+    "camera_pixel_um": 10_000.0,
+    "led_pitch_mm": 10_000.0,
+    "led_height_mm": 100_000.0,
+    "exposure_ms": 1e8,
+    "intensity": 1e6,
+    "led_on_axis": 1e5,
+    "tile_center_um": 1e9,
+    "camera_offset": 2.0**32,
+}
+MAX_LED_ARRAY_SIDE = 1024  # rows and columns of an LED array
 
 
 def _integer(value: Any, name: str, hint: str = "") -> int:
@@ -153,13 +198,19 @@ class FrameSpec:
         object.__setattr__(
             self,
             "exposure_ms",
-            _positive(self.exposure_ms, "exposure_ms", "give the exposure in milliseconds"),
+            _at_most(_positive(self.exposure_ms, "exposure_ms", "give the exposure in milliseconds"),
+                     _MAXIMA["exposure_ms"], "exposure_ms", "give the exposure in milliseconds"),
         )
         object.__setattr__(
             self,
             "intensity",
-            _positive(self.intensity, "intensity", "relative LED drive, 1 for full brightness"),
+            _at_most(_positive(self.intensity, "intensity", "relative LED drive, 1 for full brightness"),
+                     _MAXIMA["intensity"], "intensity", "relative LED drive, 1 for full brightness"),
         )
+        try:
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise DatasetError(f"per-frame fields must be plain finite JSON values: {error}") from None
         object.__setattr__(self, "extra", dict(self.extra))
 
     @property
@@ -208,6 +259,8 @@ def _normalise_leds(leds: Any, name: str) -> tuple[tuple[int, int], ...]:
         raise DatasetError(f"{name} must be a list of [row, col] pairs (got {leds!r}): {hint}")
     if len(leds) == 0:
         raise DatasetError(f"{name} is empty: {hint}")
+    if len(leds) > MAX_LED_ARRAY_SIDE**2:
+        raise DatasetError(f"{name} lists {len(leds)} LEDs, more than an LED array of the limit holds: {hint}")
     out = []
     for k, led in enumerate(leds):
         if isinstance(led, (str, bytes)) or not isinstance(led, (Sequence, np.ndarray)) or len(led) != 2:
@@ -280,7 +333,7 @@ class DatasetMeta:
     def __post_init__(self) -> None:
         setter = object.__setattr__
         for name, hint in _HINTS.items():
-            setter(self, name, _positive(getattr(self, name), name, hint))
+            setter(self, name, _at_most(_positive(getattr(self, name), name, hint), _MAXIMA[name], name, hint))
         na = _number(self.objective_na, "objective_na", "e.g. 0.1")
         if not 0 < na < 1:
             raise DatasetError(
@@ -291,9 +344,11 @@ class DatasetMeta:
 
         shape_hint = "give the LED array size as [rows, cols], e.g. [32, 32]"
         rows, cols = _pair(self.led_array_shape, "led_array_shape", shape_hint)
-        if rows != int(rows) or cols != int(cols) or rows < 1 or cols < 1:
+        side = MAX_LED_ARRAY_SIDE
+        if rows != int(rows) or cols != int(cols) or not (1 <= rows <= side and 1 <= cols <= side):
             raise DatasetError(
-                f"led_array_shape must be two positive integers (got {self.led_array_shape!r}): " + shape_hint
+                f"led_array_shape must be two integers 1 to {MAX_LED_ARRAY_SIDE} (got {self.led_array_shape!r}): "
+                + shape_hint
             )
         setter(self, "led_array_shape", (int(rows), int(cols)))
         setter(
@@ -315,6 +370,10 @@ class DatasetMeta:
             ),
         )
         offset = _number(self.camera_offset, "camera_offset", "dark level in counts")
+        _at_most(offset, _MAXIMA["camera_offset"], "camera_offset", "dark level in counts")
+        for name in ("led_on_axis", "tile_center_um"):
+            for value in getattr(self, name):
+                _at_most(value, _MAXIMA[name], name, "check the units")
         if offset < 0:
             raise DatasetError(
                 f"camera_offset must be >= 0 (got {self.camera_offset!r}): give the camera's "
@@ -334,6 +393,11 @@ class DatasetMeta:
         for name in ("sample", "notes", "created", "software"):
             _text(getattr(self, name), name)
 
+        if len(self.frames) > MAX_FRAMES:
+            raise DatasetError(
+                f"frames lists {len(self.frames)} frames, more than the {MAX_FRAMES} a dataset may hold: "
+                "split the acquisition into several datasets"
+            )
         frames = tuple(
             frame if isinstance(frame, FrameSpec) else FrameSpec.from_dict(frame, k)
             for k, frame in enumerate(self.frames)
@@ -466,15 +530,9 @@ class DatasetMeta:
 
 
 def _parse_json(text: str | bytes, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DatasetError(
-            f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
-            f"(char {error.pos}): fix the file with a JSON validator"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{source} is not UTF-8 text: {error}") from None
+    from uafp_gui.io.jsontext import parse_json
+
+    return parse_json(text, source, DatasetError)
 
 
 def _embeddable_json(meta: DatasetMeta) -> str:
@@ -591,7 +649,12 @@ def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
     if squeezed.dtype in (np.uint8, np.uint16):
         return squeezed.astype(np.uint16, copy=False)
     if kind in "ui":
-        if squeezed.size and squeezed.min() >= 0 and squeezed.max() <= 65535:
+        if squeezed.size and squeezed.min() < 0:
+            raise DatasetError(
+                f"frame {index} of {path} holds negative counts (min {squeezed.min()}): camera frames count "
+                "photons; store dark-subtracted frames as float32"
+            )
+        if squeezed.size and squeezed.max() <= 65535:
             return squeezed.astype(np.uint16)
         return squeezed.astype(np.float32)
     if kind == "f":
@@ -627,19 +690,20 @@ _TIFF_TYPE_SIZES = {
 }
 
 
-def _ifd_end(fh: Any, offset: int, tiff: Any) -> int:
-    """End of an IFD including its out-of-line tag values (a cut description shows here:
-    tifffile drops such a tag silently)."""
+def _ifd_end(fh: Any, offset: int, tiff: Any) -> tuple[int, int]:
+    """(end of an IFD including its out-of-line tag values, position of its next-IFD pointer).
+    A cut description shows here: tifffile drops such a tag silently."""
     byteorder = tiff.byteorder
     fh.seek(offset)
     head = fh.read(tiff.tagnosize)
     if len(head) < tiff.tagnosize:
-        return 2**63
+        return 2**63, 0
     count = struct.unpack(tiff.tagnoformat, head)[0]
     table = fh.read(count * tiff.tagsize)
     if len(table) < count * tiff.tagsize:
-        return 2**63
-    end = offset + tiff.tagnosize + count * tiff.tagsize + tiff.offsetsize
+        return 2**63, 0
+    link_position = offset + tiff.tagnosize + count * tiff.tagsize
+    end = link_position + tiff.offsetsize
     inline = tiff.tagoffsetthreshold
     for k in range(count):
         entry = table[k * tiff.tagsize : (k + 1) * tiff.tagsize]
@@ -649,7 +713,7 @@ def _ifd_end(fh: Any, offset: int, tiff: Any) -> int:
         if size > inline:
             value_offset = struct.unpack(tiff.offsetformat, entry[4 + tiff.offsetsize :])[0]
             end = max(end, value_offset + size)
-    return end
+    return end, link_position
 
 
 @contextlib.contextmanager
@@ -664,74 +728,169 @@ def quiet_tifffile():
         log.setLevel(previous)
 
 
-def read_tiff_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], str | None, bool]:
-    """Every intact page of a TIFF (converted by `_as_frame`), page 0's description, truncated.
+class _Page:
+    """Where one complete page lies in the file (for reading it, or appending after it)."""
 
-    A file cut short (killed writer, partial copy) yields the pages that are complete and
-    `truncated=True`; a file that is not a TIFF at all raises `DatasetError`.
-    """
+    __slots__ = ("index", "offset", "shape", "dtype", "end", "link_position", "tiff_page")
+
+    def __init__(self, index: int, offset: int, shape: tuple[int, ...], dtype: np.dtype, end: int,
+                 link_position: int, tiff_page: Any) -> None:
+        self.index, self.offset, self.shape, self.dtype = index, offset, shape, dtype
+        self.end, self.link_position, self.tiff_page = end, link_position, tiff_page
+
+
+# tifffile's own errors, codec errors (zlib.error, imagecodecs' RuntimeError subclasses) and the
+# few Python errors a corrupt structure makes tifffile raise: all mean "this page is broken".
+def _page_errors() -> tuple[type[BaseException], ...]:
+    import zlib
+
     import tifffile
 
-    path = Path(path)
+    return (tifffile.TiffFileError, OSError, ValueError, TypeError, KeyError, IndexError, struct.error,
+            zlib.error, RuntimeError, NotImplementedError, EOFError, OverflowError)
+
+
+def _check_frame_size(shape: tuple[int, ...], dtype: np.dtype, path: Path, index: int, pages: int) -> None:
+    """Refuse, before decoding, a page or a stack larger than the documented limits."""
+    pixels = math.prod(int(n) for n in shape) if shape else 0
+    if pixels > MAX_FRAME_PIXELS:
+        raise DatasetError(
+            f"frame {index} of {path} is {'x'.join(str(n) for n in shape)} pixels, more than the "
+            f"{MAX_FRAME_PIXELS} pixels a frame may have: crop the frames (--roi) or bin the camera"
+        )
+    total = pixels * max(1, np.dtype(dtype).itemsize) * pages
+    limit = max_dataset_bytes()
+    if total > limit:
+        raise DatasetError(
+            f"{path} would need {total / 2**30:.1f} GiB in memory ({pages} frames of "
+            f"{'x'.join(str(n) for n in shape)} {np.dtype(dtype).name}), more than the "
+            f"{limit / 2**30:.1f} GiB limit: crop or bin the frames, or raise {MAX_DATASET_BYTES_ENV}"
+        )
+
+
+def _walk_pages(tif: Any, path: Path, file_size: int, max_pages: int | None) -> tuple[list[Any], bool, bool]:
+    """The complete pages of an open TiffFile, in chain order, never more than `max_pages` + 1.
+
+    Returns (pages, truncated, more): `truncated` when the chain ends in a page that is cut short,
+    corrupt or loops back to a page already seen (kept pages are the ones before it); `more` when
+    a page beyond `max_pages` exists (it is not read).
+    """
+    pages: list[Any] = []
+    seen: set[int] = set()
+    errors = _page_errors()
+    index = 0
+    while True:
+        if max_pages is not None and index > max_pages:
+            return pages, False, True
+        try:
+            page = tif.pages.get(index) if hasattr(tif.pages, "get") else tif.pages[index]
+        except IndexError:
+            return pages, False, False
+        except errors:
+            return pages, True, False
+        if page is None:
+            return pages, False, False
+        offset = int(page.offset)
+        if offset in seen:  # the chain loops back: a corrupt file, never an endless one
+            return pages, True, False
+        seen.add(offset)
+        if max_pages is not None and index == max_pages:
+            return pages, False, True
+        try:
+            ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
+            ifd_end, link_position = _ifd_end(tif.filehandle, offset, tif.tiff)
+        except errors:
+            return pages, True, False
+        if len(ends) == 0 or max(ends) > file_size or ifd_end > file_size:
+            return pages, True, False
+        pages.append(_Page(index, offset, tuple(int(n) for n in page.shape), page.dtype, max(max(ends), ifd_end),
+                           link_position, page))
+        index += 1
+
+
+def read_tiff_frames(
+    path: str | os.PathLike[str], max_pages: int | None = None
+) -> tuple[list[np.ndarray], str | None, bool]:
+    """Every intact page of a TIFF (converted by `_as_frame`), page 0's description, truncated.
+
+    A file cut short (killed writer, partial copy) or whose page chain loops yields the pages
+    that are complete and `truncated=True`; a file that is not a TIFF at all raises
+    `DatasetError`. With `max_pages`, a file holding more pages raises `DatasetError` as soon
+    as page `max_pages + 1` is found (the extra pages are never read). Sizes are checked
+    against `MAX_FRAME_PIXELS` and `max_dataset_bytes()` before any page is decoded.
+    """
+    frames, description, truncated, _ = _read_frames(Path(path), max_pages)
+    return frames, description, truncated
+
+
+def _open_tiff(path: Path) -> Any:
+    import tifffile
+
     _check_tiff_header(path)
+    try:
+        return tifffile.TiffFile(path)
+    except _page_errors() as error:  # header fine but first directory missing or broken
+        raise DatasetError(
+            f"{path} holds no complete frame ({error}): the acquisition was interrupted "
+            "before the first frame was written, or the file is corrupt"
+        ) from None
+
+
+def _first_description(path: Path) -> str | None:
+    """Page 0's ImageDescription; `DatasetError` when page 0 is not complete."""
+    with quiet_tifffile(), _open_tiff(path) as tif:
+        pages, _, _ = _walk_pages(tif, path, path.stat().st_size, 1)
+        if not pages:
+            raise DatasetError(
+                f"{path} holds no complete frame: the acquisition was interrupted before the first "
+                "frame was written, or the file is corrupt"
+            )
+        try:
+            return pages[0].tiff_page.description or None
+        except _page_errors():
+            return None
+
+
+def _read_frames(path: Path, max_pages: int | None) -> tuple[list[np.ndarray], str | None, bool, list[_Page]]:
     file_size = path.stat().st_size
     frames: list[np.ndarray] = []
     description: str | None = None
-    truncated = False
     with quiet_tifffile():  # a truncated chain is reported by us, once
-        try:
-            tif = tifffile.TiffFile(path)
-        except Exception as error:  # header fine but first directory missing or broken
-            raise DatasetError(
-                f"{path} holds no complete frame ({error}): the acquisition was interrupted "
-                "before the first frame was written, or the file is corrupt"
-            ) from None
-        with tif:
-            index = 0
-            while True:
+        with _open_tiff(path) as tif:
+            pages, truncated, more = _walk_pages(tif, path, file_size, max_pages)
+            if more:
+                raise DatasetError(
+                    f"{path} holds more than {max_pages} frames but its metadata lists only {max_pages}: add "
+                    "the missing entries to 'frames' (one per frame, in acquisition order) or remove extra pages"
+                )
+            if pages:
+                _check_frame_size(pages[0].shape, pages[0].dtype, path, 0, len(pages))
+            for page in pages:
+                _check_frame_size(page.shape, page.dtype, path, page.index, 1)
+                if page.index == 0:
+                    description = page.tiff_page.description or None
                 try:
-                    page = tif.pages.get(index) if hasattr(tif.pages, "get") else tif.pages[index]
-                except IndexError:
-                    break
-                except Exception:
+                    array = page.tiff_page.asarray()
+                except _page_errors():
                     truncated = True
+                    pages = pages[: page.index]
                     break
-                if page is None:
-                    break
-                try:
-                    ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
-                    if (
-                        len(ends) == 0
-                        or max(ends) > file_size
-                        or _ifd_end(tif.filehandle, page.offset, tif.tiff) > file_size
-                    ):
-                        truncated = True
-                        break
-                    array = page.asarray()
-                except DatasetError:
-                    raise
-                except Exception:
-                    truncated = True
-                    break
-                if index == 0:
-                    description = page.description or None
-                frame = _as_frame(array, path, index)
+                frame = _as_frame(array, path, page.index)
                 if frames and frame.shape != frames[0].shape:
                     raise DatasetError(
-                        f"frame {index} of {path} has shape {frame.shape} but frame 0 has "
+                        f"frame {page.index} of {path} has shape {frame.shape} but frame 0 has "
                         f"{frames[0].shape}: all frames of a dataset must be the same size"
                     )
                 if frames and frame.dtype != frames[0].dtype:
                     frame = frame.astype(np.float32)
                     frames = [f.astype(np.float32) for f in frames]
                 frames.append(frame)
-                index += 1
     if not frames:
         raise DatasetError(
             f"{path} holds no complete frame: the acquisition was interrupted before the first "
             "frame was written, or the file is corrupt"
         )
-    return frames, description, truncated
+    return frames, description, truncated, pages
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
@@ -739,18 +898,16 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
 
     Raises `DatasetError` naming the problem. A file with fewer frames than its metadata plans
     opens as a partial dataset (`complete=False`, `meta.frames` truncated, a
-    `PartialDatasetWarning`); more frames than planned is an error.
+    `PartialDatasetWarning`); more frames than planned is an error, found without reading the
+    extra pages. The metadata is read first, so the page walk stops at the planned count.
     """
     path = _resolve_tiff_path(Path(path))
-    frames, description, truncated = read_tiff_frames(path)
     sidecar = sidecar_path(path)
     if sidecar.exists():
-        try:
-            text = sidecar.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise DatasetError(f"cannot read sidecar {sidecar}: {error}") from None
-        meta = _meta_from_text(text, f"sidecar {sidecar}")
+        meta = _read_sidecar(sidecar)
+        _check_tiff_header(path)
     else:
+        description = _first_description(path)
         source = f"embedded metadata of {path}"
         parsed = _parse_json(description, source) if description and description.lstrip().startswith("{") else None
         if not isinstance(parsed, dict) or "format" not in parsed:  # e.g. tifffile's {"shape"}
@@ -763,7 +920,18 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
             meta = DatasetMeta.from_dict(parsed)
         except DatasetError as error:
             raise DatasetError(f"{source}: {error}") from None
+    frames, _, truncated, _ = _read_frames(path, len(meta.frames))
     return _assemble(meta, frames, path, truncated)
+
+
+def _read_sidecar(sidecar: Path) -> DatasetMeta:
+    try:
+        if sidecar.is_dir():
+            raise DatasetError(f"sidecar {sidecar} is a folder: it must be the dataset's JSON file")
+        text = sidecar.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot read sidecar {sidecar}: {error}") from None
+    return _meta_from_text(text, f"sidecar {sidecar}")
 
 
 def _meta_from_text(text: str, source: str) -> DatasetMeta:
@@ -799,24 +967,25 @@ def _assemble(meta: DatasetMeta, frames: list[np.ndarray], path: Path, truncated
 
 def read_dataset_meta(path: str | os.PathLike[str]) -> DatasetMeta:
     """Only the metadata (sidecar or embedded, all planned frames), without reading pixels."""
-    import tifffile
-
     path = _resolve_tiff_path(Path(path))
     sidecar = sidecar_path(path)
     if sidecar.exists():
-        return _meta_from_text(sidecar.read_text(), f"sidecar {sidecar}")
-    _check_tiff_header(path)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            description = tif.pages.first.description
-    except Exception as error:
-        raise DatasetError(f"{path} holds no readable first page ({error})") from None
+        return _read_sidecar(sidecar)
+    description = _first_description(path)
     if not description:
         raise DatasetError(f"{path} carries no uafp metadata and has no sidecar {sidecar.name}")
     return _meta_from_text(description, f"embedded metadata of {path}")
 
 
 # ------------------------------------------------------------------------------ writing
+
+
+def _storage_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype.kind in "ui" and dtype.itemsize <= 2:
+        return np.dtype(np.uint16)
+    if dtype.kind == "f":
+        return np.dtype(np.float32)
+    raise DatasetError(f"cannot resume a dataset stored as {dtype}: write a new file")
 
 
 def _to_storage(frame: np.ndarray) -> np.ndarray:
@@ -897,54 +1066,68 @@ class DatasetWriter:
         self.meta = meta
         self.frames_present = 0
         if existing:
-            self._rewrite_with(existing)
+            self._continue_in_place(existing)
         elif resume and self.path.exists():
             self.path.unlink()
 
-    # a partial file may end in a half-written page: rewrite the intact frames, then append
-    def _read_existing(self, meta: DatasetMeta | None) -> tuple[list[np.ndarray], DatasetMeta]:
+    # Resume appends in place: the pages on disk stay where they are (no copy, no second file,
+    # the file keeps its mode); only bytes after the last complete page (a half-written page)
+    # are cut off, and the next page is linked after the last complete one.
+    def _read_existing(self, meta: DatasetMeta | None) -> tuple[list[_Page], DatasetMeta]:
         try:
-            frames, description, _ = read_tiff_frames(self.path)
+            description = _first_description(self.path)
         except DatasetError as error:
             if "holds no complete frame" not in str(error):
                 raise
+            description = None
+        if description is None:
             if meta is None:  # killed before frame 0 was complete: nothing to recover
                 raise DatasetError(
                     f"cannot resume {self.path}: it holds no complete frame and so no "
                     "metadata; pass meta= to start it again"
-                ) from None
+                )
             return [], meta
-        if not description:
-            raise DatasetError(f"cannot resume {self.path}: it carries no uafp metadata")
         stored = _meta_from_text(description, f"embedded metadata of {self.path}")
-        if len(frames) > len(stored.frames):
+        with quiet_tifffile(), _open_tiff(self.path) as tif:
+            if tif.tiff.byteorder != "<":
+                raise DatasetError(f"cannot resume {self.path}: it was not written by uafp (big-endian TIFF)")
+            bigtiff = bool(tif.is_bigtiff)
+            pages, _, more = _walk_pages(tif, self.path, self.path.stat().st_size, len(stored.frames))
+        if more:
             raise DatasetError(
-                f"cannot resume {self.path}: it holds {len(frames)} frames but plans {len(stored.frames)}"
+                f"cannot resume {self.path}: it holds more than the {len(stored.frames)} frames it plans"
             )
-        return frames, stored
+        for page in pages:
+            _check_frame_size(page.shape, page.dtype, self.path, page.index, 1)
+            if page.shape != pages[0].shape or page.dtype != pages[0].dtype or len(page.shape) != 2:
+                raise DatasetError(
+                    f"cannot resume {self.path}: frame {page.index} has shape {page.shape} {page.dtype}, "
+                    f"frame 0 {pages[0].shape} {pages[0].dtype}; write a new file"
+                )
+            page.tiff_page = None  # the file is closed; only positions are kept
+        self._bigtiff = bigtiff
+        return pages, stored
 
-    def _rewrite_with(self, frames: list[np.ndarray]) -> None:
-        handle, temporary = tempfile.mkstemp(prefix=self.path.stem + ".", suffix=".resume.tif", dir=self.path.parent)
-        os.close(handle)
-        original = self.path
-        self.path = Path(temporary)
+    def _continue_in_place(self, pages: list[_Page]) -> None:
+        last = pages[-1]
         try:
-            for frame in frames:
-                self.append(frame)
+            self._fh = open(self.path, "r+b")  # closed in close()
+        except OSError as error:
+            raise DatasetError(f"cannot resume {self.path}: {error.strerror or error}") from None
+        try:
+            self._fh.truncate(max(page.end for page in pages))  # a half-written page, if any
+            self._fh.seek(last.link_position)  # the chain ends at the last complete page
+            self._fh.write(struct.pack("<Q" if self._bigtiff else "<I", 0))
             self._fh.flush()
             os.fsync(self._fh.fileno())
+        except OSError as error:
             self._fh.close()
-            os.replace(temporary, original)
-        except BaseException:
-            if self._fh is not None:
-                self._fh.close()
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        finally:
-            self.path = original
-        self._fh = open(original, "r+b")  # same bytes as the temporary file; closed in close()
-        assert self._writer is not None
-        self._writer.rebind(self._fh)
+            self._fh = None
+            raise DatasetError(f"cannot resume {self.path}: {error.strerror or error}") from None
+        self._writer = TiffStackWriter.resume(self._fh, self._bigtiff, last.link_position, len(pages))
+        self._frame_shape = (int(last.shape[0]), int(last.shape[1]))
+        self._dtype = _storage_dtype(np.dtype(last.dtype))
+        self.frames_present = len(pages)
 
     @property
     def frames_planned(self) -> int:
@@ -1023,7 +1206,35 @@ def write_dataset(
         raise DatasetError(
             f"{count} frames given but the metadata lists {len(meta.frames)}: give one frame per entry of meta.frames"
         )
-    with DatasetWriter(path, meta, overwrite=overwrite) as writer:
-        for frame in frames:
-            writer.append(frame)
-    return Path(path)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DatasetError(f"{path} already exists: choose another name or pass overwrite=True")
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder: give a .tif file name")
+    # Written to a temporary file beside the target and renamed into place: a failure (bad data,
+    # full disk) leaves no unreadable file behind, and an existing file is replaced only when the
+    # new one is complete.
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial.tif", dir=path.parent or ".")
+    except OSError as error:
+        raise DatasetError(f"cannot write {path}: {error.strerror or error}; choose another output file") from None
+    os.close(handle)
+    try:
+        with DatasetWriter(temporary, meta, overwrite=True) as writer:
+            for frame in frames:
+                writer.append(frame)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise DatasetError(f"cannot write {path}: {error.strerror or error}; nothing was written") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

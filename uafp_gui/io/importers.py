@@ -12,7 +12,6 @@ images float32.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -139,17 +138,29 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            from uafp_gui.io.dataset import MAX_FRAME_PIXELS, quiet_tifffile
+
+            with quiet_tifffile(), tifffile.TiffFile(path) as tif:
                 if len(tif.pages) != 1:
                     raise DatasetError(
                         f"{path} holds {len(tif.pages)} pages: a folder import takes one frame "
                         "per file (read a stack with `uafp reconstruct` + a sidecar JSON instead)"
                     )
-                image = tif.pages.first.asarray()
+                page = tif.pages.first
+                if int(np.prod(page.shape, dtype=np.float64)) > MAX_FRAME_PIXELS:
+                    raise DatasetError(
+                        f"{path} is {page.shape} pixels:"
+                        f" more than a frame may have ({MAX_FRAME_PIXELS})"
+                    )
+                image = page.asarray()
         elif suffix == ".png":
             from PIL import Image
 
+            from uafp_gui.io.dataset import MAX_FRAME_PIXELS
+
             with Image.open(path) as png:
+                if png.width * png.height > MAX_FRAME_PIXELS:
+                    raise DatasetError(f"{path} is {png.width}x{png.height} pixels: more than a frame may have")
                 if png.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
                     raise DatasetError(f"{path} is a {png.mode} PNG: frames must be grey-level (8 or 16 bit)")
                 image = np.array(png)
@@ -163,13 +174,43 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise DatasetError(f"cannot read image {path}: {error}") from None
     if image.ndim != 2:
         raise DatasetError(f"{path} has shape {image.shape}: frames must be 2-D grey images (convert RGB to grey)")
+    return _check_intensities(image, path)
+
+
+def _check_intensities(image: np.ndarray, path: Path) -> np.ndarray:
+    """Frames are measured intensities: real, numeric, not negative counts, not NaN."""
+    if np.iscomplexobj(image):
+        raise DatasetError(f"{path} holds complex values ({image.dtype}): frames are real intensities; store |field|^2")
+    if image.dtype.kind not in "uif":
+        raise DatasetError(f"{path} holds {image.dtype} values: frames are grey-level intensities (8/16-bit or float)")
+    if image.size == 0:
+        raise DatasetError(f"{path} is an empty image")
+    if image.dtype.kind == "i" and image.min() < 0:
+        raise DatasetError(f"{path} holds negative counts (min {image.min()}): a camera frame counts photons, >= 0")
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise DatasetError(f"{path} holds NaN/inf pixels: replace them (e.g. with the dark level)")
+        if image.max() <= 0:
+            raise DatasetError(f"{path} holds no positive value: frames are intensities (light), not a background")
     return image
 
 
 def _load_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"geometry file not found: {path}: check the path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+    if len(raw) > 2**20:
+        raise DatasetError(f"{path} is {len(raw)} bytes: a geometry file is a few lines of dataset fields")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}):"
+            f" save it as UTF-8"
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -180,22 +221,41 @@ def _load_mapping(path: Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise DatasetError(f"{path} is not valid YAML: {error}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path} is not valid YAML: {' '.join(str(error).split())[:200]}") from None
+        except (RecursionError, ValueError, OverflowError) as error:
             raise DatasetError(
-                f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+                f"{path} is not a plain YAML mapping of dataset "
+                f"fields ({type(error).__name__})"
             ) from None
+    else:
+        from uafp_gui.io.jsontext import parse_json
+
+        data = parse_json(text, str(path))
     if not isinstance(data, dict):
         raise DatasetError(f"{path} must hold one object of dataset fields (wavelength_um, ...)")
     return data
 
 
+MAX_CSV_LINES = 100_000
+
+
 def _read_led_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise DatasetError(f"LED list not found: {path}: check the path")
+    try:
+        return _parse_led_csv(path)
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}):"
+            f" save it as UTF-8 CSV"
+        ) from None
+    except csv.Error as error:
+        raise DatasetError(f"{path} is not a readable CSV file ({error}): one short line per frame") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _parse_led_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh, skipinitialspace=True)
         header = [name.strip().lower() for name in (reader.fieldnames or [])]
@@ -212,6 +272,8 @@ def _read_led_csv(path: Path) -> list[dict[str, str]]:
         reader.fieldnames = header
         rows = []
         for line_number, record in enumerate(reader, start=2):
+            if line_number > MAX_CSV_LINES:
+                raise DatasetError(f"{path} has more than {MAX_CSV_LINES} lines: more frames than a dataset may hold")
             if None in record or any(value is None for value in record.values()):
                 raise DatasetError(f"{path} line {line_number}: expected {len(header)} values ({', '.join(header)})")
             if all(not value.strip() for value in record.values()):
@@ -231,6 +293,23 @@ def _csv_number(record: dict[str, str], key: str, path: Path, integer: bool = Fa
     except ValueError:
         kind = "an integer" if integer else "a number"
         raise DatasetError(f"{path} line {record['_line']}: {key} must be {kind} (got {text!r})") from None
+
+
+def _inside(folder: Path, name: str, where: str) -> Path:
+    """`folder / name`, refused unless it stays inside `folder` (no absolute path, no `..`, no
+    link leading out): an LED list must not make the importer read files elsewhere."""
+    if "\x00" in name or Path(name).is_absolute() or Path(name).anchor or ".." in Path(name).parts:
+        raise DatasetError(
+            f"{where}: file {name[:80]!r} is not a plain name inside {folder}: name the images relative to that folder"
+        )
+    root = folder.resolve()
+    path = (folder / name).resolve()
+    if path != root and root not in path.parents:
+        raise DatasetError(
+            f"{where}: file {name[:80]!r} leads outside {folder} (a link?):"
+            f" copy the image into the folder"
+        )
+    return path
 
 
 def import_folder(
@@ -290,7 +369,7 @@ def import_folder(
                     )
                 frame_leds[index].append(led)
                 continue
-            path = folder / name
+            path = _inside(folder, name, f"{led_csv} line {record['_line']}")
             if not path.is_file():
                 raise DatasetError(f"{led_csv} line {record['_line']}: image {name} not found in {folder}")
             by_file[name] = len(frame_files)

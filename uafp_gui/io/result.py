@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io.dataset import _number, _positive
+from uafp_gui.io.dataset import _at_most, _number, _positive
 
 CALIBRATION_FORMAT = "uafp-calibration"
 CALIBRATION_VERSION = 1
 RESULT_FILES = ("amplitude.tif", "phase.tif", "pupil.tif", "calibration.json")
-_RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration"}
+_RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration", "manifest"}
+MAX_NOLL_INDEX = 21  # as uafp_gui.physics.zernike (io stays free of torch)
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,12 @@ class LedGeometry:
     height_mm: float = 90.0
 
     def __post_init__(self) -> None:
-        for name in ("shift_x_mm", "shift_y_mm", "rotation_deg"):
-            object.__setattr__(self, name, _number(getattr(self, name), f"led_geometry.{name}"))
-        object.__setattr__(
-            self,
-            "height_mm",
-            _positive(
-                self.height_mm,
-                "led_geometry.height_mm",
-                "give the LED-plane-to-sample distance in millimetres",
-            ),
-        )
+        for name, limit in (("shift_x_mm", 1e4), ("shift_y_mm", 1e4), ("rotation_deg", 360.0)):
+            value = _number(getattr(self, name), f"led_geometry.{name}")
+            object.__setattr__(self, name, _at_most(value, limit, f"led_geometry.{name}", "check the calibration"))
+        hint = "give the LED-plane-to-sample distance in millimetres"
+        height = _positive(self.height_mm, "led_geometry.height_mm", hint)
+        object.__setattr__(self, "height_mm", _at_most(height, 1e5, "led_geometry.height_mm", hint))
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -112,18 +108,21 @@ class Calibration:
                 valid = str(index) == str(key).strip() or isinstance(key, (int, np.integer))
             except (TypeError, ValueError):
                 valid = False
-            if not valid or index < 1:
+            if not valid or not 1 <= index <= MAX_NOLL_INDEX:
                 raise DatasetError(
-                    f"zernike_rad key {key!r} is not a Noll index: use integers >= 1 "
+                    f"zernike_rad key {str(key)[:20]!r} is not a Noll index 1 to {MAX_NOLL_INDEX} "
                     '(written as strings in JSON, e.g. "4" for defocus)'
                 )
-            zernike[index] = _number(value, f"zernike_rad[{key!r}]")
+            zernike[index] = _at_most(
+                _number(value, f"zernike_rad[{key!r}]"), 1e3, f"zernike_rad[{key!r}]", "radians of phase"
+            )
         setter(self, "zernike_rad", dict(sorted(zernike.items())))
 
         if isinstance(self.frame_gain, (str, bytes)) or not isinstance(self.frame_gain, (Sequence, np.ndarray)):
             raise DatasetError(f"frame_gain must be a list of numbers (got {self.frame_gain!r})")
         gains = tuple(_number(g, f"frame_gain[{k}]") for k, g in enumerate(self.frame_gain))
         for k, gain in enumerate(gains):
+            _at_most(gain, 1e6, f"frame_gain[{k}]", "gains scale frame intensities")
             if gain <= 0:
                 raise DatasetError(f"frame_gain[{k}] must be > 0 (got {gain}): gains scale frame intensities")
         setter(self, "frame_gain", gains)
@@ -134,12 +133,15 @@ class Calibration:
             raise DatasetError(f"led_positions_mm must be a list of [X, Y] pairs (got {self.led_positions_mm!r})")
         positions = []
         for k, position in enumerate(self.led_positions_mm):
-            if isinstance(position, (str, bytes)) or len(position) != 2:
-                raise DatasetError(f"led_positions_mm[{k}] must be [X, Y] in mm (got {position!r})")
+            if isinstance(position, (str, bytes, Mapping)) or not isinstance(position, (Sequence, np.ndarray)) or (
+                len(position) != 2
+            ):
+                raise DatasetError(f"led_positions_mm[{k}] must be [X, Y] in mm (got {str(position)[:40]})")
             positions.append(
-                (
-                    _number(position[0], f"led_positions_mm[{k}][0]"),
-                    _number(position[1], f"led_positions_mm[{k}][1]"),
+                tuple(
+                    _at_most(_number(position[i], f"led_positions_mm[{k}][{i}]"), 1e5,
+                             f"led_positions_mm[{k}][{i}]", "millimetres")
+                    for i in range(2)
                 )
             )
         setter(self, "led_positions_mm", tuple(positions))
@@ -241,26 +243,48 @@ _CALIBRATION_KNOWN = frozenset(_CALIBRATION_FIELDS + ("format", "version"))
 
 
 def save_calibration(path: str | os.PathLike[str], calibration: Calibration) -> Path:
+    """Write `calibration` as JSON (to a temporary file renamed into place: never half a file)."""
+    import tempfile
+
     path = Path(path)
-    text = json.dumps(calibration.to_dict(), indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    try:
+        text = json.dumps(calibration.to_dict(), indent=2, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise DatasetError(
+            f"cannot save the calibration to {path}: {error} (a non-finite or non-JSON value; the "
+            "reconstruction probably diverged)"
+        ) from None
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            os.chmod(temporary, 0o666 & ~_umask())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise DatasetError(f"cannot write {path}: {error.strerror or error}") from None
     return path
 
 
 def load_calibration(path: str | os.PathLike[str]) -> Calibration:
+    from uafp_gui.io.jsontext import parse_json
+
     path = Path(path)
     if path.is_dir():
+        if path.suffix.lower() == ".json" or not (path / "calibration.json").exists():
+            raise DatasetError(f"{path} is a folder, not a calibration file: give calibration.json or a result folder")
         path = path / "calibration.json"
     if not path.exists():
         raise DatasetError(f"calibration file not found: {path}: check the path")
+    if not path.is_file():
+        raise DatasetError(f"{path} is not a file: give the calibration.json file or its result folder")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(
-            f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} (char {error.pos})"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text: {error}") from None
+        data = parse_json(path.read_bytes(), str(path))
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
     try:
         return Calibration.from_dict(data)
     except DatasetError as error:
@@ -324,8 +348,13 @@ def write_result(
     pupil_phase: np.ndarray,
     calibration: Calibration,
     extra_images: Mapping[str, np.ndarray] | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a result folder (created if needed; existing result files are replaced).
+    """Write a whole result folder atomically (see `write_folder_atomically`): either the new
+    result is complete in `folder`, or `folder` is unchanged.
+
+    `extra_files` maps a file name (e.g. "report.png") to a callable `write(path)` that writes
+    it; it runs inside the temporary folder, before the rename, so it is part of the same result.
 
     The sample-plane pixel size is `calibration.object_pixel_um`, stored in amplitude.tif,
     phase.tif (and 2-D/3-D extra images on the same grid) as ImageJ resolution tags.
@@ -358,23 +387,161 @@ def write_result(
             )
         extras[name] = _real_image(image, f"extra image {name!r}", (2, 3))
 
+    def write_images(staging: Path) -> None:
+        _write_scaled(staging / "amplitude.tif", amplitude, pixel_um)
+        _write_scaled(staging / "phase.tif", phase, pixel_um)
+        _write_scaled(
+            staging / "pupil.tif",
+            np.stack([pupil_amplitude, pupil_phase]),
+            None,
+            Labels=["pupil amplitude", "pupil phase (rad)"],
+        )
+        for name, image in extras.items():
+            on_grid = image.shape[-2:] == amplitude.shape
+            _write_scaled(staging / f"{name}.tif", image, pixel_um if on_grid else None)
+        save_calibration(staging / "calibration.json", calibration)
+        for name, writer in (extra_files or {}).items():
+            writer(staging / name)
+
+    _check_extra_file_names(extra_files or {}, extras)
+    return write_folder_atomically(folder, write_images)
+
+
+def _check_extra_file_names(extra_files: Mapping[str, Any], extras: Mapping[str, Any]) -> None:
+    taken = set(RESULT_FILES) | {MANIFEST_NAME} | {f"{name}.tif" for name in extras}
+    for name in extra_files:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9]+", name) or name in taken:
+            raise DatasetError(f"extra file name {name!r} is not allowed: a plain file name, none of {sorted(taken)}")
+
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "uafp-result-manifest"
+_KNOWN_RESULT_NAMES = set(RESULT_FILES) | {MANIFEST_NAME, "report.png"}
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _looks_like_result_folder(folder: Path) -> bool:
+    """Only a folder holding result files (ours, or an older uafp's) may be replaced as a whole."""
+    names = {entry.name for entry in folder.iterdir()}
+    if MANIFEST_NAME in names or not names:
+        return True
+    return all(name in _KNOWN_RESULT_NAMES or name.endswith(".tif") for name in names)
+
+
+def write_folder_atomically(folder: str | os.PathLike[str], write: Any) -> Path:
+    """Write a whole result folder, or nothing: `write(staging)` fills a temporary folder beside
+    `folder`; a manifest (name, size, SHA-256 of every file) is added last; then the temporary
+    folder is renamed to `folder`. A failure at any point (full disk, a non-finite number, kill)
+    leaves an existing `folder` exactly as it was. An existing folder is replaced only when it
+    holds result files alone (nothing else of the user's is ever deleted).
+    """
+    import shutil
+    import tempfile
+    from datetime import datetime, timezone
+
+    from uafp_gui import __version__
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(f"{folder} is a file: give a folder for the result")
+    if folder.is_dir() and not _looks_like_result_folder(folder):
+        raise DatasetError(
+            f"{folder} holds files that are not part of a uafp result: choose a new or empty folder for the result"
+        )
+    parent = folder.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=parent))
     except OSError as error:
-        raise DatasetError(f"cannot create result folder {folder}: {error}") from None
-    _write_scaled(folder / "amplitude.tif", amplitude, pixel_um)
-    _write_scaled(folder / "phase.tif", phase, pixel_um)
-    _write_scaled(
-        folder / "pupil.tif",
-        np.stack([pupil_amplitude, pupil_phase]),
-        None,
-        Labels=["pupil amplitude", "pupil phase (rad)"],
-    )
-    for name, image in extras.items():
-        on_grid = image.shape[-2:] == amplitude.shape
-        _write_scaled(folder / f"{name}.tif", image, pixel_um if on_grid else None)
-    save_calibration(folder / "calibration.json", calibration)
+        raise DatasetError(f"cannot create result folder {folder}: {error.strerror or error}") from None
+    old: Path | None = None
+    try:
+        write(staging)
+        files = {}
+        for path in sorted(staging.iterdir()):
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "software": f"uafp_gui {__version__}",
+            "files": files,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.chmod(staging, 0o777 & ~_umask())
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=parent))
+            os.rename(folder, old / folder.name)  # the previous result moves aside, then is removed
+        os.rename(staging, folder)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not folder.exists() and (old / folder.name).exists():
+            os.rename(old / folder.name, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise DatasetError(
+            f"cannot write result folder {folder}: {error.strerror or error}; nothing was changed there"
+        ) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not folder.exists() and (old / folder.name).exists():
+            os.rename(old / folder.name, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def verify_result_folder(folder: str | os.PathLike[str], *, require_manifest: bool = True) -> None:
+    """Check that `folder` is one complete result: every file its manifest lists is there with
+    the same size and SHA-256, and no other result file is. `DatasetError` otherwise."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        if require_manifest:
+            raise DatasetError(
+                f"{folder} has no {MANIFEST_NAME}: it is incomplete (a write was interrupted) or was "
+                "written by an older uafp; reconstruct again to write a complete result folder"
+            )
+        return
+    from uafp_gui.io.jsontext import parse_json
+
+    try:
+        manifest = parse_json(manifest_path.read_bytes(), str(manifest_path))
+    except OSError as error:
+        raise DatasetError(f"cannot read {manifest_path}: {error.strerror or error}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+        raise DatasetError(f"{manifest_path} is not a uafp result manifest: reconstruct again")
+    for name, entry in files.items():
+        path = folder / str(name)
+        if not isinstance(entry, dict) or not path.is_file():
+            raise DatasetError(f"{folder} is incomplete: {name} is missing; reconstruct again")
+        if path.stat().st_size != entry.get("bytes") or _digest(path) != entry.get("sha256"):
+            raise DatasetError(
+                f"{folder} mixes files from different runs: {name} is not the file this result was "
+                "written with; reconstruct again into a new folder"
+            )
+    for path in folder.iterdir():
+        if (path.name in RESULT_FILES or path.suffix == ".tif") and path.name not in files:
+            raise DatasetError(f"{folder} mixes files from different runs: {path.name} is not in its manifest")
 
 
 def read_pixel_size_um(path: str | os.PathLike[str]) -> float | None:
@@ -415,18 +582,29 @@ def _read_image(path: Path) -> np.ndarray:
         raise DatasetError(
             f"{path.parent} has no {path.name}: is it a uafp result folder? (expected {', '.join(RESULT_FILES)})"
         )
+    from uafp_gui.io.dataset import MAX_FRAME_PIXELS, _page_errors
+
     try:
-        with quiet_tifffile():
-            return np.asarray(tifffile.imread(path), dtype=np.float32)
-    except Exception as error:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+            if int(np.prod(shape, dtype=np.float64)) > 4 * MAX_FRAME_PIXELS:
+                raise DatasetError(f"{path} is {shape}: larger than a result image may be")
+            return np.asarray(tif.series[0].asarray(), dtype=np.float32)
+    except DatasetError:
+        raise
+    except _page_errors() as error:
         raise DatasetError(f"cannot read {path}: {error}") from None
 
 
-def read_result(folder: str | os.PathLike[str]) -> Result:
-    """Read a result folder written by `write_result`; `DatasetError` names what is wrong."""
+def read_result(folder: str | os.PathLike[str], *, require_manifest: bool = False) -> Result:
+    """Read a result folder written by `write_result`; `DatasetError` names what is wrong.
+
+    A folder with a manifest must match it (no missing, changed or foreign result files);
+    `require_manifest=True` also refuses a folder without one (incomplete, or hand-made)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"result folder not found: {folder}: check the path")
+    verify_result_folder(folder, require_manifest=require_manifest)
     calibration = load_calibration(folder / "calibration.json")
     amplitude = _read_image(folder / "amplitude.tif")
     phase = _read_image(folder / "phase.tif")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,10 +48,29 @@ def measurements_of(dataset, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(frames, device=device)
 
 
+MAX_UPSAMPLE = 16
+MAX_OBJECT_SIDE_PX = 8192  # the reconstructed object grid: 8192 x 8192 complex64 is 512 MiB
+
+
+def check_work_size(frame_shape: tuple[int, ...], upsample: int, pixel_integration: int = 1) -> None:
+    """Refuse, before anything is allocated, an object grid beyond the documented limits."""
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 1 <= upsample <= MAX_UPSAMPLE:
+        raise ConfigError(f"--upsample must be a whole number 1 to {MAX_UPSAMPLE} (got {upsample!r})")
+    if isinstance(pixel_integration, bool) or not isinstance(pixel_integration, (int, np.integer)) or not (
+        1 <= pixel_integration <= 8
+    ):
+        raise ConfigError(f"pixel_integration must be a whole number 1 to 8 (got {pixel_integration!r})")
+    side = max(int(n) for n in frame_shape) * int(upsample)
+    if side > MAX_OBJECT_SIDE_PX:
+        raise ConfigError(
+            f"{'x'.join(str(int(n)) for n in frame_shape)} px frames x upsample {upsample} make a {side} px object, "
+            f"more than the {MAX_OBJECT_SIDE_PX} px limit: lower --upsample or crop the frames"
+        )
+
+
 def build_model(dataset, upsample: int, pixel_integration: int, device: torch.device) -> ForwardModel:
     """The forward model of `dataset` (only its frames present on disk)."""
-    if upsample < 1:
-        raise ConfigError(f"--upsample must be >= 1 (got {upsample})")
+    check_work_size(dataset.frames.shape[1:], upsample, pixel_integration)
     setup = OpticalSetup.from_meta(dataset.meta, dataset.frames.shape[1:], upsample, pixel_integration)
     try:
         model = ForwardModel(setup, device=device)
@@ -175,8 +195,18 @@ def result_from_model(
     )
 
 
-def save_result(result: ReconstructionResult, folder: str | Path) -> Path:
-    """Write the result folder of spec section 3."""
+def save_result(result: ReconstructionResult, folder: str | Path, *, report_dataset: Any = None,
+                report: bool = False) -> Path:
+    """Write the result folder of spec section 3, atomically (all files, or none); with
+    `report=True` report.png is drawn into the same folder before it is moved into place."""
+    extra_files = None
+    if report:
+        def draw_report(path: Path) -> None:
+            from uafp_gui.recon.report import write_report
+
+            write_report(result, path, dataset=report_dataset)
+
+        extra_files = {"report.png": draw_report}
     return write_result(
         folder,
         amplitude=np.abs(result.object_field).astype(np.float32),
@@ -184,4 +214,5 @@ def save_result(result: ReconstructionResult, folder: str | Path) -> Path:
         pupil_amplitude=np.abs(result.pupil).astype(np.float32),
         pupil_phase=np.angle(result.pupil).astype(np.float32),
         calibration=result.calibration(),
+        extra_files=extra_files,
     )

@@ -16,11 +16,13 @@ diverges or turns NaN. `save_state`/`load_state` resume a reconstruction later.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,16 +110,28 @@ class UafpSettings:
         return replace(self, **changes)
 
     def validate(self) -> None:
+        """Every field checked (type, finite, range): `ConfigError` names the first bad one."""
+        from uafp_gui.recon.common import MAX_UPSAMPLE
+
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
-        if (
-            (self.iterations is not None and self.iterations < 0)
-            or (self.batch_size is not None and self.batch_size < 1)
-            or self.upsample < 1
+        for name, low, high in (
+            ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
+            ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("start_search_evaluations", 0, 10_000),
+            ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
+            ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
         ):
-            raise ConfigError("iterations >= 0, batch_size >= 1 and upsample >= 1 are required")
-        if self.pixel_integration < 1:
-            raise ConfigError("pixel_integration must be >= 1 (1 = off)")
+            value = getattr(self, name)
+            if value is None and name in ("iterations", "batch_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number {low} to {high} (got {value!r})")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{item.name} must be a finite number (got {value!r})")
+            if isinstance(value, float) and value < 0:
+                raise ConfigError(f"{item.name} must be >= 0 (got {value!r})")
 
 
 def default_iterations(n_frames: int) -> int:
@@ -167,6 +181,9 @@ class UafpReconstruction:
         self.settings = settings
         self.source_dataset = source_dataset
         self.device = resolve_device(settings.device)
+        from uafp_gui.recon.common import check_work_size
+
+        check_work_size(tuple(frame_shape), settings.upsample, settings.pixel_integration)
         setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration)
         try:
             self.model = ForwardModel(setup, device=self.device)
@@ -631,6 +648,11 @@ class UafpReconstruction:
         self._take_pending()
         if not bool(self.available.any()):
             raise ReconstructionError("no frame has arrived yet: add frames before running the reconstruction")
+        if not bool((self.measurements[self.available] > 0).any()):
+            raise ReconstructionError(
+                f"every pixel of every frame is at or below the dark level (camera_offset "
+                f"{float(self.meta.camera_offset):g}): nothing to reconstruct; check camera_offset and the LEDs"
+            )
         self.stop_reason, self.stop_detail = None, ""
         try:
             yield from self._iterate(target, cancelled)
@@ -835,26 +857,44 @@ class UafpReconstruction:
     def save_state(self, path: str | Path) -> Path:
         path = Path(path)
         torch.save(
-            {
-                "settings": self.settings.__dict__,
-                "iteration": self.iteration,
-                "loss_history": self.loss_history,
-                "elapsed_s": self.elapsed_s,
-                "scale": self.scale,
-                "available": self.available.cpu(),
-                "learning_rate_factor": self.learning_rate_factor,
-                # Both shape the continuation: the geometry's late start and the mini-batch order.
-                "start_geometry": self.start_geometry.to_dict() if self.start_geometry else None,
-                "generator": self._generator.get_state(),
-                **self._snapshot(),
-            },
+            _plain_values(
+                {
+                    "settings": self.settings.__dict__,
+                    "iteration": self.iteration,
+                    "loss_history": self.loss_history,
+                    "elapsed_s": self.elapsed_s,
+                    "scale": self.scale,
+                    "available": self.available.cpu(),
+                    "learning_rate_factor": self.learning_rate_factor,
+                    # Both shape the continuation: the geometry's late start and the mini-batch order.
+                    "start_geometry": self.start_geometry.to_dict() if self.start_geometry else None,
+                    "generator": self._generator.get_state(),
+                    **self._snapshot(),
+                }
+            ),
             path,
         )
         return path
 
     def load_state(self, path: str | Path) -> None:
-        """Continue from a saved state (frames must be added again from the dataset)."""
-        state = torch.load(Path(path), map_location=self.device, weights_only=False)
+        """Continue from a saved state (frames must be added again from the dataset).
+
+        Only tensors and plain containers are unpickled (`weights_only=True`): a crafted state file
+        cannot run code; anything else in it is a `ReconstructionError`."""
+        import pickle
+
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise ReconstructionError(f"state file not found: {path}: check the path") from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as error:
+            raise ReconstructionError(
+                f"{path} is not a uafp reconstruction state, or holds more than tensors and plain values "
+                f"(refused, nothing of it was run): {str(error).splitlines()[0][:160]}"
+            ) from None
+        if not isinstance(state, dict) or not {"object", "system", "optimisers", "scale"} <= set(state):
+            raise ReconstructionError(f"{path} is not a uafp reconstruction state (fields missing)")
         self._take_pending()
         self.scale = state["scale"]
         self.object = torch.nn.Parameter(state["object"].to(self.device))
@@ -874,6 +914,20 @@ class UafpReconstruction:
         for name, optimiser_state in state["optimisers"].items():
             if name in self.optimisers:
                 self.optimisers[name].load_state_dict(optimiser_state)
+
+
+def _plain_values(value: Any) -> Any:
+    """Tensors and plain Python values only (numpy scalars become floats/ints), so that
+    `load_state` can read the file with `torch.load(weights_only=True)`."""
+    if isinstance(value, dict):
+        return {key: _plain_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_values(item) for item in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
 
 
 def reconstruct_dataset(
