@@ -233,13 +233,12 @@ def run(args: argparse.Namespace) -> int:
         AcquisitionPaused,
         AcquisitionStarted,
         FrameAcquired,
+        check_output_path,
         describe_ring_exposures,
     )
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.devices.micromanager import open_core
     from uafp_gui.io.dataset import read_dataset_meta
-
-    from uafp_gui.acquisition.engine import check_output_path
 
     check_output_path(args.out, args.resume)  # before any device is opened or the camera runs
     stored_meta = None
