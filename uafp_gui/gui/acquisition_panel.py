@@ -125,6 +125,14 @@ class AcquisitionPanel(QWidget):
         # New text each tick must not re-lay out the window.
         self.eta.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.eta)
+        # Clipped pixels, frame by frame and in the run's summary (red in the thumbnails and live view).
+        self.saturation = QLabel("")
+        self.saturation.setObjectName("saturationWarning")
+        self.saturation.setStyleSheet("color: #c00000;")
+        self.saturation.setWordWrap(True)
+        self.saturation.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.saturation.setFixedHeight(2 * self.saturation.fontMetrics().lineSpacing() + 4)
+        layout.addWidget(self.saturation)
         self.thumbnails = QListWidget()
         self.thumbnails.setViewMode(QListView.ViewMode.IconMode)
         self.thumbnails.setFlow(QListView.Flow.LeftToRight)

@@ -146,7 +146,8 @@ class ImagePlot(pg.PlotItem):
 
 
 def gray_pixmap(image: np.ndarray) -> QPixmap:
-    """A pixmap of an 8-bit grayscale array (`jobs.frame_thumbnail`): no arithmetic here."""
+    """A pixmap of an 8-bit grey (H, W) or RGB (H, W, 3) array (`jobs.frame_thumbnail`): no arithmetic here."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    qimage = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], QImage.Format.Format_Grayscale8)
+    kind = QImage.Format.Format_RGB888 if image.ndim == 3 else QImage.Format.Format_Grayscale8
+    qimage = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], kind)
     return QPixmap.fromImage(qimage.copy())

@@ -73,6 +73,8 @@ class FramePreview:
     mean: float
     saturated: int  # pixels at or above `full_scale`
     full_scale: int
+    overlay: np.ndarray | None = None  # RGBA uint8 on the display grid: clipped pixels red, the rest clear
+    pixels: int = 0  # pixels in the frame (for the clipped share)
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,35 @@ def _strided(frame: np.ndarray, size: int) -> np.ndarray:
     return frame[::step, ::step]
 
 
-def frame_thumbnail(frame: np.ndarray, size: int = THUMBNAIL_PX) -> np.ndarray:
-    """An 8-bit preview (display only; the data keeps its bit depth), at most `size` px a side."""
+SATURATED_RGB = (255, 0, 0)  # clipped pixels, in thumbnails and over the live view
+
+
+def frame_thumbnail(frame: np.ndarray, size: int = THUMBNAIL_PX, full_scale: float | None = None) -> np.ndarray:
+    """An 8-bit RGB preview (display only; the data keeps its bit depth), at most `size` px a side; pixels
+    at `full_scale` (clipped by the camera) are red, the rest grey."""
     small = np.asarray(_strided(np.asarray(frame), size), dtype=np.float32)
     low, high = np.percentile(small, (1, 99.8)) if small.size else (0.0, 1.0)
-    scaled = np.clip((small - low) * (255.0 / max(float(high - low), 1e-9)), 0, 255)
-    return np.ascontiguousarray(scaled.astype(np.uint8))
+    scaled = np.clip((small - low) * (255.0 / max(float(high - low), 1e-9)), 0, 255).astype(np.uint8)
+    rgb = np.repeat(scaled[..., None], 3, axis=2)
+    if full_scale is not None:
+        rgb[small >= full_scale] = SATURATED_RGB
+    return np.ascontiguousarray(rgb)
+
+
+def dataset_full_scale(meta: Any) -> float | None:
+    """The counts at which a dataset's camera clipped (from its bit depth), or None when not recorded."""
+    bit_depth = getattr(meta, "bit_depth", None)
+    return float(2 ** int(bit_depth) - 1) if bit_depth else None
+
+
+def saturation_overlay(display: np.ndarray, full_scale: float) -> np.ndarray | None:
+    """RGBA over `display`: opaque red where clipped, transparent elsewhere; None when nothing clipped."""
+    clipped = display >= full_scale
+    if not clipped.any():
+        return None
+    overlay = np.zeros((*display.shape, 4), dtype=np.uint8)
+    overlay[clipped] = (*SATURATED_RGB, 255)
+    return overlay
 
 
 def frame_preview(frame: np.ndarray, full_scale: int, display_px: int = DISPLAY_PX) -> FramePreview:
@@ -117,6 +142,8 @@ def frame_preview(frame: np.ndarray, full_scale: int, display_px: int = DISPLAY_
         mean=float(frame.mean()),
         saturated=int(np.count_nonzero(frame >= full_scale)),
         full_scale=int(full_scale),
+        overlay=saturation_overlay(display, full_scale),
+        pixels=int(frame.size),
     )
 
 
@@ -188,7 +215,7 @@ def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale
                 if now - last_preview >= PREVIEW_INTERVAL_S or event.index == event.total - 1:
                     preview = frame_preview(event.frame, full_scale)
                     last_preview = now
-                event = AcquiredFrame(event, frame_thumbnail(event.frame), preview)
+                event = AcquiredFrame(event, frame_thumbnail(event.frame, full_scale=full_scale), preview)
             yield event
     finally:
         if job is not None:

@@ -28,6 +28,7 @@ from uafp_gui.gui.jobs import (
     acquisition_events,
     autosave_folder_for,
     camera_stream,
+    dataset_full_scale,
     format_duration,
     frame_preview,
     frame_thumbnail,
@@ -89,6 +90,7 @@ class MainWindow(QMainWindow):
         self.calibration: Any = None
         self.last_export: Path | None = None
         self.updates_drawn = 0
+        self.saturated_frames = 0  # frames of the running acquisition with clipped pixels
         self.frame_lags_s: list[float] = []
         self._lag_counted = 0
         self._closing = False
@@ -461,15 +463,27 @@ class MainWindow(QMainWindow):
                     event = item.event
                     panel.queue_thumbnail(event.index, item.thumbnail, event.spec.leds)
                     last_frame = event
+                    if event.saturated_pixels:  # per frame: clipped pixels are lost data
+                        self.saturated_frames += 1
+                        panel.saturation.setText(
+                            f"Saturated: frame {event.index} has {event.saturated_pixels} clipped pixels "
+                            f"({100 * event.saturated_fraction:.1f} %); {self.saturated_frames} frames so far. "
+                            "Shorten the exposure or use auto exposure.")
                     if item.preview is not None:
                         last_preview = (event, item.preview)
                 elif isinstance(item, AcquisitionStarted):
                     panel.reset_progress(item.total)
+                    self.saturated_frames = 0
+                    panel.saturation.setText("")
                 elif isinstance(item, AcquisitionPaused):
                     self.status(f"Paused before frame {item.next_index} of {item.total}", 0)
                 elif isinstance(item, AcquisitionFinished):
+                    summary = item.saturation_summary()
                     self.status(f"Acquisition {item.reason}: {item.frames_written} of {item.total} frames in "
-                                f"{item.path} ({item.elapsed_s:.1f} s)", 0)
+                                f"{item.path} ({item.elapsed_s:.1f} s)" + (f". Warning: {summary}" if summary else ""),
+                                0)
+                    if summary:
+                        panel.saturation.setText(f"Warning: {summary}.")
             if last_frame is not None:
                 panel.show_progress(last_frame.done, last_frame.total, last_frame.elapsed_s, last_frame.eta_s)
                 self.led_map.set_lit(last_frame.spec.leds)
@@ -694,8 +708,9 @@ class MainWindow(QMainWindow):
             from uafp_gui.io.dataset import read_dataset
 
             dataset = read_dataset(path)
-            thumbnails = [frame_thumbnail(frame) for frame in dataset.frames[:MAX_THUMBNAILS]]
-            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], full_scale)
+            clipped_at = dataset_full_scale(dataset.meta)  # the camera's, when the dataset records its bit depth
+            thumbnails = [frame_thumbnail(frame, full_scale=clipped_at) for frame in dataset.frames[:MAX_THUMBNAILS]]
+            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], clipped_at or full_scale)
 
         def opened(content: tuple) -> None:
             if content[0] == "result":

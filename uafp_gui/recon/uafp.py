@@ -77,6 +77,9 @@ class UafpSettings:
     learn_led_residuals: bool = False
     learn_gains: bool = True
     learn_background: bool = False
+    # Pixels at the camera's full scale (2**bit_depth - 1, when the dataset records its bit depth) are
+    # clipped: their true value is unknown, so they are left out of the data term.
+    mask_saturated: bool = True
     freeze_system: bool = False
     init_geometry_from_data: bool = True
     # When the bright-field circles scatter about their rigid fit by more than this (LEDs off their
@@ -201,6 +204,9 @@ class UafpReconstruction:
             [f.exposure_ms * f.intensity for f in meta.frames], dtype=torch.float32, device=self.device
         )
         self.scale: float | None = None
+        # Usable-pixel masks (True: not clipped) of the frames with saturated pixels; none for the others.
+        self.full_scale = float(2 ** int(meta.bit_depth) - 1) if getattr(meta, "bit_depth", None) else None
+        self.unsaturated: dict[int, torch.Tensor] = {}
         self.object: torch.nn.Parameter | None = None
         self.iteration = 0
         self.loss_history: list[float] = []
@@ -273,6 +279,12 @@ class UafpReconstruction:
                 raise ReconstructionError(f"frame {index} holds NaN or infinite values")
             self.measurements[index] = normalised.clamp(min=0)
             self.available[index] = True
+            if self.full_scale is not None:
+                clipped = np.asarray(frame) >= self.full_scale
+                if clipped.any():
+                    self.unsaturated[index] = torch.as_tensor(~clipped, device=self.device)
+                else:
+                    self.unsaturated.pop(index, None)
         return True
 
     # ------------------------------------------------------------ initial state
@@ -465,12 +477,31 @@ class UafpReconstruction:
             self.optimisers["system"] = torch.optim.Adam(groups)
 
     # ---------------------------------------------------------------- the loss
+    def usable_pixels(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """(B, H, W) float mask of the pixels the data term uses (clipped ones are 0), or None when every
+        pixel of these frames is usable (the common case costs nothing)."""
+        if not self.unsaturated or not self.settings.mask_saturated:
+            return None
+        indices = frames.tolist()
+        if not any(index in self.unsaturated for index in indices):
+            return None
+        mask = torch.ones(len(indices), *self.measurements.shape[1:], device=self.device)
+        for row, index in enumerate(indices):
+            if index in self.unsaturated:
+                mask[row] = self.unsaturated[index]
+        return mask
+
     def loss(self, frames: torch.Tensor) -> torch.Tensor:
-        """Mean data misfit of `frames` (normalised per pixel), plus regularisers."""
+        """Mean data misfit of `frames` over their usable pixels (normalised per pixel), plus regularisers."""
         predicted = self.model(spectrum_of(self.object), frames)
         measured = self.measurements[frames] / self.scale
+        usable = self.usable_pixels(frames)
+
+        def mean(values: torch.Tensor) -> torch.Tensor:
+            return values.mean() if usable is None else (values * usable).sum() / usable.sum().clamp(min=1)
+
         if self.settings.loss == "amplitude":
-            misfit = (torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)).square().mean()
+            misfit = mean((torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)).square())
         else:
             counts = (self.counts_per_unit[frames] * self.scale)[:, None, None]
             expected = predicted.clamp(min=1e-6) * counts
@@ -478,7 +509,7 @@ class UafpReconstruction:
             # Poisson deviance / 2: the negative log-likelihood minus its value at a perfect fit, so
             # it is >= 0 (same gradients) and the divergence check (loss > 3x best) stays meaningful.
             deviance = expected - observed * torch.log(expected) - observed + torch.special.xlogy(observed, observed)
-            misfit = deviance.mean() / counts.mean()
+            misfit = mean(deviance) / counts.mean()
         if self.settings.tv_weight > 0:
             o = self.object
             tv = (o[1:, :] - o[:-1, :]).abs().mean() + (o[:, 1:] - o[:, :-1]).abs().mean()
@@ -821,6 +852,9 @@ class UafpReconstruction:
         result.frame_gain = result.frame_gain * (self.scale or 1.0)
         result.extra = {
             "frames_used": int(self.available.sum()),
+            # clipped pixels left out of the data term (0 when none, or when mask_saturated is off)
+            "saturated_pixels_excluded": int(sum(int((~mask).sum()) for mask in self.unsaturated.values()))
+            if self.settings.mask_saturated else 0,
             "loss": self.settings.loss,
             "data_misfit": self.data_misfit(),
             "partial": self.partial,
@@ -849,7 +883,11 @@ class UafpReconstruction:
             available = torch.nonzero(self.available).squeeze(1).to(self.device)
             for batch in torch.split(available, self.batch_size()):
                 predicted = self.model(spectrum, batch).clamp(min=0).sqrt()
-                terms = amplitude_misfit_terms(predicted, (self.measurements[batch] / self.scale).sqrt())
+                measured = (self.measurements[batch] / self.scale).sqrt()
+                usable = self.usable_pixels(batch)
+                if usable is not None:  # clipped pixels say nothing about the model
+                    predicted, measured = predicted * usable, measured * usable
+                terms = amplitude_misfit_terms(predicted, measured)
                 residual, total = residual + terms[0], total + terms[1]
         return residual / max(total, 1e-30)
 
