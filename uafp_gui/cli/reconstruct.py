@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
 
@@ -273,13 +275,18 @@ def run(args: argparse.Namespace) -> int:
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "
         f"data misfit {result.extra.get('data_misfit', float('nan')):.4g}"
     )
+    history = [float(v) for v in result.loss_history]
+    if args.method == "classic" and history and min(history) < 0.9 * history[-1]:
+        best = int(np.argmin(history)) + 1
+        print(f"classic: the misfit was lowest at iteration {best} ({min(history):.4g}); EPRY drifts after that "
+              f"(--iterations {best} stops there)")
     defocus_um = defocus_um_from_z4(
         result.zernike_rad.get(4, 0.0), dataset.meta.wavelength_um, dataset.meta.objective_na
     )
     print(
         f"calibration: LED shift ({geometry.shift_x_mm:+.3f}, {geometry.shift_y_mm:+.3f}) mm, rotation "
         f"{geometry.rotation_deg:+.3f} deg, height {geometry.height_mm:.2f} mm; Zernike 4 (defocus) "
-        f"{result.zernike_rad.get(4, 0.0):+.3f} rad = {defocus_um:+.1f} um"
+        f"{result.zernike_rad.get(4, 0.0) + 0.0:+.3f} rad = {round(defocus_um, 1) + 0.0:+.1f} um"
     )
     if result.extra.get("at_bounds"):
         print(

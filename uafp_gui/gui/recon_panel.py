@@ -87,7 +87,8 @@ class ReconPanel(QWidget):
         self._pitch_found: tuple[int, float | None] = (-1, None)
         self._led_bounds: tuple[float, ...] = ()
 
-        self.zernike = plot_row.addPlot(0, 0, title="Zernike (rad, Noll j)")
+        self.zernike = plot_row.addPlot(0, 0, title="Zernike (rad)")
+        self.zernike.setLabel("bottom", "Noll j")
         self.zernike_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=(60, 110, 200), pen=None)
         self.zernike.addItem(self.zernike_bars)
         self.gains = plot_row.addPlot(0, 1, title="frame gains")
@@ -98,14 +99,14 @@ class ReconPanel(QWidget):
         self.loss = plot_row.addPlot(0, 2, title="loss (log10)")
         self.loss.setLabel("bottom", "iteration")
         self.loss_curve = self.loss.plot(pen=pg.mkPen((200, 60, 0), width=2))
-        self.traces = plot_row.addPlot(0, 3, title="LED geometry (mm, deg)")
+        self.traces = plot_row.addPlot(0, 3, title="LED geometry")
         self.traces.addLegend(offset=(2, 2), labelTextSize="7pt", colCount=2, brush=pg.mkBrush(255, 255, 255, 200))
         self.traces.setLabel("bottom", "iteration")
         self.trace_curves = {  # key: what it is; legend: short, so it hides little of the plot
-            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="x"),
-            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="y"),
-            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rot"),
-            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="h - h0"),
+            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="x mm"),
+            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="y mm"),
+            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rot deg"),
+            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="h-h0 mm"),
         }
         for col, plot in enumerate((self.zernike, self.gains, self.loss, self.traces)):
             plot.setPreferredSize(150, 150)

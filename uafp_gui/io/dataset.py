@@ -621,10 +621,22 @@ def _check_tiff_header(path: Path) -> None:
         raise DatasetError(f"{path} is cut short ({len(head)} bytes): no frame was written; acquire again")
     head = head[:4]
     if head not in _TIFF_MAGICS:
+        kind = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), "not a TIFF file")
         raise DatasetError(
-            f"{path} is not a TIFF file (it starts with {head!r}): datasets are multi-page "
-            "TIFF stacks; use `uafp import` for other formats"
+            f"{path} is {kind}: datasets are multi-page TIFF stacks (docs/dataset_format.md); use "
+            "`uafp import folder` for a folder of PNG/TIFF frames, `uafp import zheng` for the MAT file"
         )
+
+
+# What a file that is not a TIFF probably is: said in words, never as raw bytes.
+_OTHER_FORMATS = (
+    (b"\x89PNG", "a PNG image, not a TIFF stack"),
+    (b"\xff\xd8\xff", "a JPEG image, not a TIFF stack"),
+    (b"MATL", "a MATLAB file, not a TIFF stack"),
+    (b"\x89HDF", "an HDF5 (MATLAB v7.3) file, not a TIFF stack"),
+    (b"PK\x03\x04", "a ZIP archive, not a TIFF stack"),
+    (b"{", "a JSON file, not a TIFF stack"),
+)
 
 
 def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:

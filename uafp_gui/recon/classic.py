@@ -117,9 +117,14 @@ class ClassicSolver:
         return misfit / max(total, 1e-12)
 
     def steps(self) -> Iterator[ClassicProgress]:
+        """One sweep per iteration; each reports the data misfit of the whole model after the sweep (the
+        same figure as the summary's; the misfit seen frame by frame during a sweep is lower, since
+        each frame is measured against a model just updated by its neighbours)."""
         with torch.no_grad():
             for _ in range(self.settings.iterations):
                 loss = self._sweep()
+                if math.isfinite(loss):
+                    loss = self.data_misfit()
                 if not math.isfinite(loss):
                     raise ReconstructionError(
                         f"classic FP diverged in iteration {self.iterations_done + 1} (the misfit is not "
