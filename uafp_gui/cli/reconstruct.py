@@ -134,7 +134,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         if value is not None and value < smallest:
             raise ConfigError(f"--{name.replace('_', '-')} {value}: must be {smallest} or more")
     if args.tv_weight < 0:
-        raise ConfigError(f"--tv-weight {args.tv_weight}: must be 0 or more")
+        raise ConfigError(f"--tv-weight {args.tv_weight}: tv_weight must be 0 or more")
 
 
 class Terminated(KeyboardInterrupt):

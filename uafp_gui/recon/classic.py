@@ -100,8 +100,8 @@ class ClassicSolver:
             measured = self.measured_amplitude[k] / np.sqrt(self.scale)
             amplitude = field.abs()
             usable = self.unsaturated.get(self.frame_of_entry[k])
-            if usable is not None:  # a clipped pixel takes the model's own amplitude: no update from it
-                measured = torch.where(usable, measured, amplitude)
+            if usable is not None:  # clipped: only "at least this bright"; no update while the model is brighter
+                measured = torch.where(usable, measured, torch.maximum(measured, amplitude))
             misfit += float(((amplitude - measured) ** 2).sum())
             total += float((measured**2).sum())
             corrected = measured * field / (amplitude + 1e-8)

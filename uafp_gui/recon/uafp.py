@@ -78,7 +78,8 @@ class UafpSettings:
     learn_gains: bool = True
     learn_background: bool = False
     # Pixels at the camera's full scale (2**bit_depth - 1, when the dataset records its bit depth) are
-    # clipped: their true value is unknown, so they are left out of the data term.
+    # clipped: their true value is unknown, only that it is at least the full scale. They leave the
+    # data term as measurements (amplitude loss: kept as that lower bound only; Poisson: left out).
     mask_saturated: bool = True
     freeze_system: bool = False
     init_geometry_from_data: bool = True
@@ -501,7 +502,12 @@ class UafpReconstruction:
             return values.mean() if usable is None else (values * usable).sum() / usable.sum().clamp(min=1)
 
         if self.settings.loss == "amplitude":
-            misfit = mean((torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)).square())
+            residual = torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)
+            if usable is not None:
+                # A clipped pixel says only "at least this bright" (censored data): no penalty above the
+                # clip level, the usual one below it, so a clipped region stays bright rather than free.
+                residual = torch.where(usable > 0, residual, residual.clamp(max=0))
+            misfit = residual.square().mean()
         else:
             counts = (self.counts_per_unit[frames] * self.scale)[:, None, None]
             expected = predicted.clamp(min=1e-6) * counts
