@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "uafp_gui.cli.simulate",
     "uafp_gui.cli.reconstruct",
     "uafp_gui.cli.import_data",
+    "uafp_gui.cli.export",
     "uafp_gui.cli.score",
     "uafp_gui.cli.acquire",
     "uafp_gui.cli.led",

@@ -1,4 +1,4 @@
-"""`uafp import zheng|folder ...`: convert other people's FP data into a dataset TIFF."""
+"""`uafp import zheng|folder|fpm-mat|ptylab|micromanager ...`: convert other people's FP data into a dataset TIFF."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ JSON embedded, docs/dataset_format.md) that `uafp reconstruct` and the GUI read.
                      "exposure_ms": 20}
                     (exposure_ms here is the default for CSV lines without one; YAML works
                     too when PyYAML is installed)
+
+  uafp import fpm-mat FILE.mat OUT.tif [--wavelength-um W] [--led-pitch-mm 4]
+      a Caltech FPM-INR / APIC MATLAB file (v5 or v7.3): I_low (or imlow), per-frame
+      calibrated na_calib, na_cal, mag, dpix_c; the calibrated NAs become each frame's
+      illumination_na, which the reconstruction uses as its nominal illumination.
+
+  uafp import ptylab FILE.hdf5 OUT.tif [--objective-na NA]
+      a PtyLab FPM HDF5 file: ptychogram, encoder (LED positions, m), dxd, magnification,
+      wavelength, zled[, NA][, orientation].
+
+  uafp import micromanager DIR_OR_OME_TIFF OUT.tif [--geometry geometry.json] [--leds leds.csv]
+      a Micro-Manager (MMStack) or pymmcore-plus OME-TIFF acquisition, one frame per LED
+      pattern; the patterns from --leds, the per-image metadata (--led-property, default
+      LEDArray-Pattern) or a uafp MDASequence's metadata; the optics from --geometry.
 
 A third-party TIFF stack needs no import: put its metadata JSON next to it as
 <stem>.json and read it directly.
@@ -73,6 +87,47 @@ def register(subparsers) -> None:
     folder.add_argument("out", type=Path, help="dataset TIFF to write")
     folder.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     folder.set_defaults(func=run_folder)
+
+    fpm = kinds.add_parser(
+        "fpm-mat",
+        help="a Caltech FPM-INR / APIC MATLAB file (I_low, na_calib, na_cal, mag, dpix_c)",
+        description="Convert an FPM-INR / APIC .mat file (v5 or v7.3). Each frame keeps its calibrated "
+        "illumination NA; the LED grid is fitted to them.",
+    )
+    fpm.add_argument("mat", type=Path, help="the .mat file")
+    fpm.add_argument("out", type=Path, help="dataset TIFF to write")
+    fpm.add_argument("--wavelength-um", type=float, default=None, help="needed when the file holds no lambda")
+    fpm.add_argument("--led-pitch-mm", type=float, default=4.0, help="LED pitch of the array (default 4)")
+    fpm.add_argument("--led-height-mm", type=float, default=None, help="default: fitted to the NAs")
+    fpm.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    fpm.set_defaults(func=run_fpm_mat)
+
+    ptylab = kinds.add_parser(
+        "ptylab",
+        help="a PtyLab FPM HDF5 file (ptychogram, encoder, dxd, magnification, wavelength, zled)",
+        description="Convert a PtyLab FPM HDF5 file; each frame keeps its LED's illumination NA.",
+    )
+    ptylab.add_argument("h5", type=Path, help="the .hdf5/.h5 file")
+    ptylab.add_argument("out", type=Path, help="dataset TIFF to write")
+    ptylab.add_argument("--objective-na", type=float, default=None, help="needed when the file holds no NA")
+    ptylab.add_argument("--led-pitch-mm", type=float, default=None, help="default: the median LED spacing")
+    ptylab.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    ptylab.set_defaults(func=run_ptylab)
+
+    mm = kinds.add_parser(
+        "micromanager",
+        help="a Micro-Manager / pymmcore-plus OME-TIFF acquisition (one frame per LED pattern)",
+        description="Convert a Micro-Manager MMStack OME-TIFF (or one written by pymmcore-plus) into a dataset.",
+    )
+    mm.add_argument("source", type=Path, help="the acquisition's folder or its .ome.tif")
+    mm.add_argument("out", type=Path, help="dataset TIFF to write")
+    mm.add_argument("--geometry", type=Path, default=None, metavar="JSON", help="dataset fields except frames")
+    mm.add_argument("--leds", type=Path, default=None, metavar="CSV", help="row,col[,exposure_ms] per frame")
+    mm.add_argument(
+        "--led-property", default="LEDArray-Pattern", help="per-image metadata key holding 'row,col;row,col'"
+    )
+    mm.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    mm.set_defaults(func=run_micromanager)
     parser.set_defaults(func=lambda args: _missing_source(parser))
 
 
@@ -117,5 +172,48 @@ def run_folder(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.overwrite)
     import_folder(args.folder, args.leds, args.geometry, args.out, overwrite=args.overwrite)
+    _summary(args.out)
+    return 0
+
+
+def run_fpm_mat(args: argparse.Namespace) -> int:
+    from uafp_gui.io.import_public import import_fpm_mat
+
+    _check_out(args.out, args.overwrite)
+    import_fpm_mat(
+        args.mat,
+        args.out,
+        wavelength_um=args.wavelength_um,
+        led_pitch_mm=args.led_pitch_mm,
+        led_height_mm=args.led_height_mm,
+        overwrite=args.overwrite,
+    )
+    _summary(args.out)
+    return 0
+
+
+def run_ptylab(args: argparse.Namespace) -> int:
+    from uafp_gui.io.import_public import import_ptylab_hdf5
+
+    _check_out(args.out, args.overwrite)
+    import_ptylab_hdf5(
+        args.h5, args.out, objective_na=args.objective_na, led_pitch_mm=args.led_pitch_mm, overwrite=args.overwrite
+    )
+    _summary(args.out)
+    return 0
+
+
+def run_micromanager(args: argparse.Namespace) -> int:
+    from uafp_gui.io.import_mm import import_micromanager
+
+    _check_out(args.out, args.overwrite)
+    import_micromanager(
+        args.source,
+        args.out,
+        geometry=args.geometry,
+        leds_csv=args.leds,
+        led_property=args.led_property,
+        overwrite=args.overwrite,
+    )
     _summary(args.out)
     return 0

@@ -10,6 +10,7 @@ gradients reach the geometry.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,9 @@ class OpticalSetup:
     glass_thickness_mm: float = 0.0
     glass_index: float = 1.0
     pixel_integration: int = 1
+    # Per-frame illumination NA [na_x, na_y] from a calibrated dataset (frames' optional
+    # `illumination_na`, see `ForwardModel.apply_frame_illumination_na`); None when not given.
+    frame_illumination_na: tuple[tuple[float, float] | None, ...] | None = None
 
     @classmethod
     def from_meta(
@@ -64,6 +68,7 @@ class OpticalSetup:
             glass_thickness_mm=float(glass.thickness_mm) if glass else 0.0,
             glass_index=float(glass.refractive_index) if glass else 1.0,
             pixel_integration=int(pixel_integration),
+            frame_illumination_na=frame_illumination_na_of(meta),
         )
 
     @property
@@ -89,6 +94,26 @@ class OpticalSetup:
         """Pupil radius NA / wavelength in cycles/um."""
         return self.objective_na / self.wavelength_um
 
+
+def frame_illumination_na_of(meta) -> tuple[tuple[float, float] | None, ...] | None:
+    """Each frame's optional `illumination_na` [na_x, na_y] (None for frames without one); None
+    when no frame has one. The NA vector points from the tile centre towards the frame's LED (an
+    LED at +X gives +na_x), as calibrated per-LED NAs are published; the spec's illumination
+    frequency is then u = -na / wavelength."""
+    values = []
+    for k, frame in enumerate(meta.frames):
+        na = getattr(frame, "extra", {}).get("illumination_na")
+        if na is None:
+            values.append(None)
+            continue
+        try:
+            na_x, na_y = (float(v) for v in na)
+        except (TypeError, ValueError):
+            raise ValueError(f"frames[{k}].illumination_na must be [na_x, na_y] (got {na!r})") from None
+        if not na_x * na_x + na_y * na_y < 1:
+            raise ValueError(f"frames[{k}].illumination_na {na!r} has length >= 1: it is the sine of an angle")
+        values.append((na_x, na_y))
+    return tuple(values) if any(v is not None for v in values) else None
 
 
 def spectrum_of(obj: torch.Tensor) -> torch.Tensor:
@@ -183,7 +208,49 @@ class ForwardModel(torch.nn.Module):
         norm_x = torch.linspace(-1, 1, cols)
         ny, nx = torch.meshgrid(norm_y, norm_x, indexing="ij")
         self.register_buffer("sample_grid", torch.stack([nx, ny], dim=-1))
+        if setup.frame_illumination_na is not None:
+            self.apply_frame_illumination_na()
         self.to(device)
+
+    def apply_frame_illumination_na(self) -> None:
+        """Place the LEDs of frames that carry a calibrated illumination NA exactly there.
+
+        The rigid grid stays the nominal model; each such LED's residual (`led_offsets_mm`) is set
+        so that, at the nominal height and geometry, it lights the tile centre under exactly that
+        NA (refracted by the glass when there is one). Geometry learning then refines the whole
+        set rigidly; without it the NAs are used frozen. One LED per frame; an LED lit in two
+        frames must carry the same NA in both.
+        """
+        setup = self.setup
+        nominal = nominal_led_positions_mm(self.distinct_row_col, setup.led_on_axis, setup.led_pitch_mm)
+        target: dict[int, tuple[float, float]] = {}
+        for frame, led in zip(self.entry_frame.tolist(), self.entry_led.tolist(), strict=True):
+            na = setup.frame_illumination_na[frame]
+            if na is None:
+                continue
+            if len(setup.frame_leds[frame]) != 1:
+                raise ValueError(f"frame {frame} lights several LEDs: illumination_na is for single-LED frames only")
+            sine = math.hypot(*na)
+            height, glass = setup.led_height_mm, setup.glass_thickness_mm
+            rho = (height - glass) * sine / math.sqrt(1 - sine * sine)
+            if glass > 0:
+                inner = sine / setup.glass_index
+                rho += glass * inner / math.sqrt(1 - inner * inner)
+            direction = (na[0] / sine, na[1] / sine) if sine > 0 else (0.0, 0.0)
+            position = (
+                setup.tile_center_um[0] / 1000.0 + rho * direction[0],
+                setup.tile_center_um[1] / 1000.0 + rho * direction[1],
+            )
+            previous = target.setdefault(led, position)
+            if math.dist(previous, position) > 1e-6 * max(1.0, height):
+                row, col = self.distinct_leds[led]
+                raise ValueError(
+                    f"LED [{row}, {col}] is lit in several frames with different illumination_na (frame {frame}): "
+                    "give each calibrated illumination its own LED index"
+                )
+        with torch.no_grad():
+            for led, position in target.items():
+                self.system.led_offsets_mm[led] = torch.tensor(position) - nominal[led]
 
     # ----------------------------------------------------------------- geometry
     @property

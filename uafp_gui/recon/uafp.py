@@ -314,6 +314,7 @@ class UafpReconstruction:
             and self.settings.learn_geometry
             and not self.settings.freeze_system
             and not self.calibrated
+            and self.model.setup.frame_illumination_na is None  # calibrated per-LED NAs are the start
             # While streaming, more bright-field frames sharpen the start; once the geometry is being
             # refined by gradients, it is not thrown away.
             and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
