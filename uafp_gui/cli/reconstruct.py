@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.dataset)
     check_partial(dataset, args.allow_partial)
     calibration = load_calibration(args.calibration) if args.calibration else None
+    count, height, width = dataset.frames.shape
+    if sys.stderr.isatty():  # at once, before torch loads and the model is built (seconds): a first sign of life
+        print(f"uafp reconstruct: {args.dataset.name}: {count} frames of {height}x{width}, {args.method}; loading the "
+              "engine (progress bars with ETA follow; Ctrl-C stops and keeps the last good state)", file=sys.stderr,
+              flush=True)
 
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.physics.zernike import defocus_um_from_z4
