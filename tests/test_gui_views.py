@@ -125,7 +125,7 @@ def test_open_result_shows_its_leds_and_geometry_at_the_led_maps_scale(window, q
     open_dataset(window, qtbot, acquire(tmp_path / "run.tif"))
     truth = write_simulation(simulate(replace(SIMULATION, led_grid=5, upsample=2)), tmp_path / "sim.tif")
     window.open_path(truth)
-    qtbot.waitUntil(lambda: str(truth) in window.recon_panel.status.text(), timeout=30000)
+    qtbot.waitUntil(lambda: f"Result {truth.name}" in window.recon_panel.status.text(), timeout=30000)
     panel = window.recon_panel
     result = read_result(truth)
     g = result.calibration.led_geometry

@@ -195,6 +195,7 @@ class AcquisitionPanel(QWidget):
     def reset_progress(self, total: int) -> None:
         self.thumbnails.clear()
         self._pending_thumbnails.clear()
+        self.progress.setFormat("%v / %m frames" if total else "no frames open")
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.eta.setText("")

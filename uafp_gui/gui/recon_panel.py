@@ -8,6 +8,8 @@ calls it from a timer (a few times a second) with the newest update only.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
@@ -356,9 +358,10 @@ class ReconPanel(QWidget):
         for curve, value in zip(self.trace_curves.values(), final, strict=True):
             curve.setData([cal.iterations], [value], symbol="o", symbolSize=7)
         self.show_status(
-            f"Result {result.folder}: {cal.iterations} iterations (from {cal.source_dataset or 'an unnamed dataset'})",
-            f"LED shift ({signed(g.shift_x_mm)}, {signed(g.shift_y_mm)}) mm, rotation {signed(g.rotation_deg)} deg, "
-            f"height {g.height_mm:.1f} mm · final loss {cal.final_loss:.4g}"
+            f"Result {Path(result.folder).name}: {cal.iterations} iterations, from "
+            f"{cal.source_dataset or 'an unnamed dataset'}",
+            f"LED shift ({signed(g.shift_x_mm)}, {signed(g.shift_y_mm)}) mm, rot {signed(g.rotation_deg)} deg, "
+            f"h {g.height_mm:.1f} mm · loss {cal.final_loss:.3g}"
             + (f" · PARTIAL: {cal.extra.get('stop_reason', 'stopped')}" if cal.extra.get("partial") else ""),
         )
 
