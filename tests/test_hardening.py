@@ -602,7 +602,8 @@ def test_reconstruct_options_are_checked_before_any_work(capsys, tmp_path, small
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--leds", "100000x100000"], "at most 1024x1024"),
+        (["--leds", "100000x100000"], "at most 100x100"),
+        (["--leds", "101x101"], "at most 100x100"),
         (["--leds", "list:1,2,3"], "list:r,c"),
         (["--led-on-axis", "nan", "1"], "finite"),
         (["--camera-timeout-s", "inf"], "finite"),

@@ -58,11 +58,12 @@ def frame_frequencies(dataset) -> np.ndarray:
 
 
 def write_fpm_inr_v73(path, frames, na, *, wavelength_um=None, name="I_low"):
-    """MATLAB v7.3 = HDF5 with column-major arrays: h5py sees every array with its axes reversed."""
+    """MATLAB v7.3 = HDF5 with column-major arrays: h5py sees every array with its axes reversed.
+    `na` is the LED direction; FPM-INR's na_calib is the illumination's direction of travel (-na)."""
     matlab_stack = np.moveaxis(frames, 0, 2).astype(np.float64)  # MATLAB I_low(:, :, k)
     with h5py.File(path, "w", userblock_size=512) as h5:
         h5.create_dataset(name, data=matlab_stack.T)
-        h5.create_dataset("na_calib", data=na.T)
+        h5.create_dataset("na_calib", data=-na.T)
         h5.create_dataset("na_cal", data=np.array([[SETTINGS.objective_na]]))
         h5.create_dataset("mag", data=np.array([[SETTINGS.magnification]]))
         h5.create_dataset("dpix_c", data=np.array([[SETTINGS.camera_pixel_um]]))
@@ -86,7 +87,7 @@ def test_fpm_inr_mat_import_keeps_frames_and_calibrated_illumination(acquisition
             mat,
             {
                 "imlow": np.moveaxis(frames, 0, 2),
-                "na_calib": na,
+                "na_calib": -na,
                 "na_cal": SETTINGS.objective_na,
                 "mag": SETTINGS.magnification,
                 "dpix_c": SETTINGS.camera_pixel_um,
@@ -190,3 +191,59 @@ def test_frames_on_one_grid_point_are_refused(tmp_path):
 
     with pytest.raises(DatasetError, match="fall on the same LED"):
         illumination_grid(np.array([[0.0, 0.0], [0.5, 0.0], [4.0, 0.0]]), 4.0)
+
+
+def test_fpm_inr_sign_convention_reproduces_their_forward_model(tmp_path):
+    """FPM-INR's own model, written here in numpy from its published loader: frame k is
+    |ifft2(ifftshift(crop of fftshift(fft2(object)) centred at k0 * (-na_calib[k]), times the
+    pupil))|^2. The dataset imported from a file in that layout must give the same frames through
+    our forward model -- and would not with the opposite sign (the test object is complex, so its
+    spectrum is not symmetric)."""
+    import scipy.io
+
+    from uafp_gui.sample import load_sample
+
+    wavelength, na_obj, mag, dpix = 0.5126, 0.1, 4.0, 6.5
+    size, upsample = 32, 2
+    pixel = dpix / mag
+    step = 1.0 / (size * pixel)  # cycles/um between spectrum samples of a frame
+    offsets = [(i, j) for j in (-1, 0, 1) for i in (-1, 0, 1)]
+    na_calib = np.array([[4 * i * step * wavelength, 4 * j * step * wavelength] for i, j in offsets])
+    obj = load_sample((size * upsample, size * upsample)).astype(np.complex64)
+
+    def fpm_inr_frames(sign: float) -> np.ndarray:
+        spectrum = np.fft.fftshift(np.fft.fft2(obj))
+        big = size * upsample
+        f_big = np.arange(-big // 2, big // 2) / (size * pixel)  # cycles/um
+        f_small = np.arange(-size // 2, size // 2) / (size * pixel)
+        pupil = (f_small[None, :] ** 2 + f_small[:, None] ** 2) <= (na_obj / wavelength) ** 2
+        out = []
+        for na_x, na_y in na_calib:
+            cx = int(np.argmin(np.abs(f_big - sign * -na_x / wavelength)))
+            cy = int(np.argmin(np.abs(f_big - sign * -na_y / wavelength)))
+            crop = spectrum[cy - size // 2 : cy + size // 2, cx - size // 2 : cx + size // 2] * pupil
+            out.append(np.abs(np.fft.ifft2(np.fft.ifftshift(crop))) ** 2)
+        return np.stack(out)
+
+    reference = fpm_inr_frames(+1.0)
+    mat = tmp_path / "convention.mat"
+    scipy.io.savemat(
+        mat,
+        {"I_low": np.moveaxis(reference, 0, 2), "na_calib": na_calib, "na_cal": na_obj, "mag": mag, "dpix_c": dpix},
+    )
+    assert main(["import", "fpm-mat", str(mat), str(tmp_path / "c.tif"), "--wavelength-um", str(wavelength)]) == 0
+    dataset = read_dataset(tmp_path / "c.tif")
+    model = ForwardModel(OpticalSetup.from_meta(dataset.meta, (size, size), upsample=upsample))
+    from uafp_gui.physics.forward import spectrum_of
+
+    with torch.no_grad():
+        ours = model(spectrum_of(torch.as_tensor(obj)), torch.arange(len(offsets))).numpy()
+
+    def correlation(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    mirrored = fpm_inr_frames(-1.0)
+    for k, (i, j) in enumerate(offsets):
+        assert correlation(ours[k], reference[k]) > 0.98, (k, correlation(ours[k], reference[k]))
+        if (i, j) != (0, 0):  # the other sign would image another part of the spectrum
+            assert correlation(ours[k], mirrored[k]) < correlation(ours[k], reference[k]) - 0.05

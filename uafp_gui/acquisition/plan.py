@@ -161,8 +161,9 @@ def parse_led_set(text: str) -> dict[str, Any]:
         return {"led_set": "list", "leds": leds}
     parts = text.lower().split("x")
     if len(parts) == 2 and parts[0] == parts[1] and parts[0].isascii() and parts[0].isdigit():
-        if len(parts[0]) > 4 or int(parts[0]) > MAX_LED_ARRAY_SIDE:
-            raise ConfigError(f"--leds {text[:40]!r}: at most {MAX_LED_ARRAY_SIDE}x{MAX_LED_ARRAY_SIDE} LEDs")
+        largest = math.isqrt(MAX_PLAN_LEDS)
+        if len(parts[0]) > 4 or int(parts[0]) > largest:
+            raise ConfigError(f"--leds {text[:40]!r}: at most {largest}x{largest} LEDs ({MAX_PLAN_LEDS} frames)")
         return {"led_set": "square", "square_size": int(parts[0])}
     raise ConfigError(
         f"--leds {text!r} is not understood: use NxN (a square, e.g. 15x15), disk:NA (e.g. disk:0.3) "
@@ -197,12 +198,13 @@ class AcquisitionPlan:
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {ORDERS} (got {self.order!r})")
         size = self.square_size
+        largest = math.isqrt(MAX_PLAN_LEDS)
         if self.led_set == "square" and (
-            isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_LED_ARRAY_SIDE
+            isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= largest
         ):
             raise ConfigError(
-                f"square_size must be a whole number 1 to {MAX_LED_ARRAY_SIDE} (got {str(size)[:20]}): "
-                "the plan cannot be larger than an LED array"
+                f"square_size must be a whole number 1 to {largest} (got {str(size)[:20]}): a plan holds at most "
+                f"{MAX_PLAN_LEDS} frames"
             )
         if self.led_set == "disk":
             na = self.max_illumination_na
@@ -274,6 +276,11 @@ class AcquisitionPlan:
             )
             if not chosen:
                 raise ConfigError(f"no LED lies within illumination NA {self.max_illumination_na}")
+            if len(chosen) > MAX_PLAN_LEDS:
+                raise ConfigError(
+                    f"{len(chosen)} LEDs lie within illumination NA {self.max_illumination_na}, more than the "
+                    f"{MAX_PLAN_LEDS} frames a plan may hold: choose a smaller NA"
+                )
         else:
             chosen = list(self.leds)
         rows, cols = microscope.led_array_shape

@@ -811,12 +811,13 @@ def _walk_pages(tif: Any, path: Path, file_size: int, max_pages: int | None) -> 
         try:
             ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)]
             ifd_end, link_position = _ifd_end(tif.filehandle, offset, tif.tiff)
+            shape = tuple(int(n) for n in page.shape)  # a corrupt size tag can make these anything
+            dtype = np.dtype(page.dtype)
         except errors:
             return pages, True, False
         if len(ends) == 0 or max(ends) > file_size or ifd_end > file_size:
             return pages, True, False
-        pages.append(_Page(index, offset, tuple(int(n) for n in page.shape), page.dtype, max(max(ends), ifd_end),
-                           link_position, page))
+        pages.append(_Page(index, offset, shape, dtype, max(max(ends), ifd_end), link_position, page))
         index += 1
 
 

@@ -4,11 +4,17 @@ Both layouts carry a calibrated illumination per frame instead of a rigid LED-ar
 
 - FPM-INR / APIC (`.mat`, MATLAB v5 or v7.3 = HDF5): the frames `I_low` (or `imlow`), (H, W, N) in
   MATLAB order; `na_calib` (N, 2) the calibrated illumination NA of each frame, columns
-  [na_x, na_y]; `na_cal` the calibrated objective NA; `mag` the magnification; `dpix_c` the camera
-  pixel in micrometres; optionally `lambda`/`wavelength` (micrometres; FPM-INR files carry none:
-  give it). The LED pitch is not in the file (4 mm for the arrays these datasets were taken with).
+  [na_x, na_y], in the sense of those codes' forward model: frame k images the object spectrum
+  (numpy/torch FFT) around -na_calib[k] / wavelength, i.e. na_calib is the direction the
+  illumination travels, the opposite of the LED direction stored here (illumination_na =
+  -na_calib; the spec's u = na_calib / wavelength); `na_cal` the calibrated objective NA; `mag`
+  the magnification; `dpix_c` the camera pixel in micrometres; optionally `lambda`/`wavelength`
+  (micrometres; FPM-INR files carry none: give it). The LED pitch is not in the file (4 mm for the
+  arrays these datasets were taken with).
 - PtyLab FPM (`.hdf5`/`.h5`): `ptychogram` (N, Ny, Nx), `encoder` (N, 2) LED positions in metres in
-  PtyLab's row-column order [y, x] (a (2, N) array is accepted too), `dxd` detector pixel (m),
+  PtyLab's row-column order [y, x] (a (2, N) array is accepted too; PtyLab's FPM model crops its
+  Fourier-space object at -encoder / (r wavelength) and reaches the camera with a forward FFT, which
+  makes `encoder` the LED position in the spec's axes), `dxd` detector pixel (m),
   `magnification`, `wavelength` (m), `zled` LED-to-sample distance (m), optional `NA` and
   `orientation` (PtyLab's flip/transpose code, applied to the frames as PtyLab does).
 
@@ -200,6 +206,7 @@ def import_fpm_mat(
         wavelength_um = _scalar(mat[name], name, mat_path)
         if wavelength_um < 1e-3:  # stored in metres
             wavelength_um *= 1e6
+    na = -na  # the direction of propagation -> the LED's direction (see the module docstring)
     tangent = na / np.sqrt(1 - (na**2).sum(axis=1, keepdims=True))
     if led_height_mm is None:
         distance = np.linalg.norm(tangent[:, None, :] - tangent[None, :, :], axis=-1)
