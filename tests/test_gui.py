@@ -37,7 +37,7 @@ def make_window(qtbot, tmp_path: Path, connect: bool = True) -> MainWindow:
 def window(qtbot, tmp_path):
     shown_errors.clear()
     window = make_window(qtbot, tmp_path)
-    qtbot.waitUntil(lambda: window.connected, timeout=20000)
+    qtbot.waitUntil(lambda: window.connected and window.engine_ready, timeout=180000)
     yield window
     window.close()
     for box in list(shown_errors):
@@ -86,7 +86,7 @@ def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.updates_drawn >= 1, timeout=30000)  # live updates reach the views
     qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=60000)
     assert window.updates_drawn >= 2
-    assert "frames 25" in window.recon_panel.status.text()
+    assert "25 frames" in window.recon_panel.status.text() and "Finished" in window.recon_panel.status.text()
     assert window.frame_lag_s().size == 25 and np.all(window.frame_lag_s() >= 0)
     assert window.recon_panel.start_button.text() == "Continue"
     assert window.led_map.geometry is not None  # estimated LED positions drawn on the map

@@ -138,10 +138,12 @@ def test_result_tiffs_carry_fiji_scale(tmp_path, rng):
             assert tif.imagej_metadata["unit"] == "um"
             numerator, denominator = tif.pages.first.tags["XResolution"].value
             y_numerator, y_denominator = tif.pages.first.tags["YResolution"].value
+            assert int(tif.pages.first.tags["ResolutionUnit"].value) == 3  # centimetre
             assert tif.pages.first.dtype == np.float32
-        # ImageJ: pixel width = 1 / XResolution in `unit`
-        assert denominator / numerator == pytest.approx(0.46125, rel=1e-6)
-        assert y_denominator / y_numerator == pytest.approx(0.46125, rel=1e-6)
+        # Any TIFF reader: 1 / XResolution cm per pixel. ImageJ (FileOpener.decodeDescriptionString) turns
+        # cm into um when the description's unit is "um": pixel width = 1e4 / XResolution um.
+        assert 1e4 * denominator / numerator == pytest.approx(0.46125, rel=1e-6)
+        assert 1e4 * y_denominator / y_numerator == pytest.approx(0.46125, rel=1e-6)
         assert read_pixel_size_um(tmp_path / name) == pytest.approx(0.46125, rel=1e-6)
     with tifffile.TiffFile(tmp_path / "pupil.tif") as tif:
         assert tif.series[0].shape == (2, 16, 16)

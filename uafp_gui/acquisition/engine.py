@@ -130,10 +130,15 @@ class FrameAcquired:
     frame: np.ndarray
     spec: FrameSpec
     frames_written: int
+    saturated_pixels: int = 0  # pixels at the camera's full scale (clipped: the reconstruction leaves them out)
 
     @property
     def done(self) -> int:
         return self.index + 1
+
+    @property
+    def saturated_fraction(self) -> float:
+        return self.saturated_pixels / max(self.frame.size, 1)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,18 @@ class AcquisitionFinished:
     path: Path
     elapsed_s: float
     per_frame_overhead_ms: float | None = None
+    saturated_frames: tuple[int, ...] = ()  # this session's frames with clipped pixels
+    max_saturated_fraction: float = 0.0  # the largest clipped fraction of one frame
+
+    def saturation_summary(self) -> str:
+        """One line about clipped frames ("" when none clipped)."""
+        if not self.saturated_frames:
+            return ""
+        return (
+            f"{len(self.saturated_frames)} of {self.total} frames have saturated pixels (up to "
+            f"{100 * self.max_saturated_fraction:.1f} % of a frame); the reconstruction leaves those pixels out, "
+            "but a shorter exposure (or auto exposure) gives better data"
+        )
 
 
 @dataclass(frozen=True)
@@ -858,15 +875,20 @@ class Acquisition:
             exposure = plan.nominal_exposure_ms(metered[0], microscope)
             for _ in range(8):  # shorten while saturated, lengthen while lost in noise
                 engine.set_exposure(exposure)
-                peak = 0.0
+                peak = brightest = 0.0
                 for led in metered:
                     engine.set_leds([led], self.led_device)
-                    peak = max(peak, float(np.percentile(engine.snap(), 99.9)))
-                if peak >= full_scale * 0.98 and exposure > 1e-3:
+                    image = engine.snap()
+                    peak = max(peak, float(np.percentile(image, 99.9)))
+                    brightest = max(brightest, float(image.max()))
+                # Any clipped pixel (not only the 99.9th percentile) means too long: clipped data is lost data.
+                if brightest >= full_scale and exposure > 1e-3:
                     exposure /= 4
                     continue
                 signal = max(peak - offset, 1e-6)
                 proposed = min(exposure * target / signal, plan.max_exposure_ms)
+                # and the brightest pixel must stay below 90 % of full scale at the exposure proposed
+                proposed = min(proposed, exposure * 0.9 * (full_scale - offset) / max(brightest - offset, 1e-6))
                 if signal < 0.02 * target and proposed > exposure and exposure < plan.max_exposure_ms:
                     exposure = proposed  # too dim to trust one reading: measure again there
                     continue
@@ -1013,6 +1035,8 @@ class Acquisition:
             exposure_total_ms = 0.0
             reason = "completed"
             done = 0  # frames acquired in this session
+            full_scale = saturation_level(meta)
+            saturated: dict[int, float] = {}  # frame index -> clipped fraction
             for event in events:
                 if not self._control.running.is_set() and not self.cancelled:
                     self.state = "paused"
@@ -1035,6 +1059,9 @@ class Acquisition:
                         done += 1
                         elapsed = time.perf_counter() - t0
                         remaining = total - index - 1
+                        clipped = int(np.count_nonzero(image >= full_scale)) if full_scale is not None else 0
+                        if clipped:
+                            saturated[index] = clipped / image.size
                         yield FrameAcquired(
                             index=index,
                             total=total,
@@ -1043,6 +1070,7 @@ class Acquisition:
                             frame=image,
                             spec=spec,
                             frames_written=writer_thread.frames_written,
+                            saturated_pixels=clipped,
                         )
                         if frame_event is not event and self.cancelled:
                             break  # inside a hardware sequence: stop it now, not at its end
@@ -1061,7 +1089,8 @@ class Acquisition:
             self.state = "finished" if reason == "completed" else "cancelled"
             overhead = (acquired_s * 1000 - exposure_total_ms) / n_new if n_new else None
             yield AcquisitionFinished(
-                reason, writer_thread.frames_written, total, self.out_path, time.perf_counter() - t_start, overhead
+                reason, writer_thread.frames_written, total, self.out_path, time.perf_counter() - t_start, overhead,
+                tuple(sorted(saturated)), max(saturated.values(), default=0.0),
             )
         except UafpError as error:
             self.state = "failed"
@@ -1112,6 +1141,12 @@ class Acquisition:
                 finished = event
         assert finished is not None
         return finished
+
+
+def saturation_level(meta: DatasetMeta) -> float | None:
+    """Counts at which the camera clips (its full scale), or None when the bit depth is unknown."""
+    bit_depth = getattr(meta, "bit_depth", None)
+    return float(2 ** int(bit_depth) - 1) if bit_depth else None
 
 
 def expected_duration_s(meta: DatasetMeta, start: int = 0, overhead_ms: float = 5.0) -> float:

@@ -41,12 +41,16 @@ class LagReport:
     latency_max_s: float
 
     def describe(self) -> str:
-        return (
-            f"live reconstruction: {self.updates} updates during acquisition; trailed the newest frame by "
-            f"{self.frames_behind_mean:.1f} frames on average (max {self.frames_behind_max}); a frame entered "
-            f"the reconstruction {self.latency_median_s:.2f} s after it arrived "
-            f"(median; max {self.latency_max_s:.2f} s)"
-        )
+        if self.updates == 0:
+            live = ("live reconstruction: no iteration finished while frames arrived (the acquisition ended while "
+                    "the start geometry was being fitted)")
+        else:
+            live = (f"live reconstruction: {self.updates} iterations while frames arrived, trailing the newest frame "
+                    f"by {self.frames_behind_mean:.1f} frames on average (max {self.frames_behind_max})")
+        if not np.isfinite(self.latency_median_s):
+            return live
+        return (f"{live}; a frame entered the reconstruction {self.latency_median_s:.2f} s after it arrived "
+                f"(median; max {self.latency_max_s:.2f} s)")
 
 
 class LiveReconstruction:

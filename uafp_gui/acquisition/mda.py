@@ -7,7 +7,7 @@ For users who drive their microscope from pymmcore-plus, pymmcore-widgets or nap
     core.mda.run(seq, output=[DatasetSink("run.tif"), "run.ome.tif"])
 
 - `fp_sequence` is one time point per frame (`time_plan` loops = frames, interval 0) whose
-  `metadata["uafp"]` holds the complete dataset metadata (spec/dataset.md: every frame's LEDs and
+  `metadata["uafp"]` holds the complete dataset metadata (docs/dataset_format.md: every frame's LEDs and
   exposure), so the sequence is self-describing: any writer that stores the sequence (pymmcore-plus
   puts it in its OME-TIFF/OME-Zarr summary metadata) stores the LED pattern of every frame too.
 - `FpMdaEngine` is the acquisition's strict `FpEngine` as a pymmcore-plus engine: it expands each

@@ -218,21 +218,27 @@ def open_led_array(args: argparse.Namespace, shape=None, pitch_mm=None):
 
 
 def run(args: argparse.Namespace) -> int:
+    # Arguments and paths first: devices and the engine load only once they are good.
+    if args.simulate and args.mm_config is not None:
+        raise ConfigError("--simulate and --mm-config exclude each other")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder: give a .tif file name")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"cannot write {args.out}: no folder {args.out.parent}; create it or choose another --out")
+    if args.mm_config is not None and not args.mm_config.is_file():
+        raise ConfigError(f"--mm-config {args.mm_config} does not exist: check the path")
     from uafp_gui.acquisition.engine import (
         Acquisition,
         AcquisitionFinished,
         AcquisitionPaused,
         AcquisitionStarted,
         FrameAcquired,
+        check_output_path,
         describe_ring_exposures,
     )
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.devices.micromanager import open_core
     from uafp_gui.io.dataset import read_dataset_meta
-
-    if args.simulate and args.mm_config is not None:
-        raise ConfigError("--simulate and --mm-config exclude each other")
-    from uafp_gui.acquisition.engine import check_output_path
 
     check_output_path(args.out, args.resume)  # before any device is opened or the camera runs
     stored_meta = None
@@ -311,6 +317,12 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(event.frames_present)
             elif isinstance(event, FrameAcquired):
                 bar.update(1)
+                if event.saturated_pixels:  # per frame, above the bar: clipped pixels are lost data
+                    bar.write(
+                        f"uafp acquire: warning: frame {event.index} (LEDs {[list(led) for led in event.spec.leds]}): "
+                        f"{event.saturated_pixels} pixels ({100 * event.saturated_fraction:.1f} %) saturated",
+                        file=sys.stderr,
+                    )
             elif isinstance(event, AcquisitionPaused):
                 bar.set_postfix_str("paused")
             elif isinstance(event, AcquisitionFinished):
@@ -336,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
         f"acquire: {finished.reason}: {finished.frames_written} of {finished.total} frames in {finished.path} "
         f"({finished.elapsed_s:.1f} s{overhead})"
     )
+    if finished.saturated_frames:
+        print(f"uafp acquire: warning: {finished.saturation_summary()}", file=sys.stderr)
     if simulation is not None:
         from uafp_gui.simulate import describe
 
@@ -344,21 +358,26 @@ def run(args: argparse.Namespace) -> int:
         print("acquire: run again with --resume to acquire the missing frames", file=sys.stderr)
         return 1
     if live is not None:
+        from types import SimpleNamespace
+
+        from uafp_gui.cli.progress import PhaseProgress
         from uafp_gui.recon.common import save_result
 
-        report = live.lag_report()
         planned = live.recon.settings.iterations if live.recon is not None else live.settings.iterations
-        with progress_bar(planned if args.iterations is None else args.iterations, "UA-FP",
-                          "iter") as recon_bar:
-            result = live.finish(args.iterations, progress=lambda update: recon_bar.update(1))
+        with PhaseProgress(planned if args.iterations is None else args.iterations) as progress:
+            if live.recon is not None:
+                live.recon.on_phase = progress.on_phase  # a start search still due runs now: shown
+            result = live.finish(args.iterations, progress=progress.iteration)
+        report = live.lag_report()  # after the final iterations: every frame has been used by then
         out = args.out.with_name(args.out.stem + "_result")
-        save_result(result, out)
+        save_result(result, out, report=True, report_dataset=SimpleNamespace(meta=acquisition.meta))
         geometry = result.geometry
         print(report.describe())
         print(
-            f"reconstruct: {result.iterations} iterations, final loss {result.final_loss:.4g}; LED shift "
+            f"reconstruct: {result.iterations} iterations ({report.updates} while acquiring, "
+            f"{result.iterations - report.updates} after), final loss {result.final_loss:.4g}; LED shift "
             f"({geometry.shift_x_mm:+.3f}, {geometry.shift_y_mm:+.3f}) mm, rotation {geometry.rotation_deg:+.3f} deg, "
-            f"height {geometry.height_mm:.2f} mm; wrote {out}/"
+            f"height {geometry.height_mm:.2f} mm; wrote {out}/ (with report.png)"
         )
     return 0
 

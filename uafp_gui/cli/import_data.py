@@ -10,7 +10,7 @@ from uafp_gui.errors import ConfigError
 
 _DESCRIPTION = """\
 Convert FP data from elsewhere into a uafp dataset (one multi-page TIFF with the metadata
-JSON embedded, spec/dataset.md) that `uafp reconstruct` and the GUI read.
+JSON embedded, docs/dataset_format.md) that `uafp reconstruct` and the GUI read.
 
   uafp import zheng MAT OUT.tif
       the public blood-smear capture (Smart Imaging Lab, bloodsmear_green.mat): 225 frames,

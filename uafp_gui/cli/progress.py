@@ -7,6 +7,57 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(total: int, description: str, unit: str = "it") -> tqdm:
+def progress_bar(total: int, description: str, unit: str = "it", initial: int = 0) -> tqdm:
     """A bar with ETA; appears only once the job has run for a second (`delay=1`)."""
-    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, delay=1.0, dynamic_ncols=True)
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, delay=1.0, dynamic_ncols=True,
+                initial=initial)
+
+
+class PhaseProgress:
+    """A reconstruction's progress, one bar per phase with its own ETA: the start-geometry fit, the
+    start search (`UafpReconstruction.on_phase`), then the iterations (`iteration(update)`).
+
+    Each bar starts when its phase does, so an ETA is never computed from the time another phase
+    took (a search of minutes before the first iteration must not read as hours for the rest).
+    """
+
+    def __init__(self, iterations: int, description: str = "UA-FP") -> None:
+        self.iterations = iterations
+        self.description = description
+        self.bar: tqdm | None = None
+        self.phase: str | None = None
+        self.first_iteration: int | None = None
+
+    def _switch(self, phase: str, total: int, unit: str, initial: int = 0) -> tqdm:
+        if self.phase != phase or self.bar is None:
+            self.close()
+            self.phase = phase
+            self.bar = progress_bar(total, phase, unit, initial)
+        return self.bar
+
+    def on_phase(self, phase: str, done: int, total: int) -> None:
+        """`UafpReconstruction.on_phase` callback (runs on the reconstruction's thread)."""
+        bar = self._switch(phase, total, "step" if "fitting" in phase else "probe")
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def iteration(self, update) -> None:
+        """Show a `ReconstructionUpdate` (the bar counts this run's iterations: `update.iteration` is cumulative)."""
+        if self.phase != self.description:
+            self.first_iteration = update.iteration - 1  # the iterations before this run's first
+            self._switch(self.description, self.iterations, "iter", initial=1)
+        else:
+            self.bar.update(update.iteration - self.first_iteration - self.bar.n)
+        self.bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> PhaseProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -6,9 +6,12 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
@@ -122,6 +125,19 @@ def check_output_folder(out: Path) -> None:
         raise ConfigError(f"cannot create result folder {out}: no write permission in {existing}")
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options' ranges, checked before torch loads (a typo fails in well under a second)."""
+    if args.upsample < 1:
+        raise ConfigError(f"--upsample {args.upsample}: give 1 or more object pixels per camera pixel")
+    for name in ("iterations", "batch_size", "pixel_integration"):
+        value = getattr(args, name)
+        smallest = 0 if name == "iterations" else 1
+        if value is not None and value < smallest:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be {smallest} or more")
+    if args.tv_weight < 0:
+        raise ConfigError(f"--tv-weight {args.tv_weight}: tv_weight must be 0 or more")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so a reconstruction ends the same way (last good state saved)."""
 
@@ -179,7 +195,7 @@ def run_keeping_the_last_good_state(recon, out: Path, dataset, report: bool = Tr
     """
     import sys
 
-    from uafp_gui.cli.progress import progress_bar
+    from uafp_gui.cli.progress import PhaseProgress
     from uafp_gui.errors import ReconstructionError
 
     def write_partial() -> object:
@@ -191,10 +207,10 @@ def run_keeping_the_last_good_state(recon, out: Path, dataset, report: bool = Tr
         return result
 
     try:
-        with _sigterm_as_interrupt(), progress_bar(recon.settings.iterations, "UA-FP", "iter") as bar:
+        with _sigterm_as_interrupt(), PhaseProgress(recon.settings.iterations) as progress:
+            recon.on_phase = progress.on_phase  # the start fit and search: a bar each, before the iterations
             for update in recon.run():
-                bar.update(update.iteration - bar.n)
-                bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
+                progress.iteration(update)
     except KeyboardInterrupt as interrupt:
         how = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
         recon.interrupted(f"interrupted by {how}")
@@ -227,21 +243,32 @@ def calibration_summary(result, meta) -> list[str]:
     lines = calibration_lines(result.geometry, result.zernike_rad, result.extra)
     z4 = result.zernike_rad.get(4, 0.0)
     defocus_um = defocus_um_from_z4(z4, meta.wavelength_um, meta.objective_na)
-    lines[0] = f"calibration: {lines[0]}; Zernike 4 (defocus) {z4:+.3f} rad = {defocus_um:+.1f} um"
+    # + 0.0: never print "-0.000" (classic FP fits no Zernike)
+    defocus = f"{z4 + 0.0:+.3f} rad = {round(defocus_um, 1) + 0.0:+.1f} um"
+    lines[0] = f"calibration: {lines[0]}; Zernike 4 (defocus) {defocus}"
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
-    from uafp_gui.cli.progress import progress_bar
+    # Arguments, paths and files first (numpy and tifffile only); torch loads once they are good.
     from uafp_gui.io.dataset import read_dataset
     from uafp_gui.io.result import load_calibration
-    from uafp_gui.recon.common import save_result
 
+    check_numbers(args)
+    out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
+    check_output_folder(out)
     dataset = read_dataset(args.dataset)
     check_partial(dataset, args.allow_partial)
     calibration = load_calibration(args.calibration) if args.calibration else None
-    out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
-    check_output_folder(out)
+    count, height, width = dataset.frames.shape
+    if sys.stderr.isatty():  # at once, before torch loads and the model is built (seconds): a first sign of life
+        print(f"uafp reconstruct: {args.dataset.name}: {count} frames of {height}x{width}, {args.method}; loading the "
+              "engine (progress bars with ETA follow; Ctrl-C stops and keeps the last good state)", file=sys.stderr,
+              flush=True)
+
+    from uafp_gui.cli.progress import progress_bar
+    from uafp_gui.recon.common import save_result
+
     if args.method == "classic":
         from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
 
@@ -267,6 +294,11 @@ def run(args: argparse.Namespace) -> int:
         f"{args.method}: {result.iterations} iterations in {result.elapsed_s:.1f} s, "
         f"data misfit {result.extra.get('data_misfit', float('nan')):.4g}"
     )
+    history = [float(v) for v in result.loss_history]
+    if args.method == "classic" and history and min(history) < 0.9 * history[-1]:
+        best = int(np.argmin(history)) + 1
+        print(f"classic: the misfit was lowest at iteration {best} ({min(history):.4g}); EPRY drifts after that "
+              f"(--iterations {best} stops there)")
     for line in calibration_summary(result, dataset.meta):
         print(line)
     if result.extra.get("at_bounds"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -55,8 +56,7 @@ def _parse_zernike(items: list[str]) -> dict[int, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uafp_gui.recon.common import resolve_device
-    from uafp_gui.simulate import PRESETS, describe, simulate, write_simulation
+    from uafp_gui.simulate import PRESETS
 
     settings = PRESETS[args.preset]
     changes = {}
@@ -75,8 +75,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"folder {args.out.parent} does not exist or is not a folder: create it first")
     if args.out.is_dir():
         raise ConfigError(f"{args.out} is a folder: give the dataset file to write, e.g. {args.out / 'run.tif'}")
+    from uafp_gui.recon.common import resolve_device  # torch loads here, after the checks
+    from uafp_gui.simulate import describe, simulate, write_simulation
+
     print(f"simulating {args.preset}: {describe(settings)}")
     simulation = simulate(settings, device=str(resolve_device(args.device)))
     truth = write_simulation(simulation, args.out)
     print(f"wrote {args.out} ({simulation.frames.shape[0]} frames) and ground truth {truth}/")
+    clipped = (simulation.frames >= 2**settings.bit_depth - 1).reshape(len(simulation.frames), -1)
+    if clipped.any():  # as the camera would: the reconstruction leaves those pixels out
+        print(f"uafp simulate: warning: {int(clipped.any(axis=1).sum())} of {len(clipped)} frames have saturated "
+              f"pixels (up to {100 * clipped.mean(axis=1).max():.1f} % of a frame) at {settings.photons_per_pixel:g} "
+              f"photons/px and {settings.bit_depth} bits; lower --photons-per-pixel for unclipped data",
+              file=sys.stderr)
     return 0

@@ -1,6 +1,6 @@
 """The LED-array interface the acquisition engine talks to, and its orientation mapping.
 
-An LED array is addressed in *image axes* (spec/dataset.md section 2): `(row, col)` with
+An LED array is addressed in *image axes* (docs/dataset_format.md section 2): `(row, col)` with
 row growing with the image y axis and col with x. The array's own wiring (row 0 is the
 first row along the LED strip) is mapped into those axes by an `Orientation` (flips and
 a transpose), so a dataset never has to know how the panel was mounted.

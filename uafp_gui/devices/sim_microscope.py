@@ -66,6 +66,9 @@ class CameraTimeout(DeviceError):
     """The camera did not deliver a frame in time."""
 
 
+DEFAULT_EXPOSURE_MS = 10.0  # the camera's exposure before anyone sets one (the plans' and live view's default)
+
+
 def default_simulation_settings() -> SimulationSettings:
     """The simulated microscope's defaults: the `misaligned` preset."""
     from uafp_gui.simulate import PRESETS
@@ -328,7 +331,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
         self.renderer = FpRenderer.shared(self.settings, device)
         self.leds = leds
         self.realtime = realtime
-        self._exposure_ms = float(self.settings.exposure_ms)
+        self._exposure_ms = DEFAULT_EXPOSURE_MS
         self._rng = np.random.default_rng(self.settings.seed + 1)
         self._full_scale = 2 ** int(self.settings.bit_depth) - 1
         self._timeout_after: int | None = None
@@ -578,7 +581,7 @@ def open_simulated_microscope(
     core.initializeDevice(CAMERA_LABEL)
     core.setCameraDevice(CAMERA_LABEL)
     attach_led_array(core, led_array)
-    core.setExposure(settings.exposure_ms)
+    core.setExposure(DEFAULT_EXPOSURE_MS)
     return core, led_array
 
 

@@ -125,6 +125,14 @@ class AcquisitionPanel(QWidget):
         # New text each tick must not re-lay out the window.
         self.eta.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.eta)
+        # Clipped pixels, frame by frame and in the run's summary (red in the thumbnails and live view).
+        self.saturation = QLabel("")
+        self.saturation.setObjectName("saturationWarning")
+        self.saturation.setStyleSheet("color: #c00000;")
+        self.saturation.setWordWrap(True)
+        self.saturation.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.saturation.setFixedHeight(2 * self.saturation.fontMetrics().lineSpacing() + 4)
+        layout.addWidget(self.saturation)
         self.thumbnails = QListWidget()
         self.thumbnails.setViewMode(QListView.ViewMode.IconMode)
         self.thumbnails.setFlow(QListView.Flow.LeftToRight)
@@ -187,6 +195,7 @@ class AcquisitionPanel(QWidget):
     def reset_progress(self, total: int) -> None:
         self.thumbnails.clear()
         self._pending_thumbnails.clear()
+        self.progress.setFormat("%v / %m frames" if total else "no frames open")
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.eta.setText("")

@@ -48,13 +48,21 @@ def create_window(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from uafp_gui.gui.display_check import display_problem
+
+    problem = display_problem()  # before Qt loads: Qt aborts (exit 134) where it cannot open a window
+    if problem is not None:
+        print(f"uafp-gui: error: {problem}", file=sys.stderr)
+        return 2
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("uafp")
     app.setApplicationName("uafp-gui")
+    splash = show_splash()
     window = create_window(args)
     window.show()
+    splash.finish(window)
     code = int(app.exec())
     window.shutdown()  # already done by closeEvent unless the app quit another way
     from uafp_gui.gui.workers import wait_for_detached
@@ -64,6 +72,32 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def show_splash():
+    """A small splash on screen at once (Qt alone has loaded), while the plotting library loads
+    and the window is built; torch loads later, off the UI thread."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
+    from PySide6.QtWidgets import QApplication, QSplashScreen
+
+    pixmap = QPixmap(460, 140)
+    pixmap.fill(QColor(250, 250, 250))
+    painter = QPainter(pixmap)
+    painter.setPen(QColor(60, 110, 200))
+    painter.drawRect(0, 0, pixmap.width() - 1, pixmap.height() - 1)
+    font = QFont()
+    font.setPointSize(16)
+    font.setBold(True)
+    painter.setFont(font)
+    painter.setPen(QColor(30, 30, 30))
+    painter.drawText(20, 50, "uafp - Fourier ptychographic microscope")
+    painter.end()
+    splash = QSplashScreen(pixmap)
+    splash.showMessage("Starting...", Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, QColor(80, 80, 80))
+    splash.show()
+    QApplication.processEvents()
+    return splash
 
 
 def main(argv: list[str] | None = None) -> int:

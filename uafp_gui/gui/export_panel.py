@@ -87,9 +87,14 @@ class ExportPanel(QWidget):
         self.recent.addItems(paths)
 
     def _browse_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Result folder", self.folder.text())
-        if folder:
-            self.folder.setText(folder)
+        """Pick an existing folder or type the name of a new one (Export creates it)."""
+        dialog = QFileDialog(self, "Result folder (an existing one, or type a new name)", self.folder.text())
+        dialog.setFileMode(QFileDialog.FileMode.AnyFile)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dialog.setLabelText(QFileDialog.DialogLabel.Accept, "Choose")
+        if dialog.exec() and dialog.selectedFiles():
+            self.folder.setText(dialog.selectedFiles()[0])
 
     def _export(self) -> None:
         text = self.folder.text().strip()

@@ -16,6 +16,19 @@ from PySide6.QtGui import QFont, QImage, QPixmap
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w", foreground="k")
 
+
+def _skip_matplotlib_leftovers() -> None:
+    """pyqtgraph's gradient editor (the live view's histogram) lists matplotlib's uncategorised
+    colormaps by importing matplotlib.pyplot when it is built: 2-3 s on the UI thread before the
+    window shows. Those leftovers are not offered (the categorised matplotlib maps still are)."""
+    from pyqtgraph.widgets import ColorMapMenu
+
+    if hasattr(ColorMapMenu, "find_mpl_leftovers"):
+        ColorMapMenu.find_mpl_leftovers = lambda: []
+
+
+_skip_matplotlib_leftovers()
+
 __all__ = ["CYCLIC_PHASE", "DIVERGING_PHASE", "ImagePlot", "PhaseView", "gray_pixmap", "percentile_levels",
            "phase_view"]
 
@@ -123,13 +136,18 @@ class ImagePlot(pg.PlotItem):
             self._shape = array.shape
             self.setRange(xRange=(0, array.shape[1]), yRange=(0, array.shape[0]), padding=0)
 
+    def clear_image(self) -> None:
+        self.image.clear()
+        self.caption.setText("")
+
     def show_phase(self, view: PhaseView) -> None:
         self.set_colormap(view.colormap)
         self.show_array(view.image, view.levels, view.caption)
 
 
 def gray_pixmap(image: np.ndarray) -> QPixmap:
-    """A pixmap of an 8-bit grayscale array (`jobs.frame_thumbnail`): no arithmetic here."""
+    """A pixmap of an 8-bit grey (H, W) or RGB (H, W, 3) array (`jobs.frame_thumbnail`): no arithmetic here."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    qimage = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], QImage.Format.Format_Grayscale8)
+    kind = QImage.Format.Format_RGB888 if image.ndim == 3 else QImage.Format.Format_Grayscale8
+    qimage = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], kind)
     return QPixmap.fromImage(qimage.copy())

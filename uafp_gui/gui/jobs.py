@@ -28,10 +28,12 @@ from uafp_gui.errors import ReconstructionError
 __all__ = [
     "AcquiredFrame",
     "FramePreview",
+    "JobProgress",
     "ReconJob",
     "acquisition_events",
     "autosave_folder_for",
     "camera_stream",
+    "format_duration",
     "frame_preview",
     "geometry_led_positions_mm",
     "open_devices",
@@ -71,6 +73,8 @@ class FramePreview:
     mean: float
     saturated: int  # pixels at or above `full_scale`
     full_scale: int
+    overlay: np.ndarray | None = None  # RGBA uint8 on the display grid: clipped pixels red, the rest clear
+    pixels: int = 0  # pixels in the frame (for the clipped share)
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,35 @@ def _strided(frame: np.ndarray, size: int) -> np.ndarray:
     return frame[::step, ::step]
 
 
-def frame_thumbnail(frame: np.ndarray, size: int = THUMBNAIL_PX) -> np.ndarray:
-    """An 8-bit preview (display only; the data keeps its bit depth), at most `size` px a side."""
+SATURATED_RGB = (255, 0, 0)  # clipped pixels, in thumbnails and over the live view
+
+
+def frame_thumbnail(frame: np.ndarray, size: int = THUMBNAIL_PX, full_scale: float | None = None) -> np.ndarray:
+    """An 8-bit RGB preview (display only; the data keeps its bit depth), at most `size` px a side; pixels
+    at `full_scale` (clipped by the camera) are red, the rest grey."""
     small = np.asarray(_strided(np.asarray(frame), size), dtype=np.float32)
     low, high = np.percentile(small, (1, 99.8)) if small.size else (0.0, 1.0)
-    scaled = np.clip((small - low) * (255.0 / max(float(high - low), 1e-9)), 0, 255)
-    return np.ascontiguousarray(scaled.astype(np.uint8))
+    scaled = np.clip((small - low) * (255.0 / max(float(high - low), 1e-9)), 0, 255).astype(np.uint8)
+    rgb = np.repeat(scaled[..., None], 3, axis=2)
+    if full_scale is not None:
+        rgb[small >= full_scale] = SATURATED_RGB
+    return np.ascontiguousarray(rgb)
+
+
+def dataset_full_scale(meta: Any) -> float | None:
+    """The counts at which a dataset's camera clipped (from its bit depth), or None when not recorded."""
+    bit_depth = getattr(meta, "bit_depth", None)
+    return float(2 ** int(bit_depth) - 1) if bit_depth else None
+
+
+def saturation_overlay(display: np.ndarray, full_scale: float) -> np.ndarray | None:
+    """RGBA over `display`: opaque red where clipped, transparent elsewhere; None when nothing clipped."""
+    clipped = display >= full_scale
+    if not clipped.any():
+        return None
+    overlay = np.zeros((*display.shape, 4), dtype=np.uint8)
+    overlay[clipped] = (*SATURATED_RGB, 255)
+    return overlay
 
 
 def frame_preview(frame: np.ndarray, full_scale: int, display_px: int = DISPLAY_PX) -> FramePreview:
@@ -115,6 +142,8 @@ def frame_preview(frame: np.ndarray, full_scale: int, display_px: int = DISPLAY_
         mean=float(frame.mean()),
         saturated=int(np.count_nonzero(frame >= full_scale)),
         full_scale=int(full_scale),
+        overlay=saturation_overlay(display, full_scale),
+        pixels=int(frame.size),
     )
 
 
@@ -186,7 +215,7 @@ def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale
                 if now - last_preview >= PREVIEW_INTERVAL_S or event.index == event.total - 1:
                     preview = frame_preview(event.frame, full_scale)
                     last_preview = now
-                event = AcquiredFrame(event, frame_thumbnail(event.frame), preview)
+                event = AcquiredFrame(event, frame_thumbnail(event.frame, full_scale=full_scale), preview)
             yield event
     finally:
         if job is not None:
@@ -226,6 +255,37 @@ def geometry_led_positions_mm(
     return nominal, estimated
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a `ReconJob` is: `phase` ("waiting", a `UafpReconstruction` PHASE_* name, or "iterating"),
+    `done` of `total` steps of it, since `started` (perf_counter). For the view's progress and ETA."""
+
+    phase: str
+    done: int
+    total: int
+    started: float
+    first_done: int = 0  # steps already done when `started` was taken (the ETA rate excludes them)
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds left at this phase's own pace; None until a step beyond the first has been timed."""
+        timed = self.done - self.first_done
+        if timed <= 0 or self.total <= self.done:
+            return None if self.total > self.done else 0.0
+        return (now - self.started) / timed * (self.total - self.done)
+
+
+def format_duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min: a duration a person reads at a glance."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 class ReconJob:
     """One UA-FP reconstruction, built on the worker thread and kept between runs.
 
@@ -262,6 +322,10 @@ class ReconJob:
         self._waiting: list[tuple[int, np.ndarray]] = []
         self.arrivals: dict[int, float] = {}
         self.history: list[tuple[int, float, float, float, float]] = []  # iteration, shift x/y, rotation, height
+        # What the job is doing now, for the view (read on the UI thread; replaced, never mutated):
+        self.progress = JobProgress("waiting", 0, 0, time.perf_counter())
+        self.run_first_iteration = 0
+        self.run_target = 0
         # Whatever ends a run (it completes, Stop, quit, divergence, an engine failure), the last good
         # state is written here as a complete result folder (calibration.json says if it is partial).
         self.autosave_folder: Path | None = None
@@ -307,13 +371,27 @@ class ReconJob:
         )
         if self.dataset is not None:
             recon.add_frames(self.dataset.frames, 0)
+        recon.on_phase = self._on_phase
         with self._lock:
             self.recon = recon
             waiting, self._waiting = self._waiting, []
         for index, frame in waiting:
             recon.add_frames(frame[None], index)
 
+    def _on_phase(self, phase: str, done: int, total: int) -> None:
+        """`UafpReconstruction.on_phase`: the start fits and search, before the first iteration."""
+        current = self.progress
+        started = current.started if current.phase == phase else time.perf_counter()
+        self.progress = JobProgress(phase, done, total, started)
+
     def _record(self, update: Any) -> Any:
+        progress = self.progress
+        if progress.phase != "iterating":
+            self.progress = JobProgress("iterating", update.iteration - self.run_first_iteration, self.run_target
+                                        - self.run_first_iteration, time.perf_counter(), first_done=1)
+        else:
+            self.progress = JobProgress("iterating", update.iteration - self.run_first_iteration, self.run_target
+                                        - self.run_first_iteration, progress.started, first_done=progress.first_done)
         g = update.geometry
         self.history.append((update.iteration, g.shift_x_mm, g.shift_y_mm, g.rotation_deg, g.height_mm))
         return update
@@ -329,6 +407,8 @@ class ReconJob:
             if self.cancel.is_set() or not self.acquiring.is_set():
                 return
         self._build()
+        self.run_first_iteration = self.recon.iteration
+        self.run_target = self.recon.iteration + (self.settings.iterations if iterations is None else iterations)
         try:
             yield from self._iterate(iterations)
         finally:
@@ -353,6 +433,9 @@ class ReconJob:
         if self.recon.frames_available == 0:
             raise ReconstructionError("no frame was acquired: nothing to reconstruct")
         target = self.settings.iterations if iterations is None else iterations
+        # The iterations after the acquisition: what the view counts ("iteration k of n") and times.
+        self.run_first_iteration, self.run_target = self.recon.iteration, self.recon.iteration + target
+        self.progress = JobProgress("waiting", 0, 0, time.perf_counter())
         for update in self.recon.run(iterations=target, cancel=self.cancel):
             yield self._record(update)
         if self.recon.failed:  # diverged: the engine's fault (the state is the last good one, and saved)
@@ -362,7 +445,7 @@ class ReconJob:
         """Write the last good state to `autosave_folder`; a failure to write is kept, not raised (the
         run's own outcome matters more), and shown by the window."""
         self.autosaved = self.autosave_error = None
-        if self.autosave_folder is None or self.recon is None or self.recon.object is None:
+        if self.autosave_folder is None or self.iterations_done == 0 or self.recon.object is None:  # nothing made
             return
         if self.recon.stop_reason is None:  # ended from outside mid-run (quit): still the last good state
             self.recon.interrupted("the application stopped the run")
@@ -373,6 +456,11 @@ class ReconJob:
 
     def stop(self) -> None:
         self.cancel.set()
+
+    @property
+    def iterations_done(self) -> int:
+        """Iterations the reconstruction has made (0: stopped before its first, nothing to show or export)."""
+        return 0 if self.recon is None else int(self.recon.iteration)
 
     # ---- after a run (worker thread) -------------------------------------------------------
     def result(self) -> Any:

@@ -39,6 +39,9 @@ class LiveViewPanel(QWidget):
         self.view = self.graphics.addViewBox(lockAspect=True, invertY=True)
         self.image = pg.ImageItem()
         self.view.addItem(self.image)
+        self.saturation = pg.ImageItem()  # clipped pixels in red over the frame (FramePreview.overlay)
+        self.saturation.setZValue(1)
+        self.view.addItem(self.saturation)
         self.histogram = pg.HistogramLUTWidget(image=self.image)
         # The histogram comes with each preview (worker side), not from the image on every change.
         self.image.sigImageChanged.disconnect(self.histogram.item.imageChanged)
@@ -64,8 +67,10 @@ class LiveViewPanel(QWidget):
         controls.addStretch(1)
         layout.addLayout(controls)
         self.info = QLabel("No image")
-        # New text each frame must not re-lay out the window.
-        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # New text each frame must not re-lay out the window; two lines, so nothing is cut off.
+        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.info.setFixedHeight(2 * self.info.fontMetrics().lineSpacing() + 4)
+        self.info.setWordWrap(True)
         self._info_saturated = False
         layout.addWidget(self.info)
         self.full_scale = 65535
@@ -85,6 +90,16 @@ class LiveViewPanel(QWidget):
     def set_bit_depth(self, bits: int) -> None:
         self.full_scale = 2 ** int(bits) - 1
 
+    def clear(self, text: str = "No image") -> None:
+        """Show no frame (what was shown belongs to something no longer open)."""
+        self.image.clear()
+        self.saturation.setVisible(False)
+        self.histogram.item.plot.setData([], [])
+        if self._info_saturated:
+            self._info_saturated = False
+            self.info.setStyleSheet("")
+        self.info.setText(text)
+
     def show_frame(self, frame: np.ndarray, caption: str = "") -> None:
         """Show a raw frame (computes its preview here: for one-off frames, not for streams)."""
         self.show_preview(frame_preview(frame, self.full_scale), caption)
@@ -92,6 +107,11 @@ class LiveViewPanel(QWidget):
     def show_preview(self, preview: FramePreview, caption: str = "") -> None:
         auto = self._first or self.auto_levels.isChecked()
         self.image.setImage(preview.display, autoLevels=False)
+        if preview.overlay is not None:
+            self.saturation.setImage(preview.overlay, levels=(0, 255), autoLevels=False)
+            self.saturation.setVisible(True)
+        else:
+            self.saturation.setVisible(False)
         centres, counts = preview.histogram
         self.histogram.item.plot.setData(centres, counts)
         if auto:
@@ -104,7 +124,8 @@ class LiveViewPanel(QWidget):
             self._info_saturated = saturated
             self.info.setStyleSheet("color: white; background: #c00000;" if saturated else "")
         if saturated:
-            text = f"SATURATED: {preview.saturated} pixels at full scale ({preview.full_scale}). {text}"
+            share = 100 * preview.saturated / max(preview.pixels, 1)
+            text = f"SATURATED (red): {preview.saturated} px ({share:.1f} %) at {preview.full_scale}\n{text}"
         self.info.setText(text)
 
     @property

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QPaintEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMenu, QWidget
 
 from uafp_gui.errors import ConfigError, UafpError
@@ -28,6 +28,8 @@ from uafp_gui.gui.jobs import (
     acquisition_events,
     autosave_folder_for,
     camera_stream,
+    dataset_full_scale,
+    format_duration,
     frame_preview,
     frame_thumbnail,
     open_devices,
@@ -61,15 +63,19 @@ class MainWindow(QMainWindow):
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
-        from uafp_gui.devices.sim_microscope import default_simulation_settings
-
-        warm_up_solver()
         self.setWindowTitle("uafp - Fourier ptychographic microscope")
         self.setAcceptDrops(True)
         self.settings = settings if settings is not None else QSettings("uafp", "uafp-gui")
-        self.simulation = simulation or default_simulation_settings()
+        if simulation is None:  # the simulated microscope's default (uafp_gui.devices.sim_microscope)
+            from uafp_gui.simulate import PRESETS
+
+            simulation = PRESETS["misaligned"]
+        self.simulation = simulation
         self.devices = TaskRunner("devices", self)
         self.io = TaskRunner("io", self)
+        self.engine_loader = TaskRunner("engine", self)
+        self.engine_ready = False
+        self._after_engine: Any = None  # what the user asked for while the engine was loading
         self.core: Any = None
         self.led_array: Any = None
         self.device_microscope: Any = None  # the simulation's nominal microscope, or None for hardware
@@ -84,6 +90,7 @@ class MainWindow(QMainWindow):
         self.calibration: Any = None
         self.last_export: Path | None = None
         self.updates_drawn = 0
+        self.saturated_frames = 0  # frames of the running acquisition with clipped pixels
         self.frame_lags_s: list[float] = []
         self._lag_counted = 0
         self._closing = False
@@ -124,12 +131,39 @@ class MainWindow(QMainWindow):
         self.timer.setInterval(REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
         self.timer.start()
-        if connect_on_start:
+        self._connect_on_start = connect_on_start
+        self._probe_on_start = probe_hardware
+        self._started = False
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt API
+        super().paintEvent(event)
+        if not self._started:  # after the first paint: the window is on screen before anything heavy loads
+            self._started = True
+            QTimer.singleShot(0, self._start_background_work)
+
+    def _start_background_work(self) -> None:
+        """torch and the solver's lazily loaded parts load off the UI thread; the simulated
+        microscope connects (and the LED array is looked for) on the devices thread."""
+        if self._closing:
+            return
+        self._load_engine()
+        if self._connect_on_start:
             self.connect_simulated(startup=True)
-            if probe_hardware:
+            if self._probe_on_start:
                 self._probe_hardware()
 
     # ------------------------------------------------------------------ construction
+    def _load_engine(self) -> None:
+        def loaded(_: object) -> None:
+            self.engine_ready = True
+            self.recon_panel.engine_loaded()
+            waiting, self._after_engine = self._after_engine, None
+            if waiting is not None:
+                waiting()
+
+        self.engine_loader.submit(warm_up_solver, loaded,
+                                  lambda error: self.error("Cannot load the reconstruction engine", error))
+
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self._action(
@@ -360,6 +394,8 @@ class MainWindow(QMainWindow):
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error("Cannot start the acquisition", ConfigError("a reconstruction is running: stop it first"))
             return
+        if self.acquisition_panel.reconstruct_live.isChecked() and self._engine_loading(self.start_acquisition):
+            return
         from uafp_gui.acquisition.engine import Acquisition
 
         try:
@@ -427,15 +463,27 @@ class MainWindow(QMainWindow):
                     event = item.event
                     panel.queue_thumbnail(event.index, item.thumbnail, event.spec.leds)
                     last_frame = event
+                    if event.saturated_pixels:  # per frame: clipped pixels are lost data
+                        self.saturated_frames += 1
+                        panel.saturation.setText(
+                            f"Saturated: frame {event.index} has {event.saturated_pixels} clipped pixels "
+                            f"({100 * event.saturated_fraction:.1f} %); {self.saturated_frames} frames so far. "
+                            "Shorten the exposure or use auto exposure.")
                     if item.preview is not None:
                         last_preview = (event, item.preview)
                 elif isinstance(item, AcquisitionStarted):
                     panel.reset_progress(item.total)
+                    self.saturated_frames = 0
+                    panel.saturation.setText("")
                 elif isinstance(item, AcquisitionPaused):
                     self.status(f"Paused before frame {item.next_index} of {item.total}", 0)
                 elif isinstance(item, AcquisitionFinished):
+                    summary = item.saturation_summary()
                     self.status(f"Acquisition {item.reason}: {item.frames_written} of {item.total} frames in "
-                                f"{item.path} ({item.elapsed_s:.1f} s)", 0)
+                                f"{item.path} ({item.elapsed_s:.1f} s)" + (f". Warning: {summary}" if summary else ""),
+                                0)
+                    if summary:
+                        panel.saturation.setText(f"Warning: {summary}.")
             if last_frame is not None:
                 panel.show_progress(last_frame.done, last_frame.total, last_frame.elapsed_s, last_frame.eta_s)
                 self.led_map.set_lit(last_frame.spec.leds)
@@ -450,9 +498,20 @@ class MainWindow(QMainWindow):
         self.frame_lags_s = []
         self._lag_counted = 0
 
+    def _engine_loading(self, then) -> bool:
+        """True (and `then` runs once it has loaded) while torch is still loading: importing it here
+        would freeze the window until the loader thread is done."""
+        if self.engine_ready:
+            return False
+        self._after_engine = then
+        self.status("Loading the reconstruction engine: this starts as soon as it is ready", 0)
+        return True
+
     def start_reconstruction(self) -> None:
         """Start UA-FP on the opened dataset, or continue the current reconstruction."""
         if self.recon_worker is not None and self.recon_worker.isRunning():
+            return
+        if self._engine_loading(self.start_reconstruction):
             return
         try:
             settings = self.recon_panel.settings()
@@ -460,7 +519,7 @@ class MainWindow(QMainWindow):
             self.error("Invalid reconstruction settings", error)
             return
         job = self.recon_job
-        if job is None or job.recon is None:
+        if job is None or job.iterations_done == 0:  # nothing made yet: a new run, with the settings shown
             if self.dataset is None:
                 self.error("Nothing to reconstruct", ConfigError(
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
@@ -476,12 +535,15 @@ class MainWindow(QMainWindow):
         worker.failed.connect(lambda error: self.error("Reconstruction failed", error))
         worker.ended.connect(self._recon_ended)
         self.recon_worker = worker
-        self.recon_panel.set_running(True, has_state=True)
+        self.recon_panel.set_running(True, has_state=job.iterations_done > 0)
+        self.recon_panel.show_status("Starting the reconstruction...")
         worker.start()
 
     def stop_reconstruction(self) -> None:
-        if self.recon_worker is not None:
+        if self.recon_worker is not None and self.recon_worker.isRunning():
             self.recon_worker.stop()
+            self.recon_panel.stop_button.setEnabled(False)  # acts at the next mini-batch or iteration
+            self.recon_panel.show_status("Stopping...")
 
     @staticmethod
     def autosave_folder(dataset_path: Path | None) -> Path:
@@ -493,11 +555,25 @@ class MainWindow(QMainWindow):
         self._draw_recon()
         self.recon_panel.flush()
         job = self.recon_job
-        self.recon_panel.set_running(False, has_state=job is not None and job.recon is not None)
+        done = job.iterations_done if job is not None else 0
+        self.recon_panel.set_running(False, has_state=done > 0)
         if job is None or job.recon is None:
             return
         recon = job.recon
-        self.recon_panel.show_ending(recon.stop_reason, recon.partial, job.autosaved)
+        saved = f"; its last good state is saved in {job.autosaved}" if job.autosaved is not None else ""
+        more = self.recon_panel.iterations.value()
+        if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
+            self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
+                                         "Reconstruct to start again.", "")
+        elif recon.iteration >= job.run_target and not recon.partial:
+            live = job.run_first_iteration  # made while the frames were arriving (a live acquisition)
+            split = f" ({live} while frames arrived, {done - live} after)" if live else ""
+            self.recon_panel.show_status(f"Finished: {done} iterations{split} in {format_duration(recon.elapsed_s)}"
+                                         f"{saved}. Continue runs {more} more; Export writes the result.")
+        else:
+            why = f"PARTIAL: {recon.stop_reason}" if recon.partial else (recon.stop_reason or "stopped")
+            self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target} ({why}){saved}. "
+                                         f"Continue runs {more} more; Export writes this state.")
         if job.last_result is not None:
             self.recon_panel.show_calibration(job.last_result.calibration())
         if job.autosave_error is not None:
@@ -506,17 +582,39 @@ class MainWindow(QMainWindow):
             kind = f"partial ({recon.stop_reason})" if recon.partial else "complete"
             self.status(f"Reconstruction {kind}: its last good state is saved in {job.autosaved}", 15000)
 
+    def _progress_text(self, job: ReconJob) -> str:
+        """What the reconstruction is doing, how far it is and (once a step is timed) how long is left."""
+        progress = job.progress
+        now = time.perf_counter()
+        if progress.phase == "waiting":
+            return "Starting the reconstruction..."
+        if progress.phase == "iterating":
+            if job.acquiring.is_set():
+                return f"Iteration {job.iterations_done} (refining while frames arrive)"
+            text = f"Iteration {job.iterations_done} of {job.run_target}"
+        else:
+            from uafp_gui.recon.uafp import PHASE_START_SEARCH
+
+            at_most = "at most " if progress.phase == PHASE_START_SEARCH and progress.total > 5 else ""
+            text = f"{progress.phase[:1].upper()}{progress.phase[1:]}: {progress.done} of {at_most}{progress.total}"
+        eta = progress.eta_s(now)
+        return text + (f", about {format_duration(eta)} left" if eta else "")
+
     def _draw_recon(self) -> None:
         if self.recon_worker is None:
             return
+        job = self.recon_job
         update, fresh = self.recon_worker.latest()
         if not fresh or update is None:
             self.recon_panel.flush()  # the plots of the update drawn on the previous tick
+            if job is not None and self.recon_worker.isRunning() and not self.recon_worker.stopping:
+                self.recon_panel.show_status(self._progress_text(job))
             return
-        job = self.recon_job
         # Images now, plots on the next tick: each repaint stays short.
-        self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True)
+        progress = self._progress_text(job) if job is not None else None
+        self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True, progress=progress)
         self.led_map.set_geometry(update.geometry)
+        self.recon_panel.set_arrow_magnify(self.led_map.magnify)
         self.updates_drawn += 1
         if job is not None:  # frame -> display lag: first drawn update that used each frame
             now = time.perf_counter()
@@ -541,7 +639,7 @@ class MainWindow(QMainWindow):
             self.error(title, ConfigError("the reconstruction is still running: press Stop (or wait for it) first"))
             return None
         job = self.recon_job
-        if job is None or job.recon is None or job.recon.object is None:
+        if job is None or job.iterations_done == 0 or job.recon.object is None:
             self.error(title, ConfigError("there is no reconstruction yet: acquire or open a dataset and reconstruct"))
             return None
         return job
@@ -612,8 +710,9 @@ class MainWindow(QMainWindow):
             from uafp_gui.io.dataset import read_dataset
 
             dataset = read_dataset(path)
-            thumbnails = [frame_thumbnail(frame) for frame in dataset.frames[:MAX_THUMBNAILS]]
-            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], full_scale)
+            clipped_at = dataset_full_scale(dataset.meta)  # the camera's, when the dataset records its bit depth
+            thumbnails = [frame_thumbnail(frame, full_scale=clipped_at) for frame in dataset.frames[:MAX_THUMBNAILS]]
+            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], clipped_at or full_scale)
 
         def opened(content: tuple) -> None:
             if content[0] == "result":
@@ -624,17 +723,28 @@ class MainWindow(QMainWindow):
         self.io.submit(read, opened, lambda error: self.error(f"Cannot open the {kind[0]}", error))
 
     def _show_result(self, path: Path, result: Any, spectrum: np.ndarray) -> None:
-        self.recon_panel.show_result(result, spectrum)
+        """Show an opened result folder, and nothing of what was open before: the previous dataset's
+        frames and reconstruction leave the views (the result on disk is what Export would give)."""
+        self._set_recon_job(None)
+        self.recon_worker = None
+        self.dataset = None
+        self.recon_panel.set_running(False, has_state=False)
+        self.acquisition_panel.reset_progress(0)
+        self.live_view.clear(f"{path.name}: a result folder (no raw frames)")
         self.led_map.set_geometry(result.calibration.led_geometry)
+        self.recon_panel.show_result(result, spectrum, arrow_magnify=self.led_map.magnify)
         self._add_recent(path)
-        self.status(f"Opened result {path}")
+        self.status(f"Opened result {path}" + (f" (from {result.calibration.source_dataset})"
+                                              if result.calibration.source_dataset else ""))
 
     def _show_dataset(self, path: Path, dataset: Any, thumbnails: list[np.ndarray], preview: Any) -> None:
         from uafp_gui.acquisition.plan import MicroscopeDescription
 
         self.dataset = dataset
         self._set_recon_job(None)
+        self.recon_worker = None
         self.recon_panel.set_running(False, has_state=False)
+        self.recon_panel.clear(f"No reconstruction of {path.name} yet: press Reconstruct")
         meta = dataset.meta
         self.recon_panel.led_pitch_mm = meta.led_pitch_mm
         try:
@@ -749,7 +859,7 @@ class MainWindow(QMainWindow):
         self.core = self.led_array = None
         if led_array is not None:
             self.devices.submit(led_array.close)
-        for runner in (self.io, self.devices):
+        for runner in (self.io, self.devices, self.engine_loader):  # the loader: torch may still be loading
             runner.mute()
             runner.shutdown(timeout_s=max(0.2, deadline - time.monotonic()))
         self._save_settings()

@@ -8,6 +8,8 @@ calls it from a timer (a few times a second) with the newest update only.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
@@ -87,7 +89,8 @@ class ReconPanel(QWidget):
         self._pitch_found: tuple[int, float | None] = (-1, None)
         self._led_bounds: tuple[float, ...] = ()
 
-        self.zernike = plot_row.addPlot(0, 0, title="Zernike (rad, Noll j)")
+        self.zernike = plot_row.addPlot(0, 0, title="Zernike (rad)")
+        self.zernike.setLabel("bottom", "Noll j")
         self.zernike_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=(60, 110, 200), pen=None)
         self.zernike.addItem(self.zernike_bars)
         self.gains = plot_row.addPlot(0, 1, title="frame gains")
@@ -98,14 +101,14 @@ class ReconPanel(QWidget):
         self.loss = plot_row.addPlot(0, 2, title="loss (log10)")
         self.loss.setLabel("bottom", "iteration")
         self.loss_curve = self.loss.plot(pen=pg.mkPen((200, 60, 0), width=2))
-        self.traces = plot_row.addPlot(0, 3, title="LED geometry (mm, deg)")
+        self.traces = plot_row.addPlot(0, 3, title="LED geometry")
         self.traces.addLegend(offset=(2, 2), labelTextSize="7pt", colCount=2, brush=pg.mkBrush(255, 255, 255, 200))
         self.traces.setLabel("bottom", "iteration")
         self.trace_curves = {  # key: what it is; legend: short, so it hides little of the plot
-            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="x"),
-            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="y"),
-            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rot"),
-            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="h - h0"),
+            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="x mm"),
+            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="y mm"),
+            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rot deg"),
+            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="h-h0 mm"),
         }
         for col, plot in enumerate((self.zernike, self.gains, self.loss, self.traces)):
             plot.setPreferredSize(150, 150)
@@ -130,9 +133,13 @@ class ReconPanel(QWidget):
         self.stop_button.clicked.connect(self.stop_requested)
         controls.addWidget(self.start_button)
         controls.addWidget(self.stop_button)
+        # Two lines (progress; what the current state says), fixed height: new text each update
+        # must not re-lay out the window, and nothing is cut off at a usual window width.
         self.status = QLabel("No reconstruction yet")
-        # New text each update must not re-lay out the window.
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.setObjectName("reconStatus")
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.status.setFixedHeight(2 * self.status.fontMetrics().lineSpacing() + 4)
+        self.status.setWordWrap(True)
         controls.addWidget(self.status, 1)
         layout.addLayout(controls)
         # The calibration with its error bars once a run has reached a solution (or a result is opened).
@@ -163,14 +170,27 @@ class ReconPanel(QWidget):
             box = QCheckBox(f"learn {label}")
             self.learn[name] = box
             grid.addWidget(box, 1 + k // 3, 2 * (k % 3), 1, 2)
-        from uafp_gui.recon.uafp import UafpSettings
-
-        self.show_settings(UafpSettings())
+        # The engine's defaults fill these once it has loaded (`engine_loaded`): torch is not
+        # imported on the UI thread before the window shows.
+        self._defaults_shown = False
+        self._state_text = ""
+        self._fixed_magnify: float | None = None
         layout.addWidget(settings)
         self.set_running(False, has_state=False)
+        self.show_status("Loading the reconstruction engine...")
 
     # ---- settings --------------------------------------------------------------------------
+    def engine_loaded(self) -> None:
+        """The solver is importable without a wait: show its default settings."""
+        if not self._defaults_shown:
+            from uafp_gui.recon.uafp import UafpSettings
+
+            self.show_settings(UafpSettings())
+        if self.status.text() == "Loading the reconstruction engine...":
+            self.show_status("No reconstruction yet")
+
     def show_settings(self, settings) -> None:
+        self._defaults_shown = True
         self.upsample.setValue(settings.upsample)
         from uafp_gui.recon.uafp import default_iterations
 
@@ -183,6 +203,8 @@ class ReconPanel(QWidget):
         """`UafpSettings` from the controls (other fields from `base`)."""
         from uafp_gui.recon.uafp import UafpSettings
 
+        if not self._defaults_shown:
+            self.engine_loaded()
         base = base or UafpSettings()
         changes = {name: box.isChecked() for name, box in self.learn.items()}
         settings = base.replace(
@@ -213,18 +235,47 @@ class ReconPanel(QWidget):
         self.pupil_amplitude.show_array(amplitude)
         self.pupil_phase.show_phase(phase_view(phase, support, central=1.0))
 
-    def show_update(self, update, history=(), defer_plots: bool = False) -> None:
+    def show_status(self, progress: str, state: str | None = None) -> None:
+        """The status lines: `progress` (what runs, how far, ETA) and `state` (what is shown);
+        without `state` the last one stays."""
+        if state is not None:
+            self._state_text = state
+        text = progress if not self._state_text else f"{progress}\n{self._state_text}"
+        if text != self.status.text():
+            self.status.setText(text)
+
+    @staticmethod
+    def describe_state(update) -> str:
+        g = update.geometry
+        return (
+            f"loss {update.loss:.4g} · {update.frames_used} frames · LED shift ({signed(g.shift_x_mm)}, "
+            f"{signed(g.shift_y_mm)}) mm, rotation {signed(g.rotation_deg)} deg, height {g.height_mm:.1f} mm"
+        )
+
+    def clear(self, text: str = "No reconstruction yet") -> None:
+        """Empty every view: nothing on screen belongs to a dataset or result that is not open."""
+        for plot in (self.amplitude, self.phase, self.spectrum, self.pupil_amplitude, self.pupil_phase):
+            plot.clear_image()
+        for item in (self.nominal_points, self.estimated_points):
+            item.setData(pos=np.empty((0, 2)))
+        self.misalignment_arrows.setData([], [])
+        self.zernike_bars.setOpts(x=[], height=[])
+        self.gain_bars.setOpts(x=[], height=[])
+        self.loss_curve.setData([], [])
+        for curve in self.trace_curves.values():
+            curve.setData([], [])
+        self._pending = None
+        self._state_text = ""
+        self.calibration.setText("")
+        self.show_status(text)
+
+    def show_update(self, update, history=(), defer_plots: bool = False, progress: str | None = None) -> None:
         """Draw `update`; with `defer_plots` the images now and the plots at `flush()`."""
         self.amplitude.show_array(update.amplitude)
         self.phase.show_phase(phase_view(update.phase))
         self.spectrum.show_array(update.log_spectrum)
         self._show_pupil(update.pupil_amplitude, update.pupil_phase)
-        g = update.geometry
-        self.status.setText(
-            f"iteration {update.iteration}  loss {update.loss:.4g}  frames {update.frames_used}  "
-            f"shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm  rot {g.rotation_deg:+.2f} deg  "
-            f"h {g.height_mm:.1f} mm  {update.elapsed_s:.1f} s"
-        )
+        self.show_status(progress or f"iteration {update.iteration}", self.describe_state(update))
         self._pending = (update, history)
         if not defer_plots:
             self.flush()
@@ -243,7 +294,7 @@ class ReconPanel(QWidget):
             data = np.asarray(history, dtype=float)
             columns = (data[:, 1], data[:, 2], data[:, 3], data[:, 4] - data[0, 4])
             for curve, values in zip(self.trace_curves.values(), columns, strict=True):
-                curve.setData(data[:, 0], values)
+                curve.setData(data[:, 0], values, symbol=None)
 
     def _show_zernike(self, zernike_rad) -> None:
         indices = sorted(j for j in zernike_rad if j >= 2)
@@ -273,6 +324,8 @@ class ReconPanel(QWidget):
             pitch_mm = self._pitch_found[1]
         largest = float(np.abs(displacement).max()) if displacement.size else 0.0
         magnify = 1.0 if largest == 0 or pitch_mm is None else max(1.0, round(0.5 * pitch_mm / largest))
+        if self._fixed_magnify:
+            magnify = self._fixed_magnify
         heads = nominal + displacement * magnify
         self.nominal_points.setData(pos=nominal)
         self.estimated_points.setData(pos=heads)
@@ -291,15 +344,6 @@ class ReconPanel(QWidget):
             self.misalignment_magnify = magnify
             self.misalignment_legend.getLabel(self.misalignment_arrows).setText(self._arrow_label(magnify))
 
-    def show_ending(self, stop_reason: str | None, partial: bool, saved_to=None) -> None:
-        """Say how the run ended (a partial state says why) and where its last good state was saved."""
-        if stop_reason is None:
-            return
-        text = self.status.text().split("  |  ")[0]
-        ending = f"PARTIAL: {stop_reason}" if partial else stop_reason
-        where = f", saved to {saved_to}" if saved_to is not None else ""
-        self.status.setText(f"{text}  |  {ending}{where}")
-
     def show_calibration(self, calibration) -> None:
         """The calibration (`uafp_gui.io.result.Calibration`) as text, with `+-` standard errors when it
         has them and the parameters the data leave undetermined named as such."""
@@ -315,9 +359,10 @@ class ReconPanel(QWidget):
             lines.append("no error bars computed")
         self.calibration.setText("\n".join(lines))
 
-    def show_result(self, result, spectrum: np.ndarray | None = None) -> None:
-        """Draw a result read from disk (`uafp_gui.io.result.Result`); `spectrum` from
-        `result_spectrum` (computed here when not given)."""
+    def show_result(self, result, spectrum: np.ndarray | None = None, arrow_magnify: float | None = None) -> None:
+        """Draw a result read from disk (`uafp_gui.io.result.Result`) in every view; `spectrum` from
+        `result_spectrum` (computed here when not given); `arrow_magnify`: the LED map's arrow scale."""
+        self.clear()
         self.amplitude.show_array(result.amplitude)
         self.phase.show_phase(phase_view(result.phase))
         self.spectrum.show_array(self.result_spectrum(result.object_field) if spectrum is None else spectrum)
@@ -328,11 +373,39 @@ class ReconPanel(QWidget):
         self._show_gains(cal.frame_gain)
         self._show_loss(cal.extra.get("loss_history", []))
         g = cal.led_geometry
-        self.status.setText(
-            f"result {result.folder}: {cal.iterations} iterations, shift ({g.shift_x_mm:+.2f}, "
-            f"{g.shift_y_mm:+.2f}) mm, rot {g.rotation_deg:+.2f} deg, h {g.height_mm:.1f} mm"
-            + (f"  |  PARTIAL: {cal.extra.get('stop_reason', 'stopped')}" if cal.extra.get("partial") else "")
+        estimated = np.asarray(cal.led_positions_mm, dtype=float).reshape(-1, 2)
+        self._fixed_magnify = arrow_magnify
+        self._show_leds(nominal_from_estimated(estimated, g), estimated)
+        # A result keeps the final geometry only: one marker per trace at its last iteration.
+        final = (g.shift_x_mm, g.shift_y_mm, g.rotation_deg, 0.0)
+        for curve, value in zip(self.trace_curves.values(), final, strict=True):
+            curve.setData([cal.iterations], [value], symbol="o", symbolSize=7)
+        self.show_status(
+            f"Result {Path(result.folder).name}: {cal.iterations} iterations, from "
+            f"{cal.source_dataset or 'an unnamed dataset'}",
+            f"LED shift ({signed(g.shift_x_mm)}, {signed(g.shift_y_mm)}) mm, rot {signed(g.rotation_deg)} deg, "
+            f"h {g.height_mm:.1f} mm · loss {cal.final_loss:.3g}"
+            + (f" · PARTIAL: {cal.extra.get('stop_reason', 'stopped')}" if cal.extra.get("partial") else ""),
         )
+
+    def set_arrow_magnify(self, magnify: float | None) -> None:
+        """Draw the LED arrows at this scale (the LED map's, so both read alike); None: pick one."""
+        self._fixed_magnify = magnify
+
+
+def nominal_from_estimated(estimated: np.ndarray, geometry) -> np.ndarray:
+    """Nominal LED positions (mm) behind estimated ones, undoing the rigid misalignment (spec section 2:
+    rotate, then shift); per-LED residuals, if any were learnt, stay in the arrows."""
+    t = np.radians(geometry.rotation_deg)
+    x = estimated[:, 0] - geometry.shift_x_mm
+    y = estimated[:, 1] - geometry.shift_y_mm
+    return np.stack([x * np.cos(t) + y * np.sin(t), -x * np.sin(t) + y * np.cos(t)], axis=1)
+
+
+def signed(value: float, decimals: int = 2) -> str:
+    """+1.25 / -0.40 / +0.00: never "-0.00" for a value that rounds to zero."""
+    rounded = round(float(value), decimals)
+    return f"{rounded + 0.0:+.{decimals}f}"
 
 
 def led_pitch_of(positions: np.ndarray) -> float | None:

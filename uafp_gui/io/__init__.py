@@ -1,4 +1,4 @@
-"""File formats of spec/dataset.md: raw datasets, importers, reconstruction results.
+"""File formats of docs/dataset_format.md: raw datasets, importers, reconstruction results.
 
 Pure numpy/tifffile/scipy; no torch and no Qt, so every layer (GUI, CLI, scripts) can use it.
 """

@@ -1,4 +1,4 @@
-"""Raw FP datasets (spec/dataset.md section 1): typed metadata, reading, validating and writing.
+"""Raw FP datasets (docs/dataset_format.md section 1): typed metadata, reading, validating and writing.
 
 A dataset is one multi-page TIFF of N frames, shape (N, H, W), uint16 or float32, plus one JSON
 object of metadata (`DatasetMeta`).
@@ -305,7 +305,7 @@ _HINTS = {
 
 @dataclass(frozen=True)
 class DatasetMeta:
-    """Metadata of a raw dataset, exactly the fields of spec/dataset.md section 1.
+    """Metadata of a raw dataset, exactly the fields of docs/dataset_format.md section 1.
 
     Constructing one validates it (a `DatasetError` names the bad field and the fix).
     Unknown top-level fields read from a file are kept in `extra` and written back.
@@ -496,7 +496,7 @@ class DatasetMeta:
         if data["format"] != FORMAT_NAME:
             raise DatasetError(
                 f"format is {data['format']!r}, expected {FORMAT_NAME!r}: this is not a uafp "
-                "dataset description (see spec/dataset.md)"
+                "dataset description (see docs/dataset_format.md)"
             )
         if "version" not in data:
             raise DatasetError(f'version is missing: add "version": {FORMAT_VERSION}')
@@ -511,7 +511,7 @@ class DatasetMeta:
             raise DatasetError(f"version must be {FORMAT_VERSION} (got {version})")
         for key in _REQUIRED:
             if key not in data:
-                hint = _HINTS.get(key, "see spec/dataset.md for the required fields")
+                hint = _HINTS.get(key, "see docs/dataset_format.md for the required fields")
                 raise DatasetError(f"{key} is missing: {hint}")
         frames = data["frames"]
         if isinstance(frames, (str, bytes, Mapping)) or not isinstance(frames, Sequence):
@@ -621,10 +621,22 @@ def _check_tiff_header(path: Path) -> None:
         raise DatasetError(f"{path} is cut short ({len(head)} bytes): no frame was written; acquire again")
     head = head[:4]
     if head not in _TIFF_MAGICS:
+        kind = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), "not a TIFF file")
         raise DatasetError(
-            f"{path} is not a TIFF file (it starts with {head!r}): datasets are multi-page "
-            "TIFF stacks; use `uafp import` for other formats"
+            f"{path} is {kind}: datasets are multi-page TIFF stacks (docs/dataset_format.md); use "
+            "`uafp import folder` for a folder of PNG/TIFF frames, `uafp import zheng` for the MAT file"
         )
+
+
+# What a file that is not a TIFF probably is: said in words, never as raw bytes.
+_OTHER_FORMATS = (
+    (b"\x89PNG", "a PNG image, not a TIFF stack"),
+    (b"\xff\xd8\xff", "a JPEG image, not a TIFF stack"),
+    (b"MATL", "a MATLAB file, not a TIFF stack"),
+    (b"\x89HDF", "an HDF5 (MATLAB v7.3) file, not a TIFF stack"),
+    (b"PK\x03\x04", "a ZIP archive, not a TIFF stack"),
+    (b"{", "a JSON file, not a TIFF stack"),
+)
 
 
 def _as_frame(array: np.ndarray, path: Path, index: int) -> np.ndarray:
@@ -914,7 +926,7 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         if not isinstance(parsed, dict) or "format" not in parsed:  # e.g. tifffile's {"shape"}
             raise DatasetError(
                 f"{path} carries no uafp metadata and has no sidecar {sidecar.name}: write the "
-                f"metadata JSON (spec/dataset.md) next to it as {sidecar.name}, or import it "
+                f"metadata JSON (docs/dataset_format.md) next to it as {sidecar.name}, or import it "
                 "with `uafp import`"
             )
         try:

@@ -18,7 +18,7 @@ Both layouts carry a calibrated illumination per frame instead of a rigid LED-ar
   `magnification`, `wavelength` (m), `zled` LED-to-sample distance (m), optional `NA` and
   `orientation` (PtyLab's flip/transpose code, applied to the frames as PtyLab does).
 
-Each frame becomes one LED of a dataset (spec/dataset.md) on the grid that fits the illumination
+Each frame becomes one LED of a dataset (docs/dataset_format.md) on the grid that fits the illumination
 best (pitch and height from the file, or estimated from the nearest-neighbour spacing), and keeps
 its calibrated illumination as the optional per-frame field `illumination_na` = [na_x, na_y]: the
 sine of the angle under which the frame's LED is seen from the tile centre, image axes (an LED at

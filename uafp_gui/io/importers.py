@@ -1,4 +1,4 @@
-"""Importers that turn other people's FP data into a dataset TIFF (spec/dataset.md).
+"""Importers that turn other people's FP data into a dataset TIFF (docs/dataset_format.md).
 
 - `import_zheng_mat`: the published blood-smear capture (Smart Imaging Lab, `imlow_HDR` in a
   MATLAB file, 15 x 15 LEDs lit in a spiral from the centre).

@@ -1,7 +1,8 @@
-"""Reconstruction results (spec/dataset.md section 3): the calibration file and the result folder.
+"""Reconstruction results (docs/dataset_format.md section 3): the calibration file and the result folder.
 
 A result folder holds `amplitude.tif` and `phase.tif` (float32, the sample-plane pixel size
-stored as ImageJ resolution tags with unit "um", so Fiji shows the scale), `pupil.tif`
+stored as TIFF resolution in pixels per centimetre with ResolutionUnit CENTIMETER, so any TIFF
+reader gets the scale, plus the ImageJ unit "um", so Fiji shows micrometres), `pupil.tif`
 (float32 (2, P, P): amplitude, then phase in radians) and `calibration.json` (`Calibration`,
 the estimated system). A calibration file is also an input: loaded as the starting system it
 reuses a calibrated microscope for the next dataset.
@@ -335,7 +336,11 @@ def _write_scaled(path: Path, image: np.ndarray, pixel_um: float | None, **metad
 
     kwargs: dict[str, Any] = {"imagej": True, "metadata": dict(metadata)}
     if pixel_um is not None:
-        kwargs["resolution"] = (1.0 / pixel_um, 1.0 / pixel_um)
+        # Pixels per centimetre with ResolutionUnit CENTIMETER: every TIFF reader gets a real size (the
+        # TIFF standard knows inch and cm only); ImageJ/Fiji read the 'um' unit and convert cm -> um.
+        per_cm = 1e4 / pixel_um
+        kwargs["resolution"] = (per_cm, per_cm)
+        kwargs["resolutionunit"] = "CENTIMETER"
         kwargs["metadata"]["unit"] = "um"
     tifffile.imwrite(path, image, **kwargs)
 
@@ -558,12 +563,12 @@ def read_pixel_size_um(path: str | os.PathLike[str]) -> float | None:
             return None
         per_unit = denominator / numerator
         unit = (tif.imagej_metadata or {}).get("unit", "")
-        if unit in ("um", "micron", "\u00b5m", "\\u00B5m"):
-            return per_unit
         unit_tag = page.tags.get("ResolutionUnit")
         resolution_unit = int(unit_tag.value) if unit_tag is not None else 2
-        if resolution_unit == 3:  # centimetre
+        if resolution_unit == 3:  # centimetre (what uafp writes; ImageJ's 'um' unit then names the display unit)
             return per_unit * 1e4
+        if unit in ("um", "micron", "\u00b5m", "\\u00B5m"):
+            return per_unit
         if resolution_unit == 2 and not unit:  # the TIFF default (inch, 72 dpi): no real size
             return None
         if unit in ("nm", "nanometer"):

@@ -40,6 +40,7 @@ class ClassicSettings:
     pupil_step: float = 1.0
     update_pupil: bool = True
     device: str = "auto"
+    mask_saturated: bool = True  # clipped pixels (at 2**bit_depth - 1) keep the model's amplitude
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,14 @@ class ClassicSolver:
         self.model = build_model(dataset, settings.upsample, 1, self.device)
         apply_calibration(self.model, calibration)
         self.measured_amplitude = torch.sqrt(measurements_of(dataset, self.device))
+        # Usable pixels of frames the camera clipped: there the update keeps the predicted amplitude.
+        self.unsaturated: dict[int, torch.Tensor] = {}
+        bit_depth = getattr(dataset.meta, "bit_depth", None)
+        if settings.mask_saturated and bit_depth:
+            for index, frame in enumerate(dataset.frames):
+                clipped = np.asarray(frame) >= 2 ** int(bit_depth) - 1
+                if clipped.any():
+                    self.unsaturated[index] = torch.as_tensor(~clipped, device=self.device)
         self.spectrum, self.scale = initial_spectrum(self.model, self.measured_amplitude**2)
         self.loss_history: list[float] = []
         with torch.no_grad():
@@ -71,6 +80,7 @@ class ClassicSolver:
             self.index_y, self.index_x = self.model.crop_indices(whole_y, whole_x)
         self.support = self.model.support > 0
         self.order = illumination_order(self.model).tolist()
+        self.frame_of_entry = self.model.entry_frame.tolist()  # single-LED frames: entry k is one frame's
         rows, cols = self.model.setup.frame_shape
         big_rows, big_cols = self.model.setup.object_shape
         self.field_scale = (rows * cols) / (big_rows * big_cols)
@@ -89,6 +99,9 @@ class ClassicSolver:
             field = torch.fft.ifft2(torch.fft.ifftshift(field_spectrum)) * self.field_scale
             measured = self.measured_amplitude[k] / np.sqrt(self.scale)
             amplitude = field.abs()
+            usable = self.unsaturated.get(self.frame_of_entry[k])
+            if usable is not None:  # clipped: only "at least this bright"; no update while the model is brighter
+                measured = torch.where(usable, measured, torch.maximum(measured, amplitude))
             misfit += float(((amplitude - measured) ** 2).sum())
             total += float((measured**2).sum())
             corrected = measured * field / (amplitude + 1e-8)
@@ -104,9 +117,14 @@ class ClassicSolver:
         return misfit / max(total, 1e-12)
 
     def steps(self) -> Iterator[ClassicProgress]:
+        """One sweep per iteration; each reports the data misfit of the whole model after the sweep (the
+        same figure as the summary's; the misfit seen frame by frame during a sweep is lower, since
+        each frame is measured against a model just updated by its neighbours)."""
         with torch.no_grad():
             for _ in range(self.settings.iterations):
                 loss = self._sweep()
+                if math.isfinite(loss):
+                    loss = self.data_misfit()
                 if not math.isfinite(loss):
                     raise ReconstructionError(
                         f"classic FP diverged in iteration {self.iterations_done + 1} (the misfit is not "
@@ -130,7 +148,12 @@ class ClassicSolver:
             for k in range(self.index_y.shape[0]):
                 crop = self.spectrum[self.index_y[k][:, None], self.index_x[k][None, :]]
                 field = torch.fft.ifft2(torch.fft.ifftshift(crop * self.pupil)) * self.field_scale
-                terms = amplitude_misfit_terms(field.abs(), self.measured_amplitude[k] / np.sqrt(self.scale))
+                predicted = field.abs()
+                measured = self.measured_amplitude[k] / np.sqrt(self.scale)
+                usable = self.unsaturated.get(self.frame_of_entry[k])
+                if usable is not None:
+                    predicted, measured = predicted * usable, measured * usable
+                terms = amplitude_misfit_terms(predicted, measured)
                 residual, total = residual + terms[0], total + terms[1]
         return residual / max(total, 1e-30)
 

@@ -28,6 +28,19 @@ def nominal_frame_positions_mm(meta) -> np.ndarray:
     return np.asarray(positions)
 
 
+def readable_phase(phase: np.ndarray, wrap_fraction: float = 0.8) -> tuple[np.ndarray, float, float | None]:
+    """(image, centre, spread): the phase re-centred on the circular mean of its central half, with the
+    99.5th percentile of its deviation as `spread`; spread None when the deviations wrap (shown as is)."""
+    rows, cols = phase.shape
+    central = phase[rows // 4 : rows - rows // 4, cols // 4 : cols - cols // 4]
+    centre = float(np.angle(np.mean(np.exp(1j * central))))
+    deviation = np.angle(np.exp(1j * (phase - centre)))
+    spread = float(np.percentile(np.abs(deviation), 99.5))
+    if spread >= wrap_fraction * np.pi:
+        return phase, centre, None
+    return deviation, centre, max(spread, 1e-3)
+
+
 def write_report(result, path: str | Path, dataset=None) -> Path:
     path = Path(path)
     figure, axes = plt.subplots(2, 3, figsize=(15, 9.5))
@@ -38,8 +51,15 @@ def write_report(result, path: str | Path, dataset=None) -> Path:
     axes[0, 0].set_title("amplitude")
     axes[0, 0].set_xlabel("um")
     figure.colorbar(shown, ax=axes[0, 0], fraction=0.046)
-    shown = axes[0, 1].imshow(phase, cmap="twilight", extent=(0, extent_um, extent_um, 0))
-    axes[0, 1].set_title("phase (rad)")
+    phase_shown, centre, spread = readable_phase(phase)
+    if spread is None:  # wraps: cyclic map over the full circle
+        shown = axes[0, 1].imshow(phase_shown, cmap="twilight", vmin=-np.pi, vmax=np.pi,
+                                  extent=(0, extent_um, extent_um, 0))
+        axes[0, 1].set_title("phase (rad, wrapped)")
+    else:  # re-centred on its circular mean (a global offset means nothing), symmetric levels
+        shown = axes[0, 1].imshow(phase_shown, cmap="RdBu_r", vmin=-spread, vmax=spread,
+                                  extent=(0, extent_um, extent_um, 0))
+        axes[0, 1].set_title(f"phase - ({centre + 0.0:+.2f}) rad")
     figure.colorbar(shown, ax=axes[0, 1], fraction=0.046)
     pupil_phase = np.where(np.abs(result.pupil) > 1e-3, np.angle(result.pupil), np.nan)
     shown = axes[0, 2].imshow(pupil_phase, cmap="twilight")
@@ -47,28 +67,30 @@ def write_report(result, path: str | Path, dataset=None) -> Path:
     figure.colorbar(shown, ax=axes[0, 2], fraction=0.046)
 
     indices = sorted(j for j in result.zernike_rad if j >= 2)
+    values = [result.zernike_rad[j] for j in indices]
     zernike_std = result.extra.get("zernike_rad_std", {})
     undetermined = set(result.extra.get("undetermined", []))
-    flat = [j for j in indices if f"zernike_{j}" in undetermined]
-    errors = [2 * (zernike_std.get(str(j)) or 0.0) for j in indices]
-    colours = ["0.7" if j in flat else "tab:blue" for j in indices]
-    axes[1, 0].bar(
-        indices,
-        [result.zernike_rad[j] for j in indices],
-        color=colours,
-        yerr=errors if zernike_std else None,
-        capsize=2,
-        error_kw={"elinewidth": 1},
-    )
-    axes[1, 0].set_xlabel("Noll index j")
-    axes[1, 0].set_ylabel("rad")
-    title = "Zernike coefficients"
-    if zernike_std:
-        title += " (bars: +-2 s.e.)"
-    if flat:
-        title += f"\ngrey: undetermined by the data ({', '.join(f'Z{j}' for j in flat)})"
-    axes[1, 0].set_title(title, fontsize=10)
-    axes[1, 0].axhline(0, color="k", lw=0.5)
+    if any(abs(v) > 0 for v in values):
+        flat = [j for j in indices if f"zernike_{j}" in undetermined]
+        errors = [2 * (zernike_std.get(str(j)) or 0.0) for j in indices]
+        colours = ["0.7" if j in flat else "tab:blue" for j in indices]
+        axes[1, 0].bar(
+            indices, values, color=colours, yerr=errors if zernike_std else None, capsize=2, error_kw={"elinewidth": 1}
+        )
+        axes[1, 0].set_xlabel("Noll index j")
+        axes[1, 0].set_ylabel("rad")
+        axes[1, 0].axhline(0, color="k", lw=0.5)
+        title = "Zernike coefficients"
+        if zernike_std:
+            title += " (bars: +-2 s.e.)"
+        if flat:
+            title += f"\ngrey: undetermined by the data ({', '.join(f'Z{j}' for j in flat)})"
+        axes[1, 0].set_title(title, fontsize=10)
+    else:  # classic FP recovers a free pupil, not Zernike coefficients: say so instead of an empty plot
+        axes[1, 0].set_title("Zernike coefficients")
+        axes[1, 0].text(0.5, 0.5, f"{result.method} does not fit Zernike coefficients:\nits recovered pupil phase "
+                        "is shown above", ha="center", va="center", transform=axes[1, 0].transAxes, fontsize=11)
+        axes[1, 0].set_axis_off()
 
     estimated = np.asarray(result.led_positions_mm)
     axis = axes[1, 1]

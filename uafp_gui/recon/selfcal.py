@@ -39,6 +39,15 @@ def within_search_range(geometry: LedGeometry, nominal_height_mm: float) -> bool
     )
 
 
+class Cancelled(Exception):
+    """A start fit or search was stopped by its `cancelled` callable (the run's Stop)."""
+
+
+def _check(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled
+
+
 @dataclass(frozen=True)
 class BoundaryFit:
     geometry: LedGeometry
@@ -63,8 +72,13 @@ def fit_geometry_from_boundary(
     rotation_step_deg: float = 1.0,
     height_range_mm: float = HEIGHT_RANGE_MM,
     height_step_mm: float = 3.0,
+    cancelled: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BoundaryFit:
-    """Grid search of the rigid LED geometry that best reproduces the bright/dark-field split."""
+    """Grid search of the rigid LED geometry that best reproduces the bright/dark-field split.
+
+    Between chunks of candidates `progress(done, total)` is told how far it is and `cancelled` is
+    checked (`Cancelled` is raised when it says so)."""
     setup = model.setup
     device = measurements.device
     frames = frames.to(device)
@@ -82,7 +96,11 @@ def fit_geometry_from_boundary(
     candidates = torch.stack([sx.ravel(), sy.ravel(), rot.ravel(), h.ravel()], dim=1)
     tile_mm = (setup.tile_center_um[0] / 1000.0, setup.tile_center_um[1] / 1000.0)
     scores = []
-    for chunk in torch.split(candidates, 8192):
+    chunks = torch.split(candidates, 1024)  # small chunks: Stop is checked often (each well under a second)
+    for done, chunk in enumerate(chunks):
+        _check(cancelled)
+        if progress is not None:
+            progress(done, len(chunks))
         positions = misaligned_positions_mm(nominal[None], chunk[:, 0, None], chunk[:, 1, None], chunk[:, 2, None])
         sines = illumination_sines(
             positions, chunk[:, 3, None], tile_mm, setup.glass_thickness_mm, setup.glass_index
@@ -173,11 +191,17 @@ def _geometry_probe(model, led_index: torch.Tensor):
 
 
 def fit_geometry_from_circles(
-    model, measurements: torch.Tensor, frames, search_px: float = 12.0, rounds: int = 3
+    model,
+    measurements: torch.Tensor,
+    frames,
+    search_px: float = 12.0,
+    rounds: int = 3,
+    cancelled: Callable[[], bool] | None = None,
 ) -> CircleFit | None:
     """Rigid geometry that best explains the pupil circles of the given bright-field frames.
 
     Starts from the model's current geometry; returns None when fewer than four circles are found.
+    `cancelled` is checked between frames (`Cancelled` is raised when it says so).
     """
     frames = np.asarray(frames, dtype=int)
     setup = model.setup
@@ -192,6 +216,7 @@ def fit_geometry_from_circles(
     images = measurements[torch.as_tensor(frames)].cpu().numpy()
     found, contrast = [], []
     for image, guess in zip(images, guesses, strict=True):
+        _check(cancelled)
         centre, score = find_circle_centre(image, radius_px, (guess[0], guess[1]), search_px)
         found.append(centre * step)
         contrast.append(score)

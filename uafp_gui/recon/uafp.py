@@ -43,6 +43,10 @@ from uafp_gui.recon.report import nominal_frame_positions_mm
 
 LOSSES = ("amplitude", "poisson")
 
+# Phases a run reports through `UafpReconstruction.on_phase(phase, done, total)` before its first iteration.
+PHASE_START_GEOMETRY = "fitting the start geometry"
+PHASE_START_SEARCH = "searching the start geometry"
+
 # Why a run ended (`UafpReconstruction.stop_reason`, written as `stop_reason` in calibration.json).
 STOP_COMPLETED = "completed"  # ran the iterations asked for
 STOP_CONVERGED = "converged"  # the misfit stopped improving before the cap
@@ -74,6 +78,10 @@ class UafpSettings:
     learn_led_residuals: bool = False
     learn_gains: bool = True
     learn_background: bool = False
+    # Pixels at the camera's full scale (2**bit_depth - 1, when the dataset records its bit depth) are
+    # clipped: their true value is unknown, only that it is at least the full scale. They leave the
+    # data term as measurements (amplitude loss: kept as that lower bound only; Poisson: left out).
+    mask_saturated: bool = True
     freeze_system: bool = False
     init_geometry_from_data: bool = True
     # When the bright-field circles scatter about their rigid fit by more than this (LEDs off their
@@ -202,6 +210,9 @@ class UafpReconstruction:
             [f.exposure_ms * f.intensity for f in meta.frames], dtype=torch.float32, device=self.device
         )
         self.scale: float | None = None
+        # Usable-pixel masks (True: not clipped) of the frames with saturated pixels; none for the others.
+        self.full_scale = float(2 ** int(meta.bit_depth) - 1) if getattr(meta, "bit_depth", None) else None
+        self.unsaturated: dict[int, torch.Tensor] = {}
         self.object: torch.nn.Parameter | None = None
         self.iteration = 0
         self.loss_history: list[float] = []
@@ -220,7 +231,12 @@ class UafpReconstruction:
         self.start_geometry: LedGeometry | None = None
         self.circle_fit = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
+        self._searching = False
         self.optimisers: dict[str, torch.optim.Optimizer] = {}
+        # Progress before the first iteration (the start fits and search can take minutes on a CPU):
+        # called as on_phase(phase, done, total) with PHASE_* names; None reports nothing.
+        self.on_phase: Callable[[str, int, int], None] | None = None
+        self._cancel_requested: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ frames
     @classmethod
@@ -271,6 +287,12 @@ class UafpReconstruction:
                 raise ReconstructionError(f"frame {index} holds NaN or infinite values")
             self.measurements[index] = normalised.clamp(min=0)
             self.available[index] = True
+            if self.full_scale is not None:
+                clipped = np.asarray(frame) >= self.full_scale
+                if clipped.any():
+                    self.unsaturated[index] = torch.as_tensor(~clipped, device=self.device)
+                else:
+                    self.unsaturated.pop(index, None)
         return True
 
     # ------------------------------------------------------------ initial state
@@ -305,7 +327,15 @@ class UafpReconstruction:
             and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
         ):
             if len(bright) > self._geometry_initialised_with:
-                self._fit_start_geometry(bright)
+                from uafp_gui.recon.selfcal import Cancelled
+
+                self._report(PHASE_START_GEOMETRY, 0, 1)
+                try:
+                    self._fit_start_geometry(bright)
+                except Cancelled:  # stopped: the fit runs again when the run continues
+                    self._build_optimisers()
+                    return
+                self._report(PHASE_START_GEOMETRY, 1, 1)
             if self._start_search_due():
                 self._search_start_geometry()
         self._build_optimisers()
@@ -314,9 +344,18 @@ class UafpReconstruction:
         from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, within_search_range
 
         available = torch.nonzero(self.available).squeeze(1)
-        boundary = fit_geometry_from_boundary(self.model, self.measurements, available)
+        cancelled = self._cancel_requested
+        boundary = fit_geometry_from_boundary(
+            self.model, self.measurements, available, cancelled=cancelled,
+            progress=lambda done, total: self._report(PHASE_START_GEOMETRY, done, total + 1),  # + the circle fit
+        )
+        saved = self.model.system.led_geometry()
         self.model.system.set_geometry(boundary.geometry)
-        circles = fit_geometry_from_circles(self.model, self.measurements, bright)
+        try:
+            circles = fit_geometry_from_circles(self.model, self.measurements, bright, cancelled=cancelled)
+        except Exception:
+            self.model.system.set_geometry(saved)
+            raise
         self.circle_fit = None
         if (
             circles is not None
@@ -348,7 +387,7 @@ class UafpReconstruction:
 
     def _search_start_geometry(self) -> None:
         """Search the start geometry within the circle fit's uncertainty (see `selfcal.search_start_geometry`)."""
-        from uafp_gui.recon.selfcal import search_start_geometry
+        from uafp_gui.recon.selfcal import Cancelled, search_start_geometry
 
         self._build_optimisers()
         frames = self._probe_frames().to(self.device)
@@ -356,8 +395,14 @@ class UafpReconstruction:
         system = self.model.system
         evaluations = 0
 
+        limit = self.settings.start_search_evaluations
+        first_simplex = 5  # selfcal.search_start_geometry stops after it unless a vertex gains
+
         def probe_loss(geometry: LedGeometry) -> float:
             nonlocal evaluations
+            self._report(PHASE_START_SEARCH, evaluations, first_simplex if evaluations < first_simplex else limit)
+            if self._cancel_requested():
+                raise Cancelled
             evaluations += 1
             self._restore(snapshot)
             system.set_geometry(geometry)
@@ -373,13 +418,22 @@ class UafpReconstruction:
 
         started = time.perf_counter()
         start = self.circle_fit.geometry
-        geometry, start_loss, loss = search_start_geometry(
-            probe_loss,
-            start,
-            self.circle_fit.uncertainty,
-            self.settings.start_search_evaluations,
-            self.settings.start_search_min_gain,
-        )
+        self._searching = True
+        try:
+            geometry, start_loss, loss = search_start_geometry(
+                probe_loss,
+                start,
+                self.circle_fit.uncertainty,
+                self.settings.start_search_evaluations,
+                self.settings.start_search_min_gain,
+            )
+        except Cancelled:  # back to the circle fit; the search runs again when the run continues
+            self._restore(snapshot)
+            system.set_geometry(start)
+            return
+        finally:
+            self._searching = False
+        self._report(PHASE_START_SEARCH, evaluations, evaluations)
         self._restore(snapshot)
         system.set_geometry(geometry)
         self._keep_system_physical()
@@ -392,6 +446,10 @@ class UafpReconstruction:
             "evaluations": evaluations,
             "seconds": time.perf_counter() - started,
         }
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, done, total)
 
     def _build_optimisers(self) -> None:
         s = self.settings
@@ -428,12 +486,36 @@ class UafpReconstruction:
             self.optimisers["system"] = torch.optim.Adam(groups)
 
     # ---------------------------------------------------------------- the loss
+    def usable_pixels(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """(B, H, W) float mask of the pixels the data term uses (clipped ones are 0), or None when every
+        pixel of these frames is usable (the common case costs nothing)."""
+        if not self.unsaturated or not self.settings.mask_saturated:
+            return None
+        indices = frames.tolist()
+        if not any(index in self.unsaturated for index in indices):
+            return None
+        mask = torch.ones(len(indices), *self.measurements.shape[1:], device=self.device)
+        for row, index in enumerate(indices):
+            if index in self.unsaturated:
+                mask[row] = self.unsaturated[index]
+        return mask
+
     def loss(self, frames: torch.Tensor) -> torch.Tensor:
-        """Mean data misfit of `frames` (normalised per pixel), plus regularisers."""
+        """Mean data misfit of `frames` over their usable pixels (normalised per pixel), plus regularisers."""
         predicted = self.model(spectrum_of(self.object), frames)
         measured = self.measurements[frames] / self.scale
+        usable = self.usable_pixels(frames)
+
+        def mean(values: torch.Tensor) -> torch.Tensor:
+            return values.mean() if usable is None else (values * usable).sum() / usable.sum().clamp(min=1)
+
         if self.settings.loss == "amplitude":
-            misfit = (torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)).square().mean()
+            residual = torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)
+            if usable is not None:
+                # A clipped pixel says only "at least this bright" (censored data): no penalty above the
+                # clip level, the usual one below it, so a clipped region stays bright rather than free.
+                residual = torch.where(usable > 0, residual, residual.clamp(max=0))
+            misfit = residual.square().mean()
         else:
             counts = (self.counts_per_unit[frames] * self.scale)[:, None, None]
             expected = predicted.clamp(min=1e-6) * counts
@@ -441,7 +523,7 @@ class UafpReconstruction:
             # Poisson deviance / 2: the negative log-likelihood minus its value at a perfect fit, so
             # it is >= 0 (same gradients) and the divergence check (loss > 3x best) stays meaningful.
             deviance = expected - observed * torch.log(expected) - observed + torch.special.xlogy(observed, observed)
-            misfit = deviance.mean() / counts.mean()
+            misfit = mean(deviance) / counts.mean()
         if self.settings.tv_weight > 0:
             o = self.object
             tv = (o[1:, :] - o[:-1, :]).abs().mean() + (o[:, 1:] - o[:, :-1]).abs().mean()
@@ -520,6 +602,10 @@ class UafpReconstruction:
         system = self.model.system
         total = 0.0
         for batch in torch.split(order, self.batch_size()):
+            if self._searching and self._cancel_requested():  # Stop acts within one batch, not one search
+                from uafp_gui.recon.selfcal import Cancelled
+
+                raise Cancelled
             optimiser.zero_grad(set_to_none=True)
             loss = self.loss(batch)
             loss.backward()
@@ -603,6 +689,7 @@ class UafpReconstruction:
         """
         target = self.settings.iterations if iterations is None else iterations
         cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+        self._cancel_requested = cancelled  # the start search checks it between mini-batches
         self._take_pending()
         if not bool(self.available.any()):
             raise ReconstructionError("no frame has arrived yet: add frames before running the reconstruction")
@@ -640,6 +727,8 @@ class UafpReconstruction:
             started = time.perf_counter()
             if self._take_pending():
                 self._initialise()
+                if cancelled():  # stopped during the start search the new frames set off
+                    break
             self._set_learning_rates()
             if self._last_good is None:
                 self._last_good = self._snapshot()
@@ -822,6 +911,9 @@ class UafpReconstruction:
         result.frame_gain = result.frame_gain * (self.scale or 1.0)
         result.extra = {
             "frames_used": int(self.available.sum()),
+            # clipped pixels left out of the data term (0 when none, or when mask_saturated is off)
+            "saturated_pixels_excluded": int(sum(int((~mask).sum()) for mask in self.unsaturated.values()))
+            if self.settings.mask_saturated else 0,
             "loss": self.settings.loss,
             "data_misfit": self.data_misfit(),
             "partial": self.partial,
@@ -853,7 +945,11 @@ class UafpReconstruction:
             available = torch.nonzero(self.available).squeeze(1).to(self.device)
             for batch in torch.split(available, self.batch_size()):
                 predicted = self.model(spectrum, batch).clamp(min=0).sqrt()
-                terms = amplitude_misfit_terms(predicted, (self.measurements[batch] / self.scale).sqrt())
+                measured = (self.measurements[batch] / self.scale).sqrt()
+                usable = self.usable_pixels(batch)
+                if usable is not None:  # clipped pixels say nothing about the model
+                    predicted, measured = predicted * usable, measured * usable
+                terms = amplitude_misfit_terms(predicted, measured)
                 residual, total = residual + terms[0], total + terms[1]
         return residual / max(total, 1e-30)
 
