@@ -560,7 +560,7 @@ class MainWindow(QMainWindow):
         if job is None or job.recon is None:
             return
         recon = job.recon
-        saved = f"; its last good state is saved in {job.autosaved}" if job.autosaved is not None else ""
+        saved = " (autosaved: see the status bar)" if job.autosaved is not None else ""  # the path is long
         more = self.recon_panel.iterations.value()
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
