@@ -314,6 +314,35 @@ def test_cancel_from_the_progress_callback_stops_between_iterations(tiny):
     assert recon.iteration == 5
 
 
+def test_stop_acts_between_mini_batches_and_keeps_the_last_whole_iteration(tiny, monkeypatch):
+    """Stop is checked before every mini-batch (it acts within a fraction of an iteration): the run
+    ends cancelled, back at the state of its last whole iteration, and continues from there."""
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    run_all(recon, 2)
+    good_object = recon.object.detach().clone()
+    good_gain = recon.model.system.frame_gain.detach().clone()
+    cancel = threading.Event()
+    original_loss = recon.loss
+    batches = []
+
+    def loss(frames):
+        batches.append(len(frames))
+        if len(batches) == 2:  # the second mini-batch of the third iteration's first phase
+            cancel.set()
+        return original_loss(frames)
+
+    monkeypatch.setattr(recon, "loss", loss)
+    assert run_all(recon, 5, cancel) == []
+    assert len(batches) == 2 and len(tiny.frames) > 2 * TINY_SETTINGS.batch_size  # well inside the iteration
+    assert recon.stop_reason == "cancelled" and recon.partial
+    assert recon.iteration == 2 and len(recon.loss_history) == 2
+    assert torch.equal(recon.object.detach(), good_object)
+    assert torch.equal(recon.model.system.frame_gain.detach(), good_gain)
+    assert all(p.requires_grad for p in (recon.object, recon.model.system.zernike_rad))  # phase state restored
+    monkeypatch.setattr(recon, "loss", original_loss)
+    assert [u.iteration for u in recon.run(1)] == [3]
+
+
 def test_resume_from_saved_state_continues_like_an_uninterrupted_run(tiny, tmp_path):
     uninterrupted = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
     run_all(uninterrupted, 4)
