@@ -108,6 +108,11 @@ class UafpSettings:
     final_lr_fraction: float = 0.05
     # A run ends (partial, last good state kept) after this many roll-backs in a row.
     max_consecutive_rollbacks: int = 4
+    # The iteration count is a cap: a run ends `converged` once every frame is in, the geometry has had its
+    # iterations, and the misfit fell by less than `convergence_tolerance` (relative, per iteration) over the
+    # last `convergence_window` iterations. A window of 0 always runs to the cap.
+    convergence_window: int = 3
+    convergence_tolerance: float = 0.005
     update_every: int = 1
     # Gauss-Newton steps on the system (and the object along its most coupled modes) after the last
     # iteration, each kept only if it lowers the data misfit (`uafp_gui.recon.uncertainty`).
@@ -129,6 +134,7 @@ class UafpSettings:
             ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
             ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("start_search_evaluations", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
+            ("convergence_window", 0, 1_000_000),
             ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
         ):
             value = getattr(self, name)
@@ -804,13 +810,19 @@ class UafpReconstruction:
                 last_yielded = done
                 yield self.update(rolled_back)
                 return
-            if done % self.settings.update_every == 0 or done == target:
-                if done == target:
-                    if self.iteration >= self.settings.iterations and self.settings.polish_steps > 0:
+            converged = not rolled_back and self._converged()
+            if done % self.settings.update_every == 0 or done == target or converged:
+                if converged or done == target:
+                    if (converged or self.iteration >= self.settings.iterations) and self.settings.polish_steps > 0:
                         self.polish()
-                    self._end(STOP_COMPLETED)
+                    if converged:
+                        self._end(STOP_CONVERGED, self._convergence_detail())
+                    else:
+                        self._end(STOP_COMPLETED)
                 last_yielded = done
                 yield self.update(rolled_back)
+                if converged:
+                    return
         if self.stop_reason is None:
             if done < target:
                 self._end(STOP_CANCELLED, f"stopped at iteration {self.iteration} of {self.iteration + target - done}")
@@ -818,6 +830,33 @@ class UafpReconstruction:
                 self._end(STOP_COMPLETED)
         if last_yielded != done and done > 0:
             yield self.update()
+
+    def _converged(self) -> bool:
+        """Whether the misfit has stopped improving (see `UafpSettings.convergence_window`)."""
+        s = self.settings
+        window = s.convergence_window
+        if window <= 0 or len(self.loss_history) <= window:
+            return False
+        if self._pending or not bool(self.available.all()):  # streaming: more frames are coming
+            return False
+        settled = s.growth_fraction  # every frame is eligible from here on
+        if self.start_geometry is not None and s.learn_geometry and not s.freeze_system:
+            settled = max(settled, s.geometry_start_fraction)  # the geometry joins here (`_mask_system_gradients`)
+        if self.iteration < settled * s.iterations + window:
+            return False
+        first, last = self.loss_history[-window - 1], self.loss_history[-1]
+        if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
+            return False
+        return (first - last) / first < window * s.convergence_tolerance
+
+    def _convergence_detail(self) -> str:
+        window = self.settings.convergence_window
+        first, last = self.loss_history[-window - 1], self.loss_history[-1]
+        return (
+            f"the misfit improved by {100 * (first - last) / first:.2f} % over the last {window} iterations "
+            f"(below {100 * self.settings.convergence_tolerance:g} % per iteration): stopped at iteration "
+            f"{self.iteration} of at most {self.settings.iterations}"
+        )
 
     def interrupted(self, detail: str = "interrupted") -> None:
         """Mark the run as interrupted from outside (Ctrl-C, SIGTERM, quit) and return to the last good state."""
