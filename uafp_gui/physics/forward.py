@@ -486,8 +486,10 @@ class _CameraIntensity(torch.autograd.Function):
         batch, fine_rows, fine_cols = fields.shape
         rows, cols = fine_rows // q, fine_cols // q
         weight = grad_intensity * (2.0 / (q * q * fine_rows * fine_cols))
-        # Each camera pixel's weight on its q x q sub-samples, by broadcasting (no repeated copy).
-        grad_fields = (fields.view(batch, rows, q, cols, q) * weight[:, :, None, :, None]).view(fields.shape)
+        # Each camera pixel's weight on its q x q sub-samples, by broadcasting (no repeated copy), on the
+        # real view (a complex-by-real product would first turn the weights complex: twice the time).
+        grad_fields = torch.view_as_real(fields).view(batch, rows, q, cols, q, 2) * weight[:, :, None, :, None, None]
+        grad_fields = torch.view_as_complex(grad_fields.view(batch, fine_rows, fine_cols, 2))
         grad_placed = torch.fft.fft2(grad_fields)
         del grad_fields
         grad_weighted = grad_placed.new_empty(batch, rows, cols)

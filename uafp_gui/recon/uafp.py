@@ -610,7 +610,6 @@ class UafpReconstruction:
         from uafp_gui.recon.selfcal import Cancelled
 
         optimiser = self.optimisers[phase]
-        system = self.model.system
         total = 0.0
         with self._gradients_for(phase):
             for batch in torch.split(order, self.batch_size()):
