@@ -214,6 +214,33 @@ def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny)
     assert forced.start_search is search
 
 
+def test_start_search_on_large_frames_probes_their_centred_crop(tiny, monkeypatch):
+    """Frames larger than `start_search_crop_px`: the probes reconstruct the centred crops (a fraction of
+    the cost), from the full reconstruction's scale and system, and the answer goes to the full one."""
+    settings = TINY_SETTINGS.replace(start_search_residual_px=0.0, start_search_evaluations=6, start_search_crop_px=32)
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), settings)
+    probes = []
+    original = UafpReconstruction._probe_reconstruction
+
+    def spy(self):
+        probes.append(original(self))
+        return probes[-1]
+
+    monkeypatch.setattr(UafpReconstruction, "_probe_reconstruction", spy)
+    run_all(recon, 1)
+    (probe,) = probes
+    assert probe is not recon and probe.model.setup.frame_shape == (32, 32)
+    assert probe.scale == recon.scale and torch.equal(probe.available, recon.available)
+    assert torch.equal(probe.measurements, recon.measurements[:, 8:40, 8:40])
+    search = recon.start_search
+    assert search is not None and search["evaluations"] >= 5
+    assert search["probe_loss_to"] <= search["probe_loss_from"]
+    assert recon.start_geometry == search["to"]
+    # At or below the crop size, the probes reconstruct the frames themselves.
+    whole = UafpReconstruction.from_dataset(dataset_of(tiny), settings.replace(start_search_crop_px=48))
+    assert original(whole) is whole
+
+
 # ------------------------------------------------------------------------------------ streaming
 
 
