@@ -891,12 +891,14 @@ class UafpReconstruction:
         settled = s.growth_fraction  # every frame is eligible from here on
         if self.start_geometry is not None and s.learn_geometry and not s.freeze_system:
             settled = max(settled, s.geometry_start_fraction)  # the geometry joins here (`_mask_system_gradients`)
-        if self.iteration < settled * s.iterations + window:
+        # The window's first loss (iteration `self.iteration - window`, counted from 1) comes after the join.
+        if self.iteration - window - 1 < math.ceil(settled * s.iterations):
             return False
         first, last = self.loss_history[-window - 1], self.loss_history[-1]
         if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
             return False
-        return (first - last) / first < window * s.convergence_tolerance
+        # A misfit that rose is not settled (the geometry just moved, a Newton step...): never a stop.
+        return 0 <= (first - last) / first < window * s.convergence_tolerance
 
     def _convergence_detail(self) -> str:
         window = self.settings.convergence_window
