@@ -617,6 +617,55 @@ def test_acquire_options_are_checked_before_the_camera_runs(capsys, tmp_path, op
 
 
 @pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--upsample", "256", "--frame-size", "32"], "upsample"),
+        (["--frame-size", "100000"], "--frame-size"),
+        (["--frame-size", "8"], "--frame-size"),
+        (["--frame-size", "4096", "--upsample", "4"], "px limit"),
+        (["--led-grid", "100000"], "--led-grid"),
+        (["--led-grid", "100", "--frame-size", "128"], "a simulation may render"),
+        (["--led-grid", "40"], "outside the 32x32 array"),
+        (["--led-array-shape", "100000", "100000"], "--led-array-shape"),
+        (["--led-on-axis", "5000", "5000"], "outside the 32x32 array"),
+        (["--pixel-integration", "100"], "pixel_integration"),
+        (["--bit-depth", "40"], "--bit-depth"),
+        (["--photons-per-pixel", "1e300"], "--photons-per-pixel"),
+    ],
+)
+def test_simulate_refuses_oversized_inputs_before_allocating(capsys, tmp_path, monkeypatch, options, message):
+    """Issue 14 class 6 for `uafp simulate`: the documented limits (uafp_gui.limits), one line, nothing rendered."""
+    import uafp_gui.simulate as simulate_module
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("the microscope model was built before the size checks")
+
+    monkeypatch.setattr(simulate_module, "true_microscope_model", no_rendering)
+    code, errors = _cli(capsys, "simulate", tmp_path / "s.tif", "--preset", "misaligned", *options)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "s.tif").exists()
+
+
+def test_the_limits_are_one_set_of_numbers():
+    """Readers, plans, the CLI, the physics and the simulator share uafp_gui.limits."""
+    from uafp_gui import limits
+    from uafp_gui.acquisition import plan
+    from uafp_gui.cli import options
+    from uafp_gui.devices import illuminate
+    from uafp_gui.io import importers, jsontext, result
+    from uafp_gui.recon import common
+
+    assert dataset_module.MAX_FRAME_PIXELS == limits.MAX_FRAME_PIXELS
+    assert dataset_module.MAX_FRAMES == plan.MAX_PLAN_LEDS == limits.MAX_FRAMES
+    assert dataset_module.MAX_LED_ARRAY_SIDE == plan.MAX_LED_ARRAY_SIDE == illuminate.MAX_ARRAY_SIDE
+    assert common.MAX_UPSAMPLE == limits.MAX_UPSAMPLE and common.check_work_size is limits.check_work_size
+    assert result.MAX_NOLL_INDEX == limits.MAX_NOLL_INDEX
+    assert jsontext.MAX_JSON_DEPTH == limits.MAX_JSON_DEPTH and importers.MAX_CSV_LINES == limits.MAX_CSV_LINES
+    assert options.MAX_INT_DIGITS == limits.MAX_INT_DIGITS
+    assert illuminate.MAX_REPLY_LINES == limits.MAX_REPLY_LINES
+
+
+@pytest.mark.parametrize(
     "content, message",
     [
         ("[1, 2]", "one JSON object"),

@@ -236,7 +236,7 @@ def _load_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-MAX_CSV_LINES = 100_000
+from uafp_gui.limits import MAX_CSV_LINES  # noqa: E402
 
 
 def _read_led_csv(path: Path) -> list[dict[str, str]]:
