@@ -70,6 +70,37 @@ def test_looping_ifd_chain_ends_the_walk(tmp_path, target):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("importer", ["micromanager", "folder"])
+def test_looping_ifd_chain_in_an_imported_tiff_is_a_typed_error(tmp_path, importer):
+    """The importers walk the page chain bounded and loop-checked (uafp_gui.io.dataset._walk_pages)
+    before tifffile's own series walk: a mutated OME-TIFF once hung tifffile's series walk in
+    tests/test_fuzz.py::test_fuzz_micromanager_importer (7 min, killed by the per-test timeout)."""
+    from uafp_gui.io.import_mm import import_micromanager
+    from uafp_gui.io.importers import import_folder
+
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    path = folder / ("FP_MMStack_Pos0.ome.tif" if importer == "micromanager" else "a.tif")
+    pages = 3 if importer == "micromanager" else 2
+    tifffile.imwrite(path, make_frames(pages), ome=importer == "micromanager", metadata={"axes": "TYX"})
+    offsets = ifd_offsets(path)
+    with open(path, "r+b") as fh:  # the last page points back to the first
+        fh.seek(next_pointer_position(path, offsets[-1]))
+        fh.write(struct.pack("<I", offsets[0]))
+    geometry = tmp_path / "g.json"
+    geometry.write_text(json.dumps({**{k: v for k, v in make_meta().to_dict().items() if k not in (
+        "frames", "format", "version")}, "exposure_ms": 1.0}))
+    with pytest.raises(DatasetError) as error:
+        if importer == "micromanager":
+            (tmp_path / "leds.csv").write_text("row,col\n15,16\n15,17\n15,18\n")
+            import_micromanager(folder, tmp_path / "out.tif", geometry=geometry, leds_csv=tmp_path / "leds.csv")
+        else:
+            (tmp_path / "leds.csv").write_text("row,col,file\n15,16,a.tif\n")
+            import_folder(folder, tmp_path / "leds.csv", geometry, tmp_path / "out.tif")
+    assert "\n" not in str(error.value) and "a.tif" in str(error.value) or "Pos0" in str(error.value)
+
+
+@pytest.mark.timeout(60)
 def test_looping_chain_of_a_partial_file_reads_and_resumes(tmp_path):
     path = tmp_path / "loop.tif"
     with DatasetWriter(path, make_meta(6)) as writer:

@@ -34,6 +34,10 @@ PARSER_ERRORS: tuple[type[BaseException], ...] = (
     csv.Error,
     MemoryError,
 )
+# scipy.io.loadmat's Cython reader also ends a malformed file in UnboundLocalError (a NameError).
+MAT_READER_ERRORS: tuple[type[BaseException], ...] = (*PARSER_ERRORS, UnboundLocalError)
+# h5py reports a corrupt HDF5 file's internal errors as RuntimeError.
+H5_READER_ERRORS: tuple[type[BaseException], ...] = (*PARSER_ERRORS, RuntimeError)
 MAX_FIELD_VALUES = 1_000_000  # a per-frame field (NA, positions) of 10 000 frames is 20 000 values
 
 

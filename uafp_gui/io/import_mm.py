@@ -138,11 +138,19 @@ def read_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
     size (um) and pymmcore-plus's summary metadata of an OME-TIFF acquisition."""
     import tifffile
 
-    from uafp_gui.io.dataset import quiet_tifffile
+    from uafp_gui.io.dataset import _walk_pages, quiet_tifffile
+    from uafp_gui.limits import MAX_FRAMES
 
     path = find_acquisition(path)
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            # the page chain, bounded and loop-checked, before tifffile's own series walk (which a
+            # chain looping back would never end)
+            pages, broken, more = _walk_pages(tif, path, path.stat().st_size, MAX_FRAMES)
+            if broken:
+                raise DatasetError(f"{path}: the TIFF's page chain is broken after page {len(pages)} (a corrupt file)")
+            if more:
+                raise DatasetError(f"{path} holds more than {MAX_FRAMES} pages, more frames than a dataset may hold")
             if not tif.series:
                 raise DatasetError(f"{path} holds no image series")
             series = tif.series[0]

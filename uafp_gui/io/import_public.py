@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io._importcheck import PARSER_ERRORS, check_stack_size, frame_stack, numbers, one_line
+from uafp_gui.io._importcheck import (
+    H5_READER_ERRORS,
+    MAT_READER_ERRORS,
+    check_stack_size,
+    frame_stack,
+    numbers,
+    one_line,
+)
 from uafp_gui.io.dataset import SOFTWARE_NAME, DatasetMeta, FrameSpec, write_dataset
 
 FPM_MAT_FRAMES = ("I_low", "imlow")
@@ -99,7 +106,7 @@ def read_mat(
                         out[name] = np.asarray(item[()]).T
         except DatasetError:
             raise
-        except PARSER_ERRORS as error:
+        except H5_READER_ERRORS as error:
             raise DatasetError(f"cannot read {path} as MATLAB v7.3 (HDF5): {one_line(error)}") from None
         return out
     import scipy.io
@@ -112,7 +119,7 @@ def read_mat(
         data = scipy.io.loadmat(path, variable_names=list(names) if names else None)
     except DatasetError:
         raise
-    except (*PARSER_ERRORS, MatReadError) as error:
+    except (*MAT_READER_ERRORS, MatReadError) as error:
         raise DatasetError(
             f"cannot read {path} as a MATLAB file ({one_line(error)}): save it with -v7 or -v7.3"
         ) from None
@@ -308,7 +315,7 @@ def import_ptylab_hdf5(
                 data[name] = np.asarray(item[()])
     except DatasetError:
         raise
-    except PARSER_ERRORS as error:
+    except H5_READER_ERRORS as error:
         raise DatasetError(f"cannot read {path} as HDF5: {one_line(error)}") from None
     frames = np.asarray(data["ptychogram"])
     if frames.ndim != 3:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io._importcheck import PARSER_ERRORS, check_stack_size, frame_stack, one_line
+from uafp_gui.io._importcheck import MAT_READER_ERRORS, PARSER_ERRORS, check_stack_size, frame_stack, one_line
 from uafp_gui.io.dataset import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -108,7 +108,7 @@ def import_zheng_mat(
         mat = scipy.io.loadmat(mat_path)
     except DatasetError:
         raise
-    except (*PARSER_ERRORS, MatReadError) as error:
+    except (*MAT_READER_ERRORS, MatReadError) as error:
         raise DatasetError(
             f"cannot read {mat_path} as a MATLAB v5 file ({one_line(error)}): save it with `save(..., '-v7')` in MATLAB"
         ) from None
@@ -146,14 +146,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            from uafp_gui.io.dataset import MAX_FRAME_PIXELS, quiet_tifffile
+            from uafp_gui.io.dataset import MAX_FRAME_PIXELS, _walk_pages, quiet_tifffile
 
             with quiet_tifffile(), tifffile.TiffFile(path) as tif:
-                if len(tif.pages) != 1:
+                pages, broken, more = _walk_pages(tif, path, path.stat().st_size, 1)  # bounded, loop-checked
+                if more:
                     raise DatasetError(
-                        f"{path} holds {len(tif.pages)} pages: a folder import takes one frame "
+                        f"{path} holds several pages: a folder import takes one frame "
                         "per file (read a stack with `uafp reconstruct` + a sidecar JSON instead)"
                     )
+                if broken or not pages:
+                    raise DatasetError(f"{path} is a corrupt TIFF (its first page is cut short or broken)")
                 page = tif.pages.first
                 if int(np.prod(page.shape, dtype=np.float64)) > MAX_FRAME_PIXELS:
                     raise DatasetError(
