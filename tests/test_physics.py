@@ -467,6 +467,16 @@ def test_pixel_integration_is_the_average_over_the_pixel_centred_where_q1_sample
     assert relative_error(run_model(model, object_from_lines(lines))[0], reference) < 1e-4
 
 
+@pytest.mark.parametrize(("q", "frame"), [(1, 6), (1, 5), (2, 6), (2, 7), (3, 5)])
+def test_camera_intensity_backward_matches_finite_differences(q, frame):
+    """The camera intensity's hand-written backward pass (closed-form, no autograd) is the derivative
+    of its forward pass, with and without pixel integration, on even and odd frames."""
+    model = make_model(make_setup([(0, 0)], frame=frame, pixel_integration=q))
+    generator = torch.Generator().manual_seed(23)
+    spectra = torch.randn(2, frame, frame, dtype=torch.complex128, generator=generator).requires_grad_(True)
+    assert torch.autograd.gradcheck(model.intensity_of, (spectra,), eps=1e-6, atol=1e-7)
+
+
 def test_gain_and_background_enter_linearly():
     rng = np.random.default_rng(21)
     obj = np.exp(0.5j * rng.normal(size=(FINE, FINE)))

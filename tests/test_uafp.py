@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 from dataclasses import replace
 
@@ -312,6 +313,53 @@ def test_cancel_from_the_progress_callback_stops_between_iterations(tiny):
     # A callable works as well as an Event; set before the start, nothing runs.
     assert run_all(recon, 5, cancel=lambda: True) == []
     assert recon.iteration == 5
+
+
+def test_stop_acts_between_mini_batches_and_keeps_the_last_whole_iteration(tiny, monkeypatch):
+    """Stop is checked before every mini-batch (it acts within a fraction of an iteration): the run
+    ends cancelled, back at the state of its last whole iteration, and continues from there."""
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
+    run_all(recon, 2)
+    good_object = recon.object.detach().clone()
+    good_gain = recon.model.system.frame_gain.detach().clone()
+    cancel = threading.Event()
+    original_loss = recon.loss
+    batches = []
+
+    def loss(frames):
+        batches.append(len(frames))
+        if len(batches) == 2:  # the second mini-batch of the third iteration's first phase
+            cancel.set()
+        return original_loss(frames)
+
+    monkeypatch.setattr(recon, "loss", loss)
+    assert run_all(recon, 5, cancel) == []
+    assert len(batches) == 2 and len(tiny.frames) > 2 * TINY_SETTINGS.batch_size  # well inside the iteration
+    assert recon.stop_reason == "cancelled" and recon.partial
+    assert recon.iteration == 2 and len(recon.loss_history) == 2
+    assert torch.equal(recon.object.detach(), good_object)
+    assert torch.equal(recon.model.system.frame_gain.detach(), good_gain)
+    assert all(p.requires_grad for p in (recon.object, recon.model.system.zernike_rad))  # phase state restored
+    monkeypatch.setattr(recon, "loss", original_loss)
+    assert [u.iteration for u in recon.run(1)] == [3]
+
+
+def test_a_run_stops_converged_when_the_misfit_stops_improving(tiny):
+    """The iteration count is a cap: the run ends `converged` (a complete result) once the misfit gains
+    less than the tolerance per iteration, never before every frame is in and the geometry has joined."""
+    settings = TINY_SETTINGS.replace(convergence_window=3, convergence_tolerance=1.0)  # any gain is too small
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), settings)
+    updates = run_all(recon)
+    settled = max(settings.growth_fraction, settings.geometry_start_fraction) * settings.iterations
+    assert recon.iteration == int(math.ceil(settled + 3)) < settings.iterations
+    assert recon.stop_reason == "converged" and not recon.partial
+    assert updates[-1].stop_reason == "converged" and "over the last 3 iterations" in recon.stop_detail
+    result = recon.result()
+    assert result.extra["stop_reason"] == "converged" and result.extra["partial"] is False
+    # A window of 0 always runs to the cap.
+    capped = UafpReconstruction.from_dataset(dataset_of(tiny), settings.replace(convergence_window=0))
+    run_all(capped)
+    assert capped.iteration == settings.iterations and capped.stop_reason == "completed"
 
 
 def test_resume_from_saved_state_continues_like_an_uninterrupted_run(tiny, tmp_path):

@@ -384,32 +384,42 @@ class ForwardModel(torch.nn.Module):
         return crops * self.shifted_pupils(remainder)
 
     def intensity_of(self, spectra: torch.Tensor) -> torch.Tensor:
-        """|field|^2 on the camera grid, integrated over each pixel when enabled."""
+        """|field|^2 on the camera grid, integrated over each pixel when enabled.
+
+        With pixel integration q > 1 the field is sampled q x q times per camera pixel (the spectrum
+        zero-padded to q times the frame, the sub-samples centred on the pixel) and the intensity
+        averaged over them. Computed by `_CameraIntensity`, whose closed-form backward pass keeps no
+        padded intermediates and uses no fftshift copies (the hot path of every iteration).
+        """
+        return _CameraIntensity.apply(spectra, self._spectrum_factor(), self.setup.pixel_integration)
+
+    def _spectrum_factor(self) -> torch.Tensor:
+        """(H, W) complex factor applied to each centred field spectrum before the inverse FFT: the
+        FFT scale of the object grid and, for pixel integration, the sub-sample centring phase."""
         rows, cols = self.setup.frame_shape
         big_rows, big_cols = self.setup.object_shape
         q = self.setup.pixel_integration
-        if q > 1:
-            pad_y, pad_x = (q - 1) * rows, (q - 1) * cols
-            spectra = functional.pad(spectra, (pad_x // 2, pad_x - pad_x // 2, pad_y // 2, pad_y - pad_y // 2))
-            # Centre the q x q sub-samples on the camera pixel: shift the fine grid by -(q-1)/(2q) pixel.
-            spectra = spectra * self._subsample_centring(q)
-        out_rows, out_cols = spectra.shape[-2:]
-        scale = (out_rows * out_cols) / (big_rows * big_cols)
-        fields = torch.fft.ifft2(torch.fft.ifftshift(spectra, dim=(-2, -1))) * scale
-        intensity = fields.real**2 + fields.imag**2
-        if q > 1:
-            intensity = functional.avg_pool2d(intensity[:, None], q)[:, 0]
-        return intensity
-
-    def _subsample_centring(self, q: int) -> torch.Tensor:
-        rows, cols = self.setup.frame_shape
-        df_y, df_x = self.setup.frequency_step
-        delta_um = (q - 1) / (2 * q) * self.setup.sample_pixel_um
-        fy = centred_frequencies(q * rows, df_y).to(self.device)
-        fx = centred_frequencies(q * cols, df_x).to(self.device)
-        phase = -2 * torch.pi * delta_um * (fy[:, None] + fx[None, :])
+        key = (q, self.device, self.grid_fx.dtype)
+        cached = getattr(self, "_factor_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         complex_type = torch.complex64 if self.grid_fx.dtype == torch.float32 else torch.complex128
-        return torch.polar(torch.ones_like(phase), phase).to(complex_type)
+        scale = (q * rows * q * cols) / (big_rows * big_cols)
+        if q > 1:
+            df_y, df_x = self.setup.frequency_step
+            # The padded spectrum's frequencies at the frame's samples (as `functional.pad` placed them).
+            pad_y, pad_x = (q - 1) * rows, (q - 1) * cols
+            fy = centred_frequencies(q * rows, df_y)[pad_y // 2 : pad_y // 2 + rows]
+            fx = centred_frequencies(q * cols, df_x)[pad_x // 2 : pad_x // 2 + cols]
+            # Centre the q x q sub-samples on the camera pixel: shift the fine grid by -(q-1)/(2q) pixel.
+            delta_um = (q - 1) / (2 * q) * self.setup.sample_pixel_um
+            phase = -2 * torch.pi * delta_um * (fy[:, None] + fx[None, :])
+            factor = torch.polar(torch.full_like(phase, scale), phase)
+        else:
+            factor = torch.full((rows, cols), scale, dtype=torch.complex128)
+        factor = factor.to(device=self.device, dtype=complex_type)
+        self._factor_cache = (key, factor)
+        return factor
 
     def forward(self, object_spectrum: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, W) expected normalised frames for `frames` (all when None)."""
@@ -422,6 +432,72 @@ class ForwardModel(torch.nn.Module):
         frame_ids = torch.arange(n_batch, device=self.device) if frames is None else frames.to(self.device)
         gain = self.system.frame_gain[frame_ids]
         return gain[:, None, None] * frames_out + self.system.background
+
+
+def _wrapped_blocks(n: int, q: int) -> list[tuple[slice, slice]]:
+    """Where the n centred spectrum samples lie in the unshifted spectrum of the q-times finer grid.
+
+    The centred spectrum is zero-padded to q * n samples ((q - 1) * n // 2 before it) and then
+    ifftshifted; its samples land in at most two contiguous runs. Returns (source, target) slices.
+    """
+    size = q * n
+    first = ((q - 1) * n // 2 - size // 2) % size  # ifftshift moves index size // 2 to 0
+    if first + n <= size:
+        return [(slice(0, n), slice(first, first + n))]
+    head = size - first
+    return [(slice(0, head), slice(first, size)), (slice(head, n), slice(0, n - head))]
+
+
+class _CameraIntensity(torch.autograd.Function):
+    """I = pool_q |ifft2(place(S * factor))|^2, with its adjoint written out (Wirtinger calculus).
+
+    `place` puts each centred (H, W) spectrum into the unshifted (qH, qW) spectrum of the fine
+    grid (a zero padding and an ifftshift in one copy); `pool_q` averages q x q sub-samples. For a
+    real loss L, torch's complex gradient is dL/d(conj z) x 2, so with g = dL/dI:
+    grad_field = 2 field g / q^2 (g repeated over the sub-samples), grad_z = fft2(grad_field) / (qH qW)
+    (the adjoint of ifft2), and grad_S = conj(factor) * the placed entries of grad_z.
+    """
+
+    @staticmethod
+    def forward(ctx, spectra: torch.Tensor, factor: torch.Tensor, q: int) -> torch.Tensor:
+        batch, rows, cols = spectra.shape
+        blocks_y, blocks_x = _wrapped_blocks(rows, q), _wrapped_blocks(cols, q)
+        weighted = spectra * factor
+        if q > 1 or len(blocks_y) > 1 or len(blocks_x) > 1:
+            placed = weighted.new_zeros(batch, q * rows, q * cols) if q > 1 else torch.empty_like(weighted)
+            for source_y, target_y in blocks_y:
+                for source_x, target_x in blocks_x:
+                    placed[:, target_y, target_x] = weighted[:, source_y, source_x]
+        else:
+            placed = weighted
+        fields = torch.fft.ifft2(placed)
+        del placed, weighted
+        intensity = fields.real.square().addcmul_(fields.imag, fields.imag)
+        if q > 1:
+            intensity = functional.avg_pool2d(intensity[:, None], q)[:, 0]
+        ctx.save_for_backward(fields, factor)
+        ctx.q = q
+        return intensity
+
+    @staticmethod
+    def backward(ctx, grad_intensity: torch.Tensor):
+        fields, factor = ctx.saved_tensors
+        q = ctx.q
+        batch, fine_rows, fine_cols = fields.shape
+        rows, cols = fine_rows // q, fine_cols // q
+        weight = grad_intensity * (2.0 / (q * q * fine_rows * fine_cols))
+        # Each camera pixel's weight on its q x q sub-samples, by broadcasting (no repeated copy), on the
+        # real view (a complex-by-real product would first turn the weights complex: twice the time).
+        grad_fields = torch.view_as_real(fields).view(batch, rows, q, cols, q, 2) * weight[:, :, None, :, None, None]
+        grad_fields = torch.view_as_complex(grad_fields.view(batch, fine_rows, fine_cols, 2))
+        grad_placed = torch.fft.fft2(grad_fields)
+        del grad_fields
+        grad_weighted = grad_placed.new_empty(batch, rows, cols)
+        for source_y, target_y in _wrapped_blocks(rows, q):
+            for source_x, target_x in _wrapped_blocks(cols, q):
+                grad_weighted[:, source_y, source_x] = grad_placed[:, target_y, target_x]
+        grad_spectra = grad_weighted * factor.conj() if ctx.needs_input_grad[0] else None
+        return grad_spectra, None, None
 
 
 def synthetic_aperture_cutoff(model: ForwardModel) -> float:

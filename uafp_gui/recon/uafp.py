@@ -8,13 +8,14 @@ object comes from the bright-field frames and the LED geometry from the data its
 (`uafp_gui.recon.selfcal`).
 
 Streaming: a `UafpReconstruction` takes frames as they arrive (`add_frames`), `run()` continues
-from its state and yields small immutable `ReconstructionUpdate`s, stops between iterations
+from its state and yields small immutable `ReconstructionUpdate`s, stops between mini-batches
 when cancelled, and rolls back to the last good state (with smaller steps) if the loss
 diverges or turns NaN. `save_state`/`load_state` resume a reconstruction later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -50,7 +51,7 @@ PHASE_START_SEARCH = "searching the start geometry"
 # Why a run ended (`UafpReconstruction.stop_reason`, written as `stop_reason` in calibration.json).
 STOP_COMPLETED = "completed"  # ran the iterations asked for
 STOP_CONVERGED = "converged"  # the misfit stopped improving before the cap
-STOP_CANCELLED = "cancelled"  # stopped between iterations (GUI Stop or quit, a cancel event)
+STOP_CANCELLED = "cancelled"  # stopped between mini-batches (GUI Stop or quit, a cancel event)
 STOP_INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM (a KeyboardInterrupt) mid-iteration
 STOP_DIVERGED = "diverged"  # the loss kept turning NaN or exploding after every roll-back
 STOP_ENGINE_ERROR = "engine_error"  # the engine raised (a torch error...): the engine's fault
@@ -107,6 +108,11 @@ class UafpSettings:
     final_lr_fraction: float = 0.05
     # A run ends (partial, last good state kept) after this many roll-backs in a row.
     max_consecutive_rollbacks: int = 4
+    # The iteration count is a cap: a run ends `converged` once every frame is in, the geometry has had its
+    # iterations, and the misfit fell by less than `convergence_tolerance` (relative, per iteration) over the
+    # last `convergence_window` iterations. A window of 0 always runs to the cap.
+    convergence_window: int = 3
+    convergence_tolerance: float = 0.005
     update_every: int = 1
     # Gauss-Newton steps on the system (and the object along its most coupled modes) after the last
     # iteration, each kept only if it lowers the data misfit (`uafp_gui.recon.uncertainty`).
@@ -128,6 +134,7 @@ class UafpSettings:
             ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
             ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("start_search_evaluations", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
+            ("convergence_window", 0, 1_000_000),
             ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
         ):
             value = getattr(self, name)
@@ -237,6 +244,7 @@ class UafpReconstruction:
         # called as on_phase(phase, done, total) with PHASE_* names; None reports nothing.
         self.on_phase: Callable[[str, int, int], None] | None = None
         self._cancel_requested: Callable[[], bool] = lambda: False
+        self._constant_spectrum: torch.Tensor | None = None  # the object's spectrum while it is held constant
 
     # ------------------------------------------------------------------ frames
     @classmethod
@@ -502,7 +510,8 @@ class UafpReconstruction:
 
     def loss(self, frames: torch.Tensor) -> torch.Tensor:
         """Mean data misfit of `frames` over their usable pixels (normalised per pixel), plus regularisers."""
-        predicted = self.model(spectrum_of(self.object), frames)
+        spectrum = self._constant_spectrum  # set while the object is a constant (the system phase)
+        predicted = self.model(spectrum_of(self.object) if spectrum is None else spectrum, frames)
         measured = self.measurements[frames] / self.scale
         usable = self.usable_pixels(frames)
 
@@ -598,27 +607,53 @@ class UafpReconstruction:
 
     def _step_batches(self, phase: str, order: torch.Tensor, freeze_geometry: bool = False) -> float:
         """One optimiser step of `phase` per mini-batch of `order`; returns the summed batch losses."""
-        optimiser = self.optimisers[phase]
-        system = self.model.system
-        total = 0.0
-        for batch in torch.split(order, self.batch_size()):
-            if self._searching and self._cancel_requested():  # Stop acts within one batch, not one search
-                from uafp_gui.recon.selfcal import Cancelled
+        from uafp_gui.recon.selfcal import Cancelled
 
-                raise Cancelled
-            optimiser.zero_grad(set_to_none=True)
-            loss = self.loss(batch)
-            loss.backward()
-            if phase == "system":
-                self._mask_system_gradients()
-                if freeze_geometry:
-                    for parameter in (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm):
-                        parameter.grad = None
-            optimiser.step()
-            if phase == "system":
-                self._keep_system_physical()
-            total += float(loss.detach()) * len(batch)
+        optimiser = self.optimisers[phase]
+        total = 0.0
+        with self._gradients_for(phase):
+            for batch in torch.split(order, self.batch_size()):
+                if self._cancel_requested():  # Stop acts within one mini-batch, not one iteration or search
+                    raise Cancelled
+                total += self._step_batch(phase, optimiser, batch, freeze_geometry)
         return total
+
+    @contextlib.contextmanager
+    def _gradients_for(self, phase: str) -> Iterator[None]:
+        """Autograd through this phase's own parameters only: the other side is a constant of the phase,
+        so its gradients (the pupil interpolation's backward, the object's FFT) are never computed, and
+        the system phase transforms the object once for all its mini-batches (`loss`)."""
+        system = self.model.system
+        others = [self.object] if phase == "system" else [p for p in system.parameters() if p.requires_grad]
+        for parameter in others:
+            parameter.requires_grad_(False)
+        if phase == "system":
+            with torch.no_grad():
+                self._constant_spectrum = spectrum_of(self.object)
+        try:
+            yield
+        finally:
+            self._constant_spectrum = None
+            for parameter in others:
+                parameter.requires_grad_(True)
+
+    def _step_batch(
+        self, phase: str, optimiser: torch.optim.Optimizer, batch: torch.Tensor, freeze_geometry: bool
+    ) -> float:
+        """One optimiser step of `phase` on one mini-batch; returns its loss times its frame count."""
+        system = self.model.system
+        optimiser.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        loss.backward()
+        if phase == "system":
+            self._mask_system_gradients()
+            if freeze_geometry:
+                for parameter in (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm):
+                    parameter.grad = None
+        optimiser.step()
+        if phase == "system":
+            self._keep_system_physical()
+        return float(loss.detach()) * len(batch)
 
     def geometry_bounds(self) -> dict[str, tuple[float, float]]:
         """The physical range each LED-geometry estimate is kept in (see `_keep_system_physical`).
@@ -719,6 +754,8 @@ class UafpReconstruction:
             raise ReconstructionError(self.failure_message()) from error
 
     def _iterate(self, target: int, cancelled: Callable[[], bool]) -> Iterator[ReconstructionUpdate]:
+        from uafp_gui.recon.selfcal import Cancelled
+
         self._initialise()
         done = 0
         last_yielded = -1
@@ -743,6 +780,10 @@ class UafpReconstruction:
                 failure = "" if np.isfinite(loss) and loss <= 3 * best else f"the loss became {loss:.4g}"
                 if not failure and not self._state_is_finite():
                     failure = "a parameter became NaN or infinite"
+            except Cancelled:  # Stop between two mini-batches: back to the end of the last whole iteration
+                self._restore_last_good()
+                self.elapsed_s += time.perf_counter() - started
+                break
             except UafpError:
                 raise
             except Exception as error:  # a torch error, an LED pushed outside the bandwidth...: the engine's
@@ -768,13 +809,19 @@ class UafpReconstruction:
                 last_yielded = done
                 yield self.update(rolled_back)
                 return
-            if done % self.settings.update_every == 0 or done == target:
-                if done == target:
-                    if self.iteration >= self.settings.iterations and self.settings.polish_steps > 0:
+            converged = not rolled_back and self._converged()
+            if done % self.settings.update_every == 0 or done == target or converged:
+                if converged or done == target:
+                    if (converged or self.iteration >= self.settings.iterations) and self.settings.polish_steps > 0:
                         self.polish()
-                    self._end(STOP_COMPLETED)
+                    if converged:
+                        self._end(STOP_CONVERGED, self._convergence_detail())
+                    else:
+                        self._end(STOP_COMPLETED)
                 last_yielded = done
                 yield self.update(rolled_back)
+                if converged:
+                    return
         if self.stop_reason is None:
             if done < target:
                 self._end(STOP_CANCELLED, f"stopped at iteration {self.iteration} of {self.iteration + target - done}")
@@ -782,6 +829,33 @@ class UafpReconstruction:
                 self._end(STOP_COMPLETED)
         if last_yielded != done and done > 0:
             yield self.update()
+
+    def _converged(self) -> bool:
+        """Whether the misfit has stopped improving (see `UafpSettings.convergence_window`)."""
+        s = self.settings
+        window = s.convergence_window
+        if window <= 0 or len(self.loss_history) <= window:
+            return False
+        if self._pending or not bool(self.available.all()):  # streaming: more frames are coming
+            return False
+        settled = s.growth_fraction  # every frame is eligible from here on
+        if self.start_geometry is not None and s.learn_geometry and not s.freeze_system:
+            settled = max(settled, s.geometry_start_fraction)  # the geometry joins here (`_mask_system_gradients`)
+        if self.iteration < settled * s.iterations + window:
+            return False
+        first, last = self.loss_history[-window - 1], self.loss_history[-1]
+        if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
+            return False
+        return (first - last) / first < window * s.convergence_tolerance
+
+    def _convergence_detail(self) -> str:
+        window = self.settings.convergence_window
+        first, last = self.loss_history[-window - 1], self.loss_history[-1]
+        return (
+            f"the misfit improved by {100 * (first - last) / first:.2f} % over the last {window} iterations "
+            f"(below {100 * self.settings.convergence_tolerance:g} % per iteration): stopped at iteration "
+            f"{self.iteration} of at most {self.settings.iterations}"
+        )
 
     def interrupted(self, detail: str = "interrupted") -> None:
         """Mark the run as interrupted from outside (Ctrl-C, SIGTERM, quit) and return to the last good state."""
