@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -454,20 +454,27 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         micros = [draw_microscope(args.seed + k, args.max_frame, args.max_leds) for k in range(args.draws)]
     jobs = [(micro, k, args.iterations, not args.no_classic) for k, micro in enumerate(micros)]
+    rows: list[dict] = []
+
+    def finished(row: dict) -> None:
+        """Keep a draw's row as soon as it is done: OUT.json/OUT.csv hold every finished draw, so a
+        long run stopped half-way (or killed) loses nothing it measured."""
+        row["microscope"] = asdict(micros[row["draw"]])
+        rows.append(row)
+        rows.sort(key=lambda r: r["draw"])
+        write_outputs(rows, summary(rows) | {"planned_draws": len(jobs)}, args.out)
+        print(f"draw {row['draw']} done: {row.get('outcome')}, {row.get('uafp_s', 0):.0f} s", flush=True)
+
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(run_draw, *zip(*jobs, strict=True)))
+            for future in as_completed([pool.submit(run_draw, *job) for job in jobs]):
+                finished(future.result())
     else:
-        rows = []
         for job in jobs:
-            rows.append(run_draw(*job))
-            print(f"draw {job[1]} done: {rows[-1].get('outcome')}, {rows[-1].get('uafp_s', 0):.0f} s", flush=True)
-    for r, micro in zip(rows, micros, strict=True):
-        r["microscope"] = asdict(micro)
+            finished(run_draw(*job))
     print_table(rows)
     s = summary(rows)
     print_summary(s)
-    write_outputs(rows, s, args.out)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.csv')}")
     return s
 

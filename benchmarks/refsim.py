@@ -13,7 +13,11 @@ literally, the slow and direct way:
   into the frame;
 - each LED's tilted plane wave multiplies the object in real space, exp(i 2 pi u . x), with u
   from the true (rotated, shifted, per-LED perturbed) LED positions and the true height: the
-  illumination is never rounded to a spectrum pixel;
+  illumination is never rounded to a spectrum pixel. The object is a uniform background c plus
+  the rest, which is brought smoothly to zero in the outer part of the margin; the background's
+  tilted plane wave is imaged analytically (c P(u) exp(i 2 pi u . x)), so no wave is ever cut at
+  the simulation grid's edge (a cut plane wave rings through the hard pupil edge into the
+  frame, and in dark-field frames that ringing is a large part of the signal);
 - a coherent imaging system with its own circular pupil and its own Noll Zernike polynomials
   (written out term by term below, not the engine's recursion) filters the exit wave;
 - the intensity is integrated over each camera pixel from `subsamples` x `subsamples` samples;
@@ -122,7 +126,7 @@ class RefMicroscope:
     camera_offset: float = 100.0
     exposure_ms: float = 10.0
     # Simulation.
-    object_kind: str = "mixed"  # "usaf", "cells" or "mixed"
+    object_kind: str = "mixed"  # "usaf", "cells", "mixed", or "blank" (uniform: a diagnostic)
     subsamples: int | None = None  # fine object samples per camera pixel (None: >= 5, enough for the aperture)
     # A diagnostic, not a microscope: the object repeats with the frame's field of view, as the engine's
     # periodic model assumes (the sample around the field of view is a copy of what is inside).
@@ -248,6 +252,8 @@ def make_object(
     amplitude = np.full(shape, 0.92)
     phase = np.zeros(shape)
     fov = min(rows, cols) * pixel_um
+    if kind not in ("cells", "mixed", "usaf", "blank"):
+        raise ValueError(f"object kind must be 'usaf', 'cells', 'mixed' or 'blank' (got {kind!r})")
     if kind in ("cells", "mixed"):
         n_cells = int(rng.integers(10, 22))
         for _ in range(n_cells):
@@ -301,6 +307,33 @@ def lowpass_fine(field: np.ndarray, pixel_um: float, cutoff_per_um: float) -> np
 
 
 # ----------------------------------------------------------------------------- imaging
+
+
+def edge_taper_px(micro: RefMicroscope, margin_px: int) -> int:
+    """Width (camera pixels) of the outer part of the margin where the object is brought to its
+    background: beyond the aberrations' blur from the frame, so the frames see the object itself."""
+    return int(max(2, margin_px - math.ceil(defocus_blur_px(micro)) - 2))
+
+
+def split_background(
+    field: np.ndarray, margin: int, taper: int, periodic: bool = False
+) -> tuple[complex, np.ndarray]:
+    """(c, rest): `field` = c + rest inside the grid but for its outer `taper` samples, where `rest`
+    falls smoothly (raised cosine) to zero; c is the field's mean over the margin. `periodic` (the
+    periodic-object diagnostic) keeps the whole field as it is: c = 0."""
+    if periodic:
+        return 0j, field
+    rows, cols = field.shape
+    inner = np.ones(field.shape, dtype=bool)
+    inner[margin : rows - margin, margin : cols - margin] = False
+    background = complex(field[inner].mean()) if inner.any() else complex(field.mean())
+
+    def ramp(n: int) -> np.ndarray:
+        distance = np.minimum(np.arange(n), np.arange(n)[::-1]) + 0.5  # samples from the nearer edge
+        return np.where(distance >= taper, 1.0, np.sin(0.5 * np.pi * np.clip(distance / taper, 0, 1)) ** 2)
+
+    window = ramp(rows)[:, None] * ramp(cols)[None, :]
+    return background, (field - background) * window
 
 
 @dataclass
@@ -422,7 +455,13 @@ def simulate(micro: RefMicroscope, batch: int = 8) -> RefSimulation:
     r2 = ((yy - (n - 1) / 2) ** 2 + (xx - (n - 1) / 2) ** 2) / (2 * ((n - 1) / 2) ** 2)
     vignette = 1 - micro.vignetting * r2
 
-    obj_t = torch.as_tensor(object_big, dtype=torch.complex64)
+    background, rest = split_background(object_big, margin * q, edge_taper_px(micro, margin) * q, micro.periodic_object)
+    # The pupil at each LED's own illumination frequency: what the background's plane wave passes.
+    rho_u = np.linalg.norm(frequencies, axis=1) / cutoff
+    pupil_at_u = np.where(
+        rho_u <= 1.0, np.exp(1j * wavefront_rad(micro.zernike_rad, rho_u, np.arctan2(frequencies[:, 1], frequencies[:, 0]))), 0.0
+    )
+    obj_t = torch.as_tensor(rest, dtype=torch.complex64)
     pupil_t = torch.as_tensor(pupil, dtype=torch.complex64)
     intensities = np.empty((len(leds), n, n))
     with torch.no_grad():
@@ -431,8 +470,10 @@ def simulate(micro: RefMicroscope, batch: int = 8) -> RefSimulation:
             u = frequencies[start : start + batch]
             ramp_x = torch.as_tensor(np.exp(2j * np.pi * u[:, 0, None] * coordinates[None]), dtype=torch.complex64)
             ramp_y = torch.as_tensor(np.exp(2j * np.pi * u[:, 1, None] * coordinates[None]), dtype=torch.complex64)
-            exit_wave = obj_t[None] * ramp_y[:, :, None] * ramp_x[:, None, :]
-            field_ = torch.fft.ifft2(torch.fft.fft2(exit_wave) * pupil_t[None])
+            plane_wave = ramp_y[:, :, None] * ramp_x[:, None, :]
+            field_ = torch.fft.ifft2(torch.fft.fft2(obj_t[None] * plane_wave) * pupil_t[None])
+            passed = torch.as_tensor(background * pupil_at_u[start : start + batch], dtype=torch.complex64)
+            field_ = field_ + passed[:, None, None] * plane_wave
             intensity = (field_.real**2 + field_.imag**2)[:, crop, crop]
             intensities[start : start + batch] = intensity.reshape(-1, n, q, n, q).mean(dim=(2, 4)).numpy()
 

@@ -58,3 +58,21 @@ def test_quick_benchmark_runs_end_to_end(tmp_path, capsys):
             assert np.isfinite(row[key]), key
     out = capsys.readouterr().out
     assert "fraction" not in out and "pass_all" in out and "2-sigma coverage" in out
+
+
+def test_each_draw_is_written_as_soon_as_it_finishes(tmp_path, monkeypatch):
+    """A long run stopped half-way (Ctrl-C, a killed job) keeps every draw it finished."""
+
+    def fake_run_draw(micro, draw, iterations=None, classic=True):
+        if draw == 1:
+            raise KeyboardInterrupt
+        return {"draw": draw, "seed": micro.seed, "outcome": "ok", "uafp_s": 1.0, "no_crash": True}
+
+    monkeypatch.setattr(bench_robustness, "run_draw", fake_run_draw)
+    with pytest.raises(KeyboardInterrupt):
+        bench_robustness.main(["--draws", "3", "--seed", "5", "--max-frame", "64", "--out", str(tmp_path / "run")])
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert [row["draw"] for row in data["draws"]] == [0]
+    assert data["summary"]["draws"] == 1 and data["summary"]["planned_draws"] == 3
+    assert data["summary"]["seeds"] == [5] and data["draws"][0]["microscope"]["seed"] == 5
+    assert (tmp_path / "run.csv").read_text().count("\n") == 2

@@ -571,3 +571,37 @@ def test_cli_reconstruct_writes_the_result_folder(tiny, tmp_path, capsys):
     assert amplitude.shape == (2 * 48, 2 * 48) and np.isfinite(amplitude).all()
     result = read_result(out)
     assert result.calibration.led_geometry.height_mm > 0
+
+
+def test_rotation_step_moves_the_outermost_led_as_far_as_the_shift_step(tiny):
+    recon = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS)
+    reach_mm = 2 * np.sqrt(2) * tiny.meta.led_pitch_mm  # 5 x 5 LEDs: the corner LED
+    expected = np.degrees(TINY_SETTINGS.lr_shift_mm / reach_mm)
+    assert recon.rotation_step_deg() == pytest.approx(expected, rel=1e-6)
+    assert recon.rotation_step_deg() > 2 * 0.05  # several times the old fixed 0.05 deg
+    fixed = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], TINY_SETTINGS.replace(lr_rotation_deg=0.02))
+    assert fixed.rotation_step_deg() == 0.02
+
+
+def test_geometry_newton_steps_are_spread_from_the_geometry_join_to_the_end(tiny):
+    settings = TINY_SETTINGS.replace(iterations=20, geometry_newton_steps=4, polish_steps=1)
+    recon = UafpReconstruction.from_dataset(Dataset(meta=tiny.meta, frames=tiny.frames), settings)
+    due = []
+    original = recon._geometry_newton_due
+
+    def record():
+        if original():
+            due.append(recon.iteration)
+        return False  # only the schedule is under test here
+
+    recon._geometry_newton_due = record
+    list(recon.run())
+    assert recon.start_geometry is not None
+    assert due == [10, 12, 15, 17]  # join at 50 %, then evenly spaced
+    assert recon.polished_steps in (0, 1)  # polish on (it keeps a step only when the misfit drops)
+    frozen = UafpReconstruction.from_dataset(
+        Dataset(meta=tiny.meta, frames=tiny.frames), settings.replace(freeze_system=True)
+    )
+    list(frozen.run(iterations=1))
+    assert not frozen._geometry_newton_due()
+    assert UafpSettings().polish_steps > 0 and UafpSettings().geometry_newton_steps > 0  # on by default

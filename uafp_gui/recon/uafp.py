@@ -98,7 +98,9 @@ class UafpSettings:
     geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
     lr_object: float = 0.05
     lr_shift_mm: float = 0.05
-    lr_rotation_deg: float = 0.05
+    # None: the step that moves the outermost LED as far as `lr_shift_mm` moves every LED (a fixed
+    # step in degrees is a small fraction of that on a large array: the rotation then stays near its start).
+    lr_rotation_deg: float | None = None
     lr_height_mm: float = 0.3
     lr_zernike_rad: float = 0.03
     lr_freeform_rad: float = 0.01
@@ -116,7 +118,10 @@ class UafpSettings:
     update_every: int = 1
     # Gauss-Newton steps on the system (and the object along its most coupled modes) after the last
     # iteration, each kept only if it lowers the data misfit (`uafp_gui.recon.uncertainty`).
-    polish_steps: int = 0
+    polish_steps: int = 2
+    # Gauss-Newton steps on the LED geometry alone during the run: the first when the geometry joins
+    # (`geometry_start_fraction`), the rest evenly spaced until the last iteration (0: none).
+    geometry_newton_steps: int = 4
     uncertainty: bool = True  # standard errors of the calibration at the end of a run (recon.uncertainty)
     preview_size: int = 256
     seed: int = 0
@@ -132,7 +137,8 @@ class UafpSettings:
             raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
         for name, low, high in (
             ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
-            ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("start_search_evaluations", 0, 10_000),
+            ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("polish_steps", 0, 1000),
+            ("geometry_newton_steps", 0, 1000), ("start_search_evaluations", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
             ("convergence_window", 0, 1_000_000),
             ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
@@ -235,6 +241,7 @@ class UafpReconstruction:
         self.stop_detail = ""
         self._uncertainty: tuple | None = None
         self.polished_steps = 0
+        self.geometry_newton_kept = 0
         self.start_geometry: LedGeometry | None = None
         self.circle_fit = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
@@ -469,7 +476,7 @@ class UafpReconstruction:
             if s.learn_geometry:
                 groups += [
                     {"params": [system.shift_x_mm, system.shift_y_mm], "lr": s.lr_shift_mm},
-                    {"params": [system.rotation_deg], "lr": s.lr_rotation_deg},
+                    {"params": [system.rotation_deg], "lr": self.rotation_step_deg()},
                     {"params": [system.height_mm], "lr": s.lr_height_mm},
                 ]
             if s.learn_zernike:
@@ -492,6 +499,13 @@ class UafpReconstruction:
             )
         if groups and "system" not in self.optimisers:
             self.optimisers["system"] = torch.optim.Adam(groups)
+
+    def rotation_step_deg(self) -> float:
+        """The rotation's base step: as set, or the angle that moves the outermost LED by `lr_shift_mm`."""
+        if self.settings.lr_rotation_deg is not None:
+            return self.settings.lr_rotation_deg
+        reach_mm = float(np.max(np.linalg.norm(self._nominal_positions, axis=1), initial=0.0))
+        return float(np.degrees(self.settings.lr_shift_mm / max(reach_mm, self.model.setup.led_pitch_mm)))
 
     # ---------------------------------------------------------------- the loss
     def usable_pixels(self, frames: torch.Tensor) -> torch.Tensor | None:
@@ -776,6 +790,8 @@ class UafpReconstruction:
                 # the object has a chance to absorb their misplacement.
                 if "system" in self.optimisers and self.iteration >= self.settings.warmup_iterations:
                     self._epoch("system")
+                    if self._geometry_newton_due():
+                        self.geometry_newton_step()
                 loss = self._epoch("object")
                 failure = "" if np.isfinite(loss) and loss <= 3 * best else f"the loss became {loss:.4g}"
                 if not failure and not self._state_is_finite():
@@ -867,14 +883,21 @@ class UafpReconstruction:
         (the first-order optimiser stops short of the optimum on these few, stiff directions). A step
         is halved until it lowers the relative amplitude misfit of all frames, or dropped; returns the
         steps kept."""
+        if self.settings.freeze_system or self.object is None:
+            self.polished_steps = 0
+            return 0
+        self.polished_steps = self._gauss_newton_steps(self.settings.polish_steps)
+        return self.polished_steps
+
+    def _gauss_newton_steps(self, steps: int, **restrict) -> int:
+        """Up to `steps` Gauss-Newton steps (`uncertainty.calibration_uncertainty` with `restrict`), each
+        halved until it lowers the data misfit of all frames, or dropped (and the rest with it)."""
         from uafp_gui.recon.uncertainty import apply_gauss_newton_step, calibration_uncertainty
 
         kept = 0
-        if self.settings.freeze_system or self.object is None:
-            return kept
-        for _ in range(self.settings.polish_steps):
+        for _ in range(steps):
             before = self.data_misfit()
-            uncertainty = calibration_uncertainty(self)
+            uncertainty = calibration_uncertainty(self, **restrict)
             snapshot = self._snapshot()
             for fraction in (1.0, 0.5, 0.25):
                 apply_gauss_newton_step(self, uncertainty, fraction)
@@ -886,7 +909,33 @@ class UafpReconstruction:
             else:
                 break
         self._uncertainty = None
-        self.polished_steps = kept
+        return kept
+
+    def _geometry_newton_due(self) -> bool:
+        """Whether a Gauss-Newton step on the LED geometry is due at this iteration: at the iteration the
+        geometry joins the optimisation and then evenly spaced until the end (`geometry_newton_steps`)."""
+        s = self.settings
+        if s.geometry_newton_steps <= 0 or s.freeze_system or not s.learn_geometry or self.object is None:
+            return False
+        join = math.ceil(s.geometry_start_fraction * s.iterations) if self.start_geometry is not None else 0
+        join = max(join, s.warmup_iterations)  # never before the system's first steps
+        span = s.iterations - join
+        if span <= 0 or self.iteration < join or self.iteration >= s.iterations:
+            return False
+        due = {join + (span * k) // s.geometry_newton_steps for k in range(s.geometry_newton_steps)}
+        return self.iteration in due
+
+    def geometry_newton_step(self) -> int:
+        """One Gauss-Newton step on the four LED-geometry parameters (the object moving along its phase
+        ramps, which mimic a common shift), kept only if it lowers the data misfit; returns 1 if kept.
+
+        Adam's mini-batch steps on the rotation are each a small fraction of the error, and their
+        signs scatter from batch to batch: from a start a few degrees off it crept less than half way
+        in the run. A second-order step on the whole data set moves it most of the way at once."""
+        from uafp_gui.recon.uncertainty import GEOMETRY
+
+        kept = self._gauss_newton_steps(1, system_names=GEOMETRY, spectral_modes=False, gains=False)
+        self.geometry_newton_kept += kept
         return kept
 
     def _end(self, reason: str, detail: str = "") -> None:

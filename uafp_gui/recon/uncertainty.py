@@ -199,8 +199,18 @@ def _object_modes(shape: tuple[int, int], object_pixel_um: float, synthetic_cuto
     return modes
 
 
-def calibration_uncertainty(recon, batch_frames: int = 8) -> CalibrationUncertainty:
-    """Standard errors of `recon`'s learned system parameters (a `UafpReconstruction` after a run)."""
+def calibration_uncertainty(
+    recon,
+    batch_frames: int = 8,
+    system_names: tuple[str, ...] | None = None,
+    spectral_modes: bool = True,
+    gains: bool = True,
+) -> CalibrationUncertainty:
+    """Standard errors of `recon`'s learned system parameters (a `UafpReconstruction` after a run).
+
+    `system_names` (GEOMETRY names, "zernike_<j>") restricts the system parameters to those of them
+    that are learned; `spectral_modes=False` moves the object along its phase ramps only, and
+    `gains=False` leaves the gains out: a cheaper Jacobian for a Gauss-Newton step on a few of them."""
     settings = recon.settings
     if recon.object is None:
         raise ValueError("the reconstruction has not run yet")
@@ -215,7 +225,10 @@ def calibration_uncertainty(recon, batch_frames: int = 8) -> CalibrationUncertai
     if not settings.freeze_system and settings.learn_zernike:
         zernike_indices = list(range(settings.zernike_min_index, system.zernike_rad.numel() + 1))
         names += [f"zernike_{j}" for j in zernike_indices]
-    learn_gains = not settings.freeze_system and settings.learn_gains
+    if system_names is not None:
+        names = [name for name in names if name in system_names]
+        zernike_indices = [j for j in zernike_indices if f"zernike_{j}" in system_names]
+    learn_gains = gains and not settings.freeze_system and settings.learn_gains
 
     obj = recon.object.detach().to(torch.complex128)
     spectrum = spectrum_of(obj)
@@ -223,6 +236,8 @@ def calibration_uncertainty(recon, batch_frames: int = 8) -> CalibrationUncertai
         synthetic_cutoff = setup.pupil_cutoff + float(model.illumination_frequencies().norm(dim=-1).max())
     df_y, df_x = setup.frequency_step
     modes = _object_modes(setup.object_shape, setup.object_pixel_um, synthetic_cutoff, (df_y, df_x))
+    if not spectral_modes:
+        modes = [mode for mode in modes if mode[0] == "real"]
     n_system, n_modes = len(names), len(modes)
     available = torch.nonzero(recon.available).squeeze(1).to(model.device)
     frame_slot = {int(k): i for i, k in enumerate(available.tolist())}
