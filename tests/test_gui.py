@@ -217,7 +217,7 @@ def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     assert "PARTIAL: cancelled" in window.recon_panel.status.text()
     window.recon_panel.iterations.setValue(2)
     window.recon_panel.start_button.click()  # Continue
-    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=30000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=120000)
     assert window.recon_job.recon.iteration == stopped_at + 2
 
 
@@ -227,7 +227,7 @@ def test_calibration_profile_round_trip(window, qtbot, tmp_path):
     window.recon_panel.upsample.setValue(2)
     window.recon_panel.iterations.setValue(3)
     window.recon_panel.start_button.click()
-    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=30000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=120000)
     profile = tmp_path / "scope.json"
     window.save_calibration(profile)
     qtbot.waitUntil(profile.exists, timeout=10000)
