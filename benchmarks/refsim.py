@@ -458,9 +458,8 @@ def simulate(micro: RefMicroscope, batch: int = 8) -> RefSimulation:
     background, rest = split_background(object_big, margin * q, edge_taper_px(micro, margin) * q, micro.periodic_object)
     # The pupil at each LED's own illumination frequency: what the background's plane wave passes.
     rho_u = np.linalg.norm(frequencies, axis=1) / cutoff
-    pupil_at_u = np.where(
-        rho_u <= 1.0, np.exp(1j * wavefront_rad(micro.zernike_rad, rho_u, np.arctan2(frequencies[:, 1], frequencies[:, 0]))), 0.0
-    )
+    phi_u = np.arctan2(frequencies[:, 1], frequencies[:, 0])
+    pupil_at_u = np.where(rho_u <= 1.0, np.exp(1j * wavefront_rad(micro.zernike_rad, rho_u, phi_u)), 0.0)
     obj_t = torch.as_tensor(rest, dtype=torch.complex64)
     pupil_t = torch.as_tensor(pupil, dtype=torch.complex64)
     intensities = np.empty((len(leds), n, n))
