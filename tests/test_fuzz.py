@@ -397,3 +397,248 @@ def test_fuzz_serial_replies():
 
     check()
     tally.report()
+
+
+# ------------------------------------------------------------------------------ public-layout importers
+
+GEOMETRY = {"wavelength_um": 0.532, "objective_na": 0.1, "magnification": 2.0, "camera_pixel_um": 3.69,
+            "led_pitch_mm": 4.0, "led_height_mm": 90.0, "led_array_shape": [8, 8], "led_on_axis": [3, 3],
+            "exposure_ms": 10}
+
+# A field's value: arrays of many shapes and dtypes (complex, bool, text, NaN, huge, negative, empty).
+field_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.integers(min_value=-(2**62), max_value=2**62),
+    st.text(max_size=8),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=12),
+    st.tuples(st.sampled_from(["f8", "f4", "u2", "i4", "c8", "?", "u1"]), st.lists(st.integers(0, 9), min_size=0,
+                                                                                    max_size=3),
+              st.integers(-5, 5)),
+)
+
+
+def as_array(value) -> np.ndarray:
+    if isinstance(value, tuple):  # (dtype, shape, fill)
+        dtype, shape, fill = value
+        return np.full(tuple(shape), fill).astype(dtype)
+    if isinstance(value, str):
+        return np.array(value)
+    return np.asarray(value)
+
+
+def valid_fpm_fields(count: int = 4) -> dict[str, np.ndarray]:
+    na = np.array([[0.0, 0.0], [0.044, 0.0], [0.0, 0.044], [0.044, 0.044]])[:count]
+    frames = np.random.default_rng(2).uniform(0.1, 1.0, size=(8, 8, count))
+    return {"I_low": frames, "na_calib": -na, "na_cal": np.array([[0.1]]), "mag": np.array([[2.0]]),
+            "dpix_c": np.array([[3.69]]), "lambda": np.array([[0.532]])}
+
+
+def test_fuzz_fpm_mat_importer(tmp_path_factory):
+    """FPM-INR / APIC MATLAB files: any field replaced (v5 and v7.3), and byte mutations of a valid v5 file."""
+    import scipy.io
+
+    h5py = pytest.importorskip("h5py")
+    from uafp_gui.io.import_public import import_fpm_mat
+
+    folder = tmp_path_factory.mktemp("fuzz_fpm")
+    valid = folder / "valid.mat"
+    scipy.io.savemat(valid, valid_fpm_fields())
+    valid_bytes = valid.read_bytes()
+    tally = Tally("fpm-mat importer (fields, v5/v7.3, bytes)")
+
+    @FUZZ
+    @given(st.sampled_from(sorted(valid_fpm_fields()) + [None]), field_values, st.booleans(),
+           st.lists(mutation, max_size=3))
+    def check(key, value, v73, edits):
+        path = folder / "in.mat"
+        out = folder / "out.tif"
+        out.unlink(missing_ok=True)
+        if edits:
+            path.write_bytes(mutate(valid_bytes, edits))
+        else:
+            fields = valid_fpm_fields()
+            if key is not None:
+                fields[key] = as_array(value)
+            if v73:
+                with h5py.File(path, "w", userblock_size=512) as h5:
+                    for name, array in fields.items():
+                        h5.create_dataset(name, data=np.asarray(array).T if np.asarray(array).dtype.kind != "U"
+                                          else np.bytes_(str(array).encode()))
+            else:
+                try:
+                    scipy.io.savemat(path, fields)
+                except (ValueError, TypeError):
+                    return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tally.run(import_fpm_mat, path, out)
+
+    check()
+    tally.report()
+
+
+def valid_ptylab_fields() -> dict[str, np.ndarray]:
+    positions = np.array([[0.0, 0.0], [0.0, 4e-3], [4e-3, 0.0], [4e-3, 4e-3]])
+    return {"ptychogram": np.random.default_rng(3).uniform(0.1, 1.0, size=(4, 8, 8)), "encoder": positions,
+            "dxd": np.array(3.69e-6), "magnification": np.array(2.0), "wavelength": np.array(0.532e-6),
+            "zled": np.array(0.09), "NA": np.array(0.1), "orientation": np.array(0)}
+
+
+def test_fuzz_ptylab_importer(tmp_path_factory):
+    """PtyLab FPM HDF5: any field replaced by any value (or a group), and byte mutations of a valid file."""
+    h5py = pytest.importorskip("h5py")
+    from uafp_gui.io.import_public import import_ptylab_hdf5
+
+    folder = tmp_path_factory.mktemp("fuzz_ptylab")
+    valid = folder / "valid.h5"
+    with h5py.File(valid, "w") as h5:
+        for name, array in valid_ptylab_fields().items():
+            h5.create_dataset(name, data=array)
+    valid_bytes = valid.read_bytes()
+    tally = Tally("ptylab importer (fields, bytes)")
+
+    @FUZZ
+    @given(st.sampled_from(sorted(valid_ptylab_fields()) + [None]), field_values | st.just("group"),
+           st.lists(mutation, max_size=3))
+    def check(key, value, edits):
+        path = folder / "in.h5"
+        out = folder / "out.tif"
+        out.unlink(missing_ok=True)
+        if edits:
+            path.write_bytes(mutate(valid_bytes, edits))
+        else:
+            with h5py.File(path, "w") as h5:
+                for name, array in valid_ptylab_fields().items():
+                    if name != key:
+                        h5.create_dataset(name, data=array)
+                    elif value == "group":
+                        h5.create_group(name)
+                    else:
+                        array = as_array(value)
+                        text = np.bytes_(str(array).encode())
+                        h5.create_dataset(name, data=text if array.dtype.kind == "U" else array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tally.run(import_ptylab_hdf5, path, out)
+
+    check()
+    tally.report()
+
+
+def test_fuzz_micromanager_importer(tmp_path_factory):
+    """Micro-Manager OME-TIFF: byte mutations of an MMStack file with per-image metadata, hostile
+    per-image JSON, and any LED CSV."""
+    from uafp_gui.io.import_mm import import_micromanager
+
+    folder = tmp_path_factory.mktemp("fuzz_mm")
+    stack = folder / "FP_1_MMStack_Pos0.ome.tif"
+    frames = np.random.default_rng(4).integers(100, 4000, (3, 8, 8), dtype=np.uint16)
+    tifffile.imwrite(stack, frames, ome=True, metadata={"axes": "TYX"})
+    with tifffile.TiffFile(stack) as tif:
+        ome_xml = tif.ome_metadata
+
+    def write_stack(image_meta: list[str]) -> None:
+        with tifffile.TiffWriter(stack) as tif:
+            for k, frame in enumerate(frames):
+                tif.write(frame, description=ome_xml if k == 0 else None, metadata=None,
+                          extratags=[(51123, "s", 0, image_meta[k], True)])
+
+    good = [json.dumps({"LEDArray-Pattern": f"3,{k}", "Exposure-ms": 5.0}) for k in range(3)]
+    write_stack(good)
+    valid_bytes = stack.read_bytes()
+    geometry = folder / "g.json"
+    geometry.write_text(json.dumps(GEOMETRY))
+    tally = Tally("micromanager importer (OME-TIFF bytes, per-image JSON, CSV)")
+
+    @FUZZ
+    @given(
+        st.sampled_from(["bytes", "json", "csv"]),
+        st.lists(mutation, min_size=1, max_size=3),
+        json_values,
+        st.binary(max_size=120) | st.text(alphabet="rowcl,eds;\n0123456789.-x_ms", max_size=120),
+    )
+    def check(kind, edits, value, csv_content):
+        out = folder / "out.tif"
+        out.unlink(missing_ok=True)
+        leds_csv = None
+        if kind == "bytes":
+            stack.write_bytes(mutate(valid_bytes, edits))
+        elif kind == "json":
+            meta = {"LEDArray-Pattern": value, "Exposure-ms": value}
+            try:
+                text = json.dumps(meta)
+            except (ValueError, OverflowError):
+                return
+            write_stack([text, good[1], good[2]])
+        else:
+            stack.write_bytes(valid_bytes)
+            leds_csv = folder / "leds.csv"
+            if isinstance(csv_content, bytes):
+                leds_csv.write_bytes(csv_content)
+            else:
+                leds_csv.write_text("row,col,exposure_ms\n" + csv_content)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tally.run(lambda: import_micromanager(folder, out, geometry=geometry, leds_csv=leds_csv))
+
+    check()
+    tally.report()
+
+
+def test_fuzz_folder_importer_images(tmp_path_factory):
+    """The folder importer's frames: byte mutations of a TIFF and a PNG frame."""
+    from PIL import Image
+
+    from uafp_gui.io.importers import import_folder
+
+    folder = tmp_path_factory.mktemp("fuzz_images")
+    frames = folder / "frames"
+    frames.mkdir()
+    image = np.random.default_rng(5).integers(100, 4000, (8, 8), dtype=np.uint16)
+    tifffile.imwrite(frames / "a.tif", image)
+    Image.fromarray(image).save(frames / "b.png")
+    originals = {name: (frames / name).read_bytes() for name in ("a.tif", "b.png")}
+    (folder / "geometry.json").write_text(json.dumps(GEOMETRY))
+    (folder / "leds.csv").write_text("row,col,file\n3,3,a.tif\n3,4,b.png\n")
+    tally = Tally("folder importer (TIFF and PNG frame bytes)")
+
+    @FUZZ
+    @given(st.sampled_from(sorted(originals)), st.lists(mutation, min_size=1, max_size=4))
+    def check(name, edits):
+        for other, data in originals.items():
+            (frames / other).write_bytes(mutate(data, edits) if other == name else data)
+        out = folder / "out.tif"
+        out.unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tally.run(import_folder, frames, folder / "leds.csv", folder / "geometry.json", out)
+
+    check()
+    tally.report()
+
+
+def test_fuzz_zheng_importer(tmp_path_factory):
+    """The blood-smear MAT importer: byte mutations of a small file in its layout."""
+    import scipy.io
+
+    from uafp_gui.io.importers import import_zheng_mat
+
+    folder = tmp_path_factory.mktemp("fuzz_zheng")
+    valid = folder / "valid.mat"
+    scipy.io.savemat(valid, {"imlow_HDR": np.random.default_rng(6).uniform(0.01, 2, (8, 8, 4)).astype(np.float32)})
+    valid_bytes = valid.read_bytes()
+    tally = Tally("zheng importer (MAT bytes)")
+
+    @FUZZ
+    @given(st.lists(mutation, min_size=1, max_size=4))
+    def check(edits):
+        path = folder / "in.mat"
+        path.write_bytes(mutate(valid_bytes, edits))
+        out = folder / "out.tif"
+        out.unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tally.run(import_zheng_mat, path, out)
+
+    check()
+    tally.report()

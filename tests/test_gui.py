@@ -84,7 +84,7 @@ def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.acquisition_panel.progress.value() == 25, timeout=30000)
     qtbot.waitUntil(lambda: window.acquisition_panel.thumbnails.count() == 25, timeout=5000)  # a few per tick
     qtbot.waitUntil(lambda: window.updates_drawn >= 1, timeout=30000)  # live updates reach the views
-    qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=60000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=60000)
     assert window.updates_drawn >= 2
     assert "25 frames" in window.recon_panel.status.text() and "Finished" in window.recon_panel.status.text()
     assert window.frame_lag_s().size == 25 and np.all(window.frame_lag_s() >= 0)
@@ -169,7 +169,7 @@ def test_ui_stays_responsive_during_reconstruction(window, qtbot, tmp_path):
     monitor = EventLoopMonitor(interval_ms=5)
     monitor.start()
     window.recon_panel.start_button.click()
-    qtbot.waitUntil(lambda: window.recon_worker is not None and not window.recon_worker.isRunning(), timeout=60000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=60000)
     monitor.stop()
     worst, p99 = monitor.stall_ms()
     assert window.updates_drawn >= 2
@@ -186,7 +186,7 @@ def test_ui_stays_responsive_during_acquisition_with_live_reconstruction(window,
     monitor.start()
     window.acquisition_panel.start_button.click()
     qtbot.waitUntil(lambda: window.acq_worker is not None and window.acq_worker.isFinished(), timeout=60000)
-    qtbot.waitUntil(lambda: window.recon_worker is not None and not window.recon_worker.isRunning(), timeout=60000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=60000)
     monitor.stop()
     worst, p99 = monitor.stall_ms()
     assert window.updates_drawn >= 2 and window.acquisition_panel.thumbnails.count() == 49
@@ -205,7 +205,7 @@ def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     window.recon_panel.start_button.click()
     qtbot.waitUntil(lambda: window.updates_drawn >= 1, timeout=30000)
     window.recon_panel.stop_button.click()
-    qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=10000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=10000)
     stopped_at = window.recon_job.recon.iteration
     assert stopped_at < 500
     # Stop wrote the last good state next to the dataset, marked partial, and the panel says so.
@@ -217,7 +217,7 @@ def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     assert "PARTIAL: cancelled" in window.recon_panel.status.text()
     window.recon_panel.iterations.setValue(2)
     window.recon_panel.start_button.click()  # Continue
-    qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=30000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=120000)
     assert window.recon_job.recon.iteration == stopped_at + 2
 
 
@@ -227,7 +227,7 @@ def test_calibration_profile_round_trip(window, qtbot, tmp_path):
     window.recon_panel.upsample.setValue(2)
     window.recon_panel.iterations.setValue(3)
     window.recon_panel.start_button.click()
-    qtbot.waitUntil(lambda: window.recon_worker is not None and not window.recon_worker.isRunning(), timeout=30000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=120000)
     profile = tmp_path / "scope.json"
     window.save_calibration(profile)
     qtbot.waitUntil(profile.exists, timeout=10000)

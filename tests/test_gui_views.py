@@ -74,7 +74,7 @@ def test_stop_during_the_start_fit_leaves_a_truthful_state(window, qtbot, tmp_pa
     assert panel.stop_button.isEnabled() and not panel.start_button.isEnabled()
     panel.stop_button.click()
     assert "Stopping" in panel.status.text() and not panel.stop_button.isEnabled()
-    qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=30000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=30000)
     qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=10000)
     assert panel.start_button.text() == "Reconstruct" and not panel.stop_button.isEnabled()
     assert "no reconstruction yet" in panel.status.text()
@@ -91,7 +91,7 @@ def test_progress_then_finished_with_iteration_total(window, qtbot, tmp_path):
     panel.iterations.setValue(4)
     panel.start_button.click()
     qtbot.waitUntil(lambda: "of 4" in panel.status.text(), timeout=120000)
-    qtbot.waitUntil(lambda: not window.recon_worker.isRunning(), timeout=120000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=120000)
     qtbot.waitUntil(lambda: "Finished: 4 iterations" in panel.status.text(), timeout=10000)
     assert panel.start_button.text() == "Continue" and "-0.00" not in panel.status.text()
 
@@ -102,7 +102,7 @@ def test_open_dataset_clears_the_previous_reconstruction(window, qtbot, tmp_path
     panel.upsample.setValue(2)
     panel.iterations.setValue(2)
     panel.start_button.click()
-    qtbot.waitUntil(lambda: window.recon_worker is not None and not window.recon_worker.isRunning(), timeout=120000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=120000)
     assert panel.amplitude.image.image is not None and panel.loss_curve.getData()[0] is not None
     second = acquire(tmp_path / "second.tif", size=3)
     open_dataset(window, qtbot, second)

@@ -70,6 +70,37 @@ def test_looping_ifd_chain_ends_the_walk(tmp_path, target):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("importer", ["micromanager", "folder"])
+def test_looping_ifd_chain_in_an_imported_tiff_is_a_typed_error(tmp_path, importer):
+    """The importers walk the page chain bounded and loop-checked (uafp_gui.io.dataset._walk_pages)
+    before tifffile's own series walk: a mutated OME-TIFF once hung tifffile's series walk in
+    tests/test_fuzz.py::test_fuzz_micromanager_importer (7 min, killed by the per-test timeout)."""
+    from uafp_gui.io.import_mm import import_micromanager
+    from uafp_gui.io.importers import import_folder
+
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    path = folder / ("FP_MMStack_Pos0.ome.tif" if importer == "micromanager" else "a.tif")
+    pages = 3 if importer == "micromanager" else 2
+    tifffile.imwrite(path, make_frames(pages), ome=importer == "micromanager", metadata={"axes": "TYX"})
+    offsets = ifd_offsets(path)
+    with open(path, "r+b") as fh:  # the last page points back to the first
+        fh.seek(next_pointer_position(path, offsets[-1]))
+        fh.write(struct.pack("<I", offsets[0]))
+    geometry = tmp_path / "g.json"
+    geometry.write_text(json.dumps({**{k: v for k, v in make_meta().to_dict().items() if k not in (
+        "frames", "format", "version")}, "exposure_ms": 1.0}))
+    with pytest.raises(DatasetError) as error:
+        if importer == "micromanager":
+            (tmp_path / "leds.csv").write_text("row,col\n15,16\n15,17\n15,18\n")
+            import_micromanager(folder, tmp_path / "out.tif", geometry=geometry, leds_csv=tmp_path / "leds.csv")
+        else:
+            (tmp_path / "leds.csv").write_text("row,col,file\n15,16,a.tif\n")
+            import_folder(folder, tmp_path / "leds.csv", geometry, tmp_path / "out.tif")
+    assert "\n" not in str(error.value) and "a.tif" in str(error.value) or "Pos0" in str(error.value)
+
+
+@pytest.mark.timeout(60)
 def test_looping_chain_of_a_partial_file_reads_and_resumes(tmp_path):
     path = tmp_path / "loop.tif"
     with DatasetWriter(path, make_meta(6)) as writer:
@@ -614,6 +645,55 @@ def test_acquire_options_are_checked_before_the_camera_runs(capsys, tmp_path, op
     code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "a.tif", *options)
     assert code == 2 and len(errors) == 1 and message in errors[0], errors
     assert not (tmp_path / "a.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--upsample", "256", "--frame-size", "32"], "upsample"),
+        (["--frame-size", "100000"], "--frame-size"),
+        (["--frame-size", "8"], "--frame-size"),
+        (["--frame-size", "4096", "--upsample", "4"], "px limit"),
+        (["--led-grid", "100000"], "--led-grid"),
+        (["--led-grid", "100", "--frame-size", "128"], "a simulation may render"),
+        (["--led-grid", "40"], "outside the 32x32 array"),
+        (["--led-array-shape", "100000", "100000"], "--led-array-shape"),
+        (["--led-on-axis", "5000", "5000"], "outside the 32x32 array"),
+        (["--pixel-integration", "100"], "pixel_integration"),
+        (["--bit-depth", "40"], "--bit-depth"),
+        (["--photons-per-pixel", "1e300"], "--photons-per-pixel"),
+    ],
+)
+def test_simulate_refuses_oversized_inputs_before_allocating(capsys, tmp_path, monkeypatch, options, message):
+    """Issue 14 class 6 for `uafp simulate`: the documented limits (uafp_gui.limits), one line, nothing rendered."""
+    import uafp_gui.simulate as simulate_module
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("the microscope model was built before the size checks")
+
+    monkeypatch.setattr(simulate_module, "true_microscope_model", no_rendering)
+    code, errors = _cli(capsys, "simulate", tmp_path / "s.tif", "--preset", "misaligned", *options)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "s.tif").exists()
+
+
+def test_the_limits_are_one_set_of_numbers():
+    """Readers, plans, the CLI, the physics and the simulator share uafp_gui.limits."""
+    from uafp_gui import limits
+    from uafp_gui.acquisition import plan
+    from uafp_gui.cli import options
+    from uafp_gui.devices import illuminate
+    from uafp_gui.io import importers, jsontext, result
+    from uafp_gui.recon import common
+
+    assert dataset_module.MAX_FRAME_PIXELS == limits.MAX_FRAME_PIXELS
+    assert dataset_module.MAX_FRAMES == plan.MAX_PLAN_LEDS == limits.MAX_FRAMES
+    assert dataset_module.MAX_LED_ARRAY_SIDE == plan.MAX_LED_ARRAY_SIDE == illuminate.MAX_ARRAY_SIDE
+    assert common.MAX_UPSAMPLE == limits.MAX_UPSAMPLE and common.check_work_size is limits.check_work_size
+    assert result.MAX_NOLL_INDEX == limits.MAX_NOLL_INDEX
+    assert jsontext.MAX_JSON_DEPTH == limits.MAX_JSON_DEPTH and importers.MAX_CSV_LINES == limits.MAX_CSV_LINES
+    assert options.MAX_INT_DIGITS == limits.MAX_INT_DIGITS
+    assert illuminate.MAX_REPLY_LINES == limits.MAX_REPLY_LINES
 
 
 @pytest.mark.parametrize(

@@ -618,8 +618,10 @@ def test_rotation_step_moves_the_outermost_led_as_far_as_the_shift_step(tiny):
     assert fixed.rotation_step_deg() == 0.02
 
 
-def test_geometry_newton_steps_are_spread_from_the_geometry_join_to_the_end(tiny):
-    settings = TINY_SETTINGS.replace(iterations=20, geometry_newton_steps=4, polish_steps=1)
+def test_geometry_newton_steps_follow_the_geometry_join(tiny):
+    settings = TINY_SETTINGS.replace(
+        iterations=20, geometry_newton_steps=4, geometry_newton_every=2, polish_steps=1, convergence_window=0
+    )
     recon = UafpReconstruction.from_dataset(Dataset(meta=tiny.meta, frames=tiny.frames), settings)
     due = []
     original = recon._geometry_newton_due
@@ -632,7 +634,7 @@ def test_geometry_newton_steps_are_spread_from_the_geometry_join_to_the_end(tiny
     recon._geometry_newton_due = record
     list(recon.run())
     assert recon.start_geometry is not None
-    assert due == [10, 12, 15, 17]  # join at 50 %, then evenly spaced
+    assert due == [10, 12, 14, 16]  # join at 50 %, then every 2 iterations
     assert recon.polished_steps in (0, 1)  # polish on (it keeps a step only when the misfit drops)
     frozen = UafpReconstruction.from_dataset(
         Dataset(meta=tiny.meta, frames=tiny.frames), settings.replace(freeze_system=True)

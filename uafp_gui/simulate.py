@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from uafp_gui import __version__
+from uafp_gui.errors import ConfigError
 from uafp_gui.io.result import LedGeometry
+from uafp_gui.limits import check_simulation_size
 from uafp_gui.physics.patterns import spiral_order, square_leds
 
 if TYPE_CHECKING:
@@ -58,6 +60,22 @@ class SimulationSettings:
     pixel_integration: int = 2
     seed: int = 0
 
+    def check_limits(self) -> None:
+        """Refuse, before anything is allocated, a simulation beyond the documented limits
+        (uafp_gui.limits): frame size, upsample, LED grid and array, bit depth, photons."""
+        check_simulation_size(
+            self.frame_size, self.upsample, self.pixel_integration, self.led_grid,
+            tuple(self.led_array_shape), self.bit_depth, self.photons_per_pixel,
+        )
+        leds = square_leds(self.led_grid, self.led_on_axis)
+        rows, cols = self.led_array_shape
+        if not all(0 <= r < rows and 0 <= c < cols for r, c in (leds[0], leds[-1])):
+            raise ConfigError(
+                f"--led-grid {self.led_grid} around --led-on-axis {tuple(self.led_on_axis)} reaches LEDs "
+                f"{leds[0]} to {leds[-1]}, outside the {rows}x{cols} array (--led-array-shape): "
+                "lower --led-grid or move --led-on-axis"
+            )
+
     @property
     def true_geometry(self) -> LedGeometry:
         return LedGeometry(
@@ -98,14 +116,16 @@ class Simulation:
 
 
 def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
+    s = settings
+    s.check_limits()
+    leds = spiral_order(square_leds(s.led_grid, s.led_on_axis), s.led_on_axis)
+    meta = nominal_meta(s, leds)  # validates the LEDs against the array, before torch loads
+
     import torch
 
     from uafp_gui.physics.forward import synthetic_aperture_cutoff
 
-    s = settings
     rng = np.random.default_rng(s.seed)
-    leds = spiral_order(square_leds(s.led_grid, s.led_on_axis), s.led_on_axis)
-    meta = nominal_meta(s, leds)
     model, obj, spectrum = true_microscope_model(s, meta, device)
     setup = model.setup
     brightness = np.clip(1 + s.led_brightness_spread * rng.standard_normal(len(leds)), 0.2, None)

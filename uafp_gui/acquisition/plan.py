@@ -44,8 +44,7 @@ LED_SETS = ("square", "disk", "list")
 ORDERS = ("spiral", "na", "as_given")
 
 RowCol = tuple[int, int]
-MAX_LED_ARRAY_SIDE = 1024
-MAX_PLAN_LEDS = 10_000  # frames a plan may hold (as io.dataset.MAX_FRAMES)
+from uafp_gui.limits import MAX_LED_ARRAY_SIDE, MAX_PLAN_LEDS  # noqa: E402
 
 
 def _is_number(value: Any) -> bool:

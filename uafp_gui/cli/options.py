@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-MAX_INT_DIGITS = 12
+from uafp_gui.limits import MAX_INT_DIGITS
 
 
 def finite_float(text: str) -> float:

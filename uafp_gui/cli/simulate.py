@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             changes[spec.name] = tuple(value) if isinstance(value, list) else value
     settings = replace(settings, **changes)
-    if settings.upsample < 1 or settings.frame_size < 16 or settings.led_grid < 1:
-        raise ConfigError("--upsample >= 1, --frame-size >= 16 and --led-grid >= 1 are required")
+    settings.check_limits()  # sizes and the LED square, before anything is allocated (uafp_gui.limits)
     if not args.out.parent.is_dir():
         raise ConfigError(f"folder {args.out.parent} does not exist or is not a folder: create it first")
     if args.out.is_dir():

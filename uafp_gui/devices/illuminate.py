@@ -57,8 +57,7 @@ except ImportError:  # pragma: no cover - Windows
 REPLY_END = "-==-"
 # A reply later than its timeout is still awaited this many timeouts after it (then taken as lost).
 LATE_REPLY_GRACE = 3.0
-MAX_REPLY_LINES = 4096  # `help` and `pprops` are a few lines; a stream of lines is not an LED array
-MAX_REPLY_LINE_CHARS = 16384
+from uafp_gui.limits import MAX_LED_ARRAY_SIDE, MAX_REPLY_LINE_CHARS, MAX_REPLY_LINES  # noqa: E402
 
 
 def _seconds(value: float, name: str) -> float:
@@ -405,7 +404,7 @@ class LedArrayProperties:
         )
 
 
-MAX_ARRAY_SIDE = 1024
+MAX_ARRAY_SIDE = MAX_LED_ARRAY_SIDE
 
 
 def _plain_int(value: Any) -> bool:

@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self.acq_worker: GeneratorWorker | None = None
         self.recon_job: ReconJob | None = None
         self.recon_worker: GeneratorWorker | None = None
+        self._recon_ended_worker: GeneratorWorker | None = None  # the last worker whose end the window handled
         self.live_worker: GeneratorWorker | None = None
         self.live_exposure_ms = [10.0]
         self.dataset: Any = None
@@ -551,7 +552,21 @@ class MainWindow(QMainWindow):
         fallback = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
         return autosave_folder_for(dataset_path, Path(fallback or Path.home() / ".uafp") / "autosave")
 
+    @property
+    def reconstruction_settled(self) -> bool:
+        """No reconstruction runs and the window has handled the last one's end (views, status,
+        Stop/Continue): what a test or a script waits for, rather than a fixed time."""
+        worker = self.recon_worker
+        return worker is None or (worker.isFinished() and self._recon_ended_worker is worker)
+
     def _recon_ended(self) -> None:
+        worker = self.sender() if isinstance(self.sender(), GeneratorWorker) else self.recon_worker
+        try:
+            self._handle_recon_end()
+        finally:
+            self._recon_ended_worker = worker
+
+    def _handle_recon_end(self) -> None:
         self._draw_recon()
         self.recon_panel.flush()
         job = self.recon_job

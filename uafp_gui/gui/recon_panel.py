@@ -101,14 +101,15 @@ class ReconPanel(QWidget):
         self.loss = plot_row.addPlot(0, 2, title="loss (log10)")
         self.loss.setLabel("bottom", "iteration")
         self.loss_curve = self.loss.plot(pen=pg.mkPen((200, 60, 0), width=2))
-        self.traces = plot_row.addPlot(0, 3, title="LED geometry")
-        self.traces.addLegend(offset=(2, 2), labelTextSize="7pt", colCount=2, brush=pg.mkBrush(255, 255, 255, 200))
-        self.traces.setLabel("bottom", "iteration")
-        self.trace_curves = {  # key: what it is; legend: short, so it hides little of the plot
-            "shift x (mm)": self.traces.plot(pen=pg.mkPen("r", width=2), name="x mm"),
-            "shift y (mm)": self.traces.plot(pen=pg.mkPen("b", width=2), name="y mm"),
-            "rotation (deg)": self.traces.plot(pen=pg.mkPen((0, 150, 0), width=2), name="rot deg"),
-            "height - start (mm)": self.traces.plot(pen=pg.mkPen("m", width=2), name="h-h0 mm"),
+        self.traces = plot_row.addPlot(0, 3, title="LED geometry (mm, deg)")
+        # The colour key is the x-axis label, outside the plot: an in-plot legend hid the curves and was
+        # cut where the cell is narrow (a 1500 px window).
+        trace_colours = {"shift x (mm)": ("x", "#d00000"), "shift y (mm)": ("y", "#0000d0"),
+                         "rotation (deg)": ("rot", "#009600"), "height - start (mm)": ("h-h0", "#c000c0")}
+        self.trace_key = " ".join(f'<span style="color:{c}">{name}</span>' for name, c in trace_colours.values())
+        self.traces.setLabel("bottom", f"{self.trace_key} / iteration")
+        self.trace_curves = {
+            key: self.traces.plot(pen=pg.mkPen(colour, width=2)) for key, (_, colour) in trace_colours.items()
         }
         for col, plot in enumerate((self.zernike, self.gains, self.loss, self.traces)):
             plot.setPreferredSize(150, 150)

@@ -46,22 +46,16 @@ FORMAT_VERSION = 1
 SOFTWARE_NAME = f"uafp_gui {__version__}"
 
 # Limits checked before anything is allocated (README, "Limits"): a frame's pixel count, the
-# memory a whole dataset may take once decoded (override with the environment variable), and the
-# frames a plan may hold.
-MAX_FRAME_PIXELS = 2**26  # 64 Mpx: 8192 x 8192
-MAX_DATASET_BYTES_ENV = "UAFP_MAX_DATASET_BYTES"
-DEFAULT_MAX_DATASET_BYTES = 4 * 2**30
-MAX_FRAMES = 10_000
-
-
-def max_dataset_bytes() -> int:
-    """Decoded size a dataset may reach: `UAFP_MAX_DATASET_BYTES` or 4 GiB."""
-    text = os.environ.get(MAX_DATASET_BYTES_ENV, "")
-    try:
-        value = int(text) if text else DEFAULT_MAX_DATASET_BYTES
-    except ValueError:
-        value = DEFAULT_MAX_DATASET_BYTES
-    return value if value > 0 else DEFAULT_MAX_DATASET_BYTES
+# memory a whole dataset may take once decoded (override with the environment variable), the
+# frames a dataset may hold and the LED array's size; all documented in uafp_gui.limits.
+from uafp_gui.limits import (  # noqa: E402, F401  (re-exported: readers and tests use these names)
+    DEFAULT_MAX_DATASET_BYTES,
+    MAX_DATASET_BYTES_ENV,
+    MAX_FRAME_PIXELS,
+    MAX_FRAMES,
+    MAX_LED_ARRAY_SIDE,
+    max_dataset_bytes,
+)
 
 
 class PartialDatasetWarning(UserWarning):
@@ -113,7 +107,6 @@ _MAXIMA = {
     "tile_center_um": 1e9,
     "camera_offset": 2.0**32,
 }
-MAX_LED_ARRAY_SIDE = 1024  # rows and columns of an LED array
 
 
 def _integer(value: Any, name: str, hint: str = "") -> int:

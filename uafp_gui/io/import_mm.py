@@ -23,7 +23,6 @@ present, is checked against camera_pixel_um / magnification.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import warnings
 import xml.etree.ElementTree as ElementTree
@@ -33,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
+from uafp_gui.io._importcheck import PARSER_ERRORS, check_stack_size, frame_stack, one_line
 from uafp_gui.io.dataset import FORMAT_NAME, FORMAT_VERSION, SOFTWARE_NAME, DatasetMeta, write_dataset
+from uafp_gui.io.jsontext import parse_json
 
 DEFAULT_LED_PROPERTY = "LEDArray-Pattern"
 MM_METADATA_TAG = 51123  # MicroManagerMetadata: per-image JSON in MMStack files
@@ -92,8 +93,8 @@ def _mm_image_metadata(tif: Any, count: int) -> list[dict[str, Any]]:
             value = value.decode("utf-8", "replace")
         if isinstance(value, str):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
+                value = parse_json(value, "MicroManagerMetadata")  # depth, size and number limits
+            except DatasetError:
                 value = None
         out.append(value if isinstance(value, dict) else {})
     return out
@@ -126,8 +127,8 @@ def _ome_details(xml: str | None) -> tuple[list[float | None], float | None, dic
             for item in element.iter():
                 if item.tag.rsplit("}", 1)[-1] == "M" and item.get("K") == "summary_metadata_json":
                     try:
-                        summary = json.loads(item.text or "")
-                    except json.JSONDecodeError:
+                        summary = parse_json(item.text or "", "summary_metadata_json")
+                    except DatasetError:
                         summary = None
     return exposures, pixel_um, summary
 
@@ -137,19 +138,32 @@ def read_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
     size (um) and pymmcore-plus's summary metadata of an OME-TIFF acquisition."""
     import tifffile
 
-    from uafp_gui.io.dataset import quiet_tifffile
+    from uafp_gui.io.dataset import _walk_pages, quiet_tifffile
+    from uafp_gui.limits import MAX_FRAMES
 
     path = find_acquisition(path)
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            # the page chain, bounded and loop-checked, before tifffile's own series walk (which a
+            # chain looping back would never end)
+            pages, broken, more = _walk_pages(tif, path, path.stat().st_size, MAX_FRAMES)
+            if broken:
+                raise DatasetError(f"{path}: the TIFF's page chain is broken after page {len(pages)} (a corrupt file)")
+            if more:
+                raise DatasetError(f"{path} holds more than {MAX_FRAMES} pages, more frames than a dataset may hold")
+            if not tif.series:
+                raise DatasetError(f"{path} holds no image series")
             series = tif.series[0]
-            frames = _frames_of(series.asarray(), series.axes, path)
+            check_stack_size(series.shape, series.dtype.itemsize, "the image series", path)  # before reading it
+            frames = frame_stack(_frames_of(series.asarray(), series.axes, path), "the image series", path)
             image_meta = _mm_image_metadata(tif, len(frames))
             exposures, pixel_um, summary = _ome_details(tif.ome_metadata)
     except DatasetError:
         raise
-    except Exception as error:
-        raise DatasetError(f"cannot read {path} as an OME-TIFF: {error}") from None
+    except PARSER_ERRORS as error:
+        raise DatasetError(f"cannot read {path} as an OME-TIFF: {one_line(error)}") from None
+    if not isinstance(summary, dict):
+        summary = None
     return {
         "path": path,
         "frames": frames,
@@ -179,6 +193,19 @@ def _parse_pattern(text: str, where: str) -> list[list[int]]:
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetError(f"LED list not found: {path}: check the path")
+    try:
+        return _parse_csv(path)
+    except DatasetError:
+        raise
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not UTF-8 ({error.reason} at byte {error.start}): save it as UTF-8") from None
+    except PARSER_ERRORS as error:
+        raise DatasetError(f"{path} is not a readable CSV file ({one_line(error)}): one short line per frame") from None
+
+
+def _parse_csv(path: Path) -> list[dict[str, Any]]:
+    from uafp_gui.limits import MAX_CSV_LINES
+
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh, skipinitialspace=True)
         header = [name.strip().lower() for name in reader.fieldnames or []]
@@ -187,7 +214,9 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
         reader.fieldnames = header
         rows = []
         for line, record in enumerate(reader, start=2):
-            record = {k: (v or "").strip() for k, v in record.items() if k}
+            if line > MAX_CSV_LINES:
+                raise DatasetError(f"{path} has more than {MAX_CSV_LINES} lines: more frames than a dataset may hold")
+            record = {k: (v if isinstance(v, str) else "").strip() for k, v in record.items() if k}
             if not any(record.values()):
                 continue
             where = f"{path.name} line {line}"
@@ -197,27 +226,16 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 if record.get(key):
                     try:
                         entry[key] = float(record[key])
-                    except ValueError:
+                    except (ValueError, OverflowError):
                         raise DatasetError(f"{where}: {key} must be a number (got {record[key]!r})") from None
             rows.append(entry)
     return rows
 
 
 def _load_geometry(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DatasetError(f"geometry file not found: {path}: check the path")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    from uafp_gui.io.importers import _load_mapping  # the folder importer's reader: size, UTF-8, JSON limits
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as error:
-        raise DatasetError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path} must hold one object of dataset fields (wavelength_um, ...)")
+    data = _load_mapping(path)
     if "frames" in data:
         raise DatasetError(f"{path} must not list frames: they come from the acquisition")
     return data
@@ -239,7 +257,10 @@ def import_micromanager(
     count = len(frames)
     stored = None
     summary = acquisition["summary"] or {}
-    sequence_meta = (summary.get("mda_sequence") or {}).get("metadata") or {}
+    sequence = summary.get("mda_sequence")
+    sequence_meta = (sequence.get("metadata") if isinstance(sequence, dict) else None) or {}
+    if not isinstance(sequence_meta, dict):
+        sequence_meta = {}
     if isinstance(sequence_meta.get("uafp"), dict) and "dataset" in sequence_meta["uafp"]:
         stored = DatasetMeta.from_dict(sequence_meta["uafp"]["dataset"])
 
@@ -268,7 +289,12 @@ def import_micromanager(
                 raise DatasetError(f"{path}: image {k} has no {led_property} in its metadata: give --leds CSV")
             entry: dict[str, Any] = {"leds": _parse_pattern(meta[led_property], f"{path.name} image {k}")}
             if meta.get("Exposure-ms") not in (None, ""):
-                entry["exposure_ms"] = float(meta["Exposure-ms"])
+                try:
+                    entry["exposure_ms"] = float(meta["Exposure-ms"])
+                except (TypeError, ValueError, OverflowError):
+                    raise DatasetError(
+                        f"{path.name} image {k}: Exposure-ms {str(meta['Exposure-ms'])[:40]!r} is not a number"
+                    ) from None
             entries.append(entry)
         source_name = f"the per-image metadata ({led_property})"
     elif stored is not None:

@@ -37,6 +37,14 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
+from uafp_gui.io._importcheck import (
+    H5_READER_ERRORS,
+    MAT_READER_ERRORS,
+    check_stack_size,
+    frame_stack,
+    numbers,
+    one_line,
+)
 from uafp_gui.io.dataset import SOFTWARE_NAME, DatasetMeta, FrameSpec, write_dataset
 
 FPM_MAT_FRAMES = ("I_low", "imlow")
@@ -61,11 +69,24 @@ def _is_hdf5(path: Path) -> bool:
     return b"\x89HDF\r\n\x1a\n" in head[:8] or head[512:520] == b"\x89HDF\r\n\x1a\n"
 
 
-def read_mat(path: str | os.PathLike[str], names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+def _check_variable(name: str, shape: tuple[int, ...], itemsize: int, source: Path, frames: tuple[str, ...]) -> None:
+    """A variable's size from its header, before it is read: a frame stack within the dataset
+    limits, anything else a small per-frame field."""
+    if name in frames:
+        check_stack_size(tuple(sorted(shape)), itemsize, name, source)  # (N, H, W) in any axis order
+    elif int(np.prod(shape, dtype=np.float64)) > 1_000_000:
+        raise DatasetError(f"{name} in {source} has shape {tuple(shape)}: too large for a per-frame field")
+
+
+def read_mat(
+    path: str | os.PathLike[str], names: tuple[str, ...] | None = None, frames: tuple[str, ...] = FPM_MAT_FRAMES
+) -> dict[str, np.ndarray]:
     """Variables of a MATLAB file as numpy arrays in MATLAB's own axis order.
 
     v5/v7 files are read by `scipy.io.loadmat`, v7.3 files (HDF5) by `h5py`; h5py sees MATLAB's
-    column-major arrays with reversed axes, so they are transposed back. `names` limits what is read.
+    column-major arrays with reversed axes, so they are transposed back. `names` limits what is read;
+    each variable's size is checked from the file's header before it is read (`frames` name the
+    frame stacks, checked against the dataset limits).
     """
     path = Path(path)
     if not path.is_file():
@@ -81,22 +102,33 @@ def read_mat(path: str | os.PathLike[str], names: tuple[str, ...] | None = None)
                         continue
                     item = h5[name]
                     if isinstance(item, h5py.Dataset):
+                        _check_variable(name, item.shape or (), item.dtype.itemsize, path, frames)
                         out[name] = np.asarray(item[()]).T
-        except OSError as error:
-            raise DatasetError(f"cannot read {path} as MATLAB v7.3 (HDF5): {error}") from None
+        except DatasetError:
+            raise
+        except H5_READER_ERRORS as error:
+            raise DatasetError(f"cannot read {path} as MATLAB v7.3 (HDF5): {one_line(error)}") from None
         return out
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
+        for name, shape, _ in scipy.io.whosmat(path):
+            if names is None or name in names:
+                _check_variable(name, shape, 8, path, frames)
         data = scipy.io.loadmat(path, variable_names=list(names) if names else None)
-    except Exception as error:
-        raise DatasetError(f"cannot read {path} as a MATLAB file ({error}): save it with -v7 or -v7.3") from None
+    except DatasetError:
+        raise
+    except (*MAT_READER_ERRORS, MatReadError) as error:
+        raise DatasetError(
+            f"cannot read {path} as a MATLAB file ({one_line(error)}): save it with -v7 or -v7.3"
+        ) from None
     return {k: np.asarray(v) for k, v in data.items() if not k.startswith("__")}
 
 
 def _scalar(value: Any, name: str, source: Path) -> float:
-    array = np.asarray(value, dtype=np.float64).ravel()
-    if array.size != 1 or not np.isfinite(array[0]):
+    array = numbers(value, name, source).ravel()
+    if array.size != 1:
         raise DatasetError(f"{source}: {name} must be one number (got shape {np.asarray(value).shape})")
     return float(array[0])
 
@@ -144,16 +176,10 @@ def _frames_with_na(leds: list[tuple[int, int]], na: np.ndarray, exposure_ms: fl
     )
 
 
-def _frame_stack(stack: np.ndarray) -> np.ndarray:
-    """uint8/uint16 stay uint16; anything else becomes float32 (never scaled)."""
-    if stack.dtype in (np.uint8, np.uint16):
-        return stack.astype(np.uint16)
-    if stack.dtype.kind in "ui" and stack.size and stack.min() >= 0 and stack.max() < 2**16:
-        return stack.astype(np.uint16)
-    out = stack.astype(np.float32)
-    if not np.isfinite(out).all():
-        raise DatasetError("the frames contain NaN/inf pixels: replace them before importing")
-    return out
+def _frame_stack(stack: np.ndarray, name: str = "the frames", source: Any = "the file") -> np.ndarray:
+    """uint8/uint16 stay uint16; other real numbers become float32 (never scaled); complex, boolean,
+    all-dark or non-finite frames are refused (`uafp_gui.io._importcheck.frame_stack`)."""
+    return frame_stack(stack, name, source)
 
 
 # --------------------------------------------------------------------------- FPM-INR / APIC
@@ -186,8 +212,8 @@ def import_fpm_mat(
     stack = np.asarray(mat[frames_name])
     if stack.ndim != 3:
         raise DatasetError(f"{frames_name} in {mat_path} has shape {stack.shape}, expected (H, W, N)")
-    frames = _frame_stack(np.moveaxis(stack, 2, 0))
-    na = np.asarray(mat["na_calib"], dtype=np.float64)
+    frames = _frame_stack(np.moveaxis(stack, 2, 0), frames_name, mat_path)
+    na = numbers(mat["na_calib"], "na_calib", mat_path)
     if na.ndim == 2 and na.shape[0] == 2 and na.shape[1] != 2:
         na = na.T
     if na.shape != (len(frames), 2):
@@ -246,7 +272,7 @@ def import_fpm_mat(
 def _apply_orientation(frames: np.ndarray, orientation: int) -> np.ndarray:
     """PtyLab's orientation code (ptypy convention): 1 flip columns, 2 flip rows, 3 both, 4 transpose,
     5 transpose + flip columns, 6 transpose + flip rows, 7 transpose + both; 0 nothing."""
-    if orientation not in range(8):
+    if orientation not in range(8) or orientation != int(orientation):
         raise DatasetError(f"orientation {orientation} is not a PtyLab orientation code (0..7)")
     if orientation >= 4:
         frames = np.swapaxes(frames, 1, 2)
@@ -278,16 +304,26 @@ def import_ptylab_hdf5(
                 raise DatasetError(
                     f"{path} lacks {', '.join(missing)}: a PtyLab FPM file holds {', '.join(PTYLAB_REQUIRED)} (and NA)"
                 )
-            data = {name: np.asarray(h5[name][()]) for name in (*PTYLAB_REQUIRED, "NA", "orientation") if name in h5}
-    except OSError as error:
-        raise DatasetError(f"cannot read {path} as HDF5: {error}") from None
+            data = {}
+            for name in (*PTYLAB_REQUIRED, "NA", "orientation"):
+                if name not in h5:
+                    continue
+                item = h5[name]
+                if not isinstance(item, h5py.Dataset):
+                    raise DatasetError(f"{name} in {path} is a {type(item).__name__}, not an array")
+                _check_variable(name, item.shape or (), item.dtype.itemsize, path, ("ptychogram",))
+                data[name] = np.asarray(item[()])
+    except DatasetError:
+        raise
+    except H5_READER_ERRORS as error:
+        raise DatasetError(f"cannot read {path} as HDF5: {one_line(error)}") from None
     frames = np.asarray(data["ptychogram"])
     if frames.ndim != 3:
         raise DatasetError(f"ptychogram in {path} has shape {frames.shape}, expected (N, Ny, Nx)")
     if "orientation" in data:
-        frames = _apply_orientation(frames, int(np.asarray(data["orientation"]).ravel()[0]))
-    frames = _frame_stack(frames)
-    encoder = np.asarray(data["encoder"], dtype=np.float64)
+        frames = _apply_orientation(frames, _scalar(data["orientation"], "orientation", path))
+    frames = _frame_stack(frames, "ptychogram", path)
+    encoder = numbers(data["encoder"], "encoder", path)
     if encoder.ndim == 2 and encoder.shape[0] == 2 and encoder.shape[1] != 2:
         encoder = encoder.T
     if encoder.shape != (len(frames), 2):

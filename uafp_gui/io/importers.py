@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
+from uafp_gui.io._importcheck import MAT_READER_ERRORS, PARSER_ERRORS, check_stack_size, frame_stack, one_line
 from uafp_gui.io.dataset import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -30,6 +31,7 @@ from uafp_gui.io.dataset import (
     Glass,
     write_dataset,
 )
+from uafp_gui.limits import MAX_CSV_LINES
 
 # --------------------------------------------------------------------- Zheng blood smear
 
@@ -94,15 +96,21 @@ def import_zheng_mat(
 ) -> Path:
     """Convert the blood-smear MAT (`imlow_HDR` (128, 128, 225) float32) to a dataset TIFF."""
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     mat_path = Path(mat_path)
     if not mat_path.is_file():
         raise DatasetError(f"MAT file not found: {mat_path}: check the path")
     try:
+        variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(mat_path)}
+        if "imlow_HDR" in variables:  # its size, before anything is read
+            check_stack_size(variables["imlow_HDR"][0][::-1], 4, "imlow_HDR", mat_path)
         mat = scipy.io.loadmat(mat_path)
-    except Exception as error:
+    except DatasetError:
+        raise
+    except (*MAT_READER_ERRORS, MatReadError) as error:
         raise DatasetError(
-            f"cannot read {mat_path} as a MATLAB v5 file ({error}): save it with `save(..., '-v7')` in MATLAB"
+            f"cannot read {mat_path} as a MATLAB v5 file ({one_line(error)}): save it with `save(..., '-v7')` in MATLAB"
         ) from None
     if "imlow_HDR" not in mat:
         variables = sorted(k for k in mat if not k.startswith("__"))
@@ -112,7 +120,7 @@ def import_zheng_mat(
     stack = np.asarray(mat["imlow_HDR"])
     if stack.ndim != 3 or not 1 <= stack.shape[2] <= 225:
         raise DatasetError(f"imlow_HDR in {mat_path} has shape {stack.shape}, expected (H, W, N) with N <= 225")
-    frames = np.moveaxis(stack, 2, 0).astype(np.float32)  # MATLAB (:, :, k) -> frame k
+    frames = frame_stack(np.moveaxis(stack, 2, 0), "imlow_HDR", mat_path).astype(np.float32)  # MATLAB (:, :, k)
     meta = _zheng_meta(frames.shape[0], mat_path.name, mat)
     return write_dataset(out_tif, meta, frames, overwrite=overwrite)
 
@@ -138,14 +146,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            from uafp_gui.io.dataset import MAX_FRAME_PIXELS, quiet_tifffile
+            from uafp_gui.io.dataset import MAX_FRAME_PIXELS, _walk_pages, quiet_tifffile
 
             with quiet_tifffile(), tifffile.TiffFile(path) as tif:
-                if len(tif.pages) != 1:
+                pages, broken, more = _walk_pages(tif, path, path.stat().st_size, 1)  # bounded, loop-checked
+                if more:
                     raise DatasetError(
-                        f"{path} holds {len(tif.pages)} pages: a folder import takes one frame "
+                        f"{path} holds several pages: a folder import takes one frame "
                         "per file (read a stack with `uafp reconstruct` + a sidecar JSON instead)"
                     )
+                if broken or not pages:
+                    raise DatasetError(f"{path} is a corrupt TIFF (its first page is cut short or broken)")
                 page = tif.pages.first
                 if int(np.prod(page.shape, dtype=np.float64)) > MAX_FRAME_PIXELS:
                     raise DatasetError(
@@ -170,8 +181,12 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             raise DatasetError(f"{path}: unsupported image type {suffix!r}; use TIFF or PNG")
     except DatasetError:
         raise
-    except Exception as error:
-        raise DatasetError(f"cannot read image {path}: {error}") from None
+    except PARSER_ERRORS as error:
+        raise DatasetError(f"cannot read image {path}: {one_line(error)}") from None
+    except Exception as error:  # Pillow's DecompressionBombError (an Exception): nothing else is expected
+        if type(error).__name__ != "DecompressionBombError":
+            raise
+        raise DatasetError(f"cannot read image {path}: {one_line(error)}") from None
     if image.ndim != 2:
         raise DatasetError(f"{path} has shape {image.shape}: frames must be 2-D grey images (convert RGB to grey)")
     return _check_intensities(image, path)
@@ -234,9 +249,6 @@ def _load_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path} must hold one object of dataset fields (wavelength_um, ...)")
     return data
-
-
-MAX_CSV_LINES = 100_000
 
 
 def _read_led_csv(path: Path) -> list[dict[str, str]]:

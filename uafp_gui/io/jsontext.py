@@ -12,9 +12,7 @@ import math
 from typing import Any
 
 from uafp_gui.errors import DatasetError, UafpError
-
-MAX_JSON_CHARS = 64 * 2**20  # a metadata file of 10 000 frames is well under 2 MB
-MAX_JSON_DEPTH = 64
+from uafp_gui.limits import MAX_JSON_CHARS, MAX_JSON_DEPTH
 
 
 class _Rejected(ValueError):

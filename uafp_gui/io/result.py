@@ -28,7 +28,7 @@ CALIBRATION_FORMAT = "uafp-calibration"
 CALIBRATION_VERSION = 1
 RESULT_FILES = ("amplitude.tif", "phase.tif", "pupil.tif", "calibration.json")
 _RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration", "manifest"}
-MAX_NOLL_INDEX = 21  # as uafp_gui.physics.zernike (io stays free of torch)
+from uafp_gui.limits import MAX_NOLL_INDEX  # noqa: E402  (io stays free of torch)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-MAX_NOLL_INDEX = 21
+from uafp_gui.limits import MAX_NOLL_INDEX  # noqa: E402, F401  (physics.forward and tests import it from here)
 
 
 def noll_to_nm(j: int) -> tuple[int, int]:

@@ -48,24 +48,8 @@ def measurements_of(dataset, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(frames, device=device)
 
 
-MAX_UPSAMPLE = 16
-MAX_OBJECT_SIDE_PX = 8192  # the reconstructed object grid: 8192 x 8192 complex64 is 512 MiB
-
-
-def check_work_size(frame_shape: tuple[int, ...], upsample: int, pixel_integration: int = 1) -> None:
-    """Refuse, before anything is allocated, an object grid beyond the documented limits."""
-    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 1 <= upsample <= MAX_UPSAMPLE:
-        raise ConfigError(f"--upsample must be a whole number 1 to {MAX_UPSAMPLE} (got {upsample!r})")
-    if isinstance(pixel_integration, bool) or not isinstance(pixel_integration, (int, np.integer)) or not (
-        1 <= pixel_integration <= 8
-    ):
-        raise ConfigError(f"pixel_integration must be a whole number 1 to 8 (got {pixel_integration!r})")
-    side = max(int(n) for n in frame_shape) * int(upsample)
-    if side > MAX_OBJECT_SIDE_PX:
-        raise ConfigError(
-            f"{'x'.join(str(int(n)) for n in frame_shape)} px frames x upsample {upsample} make a {side} px object, "
-            f"more than the {MAX_OBJECT_SIDE_PX} px limit: lower --upsample or crop the frames"
-        )
+# The documented limits (README, "Limits") and their check live in uafp_gui.limits.
+from uafp_gui.limits import MAX_OBJECT_SIDE_PX, MAX_UPSAMPLE, check_work_size  # noqa: E402, F401
 
 
 def build_model(dataset, upsample: int, pixel_integration: int, device: torch.device) -> ForwardModel:

@@ -122,8 +122,9 @@ class UafpSettings:
     # iteration, each kept only if it lowers the data misfit (`uafp_gui.recon.uncertainty`).
     polish_steps: int = 2
     # Gauss-Newton steps on the LED geometry alone during the run: the first when the geometry joins
-    # (`geometry_start_fraction`), the rest evenly spaced until the last iteration (0: none).
+    # (`geometry_start_fraction`), then one every `geometry_newton_every` iterations (0 steps: none).
     geometry_newton_steps: int = 4
+    geometry_newton_every: int = 2
     uncertainty: bool = True  # standard errors of the calibration at the end of a run (recon.uncertainty)
     preview_size: int = 256
     seed: int = 0
@@ -140,7 +141,8 @@ class UafpSettings:
         for name, low, high in (
             ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
             ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("polish_steps", 0, 1000),
-            ("geometry_newton_steps", 0, 1000), ("start_search_evaluations", 0, 10_000),
+            ("geometry_newton_steps", 0, 1000), ("geometry_newton_every", 1, 1000),
+            ("start_search_evaluations", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
             ("convergence_window", 0, 1_000_000), ("start_search_crop_px", 0, 1_000_000),
             ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
@@ -949,17 +951,19 @@ class UafpReconstruction:
 
     def _geometry_newton_due(self) -> bool:
         """Whether a Gauss-Newton step on the LED geometry is due at this iteration: at the iteration the
-        geometry joins the optimisation and then evenly spaced until the end (`geometry_newton_steps`)."""
+        geometry joins the optimisation and every `geometry_newton_every` iterations after it, up to
+        `geometry_newton_steps` (early, so a run that converges soon after the join still gets them)."""
         s = self.settings
         if s.geometry_newton_steps <= 0 or s.freeze_system or not s.learn_geometry or self.object is None:
             return False
         join = math.ceil(s.geometry_start_fraction * s.iterations) if self.start_geometry is not None else 0
         join = max(join, s.warmup_iterations)  # never before the system's first steps
-        span = s.iterations - join
-        if span <= 0 or self.iteration < join or self.iteration >= s.iterations:
-            return False
-        due = {join + (span * k) // s.geometry_newton_steps for k in range(s.geometry_newton_steps)}
-        return self.iteration in due
+        after = self.iteration - join
+        return (
+            self.iteration < s.iterations
+            and 0 <= after < s.geometry_newton_steps * s.geometry_newton_every
+            and after % s.geometry_newton_every == 0
+        )
 
     def geometry_newton_step(self) -> int:
         """One Gauss-Newton step on the four LED-geometry parameters (the object moving along its phase
