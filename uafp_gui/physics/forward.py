@@ -341,21 +341,27 @@ class ForwardModel(torch.nn.Module):
         fx = self.grid_fx[None] + offset[:, 0, None, None]
         fy = self.grid_fy[None] + offset[:, 1, None, None]
         support = self._soft_support(fx, fy)
-        maps = torch.stack([self.pupil_phase(), self.system.log_pupil_amplitude])
+        sampled = self.sampled_maps(torch.stack([self.pupil_phase(), self.system.log_pupil_amplitude]), offset)
+        amplitude = support * torch.exp(sampled[:, 1])
+        return torch.polar(amplitude, sampled[:, 0])
+
+    def sampled_maps(self, maps: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """(E, C, H, W): the (C, H, W) maps on the frame spectrum grid interpolated (bilinearly,
+        border-padded) at f + offset, offset (E, 2) (u_x, u_y) cycles/um, as `shifted_pupils` does."""
+        rows, cols = self.setup.frame_shape
+        df_y, df_x = self.setup.frequency_step
         grid_shift = torch.stack(
             [offset[:, 0] / df_x * 2 / max(cols - 1, 1), offset[:, 1] / df_y * 2 / max(rows - 1, 1)],
             dim=-1,
         )
         grid = self.sample_grid[None] + grid_shift[:, None, None, :]
-        sampled = functional.grid_sample(
+        return functional.grid_sample(
             maps[None].expand(offset.shape[0], -1, -1, -1),
             grid,
             mode="bilinear",
             padding_mode="border",
             align_corners=True,
         )
-        amplitude = support * torch.exp(sampled[:, 1])
-        return torch.polar(amplitude, sampled[:, 0])
 
     # ------------------------------------------------------------------ imaging
     def crop_plan(self, frequencies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -441,8 +447,13 @@ class ForwardModel(torch.nn.Module):
     def forward(self, object_spectrum: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, W) expected normalised frames for `frames` (all when None)."""
         entries, batch_position = self.entries_for(frames)
+        return self.frames_of(self.field_spectra(object_spectrum, entries), frames, batch_position)
+
+    def frames_of(self, spectra: torch.Tensor, frames: torch.Tensor | None, batch_position: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) expected frames from the field spectra of their entries (`field_spectra`):
+        the tail of `forward`, for callers that build the spectra themselves (the error bars)."""
         n_batch = self.setup.n_frames if frames is None else frames.numel()
-        intensity = self.intensity_of(self.field_spectra(object_spectrum, entries))
+        intensity = self.intensity_of(spectra)
         rows, cols = self.setup.frame_shape
         frames_out = torch.zeros(n_batch, rows, cols, device=intensity.device, dtype=intensity.dtype)
         frames_out = frames_out.index_add(0, batch_position, intensity)

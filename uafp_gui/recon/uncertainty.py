@@ -244,32 +244,79 @@ def calibration_uncertainty(
     n_gains = len(frame_slot) if learn_gains else 0
     n_total = n_system + n_modes + n_gains
 
-    def perturbed(index: int, delta: float):
-        """(object spectrum, restore) with parameter `index` (system or object mode) moved by `delta`."""
-        if index < n_system:
-            name = names[index]
-            if name in GEOMETRY:
-                parameter = getattr(system, name)
-                original = parameter.detach().clone()
-                parameter.data = original + delta
-            else:
-                j = int(name.split("_")[1])
-                parameter = system.zernike_rad
-                original = parameter.detach().clone()
-                changed = original.clone()
-                changed[j - 1] += delta
-                parameter.data = changed
+    def moved_geometry(name: str, delta: float):
+        """A restore callable after moving geometry parameter `name` by `delta`."""
+        parameter = getattr(system, name)
+        original = parameter.detach().clone()
+        parameter.data = original + delta
 
-            def restore() -> None:
-                parameter.data = original
+        def restore() -> None:
+            parameter.data = original
 
-            return spectrum, restore
-        kind, phase_map = modes[index - n_system]
-        factor = torch.polar(torch.ones_like(phase_map), delta * phase_map)
-        moved = spectrum_of(obj * factor) if kind == "real" else spectrum * factor
-        return moved, lambda: None
+        return restore
 
     steps = [FD_STEP.get(name, FD_STEP["zernike"]) for name in names] + [OBJECT_FD_STEP] * n_modes
+    # The object modes' moved spectra: a phase ramp's (one FFT of the object each) once for every
+    # batch; a spectral mode's is the spectrum times exp(i c map), applied to each batch's crops.
+    real_spectra = {
+        (m, sign): spectrum_of(obj * torch.polar(torch.ones_like(phase_map), sign * OBJECT_FD_STEP * phase_map))
+        for m, (kind, phase_map) in enumerate(modes)
+        if kind == "real"
+        for sign in (1.0, -1.0)
+    }
+
+    def batch_columns(batch: torch.Tensor, residual_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted frames, central-difference columns (B, p, H, W)) of one frame batch.
+
+        Only the geometry moves the illumination (new crops and pupil shifts): those columns run the
+        whole forward model. A Zernike or object-mode perturbation keeps the batch's crops and shifted
+        pupils: a Zernike's moves the interpolated pupil phase by c x its interpolated map (bilinear
+        interpolation is linear), an object mode's the cropped spectrum; both reuse the rest."""
+        entries, position = model.entries_for(batch)
+        frequencies = model.illumination_frequencies()[model.entry_led[entries]]
+        whole_y, whole_x, remainder = model.crop_plan(frequencies)
+        index_y, index_x = model.crop_indices(whole_y, whole_x)
+
+        def crop(image: torch.Tensor) -> torch.Tensor:
+            return image[index_y[:, :, None], index_x[:, None, :]]
+
+        pupils = model.shifted_pupils(remainder)
+        crops = crop(spectrum)
+        predicted = model.frames_of(crops * pupils, batch, position).clamp(min=0)
+
+        def amplitude_of(spectra: torch.Tensor) -> torch.Tensor:
+            return torch.sqrt(model.frames_of(spectra, batch, position).clamp(min=0) + 1e-8)
+
+        columns = []
+        for index in range(n_system + n_modes):
+            h = steps[index]
+            values = []
+            for sign in (1.0, -1.0):
+                if index < n_system and names[index] in GEOMETRY:
+                    restore = moved_geometry(names[index], sign * h)
+                    values.append(torch.sqrt(model(spectrum, batch).clamp(min=0) + 1e-8))
+                    restore()
+                    continue
+                if index < n_system:
+                    j = int(names[index].split("_")[1])
+                    if j < 2:  # the piston does not enter the pupil phase
+                        values.append(torch.sqrt(predicted + 1e-8))
+                        continue
+                    zernike = model.sampled_maps(model.zernike_basis[j - 1][None], remainder)[:, 0]
+                    moved = crops * (pupils * torch.polar(torch.ones_like(zernike), sign * h * zernike))
+                else:
+                    m = index - n_system
+                    kind, phase_map = modes[m]
+                    if kind == "real":
+                        moved = crop(real_spectra[(m, sign)]) * pupils
+                    else:
+                        local = crop(phase_map)
+                        moved = crops * torch.polar(torch.ones_like(local), sign * h * local) * pupils
+                values.append(amplitude_of(moved))
+            columns.append((values[0] - values[1]) / (2 * h))
+        dense = torch.stack(columns, dim=1) if columns else torch.zeros(len(batch), 0, *residual_shape)
+        return predicted, dense
+
     information = np.zeros((n_total, n_total))  # A = sum J^T J
     gradient = np.zeros(n_total)  # J^T r
     scores: list[np.ndarray] = []
@@ -281,19 +328,9 @@ def calibration_uncertainty(
     with torch.no_grad():
         for batch in torch.split(available, batch_frames):
             measured = torch.sqrt(recon.measurements[batch].double() / scale)
-            predicted = model(spectrum, batch).clamp(min=0)
+            predicted, dense = batch_columns(batch, measured.shape[1:])
             amplitude = torch.sqrt(predicted + 1e-8)
             residual = amplitude - measured
-            columns = []
-            for index in range(n_system + n_modes):
-                h = steps[index]
-                values = []
-                for sign in (1.0, -1.0):
-                    moved, restore = perturbed(index, sign * h)
-                    values.append(torch.sqrt(model(moved, batch).clamp(min=0) + 1e-8))
-                    restore()
-                columns.append((values[0] - values[1]) / (2 * h))
-            dense = torch.stack(columns, dim=1) if columns else torch.zeros(len(batch), 0, *residual.shape[1:])
             dense = dense.reshape(len(batch), n_system + n_modes, -1)  # (B, p, pixels)
             gains = system.frame_gain[batch.to(system.frame_gain.device)].double()
             gain_column = ((predicted - system.background.double()) / (2 * gains[:, None, None] * amplitude))
