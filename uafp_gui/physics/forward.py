@@ -416,6 +416,23 @@ class ForwardModel(torch.nn.Module):
         """
         return _CameraIntensity.apply(spectra, self._spectrum_factor(), self.setup.pixel_integration)
 
+    def camera_fields(self, spectra: torch.Tensor) -> torch.Tensor:
+        """(E, qH, qW) camera fields of centred field spectra; `intensity_of` is their pooled |.|^2."""
+        return _camera_fields(spectra, self._spectrum_factor(), self.setup.pixel_integration)
+
+    def intensity_and_fields(self, spectra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`intensity_of(spectra)` (the same numbers, no autograd) and the camera fields behind it."""
+        fields = self.camera_fields(spectra)
+        intensity = _pooled(fields.real.square().addcmul_(fields.imag, fields.imag), self.setup.pixel_integration)
+        return intensity, fields
+
+    def intensity_derivative(self, fields: torch.Tensor, spectra_derivative: torch.Tensor) -> torch.Tensor:
+        """The directional derivative of `intensity_of` at the spectra whose camera fields are `fields`
+        (`intensity_and_fields`) along `spectra_derivative`: pool(2 Re(conj(field) x its derivative))."""
+        change = self.camera_fields(spectra_derivative)
+        product = fields.real * change.real
+        return _pooled(product.addcmul_(fields.imag, change.imag).mul_(2.0), self.setup.pixel_integration)
+
     def _spectrum_factor(self) -> torch.Tensor:
         """(H, W) complex factor applied to each centred field spectrum before the inverse FFT: the
         FFT scale of the object grid and, for pixel integration, the sub-sample centring phase."""
@@ -449,17 +466,28 @@ class ForwardModel(torch.nn.Module):
         entries, batch_position = self.entries_for(frames)
         return self.frames_of(self.field_spectra(object_spectrum, entries), frames, batch_position)
 
-    def frames_of(self, spectra: torch.Tensor, frames: torch.Tensor | None, batch_position: torch.Tensor) -> torch.Tensor:
+    def frames_of(
+        self, spectra: torch.Tensor, frames: torch.Tensor | None, batch_position: torch.Tensor
+    ) -> torch.Tensor:
         """(B, H, W) expected frames from the field spectra of their entries (`field_spectra`):
         the tail of `forward`, for callers that build the spectra themselves (the error bars)."""
-        n_batch = self.setup.n_frames if frames is None else frames.numel()
-        intensity = self.intensity_of(spectra)
-        rows, cols = self.setup.frame_shape
-        frames_out = torch.zeros(n_batch, rows, cols, device=intensity.device, dtype=intensity.dtype)
-        frames_out = frames_out.index_add(0, batch_position, intensity)
-        frame_ids = torch.arange(n_batch, device=self.device) if frames is None else frames.to(self.device)
+        frame_ids = torch.arange(self.setup.n_frames, device=self.device) if frames is None else frames.to(self.device)
         gain = self.system.frame_gain[frame_ids]
-        return gain[:, None, None] * frames_out + self.system.background
+        summed = self.sum_entries(self.intensity_of(spectra), frames, batch_position)
+        return gain[:, None, None] * summed + self.system.background
+
+    def sum_entries(self, intensity: torch.Tensor, frames: torch.Tensor | None, batch_position: torch.Tensor):
+        """(B, H, W): each frame's sum over its entries' (lit LEDs') intensities."""
+        n_batch = self.setup.n_frames if frames is None else frames.numel()
+        if batch_position.numel() == n_batch and torch.equal(
+            batch_position, torch.arange(n_batch, device=batch_position.device)
+        ):
+            frames_out = intensity  # one LED per frame, in order: the sum over entries is the identity
+        else:
+            rows, cols = self.setup.frame_shape
+            frames_out = torch.zeros(n_batch, rows, cols, device=intensity.device, dtype=intensity.dtype)
+            frames_out = frames_out.index_add(0, batch_position, intensity)
+        return frames_out
 
 
 def _wrapped_blocks(n: int, q: int) -> list[tuple[slice, slice]]:
@@ -476,6 +504,27 @@ def _wrapped_blocks(n: int, q: int) -> list[tuple[slice, slice]]:
     return [(slice(0, head), slice(first, size)), (slice(head, n), slice(0, n - head))]
 
 
+def _camera_fields(spectra: torch.Tensor, factor: torch.Tensor, q: int) -> torch.Tensor:
+    """(E, qH, qW) fields on the camera's fine grid: ifft2 of the centred spectra times `factor`,
+    zero-padded to q times the frame and ifftshifted (one strided copy)."""
+    batch, rows, cols = spectra.shape
+    blocks_y, blocks_x = _wrapped_blocks(rows, q), _wrapped_blocks(cols, q)
+    weighted = spectra * factor
+    if q > 1 or len(blocks_y) > 1 or len(blocks_x) > 1:
+        placed = weighted.new_zeros(batch, q * rows, q * cols) if q > 1 else torch.empty_like(weighted)
+        for source_y, target_y in blocks_y:
+            for source_x, target_x in blocks_x:
+                placed[:, target_y, target_x] = weighted[:, source_y, source_x]
+    else:
+        placed = weighted
+    return torch.fft.ifft2(placed)
+
+
+def _pooled(values: torch.Tensor, q: int) -> torch.Tensor:
+    """Pixel integration: the mean over each camera pixel's q x q sub-samples."""
+    return functional.avg_pool2d(values[:, None], q)[:, 0] if q > 1 else values
+
+
 class _CameraIntensity(torch.autograd.Function):
     """I = pool_q |ifft2(place(S * factor))|^2, with its adjoint written out (Wirtinger calculus).
 
@@ -488,21 +537,8 @@ class _CameraIntensity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spectra: torch.Tensor, factor: torch.Tensor, q: int) -> torch.Tensor:
-        batch, rows, cols = spectra.shape
-        blocks_y, blocks_x = _wrapped_blocks(rows, q), _wrapped_blocks(cols, q)
-        weighted = spectra * factor
-        if q > 1 or len(blocks_y) > 1 or len(blocks_x) > 1:
-            placed = weighted.new_zeros(batch, q * rows, q * cols) if q > 1 else torch.empty_like(weighted)
-            for source_y, target_y in blocks_y:
-                for source_x, target_x in blocks_x:
-                    placed[:, target_y, target_x] = weighted[:, source_y, source_x]
-        else:
-            placed = weighted
-        fields = torch.fft.ifft2(placed)
-        del placed, weighted
-        intensity = fields.real.square().addcmul_(fields.imag, fields.imag)
-        if q > 1:
-            intensity = functional.avg_pool2d(intensity[:, None], q)[:, 0]
+        fields = _camera_fields(spectra, factor, q)
+        intensity = _pooled(fields.real.square().addcmul_(fields.imag, fields.imag), q)
         ctx.save_for_backward(fields, factor)
         ctx.q = q
         return intensity

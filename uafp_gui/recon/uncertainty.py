@@ -73,8 +73,7 @@ UNDETERMINED_FRACTION = 0.5  # a standard error above half the meaningful range 
 INFLATION = 6.0  # measured: see "Calibration of the error bars" above
 STEP_WEIGHT = 1.0
 OBJECT_SPECTRAL_MODES = tuple(range(2, 12))  # Noll 2..11 over the synthetic aperture
-FD_STEP = {"shift_x_mm": 1e-3, "shift_y_mm": 1e-3, "rotation_deg": 1e-3, "height_mm": 1e-2, "zernike": 1e-3}
-OBJECT_FD_STEP = 1e-3
+FD_STEP = {"shift_x_mm": 1e-3, "shift_y_mm": 1e-3, "rotation_deg": 1e-3, "height_mm": 1e-2}  # geometry columns
 
 
 def meaningful_range(name: str, led_pitch_mm: float, led_height_mm: float) -> float:
@@ -255,23 +254,20 @@ def calibration_uncertainty(
 
         return restore
 
-    steps = [FD_STEP.get(name, FD_STEP["zernike"]) for name in names] + [OBJECT_FD_STEP] * n_modes
-    # The object modes' moved spectra: a phase ramp's (one FFT of the object each) once for every
-    # batch; a spectral mode's is the spectrum times exp(i c map), applied to each batch's crops.
-    real_spectra = {
-        (m, sign): spectrum_of(obj * torch.polar(torch.ones_like(phase_map), sign * OBJECT_FD_STEP * phase_map))
-        for m, (kind, phase_map) in enumerate(modes)
-        if kind == "real"
-        for sign in (1.0, -1.0)
+    # A phase ramp's derivative of the object spectrum, spectrum_of(i x map x object): once for every batch.
+    real_derivatives = {
+        m: spectrum_of(obj * (1j * phase_map)) for m, (kind, phase_map) in enumerate(modes) if kind == "real"
     }
 
-    def batch_columns(batch: torch.Tensor, residual_shape) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predicted frames, central-difference columns (B, p, H, W)) of one frame batch.
+    def batch_columns(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted frames, Jacobian columns of the amplitudes (B, p, H, W)) of one frame batch.
 
-        Only the geometry moves the illumination (new crops and pupil shifts): those columns run the
-        whole forward model. A Zernike or object-mode perturbation keeps the batch's crops and shifted
-        pupils: a Zernike's moves the interpolated pupil phase by c x its interpolated map (bilinear
-        interpolation is linear), an object mode's the cropped spectrum; both reuse the rest."""
+        Only the geometry moves the illumination (new crops and pupil shifts): its columns are central
+        differences of the whole forward model. A Zernike or object-mode coefficient c multiplies the
+        batch's field spectra S by exp(i c map) (a Zernike's map interpolated as the pupil is; bilinear
+        interpolation is linear): its column is analytic, the derivative of the camera intensity along
+        dS = i map S (one inverse FFT, `ForwardModel.intensity_derivative`), through the gain and the
+        amplitude's square root."""
         entries, position = model.entries_for(batch)
         frequencies = model.illumination_frequencies()[model.entry_led[entries]]
         whole_y, whole_x, remainder = model.crop_plan(frequencies)
@@ -281,40 +277,43 @@ def calibration_uncertainty(
             return image[index_y[:, :, None], index_x[:, None, :]]
 
         pupils = model.shifted_pupils(remainder)
-        crops = crop(spectrum)
-        predicted = model.frames_of(crops * pupils, batch, position).clamp(min=0)
+        spectra = crop(spectrum) * pupils
+        intensity, fields = model.intensity_and_fields(spectra)
+        gain = system.frame_gain[batch.to(system.frame_gain.device)][:, None, None]
+        unclamped = gain * model.sum_entries(intensity, batch, position) + system.background
+        predicted = unclamped.clamp(min=0)
+        # d sqrt(max(I, 0) + 1e-8) / dI, zero where the clamp holds.
+        chain = (unclamped > 0) / (2 * torch.sqrt(predicted + 1e-8))
 
-        def amplitude_of(spectra: torch.Tensor) -> torch.Tensor:
-            return torch.sqrt(model.frames_of(spectra, batch, position).clamp(min=0) + 1e-8)
+        def analytic(spectra_derivative: torch.Tensor) -> torch.Tensor:
+            change = model.intensity_derivative(fields, spectra_derivative)
+            return chain * gain * model.sum_entries(change, batch, position)
 
         columns = []
         for index in range(n_system + n_modes):
-            h = steps[index]
-            values = []
-            for sign in (1.0, -1.0):
-                if index < n_system and names[index] in GEOMETRY:
+            if index < n_system and names[index] in GEOMETRY:
+                h = FD_STEP[names[index]]
+                values = []
+                for sign in (1.0, -1.0):
                     restore = moved_geometry(names[index], sign * h)
                     values.append(torch.sqrt(model(spectrum, batch).clamp(min=0) + 1e-8))
                     restore()
+                columns.append((values[0] - values[1]) / (2 * h))
+            elif index < n_system:
+                j = int(names[index].split("_")[1])
+                if j < 2:  # the piston does not enter the pupil phase
+                    columns.append(torch.zeros_like(predicted))
                     continue
-                if index < n_system:
-                    j = int(names[index].split("_")[1])
-                    if j < 2:  # the piston does not enter the pupil phase
-                        values.append(torch.sqrt(predicted + 1e-8))
-                        continue
-                    zernike = model.sampled_maps(model.zernike_basis[j - 1][None], remainder)[:, 0]
-                    moved = crops * (pupils * torch.polar(torch.ones_like(zernike), sign * h * zernike))
+                zernike = model.sampled_maps(model.zernike_basis[j - 1][None], remainder)[:, 0]
+                columns.append(analytic(spectra * (1j * zernike)))
+            else:
+                m = index - n_system
+                kind, phase_map = modes[m]
+                if kind == "real":
+                    columns.append(analytic(crop(real_derivatives[m]) * pupils))
                 else:
-                    m = index - n_system
-                    kind, phase_map = modes[m]
-                    if kind == "real":
-                        moved = crop(real_spectra[(m, sign)]) * pupils
-                    else:
-                        local = crop(phase_map)
-                        moved = crops * torch.polar(torch.ones_like(local), sign * h * local) * pupils
-                values.append(amplitude_of(moved))
-            columns.append((values[0] - values[1]) / (2 * h))
-        dense = torch.stack(columns, dim=1) if columns else torch.zeros(len(batch), 0, *residual_shape)
+                    columns.append(analytic(spectra * (1j * crop(phase_map))))
+        dense = torch.stack(columns, dim=1) if columns else predicted.new_zeros(len(batch), 0, *predicted.shape[1:])
         return predicted, dense
 
     information = np.zeros((n_total, n_total))  # A = sum J^T J
@@ -328,7 +327,7 @@ def calibration_uncertainty(
     with torch.no_grad():
         for batch in torch.split(available, batch_frames):
             measured = torch.sqrt(recon.measurements[batch].double() / scale)
-            predicted, dense = batch_columns(batch, measured.shape[1:])
+            predicted, dense = batch_columns(batch)
             amplitude = torch.sqrt(predicted + 1e-8)
             residual = amplitude - measured
             dense = dense.reshape(len(batch), n_system + n_modes, -1)  # (B, p, pixels)
