@@ -31,10 +31,13 @@ A = sum_k J_k^T J_k (k: frames). Three pieces make the reported standard error:
 3. distance to the optimum: the Gauss-Newton step -A^-1 J^T r, in quadrature. The engine stops
    (fixed iteration count, stochastic mini-batches) before its state is at the optimum.
 
-J is computed by central finite differences in float64 (the forward model's bilinear pupil
-interpolation has no forward-mode derivative in torch), frame batch by frame batch; the gains'
-columns are analytic (dr/dg_k = I_k / (2 g_k sqrt(I_k)) on frame k only). Cost: two forward
-passes over the frames per system parameter and object mode.
+J is computed in float64, frame batch by frame batch. The geometry's columns are central finite
+differences of the whole forward model (the geometry moves the crops and the bilinear pupil
+interpolation, which has no forward-mode derivative in torch): two forward passes each. The Zernikes'
+and the object modes' columns are analytic: each multiplies the batch's field spectra S by
+exp(i c map), so dI = pool(2 Re(conj(psi) F^-1{i map S})) with the base fields psi kept, one inverse
+FFT per column (agreeing with central differences to ~1e-6 relative, their truncation error). The
+gains' columns are analytic too (dr/dg_k = I_k / (2 g_k sqrt(I_k)) on frame k only).
 
 Undetermined parameters
 -----------------------
