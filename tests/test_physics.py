@@ -477,6 +477,32 @@ def test_camera_intensity_backward_matches_finite_differences(q, frame):
     assert torch.autograd.gradcheck(model.intensity_of, (spectra,), eps=1e-6, atol=1e-7)
 
 
+def test_kept_illumination_frequencies_follow_every_change_of_the_geometry():
+    """The model keeps its LED frequencies while the geometry is unchanged and no gradient is wanted;
+    any change (in place, by replacing a parameter's data, a per-LED offset) gives fresh ones."""
+    model = make_model(make_setup([(1, 2), (0, -3)], glass_thickness_mm=1.0, glass_index=1.52))
+
+    def fresh() -> torch.Tensor:
+        model.__dict__.pop("_frequency_cache", None)
+        with torch.no_grad():
+            return model.illumination_frequencies()
+
+    system = model.system
+    with torch.no_grad():
+        first = model.illumination_frequencies()
+        assert model.illumination_frequencies() is first  # kept
+        system.height_mm.fill_(80.0)
+        assert torch.equal(model.illumination_frequencies(), fresh()) and not torch.equal(fresh(), first)
+        original = system.rotation_deg.data
+        system.rotation_deg.data = original + 2.0
+        assert torch.equal(model.illumination_frequencies(), fresh())
+        system.rotation_deg.data = original
+        system.led_offsets_mm[1, 0] += 0.3
+        assert torch.equal(model.illumination_frequencies(), fresh())
+    # With gradients wanted, the frequencies carry them.
+    assert model.illumination_frequencies().requires_grad
+
+
 def test_gain_and_background_enter_linearly():
     rng = np.random.default_rng(21)
     obj = np.exp(0.5j * rng.normal(size=(FINE, FINE)))

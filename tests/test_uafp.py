@@ -214,6 +214,33 @@ def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny)
     assert forced.start_search is search
 
 
+def test_start_search_on_large_frames_probes_their_centred_crop(tiny, monkeypatch):
+    """Frames larger than `start_search_crop_px`: the probes reconstruct the centred crops (a fraction of
+    the cost), from the full reconstruction's scale and system, and the answer goes to the full one."""
+    settings = TINY_SETTINGS.replace(start_search_residual_px=0.0, start_search_evaluations=6, start_search_crop_px=32)
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), settings)
+    probes = []
+    original = UafpReconstruction._probe_reconstruction
+
+    def spy(self):
+        probes.append(original(self))
+        return probes[-1]
+
+    monkeypatch.setattr(UafpReconstruction, "_probe_reconstruction", spy)
+    run_all(recon, 1)
+    (probe,) = probes
+    assert probe is not recon and probe.model.setup.frame_shape == (32, 32)
+    assert probe.scale == recon.scale and torch.equal(probe.available, recon.available)
+    assert torch.equal(probe.measurements, recon.measurements[:, 8:40, 8:40])
+    search = recon.start_search
+    assert search is not None and search["evaluations"] >= 5
+    assert search["probe_loss_to"] <= search["probe_loss_from"]
+    assert recon.start_geometry == search["to"]
+    # At or below the crop size, the probes reconstruct the frames themselves.
+    whole = UafpReconstruction.from_dataset(dataset_of(tiny), settings.replace(start_search_crop_px=48))
+    assert original(whole) is whole
+
+
 # ------------------------------------------------------------------------------------ streaming
 
 
@@ -350,12 +377,20 @@ def test_a_run_stops_converged_when_the_misfit_stops_improving(tiny):
     settings = TINY_SETTINGS.replace(convergence_window=3, convergence_tolerance=1.0)  # any gain is too small
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), settings)
     updates = run_all(recon)
-    settled = max(settings.growth_fraction, settings.geometry_start_fraction) * settings.iterations
-    assert recon.iteration == int(math.ceil(settled + 3)) < settings.iterations
+    settled = math.ceil(max(settings.growth_fraction, settings.geometry_start_fraction) * settings.iterations)
+    assert recon.iteration == settled + 3 + 1 < settings.iterations  # the window starts after the join
     assert recon.stop_reason == "converged" and not recon.partial
     assert updates[-1].stop_reason == "converged" and "over the last 3 iterations" in recon.stop_detail
     result = recon.result()
     assert result.extra["stop_reason"] == "converged" and result.extra["partial"] is False
+    # A misfit that rose over the window (the geometry just joined...) is not converged; a flat one is.
+    recon.stop_reason = None
+    for history, converged in (([1.0] * 6 + [1.0, 1.1, 1.2, 1.3], False), ([1.0] * 6 + [1.0, 1.0, 1.0, 1.0], True)):
+        recon.loss_history, recon.iteration = history, len(history)
+        assert recon._converged() is converged
+        recon.iteration -= 1  # one iteration earlier the window would reach back before the join
+        recon.loss_history = history[:-1]
+        assert recon._converged() is False
     # A window of 0 always runs to the cap.
     capped = UafpReconstruction.from_dataset(dataset_of(tiny), settings.replace(convergence_window=0))
     run_all(capped)

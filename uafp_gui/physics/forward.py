@@ -265,10 +265,23 @@ class ForwardModel(torch.nn.Module):
         return moved + s.led_offsets_mm
 
     def illumination_frequencies(self) -> torch.Tensor:
-        """(L, 2) (u_x, u_y) cycles/um of every distinct LED."""
+        """(L, 2) (u_x, u_y) cycles/um of every distinct LED.
+
+        Kept while the geometry does not change and no gradient is wanted (every mini-batch of the
+        object phase, every object perturbation of the error bars): through a glass slide each call
+        is a few dozen tiny Newton-step operations, a fixed cost per batch."""
         setup = self.setup
+        s = self.system
+        inputs = (s.shift_x_mm, s.shift_y_mm, s.rotation_deg, s.height_mm, s.led_offsets_mm)
+        constant = not (torch.is_grad_enabled() and any(p.requires_grad for p in inputs))
+        cached = self.__dict__.get("_frequency_cache")
+        if constant and cached is not None and all(
+            a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(cached[0], inputs, strict=True)
+        ):
+            return cached[1]
         tile_mm = (setup.tile_center_um[0] / 1000.0, setup.tile_center_um[1] / 1000.0)
-        return illumination_frequencies(
+        frequencies = illumination_frequencies(
             self.distinct_led_positions_mm(),
             self.system.height_mm,
             setup.wavelength_um,
@@ -276,6 +289,10 @@ class ForwardModel(torch.nn.Module):
             setup.glass_thickness_mm,
             setup.glass_index,
         )
+        if constant:
+            frequencies = frequencies.detach()
+            self._frequency_cache = (tuple(p.detach().clone() for p in inputs), frequencies)
+        return frequencies
 
     def frame_illumination_na(self) -> torch.Tensor:
         """(N,) largest illumination NA (sine of the angle) among each frame's lit LEDs."""

@@ -93,6 +93,8 @@ class UafpSettings:
     start_search_iterations: int = 3
     start_search_extra_na: float = 0.1
     start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
+    # Larger frames are searched on their centred crop of this side (0: whole frames): see `_probe_reconstruction`.
+    start_search_crop_px: int = 128
     warmup_iterations: int = 2
     growth_fraction: float = 0.2
     geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
@@ -142,7 +144,7 @@ class UafpSettings:
             ("geometry_newton_steps", 0, 1000), ("geometry_newton_every", 1, 1000),
             ("start_search_evaluations", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
-            ("convergence_window", 0, 1_000_000),
+            ("convergence_window", 0, 1_000_000), ("start_search_crop_px", 0, 1_000_000),
             ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
         ):
             value = getattr(self, name)
@@ -408,8 +410,9 @@ class UafpReconstruction:
 
         self._build_optimisers()
         frames = self._probe_frames().to(self.device)
-        snapshot = self._snapshot()
-        system = self.model.system
+        probe = self._probe_reconstruction()
+        snapshot = probe._snapshot()
+        system = probe.model.system
         evaluations = 0
 
         limit = self.settings.start_search_evaluations
@@ -421,20 +424,21 @@ class UafpReconstruction:
             if self._cancel_requested():
                 raise Cancelled
             evaluations += 1
-            self._restore(snapshot)
+            probe._restore(snapshot)
             system.set_geometry(geometry)
             generator = torch.Generator().manual_seed(self.settings.seed)
             for _ in range(self.settings.start_search_iterations):
                 for phase in ("system", "object"):
-                    if phase in self.optimisers:
+                    if phase in probe.optimisers:
                         order = frames[torch.randperm(len(frames), generator=generator).to(self.device)]
-                        self._step_batches(phase, order, freeze_geometry=True)
+                        probe._step_batches(phase, order, freeze_geometry=True)
             with torch.no_grad():
-                total = sum(float(self.loss(batch)) * len(batch) for batch in torch.split(frames, self.batch_size()))
+                total = sum(float(probe.loss(batch)) * len(batch) for batch in torch.split(frames, probe.batch_size()))
             return total / len(frames)
 
         started = time.perf_counter()
         start = self.circle_fit.geometry
+        probe._cancel_requested = self._cancel_requested
         self._searching = True
         try:
             geometry, start_loss, loss = search_start_geometry(
@@ -445,16 +449,17 @@ class UafpReconstruction:
                 self.settings.start_search_min_gain,
             )
         except Cancelled:  # back to the circle fit; the search runs again when the run continues
-            self._restore(snapshot)
+            probe._restore(snapshot)
             system.set_geometry(start)
+            self.model.system.set_geometry(start)
             return
         finally:
             self._searching = False
         self._report(PHASE_START_SEARCH, evaluations, evaluations)
-        self._restore(snapshot)
-        system.set_geometry(geometry)
+        probe._restore(snapshot)
+        self.model.system.set_geometry(geometry)
         self._keep_system_physical()
-        geometry = self.start_geometry = system.led_geometry()
+        geometry = self.start_geometry = self.model.system.led_geometry()
         self.start_search = {
             "from": start,
             "to": geometry,
@@ -463,6 +468,35 @@ class UafpReconstruction:
             "evaluations": evaluations,
             "seconds": time.perf_counter() - started,
         }
+
+    def _probe_reconstruction(self) -> UafpReconstruction:
+        """What the start search's probes reconstruct: this reconstruction, or, for frames larger than
+        `start_search_crop_px`, a reconstruction of the frames' centred crops (same tile centre, so the
+        same illumination angles: the geometry is a property of the microscope, not of the field of view;
+        a 260 px frame costs 4x a 128 px crop). It starts from this one's scale and system."""
+        side = self.settings.start_search_crop_px
+        rows, cols = self.model.setup.frame_shape
+        if side <= 0 or (rows <= side and cols <= side):
+            return self
+        crop_rows, crop_cols = min(rows, side), min(cols, side)
+        top, left = rows // 2 - crop_rows // 2, cols // 2 - crop_cols // 2
+        window = (slice(top, top + crop_rows), slice(left, left + crop_cols))
+        settings = self.settings.replace(
+            init_geometry_from_data=False, start_search_evaluations=0, uncertainty=False, device=str(self.device)
+        )
+        probe = UafpReconstruction(self.meta, (crop_rows, crop_cols), settings, source_dataset=self.source_dataset)
+        probe.measurements = self.measurements[:, window[0], window[1]].clone()
+        probe.available = self.available.clone()
+        probe.scale = self.scale
+        probe.unsaturated = {k: mask[window] for k, mask in self.unsaturated.items()}
+        mine, theirs = self.model.system, probe.model.system
+        with torch.no_grad():
+            for name, parameter in mine.named_parameters():
+                target = getattr(theirs, name)
+                if target.shape == parameter.shape:  # not the per-pixel pupil maps (zero at the start)
+                    target.copy_(parameter)
+        probe._initialise()  # the object from the cropped bright-field frames, the optimisers
+        return probe
 
     def _report(self, phase: str, done: int, total: int) -> None:
         if self.on_phase is not None:
@@ -859,12 +893,14 @@ class UafpReconstruction:
         settled = s.growth_fraction  # every frame is eligible from here on
         if self.start_geometry is not None and s.learn_geometry and not s.freeze_system:
             settled = max(settled, s.geometry_start_fraction)  # the geometry joins here (`_mask_system_gradients`)
-        if self.iteration < settled * s.iterations + window:
+        # The window's first loss (iteration `self.iteration - window`, counted from 1) comes after the join.
+        if self.iteration - window - 1 < math.ceil(settled * s.iterations):
             return False
         first, last = self.loss_history[-window - 1], self.loss_history[-1]
         if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
             return False
-        return (first - last) / first < window * s.convergence_tolerance
+        # A misfit that rose is not settled (the geometry just moved, a Newton step...): never a stop.
+        return 0 <= (first - last) / first < window * s.convergence_tolerance
 
     def _convergence_detail(self) -> str:
         window = self.settings.convergence_window
