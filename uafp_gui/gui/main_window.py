@@ -580,15 +580,13 @@ class MainWindow(QMainWindow):
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
         elif not recon.partial and (recon.iteration >= job.run_target or recon.stop_reason == "converged"):
-            live = job.run_first_iteration  # made while the frames were arriving (a live acquisition)
-            split = f" ({live} while frames arrived)" if live else ""
             how = "Converged after" if recon.stop_reason == "converged" else "Finished:"
-            self.recon_panel.show_status(f"{how} {done} iterations{split} in {format_duration(recon.elapsed_s)}. "
-                                         f"Continue: {more} more; Export writes the result.")
+            self.recon_panel.show_status(f"{how} {done} iterations, {format_duration(recon.elapsed_s)}. "
+                                         f"Continue runs {more} more.")
         else:
             why = f"PARTIAL: {recon.stop_reason}" if recon.partial else (recon.stop_reason or "stopped")
             self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target} ({why}). "
-                                         f"Continue: {more} more; Export writes this state.")
+                                         f"Continue runs {more} more.")
         if job.last_result is not None:
             self.recon_panel.show_calibration(job.last_result.calibration())
         if job.autosave_error is not None:
