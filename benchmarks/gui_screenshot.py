@@ -72,7 +72,7 @@ def main() -> int:
          and window.recon_job.recon.iteration >= 6 and window.acq_worker.isFinished(), 600)
     wait(lambda: False, 0.6)  # two redraws
     save(window, args.out / "gui_mid_reconstruction.png", args.width)
-    wait(lambda: not window.recon_worker.isRunning(), 900)
+    wait(lambda: window.reconstruction_settled, 900)  # its end handled: status and views final
     wait(lambda: False, 0.6)
     window.docks["export"].raise_()
     window.export_panel.folder.setText(str(work / "first_run_result"))

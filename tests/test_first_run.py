@@ -116,3 +116,31 @@ def test_app_starts_under_xvfb_and_draws_its_window(tmp_path):
     image = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert image.shape[0] > 500 and image.shape[1] > 800
     assert image.std() > 10  # widgets drawn, not a blank or black screen
+
+
+@pytest.mark.skipif(not sys.platform.startswith(LINUX), reason="POSIX signals")
+def test_ctrl_c_closes_the_app_without_a_traceback(tmp_path):
+    """Ctrl-C (SIGINT) in the terminal that started `uafp-gui` closes the window as its close button
+    does and exits 0, instead of a KeyboardInterrupt traceback (or no reaction) inside Qt's loop."""
+    import signal
+
+    code = (
+        "import sys; from uafp_gui.gui import app\n"
+        "install = app.close_on_signals\n"
+        "def announced(window):\n"
+        "    timer = install(window); print('ready', flush=True); return timer\n"
+        "app.close_on_signals = announced\n"
+        f"sys.exit(app.main(['--no-probe', '--settings', {str(tmp_path / 'gui.ini')!r}]))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), QT_QPA_PLATFORM="offscreen"))
+    try:
+        assert process.stdout.readline().strip() == "ready", process.stderr.read()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]

@@ -84,9 +84,10 @@ def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.acquisition_panel.progress.value() == 25, timeout=30000)
     qtbot.waitUntil(lambda: window.acquisition_panel.thumbnails.count() == 25, timeout=5000)  # a few per tick
     qtbot.waitUntil(lambda: window.updates_drawn >= 1, timeout=30000)  # live updates reach the views
-    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=60000)
+    qtbot.waitUntil(lambda: window.reconstruction_settled, timeout=180000)  # a wait: the machine may be shared
     assert window.updates_drawn >= 2
-    assert "25 frames" in window.recon_panel.status.text() and "Finished" in window.recon_panel.status.text()
+    status = window.recon_panel.status.text()
+    assert "25 frames" in status and ("Finished" in status or "Converged after" in status), status
     assert window.frame_lag_s().size == 25 and np.all(window.frame_lag_s() >= 0)
     assert window.recon_panel.start_button.text() == "Continue"
     assert window.led_map.geometry is not None  # estimated LED positions drawn on the map
@@ -169,7 +170,7 @@ def test_ui_stays_responsive_during_reconstruction(window, qtbot, tmp_path):
     monitor = EventLoopMonitor(interval_ms=5)
     monitor.start()
     window.recon_panel.start_button.click()
-    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=60000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=180000)
     monitor.stop()
     worst, p99 = monitor.stall_ms()
     assert window.updates_drawn >= 2
@@ -186,7 +187,7 @@ def test_ui_stays_responsive_during_acquisition_with_live_reconstruction(window,
     monitor.start()
     window.acquisition_panel.start_button.click()
     qtbot.waitUntil(lambda: window.acq_worker is not None and window.acq_worker.isFinished(), timeout=60000)
-    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=60000)
+    qtbot.waitUntil(lambda: window.recon_worker is not None and window.reconstruction_settled, timeout=180000)
     monitor.stop()
     worst, p99 = monitor.stall_ms()
     assert window.updates_drawn >= 2 and window.acquisition_panel.thumbnails.count() == 49

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     window = create_window(args)
     window.show()
     splash.finish(window)
+    signal_timer = close_on_signals(window)  # noqa: F841 - kept alive while the loop runs
     code = int(app.exec())
     window.shutdown()  # already done by closeEvent unless the app quit another way
     from uafp_gui.gui.workers import wait_for_detached
@@ -72,6 +73,28 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def close_on_signals(window):
+    """Ctrl-C (SIGINT) or SIGTERM from the terminal closes the window as its close button does: a
+    running job stops and a reconstruction keeps its autosaved result, and the app exits normally
+    instead of printing a KeyboardInterrupt traceback from inside Qt's event loop.
+
+    Python runs signal handlers only between bytecodes, which never happens while Qt's loop waits:
+    a timer wakes the interpreter every 200 ms. Returns the timer (keep a reference)."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    def close(signum, frame) -> None:
+        window.close()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, close)
+    timer = QTimer(window)
+    timer.timeout.connect(lambda: None)
+    timer.start(200)
+    return timer
 
 
 def show_splash():

@@ -560,7 +560,7 @@ class MainWindow(QMainWindow):
         return worker is None or (worker.isFinished() and self._recon_ended_worker is worker)
 
     def _recon_ended(self) -> None:
-        worker = self.sender() if isinstance(self.sender(), GeneratorWorker) else self.recon_worker
+        worker = self.recon_worker  # the one that ended: a new one starts only after its `ended` was posted
         try:
             self._handle_recon_end()
         finally:
@@ -575,20 +575,18 @@ class MainWindow(QMainWindow):
         if job is None or job.recon is None:
             return
         recon = job.recon
-        saved = " (autosaved: see the status bar)" if job.autosaved is not None else ""  # the path is long
-        more = self.recon_panel.iterations.value()
+        more = self.recon_panel.iterations.value()  # the autosave path is in the status bar: two short lines here
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
-        elif recon.iteration >= job.run_target and not recon.partial:
-            live = job.run_first_iteration  # made while the frames were arriving (a live acquisition)
-            split = f" ({live} while frames arrived, {done - live} after)" if live else ""
-            self.recon_panel.show_status(f"Finished: {done} iterations{split} in {format_duration(recon.elapsed_s)}"
-                                         f"{saved}. Continue runs {more} more; Export writes the result.")
+        elif not recon.partial and (recon.iteration >= job.run_target or recon.stop_reason == "converged"):
+            how = "Converged after" if recon.stop_reason == "converged" else "Finished:"
+            self.recon_panel.show_status(f"{how} {done} iterations, {format_duration(recon.elapsed_s)}. "
+                                         f"Continue runs {more} more.")
         else:
             why = f"PARTIAL: {recon.stop_reason}" if recon.partial else (recon.stop_reason or "stopped")
-            self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target} ({why}){saved}. "
-                                         f"Continue runs {more} more; Export writes this state.")
+            self.recon_panel.show_status(f"Stopped at iteration {done} of {job.run_target} ({why}). "
+                                         f"Continue runs {more} more.")
         if job.last_result is not None:
             self.recon_panel.show_calibration(job.last_result.calibration())
         if job.autosave_error is not None:

@@ -101,13 +101,13 @@ class ReconPanel(QWidget):
         self.loss = plot_row.addPlot(0, 2, title="loss (log10)")
         self.loss.setLabel("bottom", "iteration")
         self.loss_curve = self.loss.plot(pen=pg.mkPen((200, 60, 0), width=2))
-        self.traces = plot_row.addPlot(0, 3, title="LED geometry (mm, deg)")
-        # The colour key is the x-axis label, outside the plot: an in-plot legend hid the curves and was
-        # cut where the cell is narrow (a 1500 px window).
+        self.traces = plot_row.addPlot(0, 3, title="geometry (mm, deg)")
+        # The LED geometry's traces. The colour key is the x-axis label, outside the plot: an in-plot legend
+        # hid the curves and was cut where the cell is narrow (a 1500 px window); title and key stay short.
         trace_colours = {"shift x (mm)": ("x", "#d00000"), "shift y (mm)": ("y", "#0000d0"),
                          "rotation (deg)": ("rot", "#009600"), "height - start (mm)": ("h-h0", "#c000c0")}
         self.trace_key = " ".join(f'<span style="color:{c}">{name}</span>' for name, c in trace_colours.values())
-        self.traces.setLabel("bottom", f"{self.trace_key} / iteration")
+        self.traces.setLabel("bottom", self.trace_key)  # against the iteration, as the loss beside it
         self.trace_curves = {
             key: self.traces.plot(pen=pg.mkPen(colour, width=2)) for key, (_, colour) in trace_colours.items()
         }
