@@ -125,11 +125,13 @@ def test_ctrl_c_closes_the_app_without_a_traceback(tmp_path):
     import signal
 
     code = (
-        "import sys; from uafp_gui.gui import app\n"
-        "install = app.close_on_signals\n"
+        "import contextlib, sys; from uafp_gui.gui import app\n"
+        "install = app.closing_on_signals\n"
+        "@contextlib.contextmanager\n"
         "def announced(window):\n"
-        "    timer = install(window); print('ready', flush=True); return timer\n"
-        "app.close_on_signals = announced\n"
+        "    with install(window):\n"
+        "        print('ready', flush=True); yield\n"
+        "app.closing_on_signals = announced\n"
         f"sys.exit(app.main(['--no-probe', '--settings', {str(tmp_path / 'gui.ini')!r}]))\n"
     )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -9,6 +9,7 @@ the user's), `--open PATH` (a dataset or result to open at start).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     window = create_window(args)
     window.show()
     splash.finish(window)
-    signal_timer = close_on_signals(window)  # noqa: F841 - kept alive while the loop runs
-    code = int(app.exec())
+    with closing_on_signals(window):
+        code = int(app.exec())
     window.shutdown()  # already done by closeEvent unless the app quit another way
     from uafp_gui.gui.workers import wait_for_detached
 
@@ -75,13 +76,16 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def close_on_signals(window):
-    """Ctrl-C (SIGINT) or SIGTERM from the terminal closes the window as its close button does: a
-    running job stops and a reconstruction keeps its autosaved result, and the app exits normally
-    instead of printing a KeyboardInterrupt traceback from inside Qt's event loop.
+@contextlib.contextmanager
+def closing_on_signals(window):
+    """While the event loop runs, Ctrl-C (SIGINT) or SIGTERM from the terminal closes the window as
+    its close button does: a running job stops and a reconstruction keeps its autosaved result, and
+    the app exits normally instead of printing a KeyboardInterrupt traceback from inside Qt's loop.
 
     Python runs signal handlers only between bytecodes, which never happens while Qt's loop waits:
-    a timer wakes the interpreter every 200 ms. Returns the timer (keep a reference)."""
+    a timer wakes the interpreter every 200 ms. On leaving, the previous handlers come back, so
+    nothing keeps the window alive into the interpreter's shutdown (where its late destruction
+    crashed PySide6)."""
     import signal
 
     from PySide6.QtCore import QTimer
@@ -89,12 +93,17 @@ def close_on_signals(window):
     def close(signum, frame) -> None:
         window.close()
 
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, close)
-    timer = QTimer(window)
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, close) for number in numbers}
+    timer = QTimer()
     timer.timeout.connect(lambda: None)
     timer.start(200)
-    return timer
+    try:
+        yield
+    finally:
+        timer.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def show_splash():
