@@ -238,6 +238,11 @@ def test_fuzz_calibration_loader(tmp_path_factory):
 
 # ------------------------------------------------------------------------------ importers
 
+# The optics every importer target is given (a small 2x/0.1 set-up, 8x8 LEDs).
+GEOMETRY = {"wavelength_um": 0.532, "objective_na": 0.1, "magnification": 2.0, "camera_pixel_um": 3.69,
+            "led_pitch_mm": 4.0, "led_height_mm": 90.0, "led_array_shape": [8, 8], "led_on_axis": [3, 3],
+            "exposure_ms": 10}
+
 
 def test_fuzz_folder_importer(tmp_path_factory):
     from uafp_gui.io.importers import import_folder
@@ -246,9 +251,7 @@ def test_fuzz_folder_importer(tmp_path_factory):
     frames = folder / "frames"
     frames.mkdir()
     tifffile.imwrite(frames / "a.tif", np.full((8, 8), 100, np.uint16))
-    geometry = {"wavelength_um": 0.532, "objective_na": 0.1, "magnification": 2.0, "camera_pixel_um": 3.69,
-                "led_pitch_mm": 4.0, "led_height_mm": 90.0, "led_array_shape": [8, 8], "led_on_axis": [3, 3],
-                "exposure_ms": 10}
+    geometry = GEOMETRY
     tally = Tally("folder importer (CSV + geometry)")
 
     @FUZZ
@@ -400,10 +403,6 @@ def test_fuzz_serial_replies():
 
 
 # ------------------------------------------------------------------------------ public-layout importers
-
-GEOMETRY = {"wavelength_um": 0.532, "objective_na": 0.1, "magnification": 2.0, "camera_pixel_um": 3.69,
-            "led_pitch_mm": 4.0, "led_height_mm": 90.0, "led_array_shape": [8, 8], "led_on_axis": [3, 3],
-            "exposure_ms": 10}
 
 # A field's value: arrays of many shapes and dtypes (complex, bool, text, NaN, huge, negative, empty).
 field_values = st.one_of(
