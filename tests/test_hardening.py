@@ -803,3 +803,13 @@ def test_acquiring_into_a_missing_folder_fails_before_the_camera(capsys, tmp_pat
                         lambda *a, **k: pytest.fail("the camera was opened"))
     code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "nope" / "a.tif")
     assert code == 2 and "no folder" in errors[0] and "--resume" not in errors[0]
+
+
+@pytest.mark.parametrize("pattern", ["inf,3", "nan,3", "3.5,2", "1,2,3", "a,b", "3"])
+def test_a_micromanager_led_pattern_must_be_whole_row_col_pairs(pattern):
+    """Found by the importer fuzz: 'inf,3' escaped as a raw OverflowError, '3.5,2' was taken as LED (3, 2)."""
+    from uafp_gui.io.import_mm import _parse_pattern
+
+    assert _parse_pattern("3,4;3.0,5", "frame 0") == [[3, 4], [3, 5]]
+    with pytest.raises(DatasetError, match="whole numbers"):
+        _parse_pattern(pattern, "frame 0")

@@ -181,9 +181,10 @@ def _parse_pattern(text: str, where: str) -> list[list[int]]:
         if not item:
             continue
         try:
-            row, col = (int(float(v)) for v in item.split(","))
-        except ValueError:
-            raise DatasetError(f"{where}: LED pattern {text!r} is not 'row,col;row,col'") from None
+            values = [float(v) for v in item.split(",")]
+            row, col = (int(v) for v in values if v == int(v))  # whole numbers only ("3" or "3.0")
+        except (ValueError, OverflowError):  # not numbers, not two of them, inf/nan, 3.5
+            raise DatasetError(f"{where}: LED pattern {text!r} is not 'row,col;row,col' (whole numbers)") from None
         leds.append([row, col])
     if not leds:
         raise DatasetError(f"{where}: no LED is lit (pattern {text!r}): every FP frame needs its LEDs")
