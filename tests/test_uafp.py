@@ -642,3 +642,23 @@ def test_geometry_newton_steps_follow_the_geometry_join(tiny):
     list(frozen.run(iterations=1))
     assert not frozen._geometry_newton_due()
     assert UafpSettings().polish_steps > 0 and UafpSettings().geometry_newton_steps > 0  # on by default
+
+
+@pytest.mark.slow
+def test_the_start_covers_a_height_error_in_proportion_to_a_tall_stand():
+    """A 180 mm stand read 10 % short (true 198 mm): the boundary start once stopped 12 mm from the
+    nominal height whatever the stand, so every height error beyond it started at the range's edge.
+    Reference simulator (not the engine's model), 48 px frames, 7 x 7 LEDs at 6 mm pitch."""
+    import refsim
+
+    micro = replace(
+        refsim.MISALIGNED, frame_size=48, led_grid=7, led_pitch_mm=6.0, led_height_mm=180.0,
+        height_error_mm=18.0, shift_x_mm=0.5, shift_y_mm=-0.3, rotation_deg=1.0,
+    )
+    simulation = refsim.simulate(micro)
+    recon = UafpReconstruction.from_dataset(simulation.dataset(), UafpSettings(upsample=3, device="cpu"))
+    recon._take_pending()
+    available = torch.nonzero(recon.available).squeeze(1)
+    boundary = fit_geometry_from_boundary(recon.model, recon.measurements, available)
+    print(f"boundary start height {boundary.geometry.height_mm:.1f} mm (true {micro.true_height_mm:.1f})")
+    assert abs(boundary.geometry.height_mm - micro.true_height_mm) < 4.0  # the 12 mm range stopped it at 192 mm or below

@@ -23,7 +23,15 @@ from uafp_gui.physics.geometry import illumination_sines, misaligned_positions_m
 # The misalignment the boundary grid search covers about the nominal geometry: what the start supports.
 SHIFT_RANGE_MM = 4.0
 ROTATION_RANGE_DEG = 6.0
-HEIGHT_RANGE_MM = 12.0
+# The height range scales with the nominal height (a ruler's error is a fraction of what it measures:
+# +-10 % of a 200 mm stand is 20 mm), and is never under 12 mm.
+HEIGHT_RANGE_FRACTION = 0.13
+HEIGHT_RANGE_MIN_MM = 12.0
+
+
+def height_range_mm(nominal_height_mm: float) -> float:
+    """Half-width of the LED-height range the start covers about the nominal height."""
+    return max(HEIGHT_RANGE_MIN_MM, HEIGHT_RANGE_FRACTION * nominal_height_mm)
 
 
 def within_search_range(geometry: LedGeometry, nominal_height_mm: float) -> bool:
@@ -35,7 +43,7 @@ def within_search_range(geometry: LedGeometry, nominal_height_mm: float) -> bool
     return (
         max(abs(geometry.shift_x_mm), abs(geometry.shift_y_mm)) <= SHIFT_RANGE_MM
         and abs(geometry.rotation_deg) <= ROTATION_RANGE_DEG
-        and abs(geometry.height_mm - nominal_height_mm) <= HEIGHT_RANGE_MM
+        and abs(geometry.height_mm - nominal_height_mm) <= height_range_mm(nominal_height_mm)
     )
 
 
@@ -70,8 +78,8 @@ def fit_geometry_from_boundary(
     shift_step_mm: float = 0.2,
     rotation_range_deg: float = ROTATION_RANGE_DEG,
     rotation_step_deg: float = 1.0,
-    height_range_mm: float = HEIGHT_RANGE_MM,
-    height_step_mm: float = 3.0,
+    height_range: float | None = None,
+    height_step_mm: float | None = None,
     cancelled: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BoundaryFit:
@@ -89,9 +97,11 @@ def fit_geometry_from_boundary(
 
     shifts = torch.arange(-shift_range_mm, shift_range_mm + 1e-9, shift_step_mm, device=device)
     rotations = torch.arange(-rotation_range_deg, rotation_range_deg + 1e-9, rotation_step_deg, device=device)
-    heights = setup.led_height_mm + torch.arange(
-        -height_range_mm, height_range_mm + 1e-9, height_step_mm, device=device
-    )
+    # None: `height_range_mm` of the nominal height, in steps of 1/30 of it (3 mm at 90 mm: the
+    # illumination angles move with height / nominal height, so the step is relative too).
+    span = height_range_mm(setup.led_height_mm) if height_range is None else height_range
+    step = setup.led_height_mm / 30.0 if height_step_mm is None else height_step_mm
+    heights = setup.led_height_mm + torch.arange(-span, span + 1e-9, step, device=device)
     sx, sy, rot, h = torch.meshgrid(shifts, shifts, rotations, heights, indexing="ij")
     candidates = torch.stack([sx.ravel(), sy.ravel(), rot.ravel(), h.ravel()], dim=1)
     tile_mm = (setup.tile_center_um[0] / 1000.0, setup.tile_center_um[1] / 1000.0)
