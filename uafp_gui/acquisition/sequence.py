@@ -1,42 +1,67 @@
-"""FP acquisition as a useq-schema `MDASequence`, run by pymmcore-plus's own runner (`core.mda.run`).
+"""FP frames as useq-schema events: what the MDA engine (`uafp_gui.acquisition.mda_engine.FpEngine`)
+acquires.
 
-For users who drive their microscope from pymmcore-plus, pymmcore-widgets or napari-micromanager:
+- `frame_events(specs)`: one `MDAEvent` per frame of a dataset's frame list: the LED device's
+  `Pattern` in `properties`, the exposure, and `metadata` `uafp_frame` (its dataset index) and
+  `uafp_leds` (its LED pattern). `Acquisition` runs these through pymmcore-plus's runner.
+- `fp_sequence(plan, microscope)`: the same as a plain `useq.MDASequence`, for users who drive their
+  microscope from pymmcore-plus, pymmcore-widgets or napari-micromanager:
 
-    seq = fp_sequence(plan, microscope, core=core)          # a plain useq.MDASequence
-    core.mda.set_engine(FpMdaEngine(core))
-    core.mda.run(seq, output=[DatasetSink("run.tif"), "run.ome.tif"])
+      seq = fp_sequence(plan, microscope, core=core)
+      core.mda.set_engine(FpEngine(core))
+      core.mda.run(seq, output=[DatasetSink("run.tif"), "run.ome.tif"])
 
-- `fp_sequence` is one time point per frame (`time_plan` loops = frames, interval 0) whose
-  `metadata["uafp"]` holds the complete dataset metadata (docs/dataset_format.md: every frame's LEDs and
-  exposure), so the sequence is self-describing: any writer that stores the sequence (pymmcore-plus
-  puts it in its OME-TIFF/OME-Zarr summary metadata) stores the LED pattern of every frame too.
-- `FpMdaEngine` is the acquisition's strict `FpEngine` as a pymmcore-plus engine: it expands each
-  time point into the frame's `MDAEvent` -- the LED device's `Pattern` in `properties`, the
-  exposure, and `metadata` `uafp_frame` / `uafp_leds` (the LED pattern of that event) -- returns
-  pymmcore-plus's summary metadata and adds its frame metadata, so pymmcore-plus's own writers and
-  viewers work unchanged.
-- `DatasetSink` is a pymmcore-plus data handler (`sequenceStarted` / `frameReady` /
-  `sequenceFinished`) that writes the frames into a uafp dataset TIFF as they arrive (crash-safe,
-  `DatasetWriter`).
+  It is one time point per frame (`time_plan` loops = frames, interval 0) whose `metadata["uafp"]`
+  holds the complete dataset metadata (docs/dataset_format.md: every frame's LEDs and exposure), so
+  the sequence is self-describing: any writer that stores the sequence (pymmcore-plus puts it in its
+  OME-TIFF/OME-Zarr summary metadata) stores the LED pattern of every frame too. `FpEngine` expands
+  its time points into the frames' events (`fp_events`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from uafp_gui.acquisition.engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, dataset_meta
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern
-from uafp_gui.errors import ConfigError, DatasetError
+from uafp_gui.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import useq
+
+    from uafp_gui.io.dataset import FrameSpec
 
 UAFP_KEY = "uafp"
 
-__all__ = ["UAFP_KEY", "DatasetSink", "FpMdaEngine", "dataset_meta_of", "fp_events", "fp_sequence", "sequence_for"]
+__all__ = ["UAFP_KEY", "dataset_meta_of", "fp_events", "fp_sequence", "frame_events", "is_fp_sequence", "sequence_for"]
+
+
+def frame_events(
+    specs: Iterable[FrameSpec], *, start: int = 0, led_device: str = LED_DEVICE_LABEL
+) -> list[useq.MDAEvent]:
+    """One useq `MDAEvent` per frame from `start` on: exposure plus the LED device's `Pattern`."""
+    import useq
+
+    events = []
+    for k, spec in enumerate(specs):
+        if k < start:
+            continue
+        pattern = format_pattern(spec.leds)
+        events.append(
+            useq.MDAEvent(
+                index={"t": k},
+                exposure=spec.exposure_ms,
+                properties=[(led_device, PATTERN_PROPERTY, pattern)],
+                metadata={"uafp_frame": k, "uafp_leds": pattern},
+            )
+        )
+    return events
+
+
+def is_fp_sequence(events: Any) -> bool:
+    """Whether `events` is a sequence from `fp_sequence` (it carries the frame list)."""
+    return isinstance((getattr(events, "metadata", None) or {}).get(UAFP_KEY), dict)
 
 
 def sequence_for(meta: Any, led_device: str = LED_DEVICE_LABEL) -> Any:
@@ -87,7 +112,7 @@ def dataset_meta_of(sequence: Any) -> Any:
     if not isinstance(info, dict) or "dataset" not in info:
         raise ConfigError(
             "this MDASequence carries no uafp frame list (metadata['uafp']): build it with "
-            "uafp_gui.acquisition.mda.fp_sequence(plan, microscope)"
+            "uafp_gui.acquisition.sequence.fp_sequence(plan, microscope)"
         )
     return DatasetMeta.from_dict(info["dataset"])
 
@@ -108,90 +133,3 @@ def fp_events(sequence: Any) -> Iterator[Any]:
                 "metadata": {**event.metadata, "uafp_frame": index, "uafp_leds": pattern},
             }
         )
-
-
-class FpMdaEngine(FpEngine):
-    """`FpEngine` for pymmcore-plus's runner: expands `fp_sequence` sequences into frame events and
-    speaks pymmcore-plus's metadata (summary per sequence, frame metadata per image)."""
-
-    def setup_sequence(self, sequence: Any) -> Any:
-        super().setup_sequence(sequence)
-        from pymmcore_plus.metadata import summary_metadata
-
-        return summary_metadata(self.mmcore, mda_sequence=sequence)
-
-    def event_iterator(self, events: Iterable[Any]) -> Iterator[Any]:
-        metadata = getattr(events, "metadata", None) or {}
-        if UAFP_KEY in metadata:
-            events = list(fp_events(events))
-        return super().event_iterator(events)
-
-    def exec_event(self, event: Any) -> Iterator[tuple[np.ndarray, Any, dict]]:
-        from pymmcore_plus.metadata import frame_metadata
-
-        for image, sub_event, extra in super().exec_event(event):
-            try:
-                meta = dict(
-                    frame_metadata(
-                        self.mmcore,
-                        cached=True,
-                        camera_device=self.mmcore.getCameraDevice(),
-                        mda_event=sub_event,
-                    )
-                )
-            except Exception:  # noqa: BLE001 - pymmcore-plus's metadata is a courtesy, the frame is not
-                meta = {}
-            meta.update(extra)
-            meta["exposure_ms"] = float(extra.get("exposure_ms") or self.mmcore.getExposure())
-            meta["uafp_leds"] = sub_event.metadata.get("uafp_leds", "")
-            yield image, sub_event, meta
-
-
-class DatasetSink:
-    """A pymmcore-plus data handler writing an `fp_sequence` acquisition as a uafp dataset TIFF.
-
-    Pass it in `core.mda.run(seq, output=[DatasetSink(path), ...])` (or connect it with
-    `mda_listeners_connected`). Each frame is on disk before the next arrives; an interrupted
-    run leaves a valid partial dataset. `error` holds the first problem (pymmcore-plus logs
-    exceptions raised in handlers instead of stopping the run), `path` the file.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        self.overwrite = overwrite
-        self.writer: Any = None
-        self.error: BaseException | None = None
-        self.frames_written = 0
-
-    def sequenceStarted(self, sequence: Any, *args: Any) -> None:  # noqa: N802 - pymmcore-plus signal names
-        from uafp_gui.io.dataset import DatasetWriter
-
-        self.error = None
-        self.frames_written = 0
-        try:
-            meta = dataset_meta_of(sequence)
-            self.writer = DatasetWriter(self.path, meta, overwrite=self.overwrite)
-        except (ConfigError, DatasetError) as error:
-            self.error = error
-            raise
-
-    def frameReady(self, image: np.ndarray, event: Any, meta: Any = None) -> None:  # noqa: N802
-        if self.writer is None or self.error is not None:
-            return
-        index = event.metadata.get("uafp_frame")
-        if index != self.writer.frames_present:
-            self.error = DatasetError(
-                f"{self.path}: frame {index} arrived but frame {self.writer.frames_present} was next: the "
-                "engine must be FpMdaEngine and the events those of fp_sequence, in order"
-            )
-            raise self.error
-        try:
-            self.writer.append(np.asarray(image))
-        except DatasetError as error:
-            self.error = error
-            raise
-        self.frames_written = self.writer.frames_present
-
-    def sequenceFinished(self, sequence: Any, *args: Any) -> None:  # noqa: N802
-        if self.writer is not None:
-            self.writer.close()

@@ -204,7 +204,7 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
 def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale: int = 65535) -> Iterator[Any]:
     """`acquisition.run()`, telling a live `ReconJob` when the run starts and ends; each
     `FrameAcquired` comes as an `AcquiredFrame` (thumbnail, and now and then a preview)."""
-    from uafp_gui.acquisition.engine import AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.events import AcquisitionStarted, FrameAcquired
 
     last_preview = -np.inf
     try:
