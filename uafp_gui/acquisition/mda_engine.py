@@ -242,9 +242,9 @@ class FpEngine:
         """Most frames one hardware sequence can hold (the firmware's sequence_max, the device's
         Pattern sequence length), divided by the frames averaged per LED."""
         limit = 256
-        properties = getattr(self._array(), "properties", None)
-        if getattr(properties, "sequence_max", None):
-            limit = min(limit, int(properties.sequence_max))
+        sequence_max = getattr(getattr(self._array(), "properties", None), "sequence_max", None)
+        if sequence_max:
+            limit = min(limit, int(sequence_max))
         try:
             limit = min(limit, int(self.mmcore.getPropertySequenceMaxLength(self.led_device, PATTERN_PROPERTY)))
         except Exception:  # noqa: BLE001 - a core without the device: the firmware's limit stands
@@ -273,9 +273,9 @@ class FpEngine:
                 last.append(event)
             else:
                 batches.append([event])
-        out = []
+        out: list[useq.MDAEvent] = []
         for batch in batches:
-            patterns = [_pattern_of(e, self.led_device) for e in batch]
+            patterns = [_pattern_of(e, self.led_device) or "" for e in batch]
             out.append(
                 SequencedEvent(
                     events=tuple(batch),

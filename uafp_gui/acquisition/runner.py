@@ -367,11 +367,11 @@ class Acquisition:
             saved = self._close_after_failure(writer_thread, publisher)
             if isinstance(error, WriteFailure) or writer_thread is None:
                 raise
-            total = len(self.meta.frames) if self.meta else "?"
+            planned = len(self.meta.frames) if self.meta else "?"
             if not saved:
                 raise type(error)(f"{error}. Acquisition stopped before any frame was saved") from error
             raise type(error)(
-                f"{error}. Acquisition stopped: {saved} of {total} frames are saved in {self.out_path}; "
+                f"{error}. Acquisition stopped: {saved} of {planned} frames are saved in {self.out_path}; "
                 "fix the problem and run the same command with --resume to acquire the rest"
             ) from error
         finally:
