@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from uafp_gui.gui.images import DIVERGING_PHASE, ImagePlot, phase_view
-from uafp_gui.recon.choices import Device
+from uafp_gui.recon.choices import Device, parse_device
 
 __all__ = ["ReconPanel"]
 
@@ -210,7 +210,9 @@ class ReconPanel(QWidget):
         base = base or UafpSettings()
         changes = {name: box.isChecked() for name, box in self.learn.items()}
         settings = base.replace(
-            upsample=self.upsample.value(), iterations=self.iterations.value(), device=self.device.currentText(),
+            upsample=self.upsample.value(),
+            iterations=self.iterations.value(),
+            device=parse_device(self.device.currentText()),
             **changes,
         )
         return settings

@@ -129,7 +129,7 @@ class UafpSettings:
         object.__setattr__(self, "loss", Loss(self.loss))
         object.__setattr__(self, "device", parse_device(self.device))
 
-    def replace(self, **changes: Any) -> UafpSettings:
+    def replace(self, **changes) -> UafpSettings:
         return replace(self, **changes)
 
     def validate(self) -> None:
