@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import ReconstructionError
+from uafp_gui.recon.choices import StopReason
 
 __all__ = [
     "AcquiredFrame",
@@ -425,7 +426,7 @@ class ReconJob:
                 for update in self.recon.run(iterations=1, cancel=self.cancel):
                     yield self._record(update)
             except ReconstructionError:
-                if self.recon.stop_reason == "engine_error":
+                if self.recon.stop_reason is StopReason.ENGINE_ERROR:
                     raise
                 time.sleep(0.05)
         if self.cancel.is_set():

@@ -39,6 +39,7 @@ from uafp_gui.gui.led_map import LedMapPanel
 from uafp_gui.gui.live_view import LiveViewPanel
 from uafp_gui.gui.recon_panel import ReconPanel
 from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
+from uafp_gui.recon.choices import StopReason
 
 __all__ = ["MainWindow"]
 
@@ -579,8 +580,8 @@ class MainWindow(QMainWindow):
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
-        elif not recon.partial and (recon.iteration >= job.run_target or recon.stop_reason == "converged"):
-            how = "Converged after" if recon.stop_reason == "converged" else "Finished:"
+        elif not recon.partial and (recon.iteration >= job.run_target or recon.stop_reason is StopReason.CONVERGED):
+            how = "Converged after" if recon.stop_reason is StopReason.CONVERGED else "Finished:"
             self.recon_panel.show_status(f"{how} {done} iterations, {format_duration(recon.elapsed_s)}. "
                                          f"Continue runs {more} more.")
         else:
