@@ -16,20 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uafp_gui.acquisition.engine import (
-    Acquisition,
-    AcquisitionFinished,
-    CameraTimeoutError,
-    FpEngine,
-    FrameAcquired,
-    TriggerMismatchError,
-    frame_events,
-)
+from uafp_gui.acquisition.events import AcquisitionFinished, FrameAcquired
+from uafp_gui.acquisition.mda_engine import FpEngine, TriggerMismatchError
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
-from uafp_gui.devices.sim_microscope import open_simulated_microscope, simulated_camera
+from uafp_gui.acquisition.runner import Acquisition
+from uafp_gui.acquisition.sequence import frame_events
+from uafp_gui.devices.interfaces import CameraTimeoutError
 from uafp_gui.errors import ConfigError
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
 from uafp_gui.simulate import PRESETS
+from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 
 SETTINGS = replace(PRESETS["misaligned"], frame_size=64, seed=5)
 MICROSCOPE = MicroscopeDescription.from_simulation(SETTINGS)
@@ -208,7 +204,8 @@ def test_the_engine_runs_hardware_sequences_under_pymmcore_plus_mda():
 
 
 def test_an_led_array_without_sequences_is_refused_before_anything_moves(tmp_path):
-    from uafp_gui.devices.led_array import LedArray
+    from uafp_gui.devices.interfaces import LedArray
+    from uafp_gui.devices.mm_led import led_array_of
 
     class PlainArray(LedArray):
         array_shape = SETTINGS.led_array_shape
@@ -231,7 +228,7 @@ def test_an_led_array_without_sequences_is_refused_before_anything_moves(tmp_pat
 
     core, _ = open_simulated_microscope(SETTINGS, PlainArray(), realtime=False)
     plan = PLAN_5X5.replace(hardware_triggered=True)
-    acquisition = Acquisition(core, core._pydevices["LEDArray"].led_array, plan, tmp_path / "run.tif", MICROSCOPE)
+    acquisition = Acquisition(core, led_array_of(core), plan, tmp_path / "run.tif", MICROSCOPE)
     with pytest.raises(ConfigError, match="sequence mode"):
         acquisition.run_to_end()
     assert not (tmp_path / "run.tif").exists()

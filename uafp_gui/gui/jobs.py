@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import ReconstructionError
+from uafp_gui.recon.choices import StopReason
 
 __all__ = [
     "AcquiredFrame",
@@ -164,8 +165,10 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
     thread). Returns core, led_array, microscope (the simulation's nominal one, or None for
     hardware: the user's description applies), bit_depth and a one-line description."""
     from uafp_gui.acquisition.plan import MicroscopeDescription
-    from uafp_gui.devices.illuminate import IlluminateLedArray, SimulatedLedArray
+    from uafp_gui.devices.illuminate import IlluminateLedArray
     from uafp_gui.devices.micromanager import camera_bit_depth, open_core
+    from uafp_gui.simulated.led_array import SimulatedLedArray
+    from uafp_gui.simulated.microscope import open_simulated_microscope
 
     if choice.led_port is None:
         led_array = SimulatedLedArray(
@@ -179,7 +182,7 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
     try:
         led_array.set_color(*choice.rgb)
         if choice.mm_config is None:
-            core, led_array = open_core(None, led_array, simulation=simulation)
+            core, led_array = open_simulated_microscope(simulation, led_array)
             microscope = MicroscopeDescription.from_simulation(simulation)
             camera_text = "simulated microscope camera"
         else:
@@ -202,7 +205,7 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
 def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale: int = 65535) -> Iterator[Any]:
     """`acquisition.run()`, telling a live `ReconJob` when the run starts and ends; each
     `FrameAcquired` comes as an `AcquiredFrame` (thumbnail, and now and then a preview)."""
-    from uafp_gui.acquisition.engine import AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.events import AcquisitionStarted, FrameAcquired
 
     last_preview = -np.inf
     try:
@@ -423,7 +426,7 @@ class ReconJob:
                 for update in self.recon.run(iterations=1, cancel=self.cancel):
                     yield self._record(update)
             except ReconstructionError:
-                if self.recon.stop_reason == "engine_error":
+                if self.recon.stop_reason is StopReason.ENGINE_ERROR:
                     raise
                 time.sleep(0.05)
         if self.cancel.is_set():
