@@ -91,7 +91,7 @@ class UafpSettings:
     start_search_crop_px: int = 128
     # When the circle fit fails, the rim fit's start is taken when its bright-field rims are visible: a mean
     # response of at least this many noise units at its geometry (0: the rim fit is not tried).
-    start_rim_min_response: float = 0.5
+    start_rim_min_response: float = 1.0
     warmup_iterations: int = 2
     growth_fraction: float = 0.2
     geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
