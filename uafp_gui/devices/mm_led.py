@@ -86,8 +86,8 @@ class LedArrayDevice(GenericDevice):
         """The lit LEDs, 'row,col;row,col' in image axes ('' = all off)."""
         return format_pattern(sorted(self._array().lit))
 
-    @Pattern.setter
-    def Pattern(self, value: str) -> None:  # type: ignore[no-redef]  # noqa: N802
+    @Pattern.setter  # type: ignore[no-redef]
+    def Pattern(self, value: str) -> None:  # noqa: N802
         leds = parse_pattern(value)
         array = self._array()
         if leds:
