@@ -163,7 +163,10 @@ class FpEngine:
         self._exposure_ms = None
         if self._snapper is None or self._snapper.hung:
             self._snapper = _SnapWorker(self.mmcore)
-        return dict(summary_metadata(self.mmcore, mda_sequence=sequence))
+        try:
+            return dict(summary_metadata(self.mmcore, mda_sequence=sequence))
+        except Exception:  # noqa: BLE001 - a courtesy to pymmcore-plus's writers: never fails a run
+            return {}
 
     def event_iterator(self, events: Iterable[useq.MDAEvent]) -> Iterator[useq.MDAEvent]:
         """The frame events: an `fp_sequence`'s time points expanded into its frames, combined into
