@@ -935,7 +935,7 @@ class Acquisition:
                 if PLAN_KEY in stored.extra:
                     self.plan = AcquisitionPlan.from_dict(stored.extra[PLAN_KEY])
                 if "microscope" in stored.extra:
-                    self.microscope = MicroscopeDescription(**stored.extra["microscope"])
+                    self.microscope = MicroscopeDescription.from_dict(stored.extra["microscope"])
                 if self.plan is not None and self.plan.roi is not None and self.microscope is not None:
                     self._apply_roi(self.plan, self.microscope)
                 engine.frames_to_average = self.plan.frames_to_average if self.plan else 1

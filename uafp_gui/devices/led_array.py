@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from uafp_gui.errors import DeviceError
+from uafp_gui.model import RowCol
 
 if TYPE_CHECKING:  # pragma: no cover
     from uafp_gui.devices.illuminate import SimulatedLedArray
@@ -58,9 +59,6 @@ class LedArrayNotFound(LedArrayError):
 
 class LedArraySequenceError(LedArrayError):
     """A hardware-triggered LED sequence cannot be loaded, armed or is not where it should be."""
-
-
-RowCol = tuple[int, int]
 
 
 @dataclass(frozen=True)

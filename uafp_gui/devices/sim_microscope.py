@@ -28,13 +28,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymmcore_plus.experimental.unicore import GenericDevice, SimpleCameraDevice, UniMMCore, pymm_property
 
 from uafp_gui.errors import ConfigError, DeviceError
+from uafp_gui.model import RowCol
 
 if TYPE_CHECKING:  # pragma: no cover
     from uafp_gui.devices.led_array import LedArray
@@ -58,8 +58,6 @@ CAMERA_LABEL = "Camera"
 LED_DEVICE_LABEL = "LEDArray"
 PATTERN_PROPERTY = "Pattern"
 TRIGGER_MODES = ("Internal", "External")
-
-RowCol = tuple[int, int]
 
 
 class CameraTimeout(DeviceError):
@@ -597,5 +595,5 @@ def simulated_camera(core: UniMMCore) -> SimulatedFpCamera | None:
 
 def simulation_with(settings: SimulationSettings | None = None, **changes: Any) -> SimulationSettings:
     """`settings` (default: the misaligned preset) with some fields changed."""
-    return replace(settings or default_simulation_settings(), **changes)
+    return (settings or default_simulation_settings()).replace(**changes)
 
