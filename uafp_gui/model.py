@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -356,7 +355,8 @@ def led_positions_mm(
         else:
             cos, sin = np.cos(theta), np.sin(theta)
         x, y = x * cos - y * sin + shift_x_mm, x * sin + y * cos + shift_y_mm
-    torch = sys.modules.get("torch")  # never imported here: a tensor argument means it is loaded
-    if torch is not None and isinstance(x, torch.Tensor):
-        return torch.stack([x, y], dim=-1)
-    return np.stack([x, y], axis=-1)
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.stack([x, y], axis=-1)
+    import torch  # a tensor was given: torch is loaded already
+
+    return torch.stack([x, y], dim=-1)
