@@ -36,10 +36,10 @@ def main() -> int:
 
     from uafp_gui.acquisition.engine import Acquisition
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
-    from uafp_gui.devices.sim_microscope import open_simulated_microscope
     from uafp_gui.gui import workers
     from uafp_gui.gui.main_window import QUIT_WAIT_S, MainWindow
     from uafp_gui.simulate import PRESETS
+    from uafp_gui.simulated.microscope import open_simulated_microscope
 
     app = QApplication.instance() or QApplication([])
     simulation = replace(PRESETS["misaligned"], frame_size=64)

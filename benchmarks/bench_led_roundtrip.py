@@ -29,7 +29,7 @@ from firmware.harness import (  # noqa: E402
     toolchain_missing,
 )
 
-from uafp_gui.devices.illuminate import IlluminateConnection  # noqa: E402
+from uafp_gui.devices.illuminate_connection import IlluminateConnection  # noqa: E402
 
 BIT_S = 10 / 115200  # start + 8 data + stop bits per byte
 

@@ -26,10 +26,10 @@ from uafp_gui.acquisition.engine import (
     frame_events,
 )
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
-from uafp_gui.devices.sim_microscope import open_simulated_microscope, simulated_camera
 from uafp_gui.errors import ConfigError
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
 from uafp_gui.simulate import PRESETS
+from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 
 SETTINGS = replace(PRESETS["misaligned"], frame_size=64, seed=5)
 MICROSCOPE = MicroscopeDescription.from_simulation(SETTINGS)
@@ -208,7 +208,7 @@ def test_the_engine_runs_hardware_sequences_under_pymmcore_plus_mda():
 
 
 def test_an_led_array_without_sequences_is_refused_before_anything_moves(tmp_path):
-    from uafp_gui.devices.led_array import LedArray
+    from uafp_gui.devices.interfaces import LedArray
 
     class PlainArray(LedArray):
         array_shape = SETTINGS.led_array_shape

@@ -376,7 +376,8 @@ class ScriptedPort:
 
 
 def test_fuzz_serial_replies():
-    from uafp_gui.devices.illuminate import IlluminateConnection, IlluminateLedArray, LedArrayProperties
+    from uafp_gui.devices.illuminate import IlluminateLedArray, LedArrayProperties
+    from uafp_gui.devices.illuminate_connection import IlluminateConnection
 
     pieces = st.sampled_from([b"-==-\n", b"\n", b"\r\n", b"ERROR: x\n", b"lit.1.2\n", b"seq.1.2.1\n", b"\x00\xff",
                               b'{"array_shape": [4, 4], "led_pitch_um": 4000}\n', b"uafp-led 1.0\n", b"-==-"])

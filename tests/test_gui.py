@@ -55,7 +55,7 @@ def acquire_dataset(path: Path, size: int = 5) -> Path:
     """A dataset from the simulated microscope, without the GUI."""
     from uafp_gui.acquisition.engine import Acquisition
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
-    from uafp_gui.devices.sim_microscope import open_simulated_microscope
+    from uafp_gui.simulated.microscope import open_simulated_microscope
 
     core, led_array = open_simulated_microscope(SIMULATION, realtime=False)
     try:

@@ -381,8 +381,8 @@ class SlowPort:
 
 @pytest.mark.timeout(60)
 def test_late_reply_is_discarded_not_taken_as_the_next_answer():
-    from uafp_gui.devices.illuminate import IlluminateConnection
-    from uafp_gui.devices.led_array import LedArrayTimeout
+    from uafp_gui.devices.illuminate_connection import IlluminateConnection
+    from uafp_gui.devices.interfaces import LedArrayTimeout
 
     port = SlowPort({"slow": 0.35})
     connection = IlluminateConnection("fake", timeout_s=0.2, boot_timeout_s=0.5, open_port=lambda name: port)
@@ -408,8 +408,8 @@ def test_late_reply_is_discarded_not_taken_as_the_next_answer():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0.0])
 def test_nonsense_timeouts_are_refused(value):
-    from uafp_gui.devices.illuminate import IlluminateConnection
-    from uafp_gui.devices.led_array import LedArrayError
+    from uafp_gui.devices.illuminate_connection import IlluminateConnection
+    from uafp_gui.devices.interfaces import LedArrayError
 
     with pytest.raises(LedArrayError, match="seconds"):
         IlluminateConnection("fake", timeout_s=value)
@@ -427,7 +427,7 @@ def test_nonsense_timeouts_are_refused(value):
 )
 def test_odd_pprops_replies_are_typed_errors(reply):
     from uafp_gui.devices.illuminate import LedArrayProperties
-    from uafp_gui.devices.led_array import LedArrayError
+    from uafp_gui.devices.interfaces import LedArrayError
 
     with pytest.raises(LedArrayError):
         LedArrayProperties.from_pprops(reply, None)
@@ -435,8 +435,8 @@ def test_odd_pprops_replies_are_typed_errors(reply):
 
 @pytest.mark.parametrize("reply", ["lit.x", "lot.1", "lit.1.99999", "lit.-1", "lit.1e3", "lit.\u00b2"])
 def test_odd_plit_replies_are_typed_errors(reply):
-    from uafp_gui.devices.illuminate import SimulatedLedArray
-    from uafp_gui.devices.led_array import LedArrayError
+    from uafp_gui.devices.interfaces import LedArrayError
+    from uafp_gui.simulated.led_array import SimulatedLedArray
 
     with SimulatedLedArray(shape=(8, 8)) as array:
         array._connection.command = lambda line, timeout_s=None: [reply]
@@ -445,8 +445,8 @@ def test_odd_plit_replies_are_typed_errors(reply):
 
 
 def test_a_device_that_only_says_the_terminator_is_not_an_led_array():
-    from uafp_gui.devices.illuminate import IlluminateConnection
-    from uafp_gui.devices.led_array import LedArrayNotFound
+    from uafp_gui.devices.illuminate_connection import IlluminateConnection
+    from uafp_gui.devices.interfaces import LedArrayNotFound
 
     class EmptyReplies(SlowPort):
         def write(self, data: bytes) -> int:
@@ -684,7 +684,7 @@ def test_the_limits_are_one_set_of_numbers():
     from uafp_gui import limits, model
     from uafp_gui.acquisition import plan
     from uafp_gui.cli import options
-    from uafp_gui.devices import illuminate
+    from uafp_gui.devices import illuminate, illuminate_connection
     from uafp_gui.io import importers, jsontext, result
     from uafp_gui.recon import common
 
@@ -695,7 +695,7 @@ def test_the_limits_are_one_set_of_numbers():
     assert result.MAX_NOLL_INDEX == limits.MAX_NOLL_INDEX
     assert jsontext.MAX_JSON_DEPTH == limits.MAX_JSON_DEPTH and importers.MAX_CSV_LINES == limits.MAX_CSV_LINES
     assert options.MAX_INT_DIGITS == limits.MAX_INT_DIGITS
-    assert illuminate.MAX_REPLY_LINES == limits.MAX_REPLY_LINES
+    assert illuminate_connection.MAX_REPLY_LINES == limits.MAX_REPLY_LINES
 
 
 @pytest.mark.parametrize(
@@ -799,9 +799,9 @@ def test_acquiring_into_a_read_only_folder_fails_before_the_camera(capsys, tmp_p
 
 
 def test_acquiring_into_a_missing_folder_fails_before_the_camera(capsys, tmp_path, monkeypatch):
-    from uafp_gui.devices import sim_microscope
+    from uafp_gui.simulated import microscope
 
-    monkeypatch.setattr(sim_microscope, "open_simulated_microscope",
+    monkeypatch.setattr(microscope, "open_simulated_microscope",
                         lambda *a, **k: pytest.fail("the camera was opened"))
     code, errors = _cli(capsys, "acquire", "--simulate", "--sim-no-wait", "--out", tmp_path / "nope" / "a.tif")
     assert code == 2 and "no folder" in errors[0] and "--resume" not in errors[0]

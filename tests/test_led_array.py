@@ -9,17 +9,17 @@ import time
 import pytest
 
 from uafp_gui.cli import main as uafp_main
-from uafp_gui.devices.illuminate_model import IlluminateFirmwareModel
-from uafp_gui.devices.led_array import (
+from uafp_gui.devices.interfaces import (
     LedArray,
     LedArrayCommandError,
     LedArrayDisconnected,
     LedArrayError,
     LedArrayTimeout,
     Orientation,
-    SimulatedLedArray,
 )
 from uafp_gui.errors import DeviceError
+from uafp_gui.simulated.firmware import IlluminateFirmwareModel
+from uafp_gui.simulated.led_array import SimulatedLedArray
 
 ORIENTATIONS = [Orientation(*flags) for flags in itertools.product([False, True], repeat=3)]
 

@@ -21,8 +21,8 @@ from firmware.harness import (
     wait_until,
 )
 
-from uafp_gui.devices.illuminate import IlluminateConnection
-from uafp_gui.devices.illuminate_model import FirmwareBuild, IlluminateFirmwareModel, LoopbackPort
+from uafp_gui.devices.illuminate_connection import IlluminateConnection
+from uafp_gui.simulated.firmware import FirmwareBuild, IlluminateFirmwareModel, LoopbackPort
 
 VARIANT = FirmwareVariant()  # the default build: 16x16 serpentine WS2812B, 10 mm pitch
 

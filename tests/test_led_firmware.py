@@ -17,11 +17,11 @@ from firmware.harness import FirmwareVariant, SimulatedBoard, build_firmware, re
 from uafp_gui.cli import main as uafp_main
 from uafp_gui.devices.illuminate import (
     PORT_CANDIDATES_ENV,
-    IlluminateConnection,
     IlluminateLedArray,
     find_led_array_port,
 )
-from uafp_gui.devices.led_array import LedArrayDisconnected, LedArrayNotFound, Orientation
+from uafp_gui.devices.illuminate_connection import IlluminateConnection
+from uafp_gui.devices.interfaces import LedArrayDisconnected, LedArrayNotFound, Orientation
 
 VARIANT = FirmwareVariant()
 CYCLES_PER_US = 16

@@ -19,9 +19,10 @@ import tifffile
 from uafp_gui.acquisition.mda import DatasetSink, FpMdaEngine, fp_sequence
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
 from uafp_gui.cli import main
-from uafp_gui.devices.sim_microscope import format_pattern, open_simulated_microscope, simulated_camera
+from uafp_gui.devices.mm_led import format_pattern
 from uafp_gui.io.dataset import read_dataset
 from uafp_gui.simulate import PRESETS
+from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 
 useq = pytest.importorskip("useq")
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -217,7 +217,7 @@ def true_microscope_model(
     """The simulated microscope for `meta`'s frames: forward model with the hidden geometry and
     aberrations set (frame gains left at 1), the built-in sample and its spectrum.
 
-    Shared by `simulate` and the simulated camera (`uafp_gui.devices.sim_microscope`).
+    Shared by `simulate` and the simulated camera (`uafp_gui.simulated.camera`).
     """
     import torch
 

@@ -51,13 +51,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from uafp_gui.acquisition.plan import PLAN_KEY, AcquisitionPlan, MicroscopeDescription, dataset_meta
-from uafp_gui.devices.sim_microscope import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern
+from uafp_gui.devices.interfaces import AbortsSequence, CameraTimeoutError, PreparesForRun
+from uafp_gui.devices.mm_led import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern, led_array_of
+from uafp_gui.devices.pydevices import python_device
 from uafp_gui.errors import ConfigError, DatasetError, DeviceError, UafpError
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
 
-    from uafp_gui.devices.led_array import LedArray
+    from uafp_gui.devices.interfaces import LedArray
     from uafp_gui.io.dataset import DatasetMeta, DatasetWriter, FrameSpec
 
 __all__ = [
@@ -78,10 +80,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class CameraTimeoutError(DeviceError):
-    """The camera delivered no frame within its timeout."""
 
 
 class LedArrayFailure(DeviceError):
@@ -356,8 +354,6 @@ class FpEngine:
     # ---- hardware-triggered sequences -------------------------------------------------------
     def _array(self) -> LedArray:
         if self.led_array is None:
-            from uafp_gui.devices.sim_microscope import led_array_of
-
             self.led_array = led_array_of(self.mmcore, self.led_device)
         if self.led_array is None or not getattr(self.led_array, "supports_sequences", False):
             name = "no LED array" if self.led_array is None else type(self.led_array).__name__
@@ -386,7 +382,7 @@ class FpEngine:
     def sequenced_events(self, events: Iterable[useq.MDAEvent]) -> list[useq.MDAEvent]:
         """Combine consecutive single-LED frame events with the same exposure into pymmcore-plus
         `SequencedEvent`s: one hardware-triggered camera sequence each."""
-        from pymmcore_plus.core._sequencing import SequencedEvent
+        from pymmcore_plus.core import SequencedEvent
 
         limit = self.sequence_limit()
         batches: list[list[useq.MDAEvent]] = []
@@ -470,11 +466,9 @@ class FpEngine:
         """Stop the camera sequence and disarm the array (both safe to repeat)."""
         if self._sequence_running:
             self._sequence_running = False
-            from uafp_gui.devices.sim_microscope import simulated_camera
-
-            camera = simulated_camera(self.mmcore)
-            if camera is not None:
-                camera.abort_sequence()  # a real camera's abort ends its wait for a trigger too
+            camera = python_device(self.mmcore, self.mmcore.getCameraDevice())
+            if isinstance(camera, AbortsSequence):
+                camera.abort_sequence()  # a C++ camera's stop ends its wait for a trigger itself
             try:
                 if self.mmcore.isSequenceRunning():
                     self.mmcore.stopSequenceAcquisition()
@@ -909,10 +903,8 @@ class Acquisition:
             engine.sequence_limit()  # raises ConfigError without a sequence-capable array
 
     def _warm_up_camera(self, leds: list[tuple[int, int]]) -> None:
-        from uafp_gui.devices.sim_microscope import simulated_camera
-
-        camera = simulated_camera(self.core)
-        if camera is not None:
+        camera = python_device(self.core, self.core.getCameraDevice())
+        if isinstance(camera, PreparesForRun):
             camera.prepare(leds)
 
     def _dark_frame(self, engine: FpEngine, plan: AcquisitionPlan) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from uafp_gui.acquisition.engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, dataset_meta
-from uafp_gui.devices.sim_microscope import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern
+from uafp_gui.devices.mm_led import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern
 from uafp_gui.errors import ConfigError, DatasetError
 
 UAFP_KEY = "uafp"

@@ -193,7 +193,7 @@ def triggering(args: argparse.Namespace, stored_meta) -> tuple[bool, str]:
 
 def open_led_array(args: argparse.Namespace, shape=None, pitch_mm=None):
     from uafp_gui.devices.illuminate import IlluminateLedArray
-    from uafp_gui.devices.led_array import Orientation
+    from uafp_gui.devices.interfaces import Orientation
 
     orientation = Orientation(args.led_flip_rows, args.led_flip_cols, args.led_transpose)
     return IlluminateLedArray(args.led_port, orientation=orientation, shape=shape, pitch_mm=pitch_mm)
@@ -243,12 +243,17 @@ def run(args: argparse.Namespace) -> int:
         if args.led_port is None:
             raise ConfigError("--mm-config needs --led-port PORT (or --led-port auto)")
         led_array = open_led_array(args)
-    core, led_array = open_core(
-        args.mm_config, led_array, simulation=simulation, realtime=not args.sim_no_wait, mm_path=args.mm_path
-    )
+    if simulate:
+        from uafp_gui.simulated import microscope as simulated_microscope
+
+        core, led_array = simulated_microscope.open_simulated_microscope(
+            simulation, led_array, realtime=not args.sim_no_wait
+        )
+    else:
+        core, led_array = open_core(args.mm_config, led_array, mm_path=args.mm_path)
     hardware_triggered, trigger_wiring = triggering(args, stored_meta)
     if hardware_triggered and trigger_wiring == "closed_loop":
-        from uafp_gui.devices.sim_microscope import simulated_camera
+        from uafp_gui.simulated.microscope import simulated_camera
 
         camera = simulated_camera(core)
         if camera is not None and camera.trigger_in_count is not None:  # what a real config sets

@@ -6,9 +6,10 @@ import argparse
 import json
 
 from uafp_gui.cli.options import finite_float, whole_number
-from uafp_gui.devices.illuminate import IlluminateLedArray, SimulatedLedArray
-from uafp_gui.devices.led_array import Orientation
+from uafp_gui.devices.illuminate import IlluminateLedArray
+from uafp_gui.devices.interfaces import Orientation
 from uafp_gui.errors import ConfigError
+from uafp_gui.simulated.led_array import SimulatedLedArray
 
 _DESCRIPTION = """\
 Drive an LED array that speaks the illuminate command set (the uafp-led firmware in

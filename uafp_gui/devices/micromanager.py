@@ -1,13 +1,13 @@
-"""Building the Micro-Manager core: from a user's configuration file, or simulated.
+"""Building the Micro-Manager core from a user's configuration file.
 
 Everything goes through one pymmcore-plus `UniMMCore`: it runs Micro-Manager's C++ device
 adapters (a real camera, loaded from the user's `.cfg`) side by side with Python devices
-(the LED array, which uafp drives with its own serial driver, and the simulated camera).
+(the LED array, which uafp drives with its own serial driver).
 
-- `open_core(mm_config=..., led_array=...)`: the user's configuration drives the camera;
-  the LED array is added as device `LEDArray`.
-- `open_core()` with no config: the simulated FP microscope
-  (`uafp_gui.devices.sim_microscope.open_simulated_microscope`).
+- `open_core(mm_config, led_array)`: the user's configuration drives the camera; the LED array
+  is added as device `LEDArray` (`uafp_gui.devices.mm_led`).
+- The simulated FP microscope (no configuration) is `uafp_gui.simulated.open_simulated_microscope`;
+  choosing between them is the session layer's job.
 
 Micro-Manager itself (its device adapters) is only needed for a configuration that names
 C++ adapters; nothing here imports or requires them otherwise.
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 from pymmcore_plus.experimental.unicore import UniMMCore
 
+from uafp_gui.devices.mm_led import attach_led_array
 from uafp_gui.errors import ConfigError, DeviceError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.devices.led_array import LedArray
-    from uafp_gui.simulate import SimulationSettings
+    from uafp_gui.devices.interfaces import LedArray
 
 __all__ = ["camera_bit_depth", "camera_offset", "load_config_core", "new_core", "open_core"]
 
@@ -83,24 +83,14 @@ def load_config_core(mm_config: str | os.PathLike[str], mm_path: str | None = No
 
 
 def open_core(
-    mm_config: str | os.PathLike[str] | None = None,
-    led_array: LedArray | None = None,
+    mm_config: str | os.PathLike[str],
+    led_array: LedArray | None,
     *,
-    simulation: SimulationSettings | None = None,
-    realtime: bool = True,
     mm_path: str | None = None,
 ) -> tuple[UniMMCore, LedArray]:
-    """The core and LED array to acquire with.
-
-    With `mm_config`: the user's Micro-Manager configuration, plus `led_array` (required)
-    exposed as device `LEDArray`; a `SimulatedFpCamera` in the configuration (a `#py` line)
-    watches that LED array. Without: the simulated FP microscope (`simulation` settings, a
-    `SimulatedLedArray` unless `led_array` is given).
-    """
-    from uafp_gui.devices.sim_microscope import attach_led_array, open_simulated_microscope
-
-    if mm_config is None:
-        return open_simulated_microscope(simulation, led_array, realtime=realtime)
+    """The core and LED array to acquire with: the user's Micro-Manager configuration plus
+    `led_array` (required) exposed as device `LEDArray`; a Python camera of the configuration (a
+    `#py` line) that `WatchesLedArray` is handed that array."""
     if led_array is None:
         raise ConfigError("a Micro-Manager configuration needs an LED array too: pass --led-port PORT (or auto)")
     core = load_config_core(mm_config, mm_path)

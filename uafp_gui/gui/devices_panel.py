@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
-from uafp_gui.devices.led_array import Orientation
+from uafp_gui.devices.interfaces import Orientation
 
 __all__ = ["COLOURS", "DeviceChoice", "DevicesPanel"]
 

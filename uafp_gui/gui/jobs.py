@@ -162,8 +162,10 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
     thread). Returns core, led_array, microscope (the simulation's nominal one, or None for
     hardware: the user's description applies), bit_depth and a one-line description."""
     from uafp_gui.acquisition.plan import MicroscopeDescription
-    from uafp_gui.devices.illuminate import IlluminateLedArray, SimulatedLedArray
+    from uafp_gui.devices.illuminate import IlluminateLedArray
     from uafp_gui.devices.micromanager import camera_bit_depth, open_core
+    from uafp_gui.simulated.led_array import SimulatedLedArray
+    from uafp_gui.simulated.microscope import open_simulated_microscope
 
     if choice.led_port is None:
         led_array = SimulatedLedArray(
@@ -177,7 +179,7 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
     try:
         led_array.set_color(*choice.rgb)
         if choice.mm_config is None:
-            core, led_array = open_core(None, led_array, simulation=simulation)
+            core, led_array = open_simulated_microscope(simulation, led_array)
             microscope = MicroscopeDescription.from_simulation(simulation)
             camera_text = "simulated microscope camera"
         else:

@@ -66,7 +66,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("uafp - Fourier ptychographic microscope")
         self.setAcceptDrops(True)
         self.settings = settings if settings is not None else QSettings("uafp", "uafp-gui")
-        if simulation is None:  # the simulated microscope's default (uafp_gui.devices.sim_microscope)
+        if simulation is None:  # the simulated microscope's default (uafp_gui.simulated.camera)
             from uafp_gui.simulate import PRESETS
 
             simulation = PRESETS["misaligned"]

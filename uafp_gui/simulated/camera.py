@@ -1,4 +1,4 @@
-"""A simulated FP microscope as pure-Python Micro-Manager devices (pymmcore-plus unicore).
+"""The simulated FP camera as a pure-Python Micro-Manager device (pymmcore-plus unicore).
 
 `SimulatedFpCamera` renders, for the LEDs lit at the moment of the snap, the image of the
 built-in sample through the forward model of a microscope with hidden errors (LED-array
@@ -8,12 +8,8 @@ quantises to its bit depth. Counts scale with the exposure time: `photons_per_pi
 bright-field signal at the preset's reference `exposure_ms`, so normalised frames
 `(counts - camera_offset) / exposure_ms` do not depend on the exposure chosen.
 
-`LedArrayDevice` exposes any `LedArray` to the core (property `Pattern`, "row,col;row,col"
-in image axes, "" for all off), so LED changes go through the core like any other device and
-can be part of a useq `MDAEvent.properties`.
-
-`open_simulated_microscope()` builds a `UniMMCore` holding both: the default microscope when
-no hardware is found.
+The LEDs it sees are those of the LED array it watches (`watch_led_array`, called by
+`uafp_gui.devices.mm_led.attach_led_array`); `uafp_gui.simulated.microscope` assembles the core.
 
 Trigger wiring (hardware-triggered acquisition, hardware/README.md): the camera's exposure-end
 output ("strobe") is wired to the LED array's trigger input, so every frame the camera takes
@@ -27,42 +23,31 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pymmcore_plus.experimental.unicore import GenericDevice, SimpleCameraDevice, UniMMCore, pymm_property
+from pymmcore_plus.experimental.unicore import SimpleCameraDevice, pymm_property
 
-from uafp_gui.errors import ConfigError, DeviceError
+from uafp_gui.devices.interfaces import CameraTimeoutError, LedArray
+from uafp_gui.devices.mm_led import format_pattern
+from uafp_gui.errors import DeviceError
 from uafp_gui.model import RowCol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.devices.led_array import LedArray
     from uafp_gui.simulate import SimulationSettings
 
 __all__ = [
-    "CAMERA_LABEL",
+    "DEFAULT_EXPOSURE_MS",
     "TRIGGER_MODES",
-    "LED_DEVICE_LABEL",
-    "CameraTimeout",
     "FpRenderer",
-    "LedArrayDevice",
     "SimulatedFpCamera",
     "default_simulation_settings",
-    "format_pattern",
-    "open_simulated_microscope",
-    "parse_pattern",
+    "lit_leds_of",
+    "wire_simulated_triggers",
 ]
 
-CAMERA_LABEL = "Camera"
-LED_DEVICE_LABEL = "LEDArray"
-PATTERN_PROPERTY = "Pattern"
 TRIGGER_MODES = ("Internal", "External")
-
-
-class CameraTimeout(DeviceError):
-    """The camera did not deliver a frame in time."""
-
 
 DEFAULT_EXPOSURE_MS = 10.0  # the camera's exposure before anyone sets one (the plans' and live view's default)
 
@@ -72,110 +57,6 @@ def default_simulation_settings() -> SimulationSettings:
     from uafp_gui.simulate import PRESETS
 
     return PRESETS["misaligned"]
-
-
-# ------------------------------------------------------------------------------ LED pattern text
-
-
-def format_pattern(leds: Iterable[Sequence[int]]) -> str:
-    """[(3, 4), (5, 6)] -> "3,4;5,6" (image axes); no LEDs -> ""."""
-    return ";".join(f"{int(r)},{int(c)}" for r, c in leds)
-
-
-def parse_pattern(text: str) -> list[RowCol]:
-    """Inverse of `format_pattern`; raises `DeviceError` on malformed text."""
-    text = str(text).strip()
-    if not text:
-        return []
-    leds = []
-    for item in text.split(";"):
-        try:
-            row, col = item.split(",")
-            leds.append((int(row), int(col)))
-        except ValueError:
-            raise DeviceError(
-                f"LED pattern {text!r} is malformed: write 'row,col;row,col' (image axes), '' for off"
-            ) from None
-    return leds
-
-
-# ------------------------------------------------------------------------------ LED-array device
-
-
-class LedArrayDevice(GenericDevice):
-    """Any `LedArray` as a Micro-Manager generic device (property `Pattern`).
-
-    Errors of the LED array (`LedArrayError`, a `DeviceError`) propagate unchanged through
-    `core.setProperty`, so the caller sees the driver's message. `Pattern` is sequenceable
-    when the array supports hardware sequences (`load_sequence`/`arm_sequence`): each step
-    lights one LED and a trigger edge advances it.
-    """
-
-    def __init__(self, led_array: LedArray | None = None) -> None:
-        super().__init__()
-        self.led_array = led_array
-
-    def _array(self) -> LedArray:
-        if self.led_array is None:
-            raise DeviceError(
-                f"Micro-Manager device {self.get_label()!r} has no LED array attached: call "
-                "attach_led_array(core, led_array) after loading the configuration"
-            )
-        return self.led_array
-
-    @pymm_property(sequence_max_length=256)
-    def Pattern(self) -> str:  # noqa: N802 - Micro-Manager property names are CamelCase
-        """The lit LEDs, 'row,col;row,col' in image axes ('' = all off)."""
-        return format_pattern(sorted(self._array().lit))
-
-    @Pattern.setter
-    def Pattern(self, value: str) -> None:  # noqa: N802
-        leds = parse_pattern(value)
-        array = self._array()
-        if leds:
-            array.light(leds)
-        else:
-            array.clear()
-
-    @Pattern.sequence_loader
-    def load_pattern_sequence(self, sequence: Sequence[str]) -> None:
-        array = self._array()
-        loader = getattr(array, "load_sequence", None)
-        if loader is None:
-            raise DeviceError(f"{type(array).__name__} has no hardware sequence support")
-        steps = [parse_pattern(text) for text in sequence]
-        if any(len(step) != 1 for step in steps):
-            raise DeviceError("hardware LED sequences light exactly one LED per step")
-        loader([step[0] for step in steps])
-
-    @Pattern.sequence_starter
-    def start_pattern_sequence(self) -> None:
-        self._array().arm_sequence()  # type: ignore[attr-defined]
-
-    @Pattern.sequence_stopper
-    def stop_pattern_sequence(self) -> None:
-        array = self._array()
-        if getattr(array, "supports_sequences", False):
-            array.stop_sequence()
-
-    @pymm_property(is_read_only=True)
-    def Rows(self) -> int:  # noqa: N802
-        return int(self._array().shape[0])
-
-    @pymm_property(is_read_only=True)
-    def Columns(self) -> int:  # noqa: N802
-        return int(self._array().shape[1])
-
-    @pymm_property(is_read_only=True)
-    def PitchMm(self) -> float:  # noqa: N802
-        return float(self._array().pitch_mm)
-
-    def shutdown(self) -> None:
-        if self.led_array is not None:
-            try:
-                self.led_array.clear()
-            except DeviceError:
-                pass  # a vanished array cannot be switched off; shutdown must not raise
 
 
 def lit_leds_of(led_array: LedArray) -> frozenset[RowCol]:
@@ -344,6 +225,14 @@ class SimulatedFpCamera(SimpleCameraDevice):
         self.strobes_sent = 0
 
     # ---- trigger wiring ---------------------------------------------------------------------
+    def watch_led_array(self, led_array: LedArray) -> None:
+        """`WatchesLedArray`: look at `led_array` unless told otherwise, and wire its trigger pins
+        when it is the array watched (done by `attach_led_array` after a configuration load)."""
+        if self.leds is None:
+            self.leds = led_array
+        if self.leds is led_array and self.strobe_out is None:
+            wire_simulated_triggers(self, led_array)
+
     def wire_triggers(
         self, strobe_out: Callable[[], Any] | None, trigger_in_count: Callable[[], int] | None = None
     ) -> None:
@@ -424,7 +313,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
 
     # ---- failure injection -----------------------------------------------------------------
     def inject_timeout(self, after_frames: int | None, hang: bool = False) -> None:
-        """Deliver `after_frames` more frames, then fail every snap: raise a `CameraTimeout`
+        """Deliver `after_frames` more frames, then fail every snap: raise a `CameraTimeoutError`
         (an adapter that detects its own timeout) or, with `hang=True`, block for a minute
         (a camera that never answers; the acquisition's watchdog must catch it)."""
         self._timeout_after = after_frames
@@ -472,7 +361,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
             if self._timeout_after <= 0:
                 if self._hang:
                     time.sleep(60.0)  # a camera that never answers
-                raise CameraTimeout(
+                raise CameraTimeoutError(
                     f"simulated camera timed out after {self.frames_snapped} frames (injected failure)"
                 )
             self._timeout_after -= 1
@@ -499,35 +388,6 @@ class SimulatedFpCamera(SimpleCameraDevice):
         return {"uafp-simulated-leds": format_pattern(leds), "Exposure-ms": str(exposure)}
 
 
-# ------------------------------------------------------------------------------ assembly
-
-
-def attach_led_array(core: UniMMCore, led_array: LedArray, label: str = LED_DEVICE_LABEL) -> None:
-    """Expose `led_array` as device `label` in `core` (loading it if needed) and let every
-    simulated camera in the core watch it."""
-    if not isinstance(core, UniMMCore):
-        raise ConfigError("the LED array is a Python device: the core must be a pymmcore-plus UniMMCore")
-    if label in core.getLoadedDevices():
-        device = core._pydevices[label]  # noqa: SLF001 - the core offers no public accessor
-        if not isinstance(device, LedArrayDevice):
-            raise ConfigError(
-                f"device label {label!r} is already used by a {type(device).__name__} in the "
-                "Micro-Manager configuration: rename it, uafp loads its LED array under that label"
-            )
-        device.led_array = led_array
-    else:
-        core.loadPyDevice(label, LedArrayDevice(led_array))
-        core.initializeDevice(label)
-    for name in core.getLoadedDevices():
-        if core.isPyDevice(name):
-            device = core._pydevices[name]  # noqa: SLF001
-            if isinstance(device, SimulatedFpCamera):
-                if device.leds is None:
-                    device.leds = led_array
-                if device.leds is led_array and device.strobe_out is None:
-                    wire_simulated_triggers(device, led_array)
-
-
 def wire_simulated_triggers(camera: SimulatedFpCamera, led_array: LedArray) -> None:
     """Wire a simulated camera's exposure-end output to a simulated LED array's trigger input
     and the array's trigger output to the camera's trigger input (no-op for a real array)."""
@@ -535,65 +395,4 @@ def wire_simulated_triggers(camera: SimulatedFpCamera, led_array: LedArray) -> N
     trigger_out_count = getattr(led_array, "trigger_out_count", None)
     if callable(trigger_in) and callable(trigger_out_count):
         camera.wire_triggers(trigger_in, trigger_out_count)
-
-
-def led_array_of(core: Any, label: str = LED_DEVICE_LABEL) -> LedArray | None:
-    """The `LedArray` behind the core's LED device `label`, when it is a `LedArrayDevice`."""
-    if isinstance(core, UniMMCore) and label in core.getLoadedDevices() and core.isPyDevice(label):
-        device = core._pydevices[label]  # noqa: SLF001 - the core offers no public accessor
-        if isinstance(device, LedArrayDevice):
-            return device.led_array
-    return None
-
-
-def open_simulated_microscope(
-    settings: SimulationSettings | None = None,
-    led_array: LedArray | None = None,
-    *,
-    realtime: bool = True,
-    device: str = "cpu",
-) -> tuple[UniMMCore, LedArray]:
-    """A core with a simulated FP camera ("Camera") and the LED array ("LEDArray").
-
-    `led_array` defaults to a `SimulatedLedArray` (the real serial driver talking to a model
-    of the firmware) of the settings' shape and pitch.
-    """
-    from uafp_gui.devices.illuminate import SimulatedLedArray
-
-    settings = settings or default_simulation_settings()
-    if led_array is None:
-        led_array = SimulatedLedArray(
-            tuple(settings.led_array_shape), settings.led_pitch_mm, height_mm=settings.led_height_mm
-        )
-    if tuple(led_array.shape) != tuple(settings.led_array_shape):
-        raise ConfigError(
-            f"the LED array is {led_array.shape[0]}x{led_array.shape[1]} but the simulated microscope "
-            f"expects {settings.led_array_shape[0]}x{settings.led_array_shape[1]}"
-        )
-    from uafp_gui.devices.micromanager import new_core
-
-    core = new_core()
-    camera = SimulatedFpCamera(settings, led_array, realtime=realtime, device=device)
-    wire_simulated_triggers(camera, led_array)
-    core.loadPyDevice(CAMERA_LABEL, camera)
-    core.initializeDevice(CAMERA_LABEL)
-    core.setCameraDevice(CAMERA_LABEL)
-    attach_led_array(core, led_array)
-    core.setExposure(DEFAULT_EXPOSURE_MS)
-    return core, led_array
-
-
-def simulated_camera(core: UniMMCore) -> SimulatedFpCamera | None:
-    """The core's current camera when it is a `SimulatedFpCamera`."""
-    label = core.getCameraDevice()
-    if label and isinstance(core, UniMMCore) and core.isPyDevice(label):
-        device = core._pydevices[label]  # noqa: SLF001
-        if isinstance(device, SimulatedFpCamera):
-            return device
-    return None
-
-
-def simulation_with(settings: SimulationSettings | None = None, **changes: Any) -> SimulationSettings:
-    """`settings` (default: the misaligned preset) with some fields changed."""
-    return (settings or default_simulation_settings()).replace(**changes)
 

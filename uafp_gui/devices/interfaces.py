@@ -1,4 +1,5 @@
-"""The LED-array interface the acquisition engine talks to, and its orientation mapping.
+"""The device interfaces the acquisition engine talks to: the LED array (and its orientation
+mapping), the capabilities a camera device may offer, and the device errors.
 
 An LED array is addressed in *image axes* (docs/dataset_format.md section 2): `(row, col)` with
 row growing with the image y axis and col with x. The array's own wiring (row 0 is the
@@ -6,8 +7,11 @@ first row along the LED strip) is mapped into those axes by an `Orientation` (fl
 a transpose), so a dataset never has to know how the panel was mounted.
 
 Implementations: `IlluminateLedArray` (serial, illuminate command set, in
-`uafp_gui.devices.illuminate`) and `SimulatedLedArray` (no hardware; the same driver
-talking to a Python model of the firmware). Both raise the `LedArrayError` family.
+`uafp_gui.devices.illuminate`) and `uafp_gui.simulated.SimulatedLedArray` (no hardware; the same
+driver talking to a Python model of the firmware). Both raise the `LedArrayError` family.
+
+Camera capabilities (`WatchesLedArray`, `PreparesForRun`, `AbortsSequence`) are small protocols a
+Python camera device may implement; production code checks for the capability, never for a class.
 """
 
 from __future__ import annotations
@@ -16,15 +20,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 from uafp_gui.errors import DeviceError
 from uafp_gui.model import RowCol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.devices.illuminate import SimulatedLedArray
-
 __all__ = [
+    "AbortsSequence",
+    "CameraTimeoutError",
     "LedArray",
     "LedArrayCommandError",
     "LedArrayDisconnected",
@@ -33,8 +36,13 @@ __all__ = [
     "LedArraySequenceError",
     "LedArrayTimeout",
     "Orientation",
-    "SimulatedLedArray",
+    "PreparesForRun",
+    "WatchesLedArray",
 ]
+
+
+class CameraTimeoutError(DeviceError):
+    """The camera delivered no frame within its timeout."""
 
 
 class LedArrayError(DeviceError):
@@ -244,10 +252,28 @@ class LedArray(ABC):
         self.close()
 
 
-def __getattr__(name: str) -> object:
-    # SimulatedLedArray lives with the serial driver it reuses; import lazily (no cycle).
-    if name == "SimulatedLedArray":
-        from uafp_gui.devices.illuminate import SimulatedLedArray
 
-        return SimulatedLedArray
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ---- camera capabilities (Python camera devices may offer them; checked, never required) -----------
+
+
+@runtime_checkable
+class WatchesLedArray(Protocol):
+    """A device that must know the LED array (e.g. a camera wired to its trigger pins, or one that
+    renders what it lights): `attach_led_array` hands it the array after loading."""
+
+    def watch_led_array(self, led_array: LedArray) -> None: ...
+
+
+@runtime_checkable
+class PreparesForRun(Protocol):
+    """A camera that can get ready for the LED patterns of a run before it starts (keeps snaps fast)."""
+
+    def prepare(self, leds: Iterable[RowCol]) -> None: ...
+
+
+@runtime_checkable
+class AbortsSequence(Protocol):
+    """A camera whose sequence acquisition can wait on an external trigger: `abort_sequence` ends the
+    wait (the core's `stopSequenceAcquisition` only stops it between frames)."""
+
+    def abort_sequence(self) -> None: ...
