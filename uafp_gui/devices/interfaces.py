@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from uafp_gui.errors import DeviceError
+from uafp_gui.model import RowCol
 
 __all__ = [
     "AbortsSequence",
@@ -66,9 +67,6 @@ class LedArrayNotFound(LedArrayError):
 
 class LedArraySequenceError(LedArrayError):
     """A hardware-triggered LED sequence cannot be loaded, armed or is not where it should be."""
-
-
-RowCol = tuple[int, int]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ Each generator runs on a `GeneratorWorker` thread; each yield is an update for a
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -36,7 +35,6 @@ __all__ = [
     "camera_stream",
     "format_duration",
     "frame_preview",
-    "geometry_led_positions_mm",
     "open_devices",
     "warm_up_solver",
 ]
@@ -234,28 +232,6 @@ def autosave_folder_for(dataset_path: Path | None, fallback: Path) -> Path:
         if os.access(parent, os.W_OK | os.X_OK):
             return parent / f"{stem}_autosave"
     return Path(fallback) / f"{stem}_autosave"
-
-
-def geometry_led_positions_mm(
-    array_shape: tuple[int, int], on_axis: tuple[float, float], pitch_mm: float, geometry: Any | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows*cols, 2) nominal [X, Y] of every LED and, with a `LedGeometry`, where the
-    misalignment puts it (spec section 2: rotate counter-clockwise, then shift)."""
-    rows, cols = array_shape
-    r, c = np.mgrid[0:rows, 0:cols]
-    nominal = np.stack([(c.ravel() - on_axis[1]) * pitch_mm, (r.ravel() - on_axis[0]) * pitch_mm], axis=1)
-    if geometry is None:
-        return nominal, nominal.copy()
-    t = math.radians(geometry.rotation_deg)
-    x, y = nominal[:, 0], nominal[:, 1]
-    estimated = np.stack(
-        [
-            x * math.cos(t) - y * math.sin(t) + geometry.shift_x_mm,
-            x * math.sin(t) + y * math.cos(t) + geometry.shift_y_mm,
-        ],
-        axis=1,
-    )
-    return nominal, estimated
 
 
 @dataclass(frozen=True)
