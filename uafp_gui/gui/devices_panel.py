@@ -84,7 +84,7 @@ class DevicesPanel(QWidget):
         port_row.addWidget(self.refresh_ports_button)
         led_form.addRow("Port", port_row)
         self.pitch = _spin(0.1, 50, 4.0, suffix=" mm")
-        self.height = _spin(1, 1000, 90.0, decimals=2, suffix=" mm")
+        self.led_height = _spin(1, 1000, 90.0, decimals=2, suffix=" mm")
         self.rows = QSpinBox()
         self.rows.setRange(1, 256)
         self.rows.setValue(32)
@@ -103,7 +103,7 @@ class DevicesPanel(QWidget):
         axis_row.addWidget(QLabel("col"))
         axis_row.addWidget(self.axis_col)
         led_form.addRow("Pitch", self.pitch)
-        led_form.addRow("Height", self.height)
+        led_form.addRow("Height", self.led_height)
         led_form.addRow("Array (rows x cols)", shape_row)
         led_form.addRow("On-axis LED", axis_row)
         orientation = QHBoxLayout()
@@ -200,7 +200,7 @@ class DevicesPanel(QWidget):
             magnification=self.magnification.value(),
             camera_pixel_um=self.camera_pixel.value(),
             led_pitch_mm=self.pitch.value(),
-            led_height_mm=self.height.value(),
+            led_height_mm=self.led_height.value(),
             led_array_shape=(self.rows.value(), self.cols.value()),
             led_on_axis=(self.axis_row.value(), self.axis_col.value()),
             sample=sample,
@@ -212,7 +212,7 @@ class DevicesPanel(QWidget):
         self.magnification.setValue(microscope.magnification)
         self.camera_pixel.setValue(microscope.camera_pixel_um)
         self.pitch.setValue(microscope.led_pitch_mm)
-        self.height.setValue(microscope.led_height_mm)
+        self.led_height.setValue(microscope.led_height_mm)
         self.rows.setValue(microscope.led_array_shape[0])
         self.cols.setValue(microscope.led_array_shape[1])
         self.axis_row.setValue(microscope.led_on_axis[0])
