@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import ACQUISITION_MICROSCOPE, ACQUISITION_SIMULATION
 
 from uafp_gui.acquisition.engine import (
     Acquisition,
@@ -34,8 +34,7 @@ from uafp_gui.physics.patterns import spiral_order, square_leds
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 
-SETTINGS = replace(PRESETS["misaligned"], frame_size=64, seed=5)
-MICROSCOPE = MicroscopeDescription.from_simulation(SETTINGS)
+SETTINGS, MICROSCOPE = ACQUISITION_SIMULATION, ACQUISITION_MICROSCOPE
 PLAN_5X5 = AcquisitionPlan(square_size=5, brightfield_exposure_ms=2.0)
 
 
@@ -232,10 +231,8 @@ def test_camera_timeout_keeps_the_frames(microscope, tmp_path, hang):
     simulated_camera(core).inject_timeout(after_frames=4, hang=hang)
     out = tmp_path / "run.tif"
     acquisition = Acquisition(core, leds, PLAN_5X5, out, MICROSCOPE, camera_timeout_s=0.5)
-    started = time.perf_counter()
-    with pytest.raises(DeviceError) as caught:
+    with pytest.raises(DeviceError) as caught:  # a hang would end in pytest-timeout
         list(acquisition.run())
-    assert time.perf_counter() - started < 10
     message = str(caught.value)
     assert "frame 4" in message and "4 of 25 frames are saved" in message
     if hang:  # the watchdog caught a camera that never answered
@@ -312,6 +309,7 @@ sys.exit(main(["acquire", "--simulate", "--out", sys.argv[1], "--leds", "5x5", "
 """
 
 
+@pytest.mark.slow  # end to end: kill -9 of a CLI subprocess: the slow lane
 def test_kill_9_mid_acquisition_then_resume(tmp_path):
     out = tmp_path / "killed.tif"
     child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out)], stderr=subprocess.DEVNULL)

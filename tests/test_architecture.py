@@ -55,6 +55,7 @@ def test_import_linter_contracts_are_kept():
     assert "0 broken" in report and "BROKEN" not in report
 
 
+@pytest.mark.slow  # a subprocess importing every headless layer: the slow lane
 def test_headless_layers_load_no_qt_at_run_time():
     """What the contract checks statically, checked by importing the headless entry points."""
     code = (

@@ -4,11 +4,11 @@ dialogs, responsiveness, layout persistence, clean shutdown mid-run."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import GUI_SIMULATION
 
 pytest.importorskip("pytestqt")
 pytest.importorskip("PySide6")
@@ -18,9 +18,8 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from uafp_gui.gui.dialogs import shown_errors  # noqa: E402
 from uafp_gui.gui.main_window import MainWindow  # noqa: E402
 from uafp_gui.gui.workers import EventLoopMonitor  # noqa: E402
-from uafp_gui.simulate import PRESETS  # noqa: E402
 
-SIMULATION = replace(PRESETS["misaligned"], frame_size=64)
+SIMULATION = GUI_SIMULATION
 FROZEN_UI_MS = 1500  # an event-loop stall this long is a frozen UI, whatever else the machine runs
 TRUE_GEOMETRY = SIMULATION.true_geometry
 
@@ -72,6 +71,7 @@ def test_startup_says_simulated_microscope(window):
     assert window.led_map.leds.data.size == 32 * 32
 
 
+@pytest.mark.slow  # end to end in the GUI: the slow lane
 def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     from uafp_gui.io.dataset import read_dataset
     from uafp_gui.io.result import read_pixel_size_um, read_result
@@ -90,7 +90,7 @@ def test_end_to_end_connect_acquire_reconstruct_export(window, qtbot, tmp_path):
     assert "25 frames" in status and ("Finished" in status or "Converged after" in status), status
     assert window.frame_lag_s().size == 25 and np.all(window.frame_lag_s() >= 0)
     assert window.recon_panel.start_button.text() == "Continue"
-    assert window.led_map.geometry is not None  # estimated LED positions drawn on the map
+    assert window.led_map.led_geometry is not None  # estimated LED positions drawn on the map
     assert len(window.recon_panel.trace_curves["shift x (mm)"].getData()[0]) >= 2
     assert not shown_errors
 
@@ -198,6 +198,7 @@ def test_ui_stays_responsive_during_acquisition_with_live_reconstruction(window,
     assert not shown_errors
 
 
+@pytest.mark.slow  # end to end in the GUI: the slow lane
 def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     window.open_path(acquire_dataset(tmp_path / "run.tif"))
     qtbot.waitUntil(lambda: window.dataset is not None, timeout=20000)
@@ -222,6 +223,7 @@ def test_stop_and_continue_reconstruction(window, qtbot, tmp_path):
     assert window.recon_job.recon.iteration == stopped_at + 2
 
 
+@pytest.mark.slow  # end to end in the GUI: the slow lane
 def test_calibration_profile_round_trip(window, qtbot, tmp_path):
     window.open_path(acquire_dataset(tmp_path / "run.tif"))
     qtbot.waitUntil(lambda: window.dataset is not None, timeout=20000)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import GUI_SIMULATION
 
 pytest.importorskip("pytestqt")
 pytest.importorskip("PySide6")
@@ -17,9 +18,8 @@ from PySide6.QtCore import QSettings  # noqa: E402
 
 from uafp_gui.gui.dialogs import shown_errors  # noqa: E402
 from uafp_gui.gui.main_window import MainWindow  # noqa: E402
-from uafp_gui.simulate import PRESETS  # noqa: E402
 
-SIMULATION = replace(PRESETS["misaligned"], frame_size=64)
+SIMULATION = GUI_SIMULATION
 
 
 @pytest.fixture
@@ -84,6 +84,7 @@ def test_stop_during_the_start_fit_leaves_a_truthful_state(window, qtbot, tmp_pa
     assert "no reconstruction yet" in shown_errors[0].text()
 
 
+@pytest.mark.slow  # a reconstruction in the GUI: the slow lane
 def test_progress_then_finished_with_iteration_total(window, qtbot, tmp_path):
     open_dataset(window, qtbot, acquire(tmp_path / "run.tif"))
     panel = window.recon_panel
@@ -96,6 +97,7 @@ def test_progress_then_finished_with_iteration_total(window, qtbot, tmp_path):
     assert panel.start_button.text() == "Continue" and "-0.00" not in panel.status.text()
 
 
+@pytest.mark.slow  # a reconstruction in the GUI: the slow lane
 def test_open_dataset_clears_the_previous_reconstruction(window, qtbot, tmp_path):
     open_dataset(window, qtbot, acquire(tmp_path / "first.tif"))
     panel = window.recon_panel

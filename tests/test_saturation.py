@@ -123,6 +123,7 @@ def test_the_twin_datasets_differ_only_by_clipping(twins):
 
 
 @pytest.mark.parametrize("method", ["uafp", "classic"])
+@pytest.mark.slow  # numerical run: the slow lane
 def test_clipped_pixels_are_left_out_of_the_data_term(twins, method):
     """The same electrons read by a clipping and a non-clipping camera. With the mask every clipped pixel
     is left out as a measurement (kept only as a lower bound), the misfit over the usable pixels is
