@@ -1,7 +1,7 @@
 """Never lose a result: whatever ends a UA-FP run, the last good state is a complete, readable
 result folder whose calibration.json says whether it is partial and why.
 
-Endings pinned here: a cancel mid-run (the GUI's Stop and quit go through `ReconJob`), a loss that
+Endings pinned here: a cancel mid-run (the GUI's Stop and quit go through `LiveReconstruction`), a loss that
 keeps turning NaN, an engine exception, an estimate pushed against its physical bounds (the LED
 height can never reach zero), Ctrl-C and SIGTERM to the `uafp reconstruct` process.
 """
@@ -25,9 +25,9 @@ from factories import TINY_SETTINGS, dataset_of
 
 from uafp_gui.cli.reconstruct import run_keeping_the_last_good_state
 from uafp_gui.errors import ReconstructionError
-from uafp_gui.gui.jobs import ReconJob, autosave_folder_for
 from uafp_gui.io.result import read_result
 from uafp_gui.recon.uafp import UafpReconstruction
+from uafp_gui.session.reconstruction import LiveReconstruction, autosave_folder_for
 from uafp_gui.simulate import write_simulation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,8 @@ def test_a_completed_run_says_it_is_not_partial(tiny):
 
 
 def test_cancel_mid_run_autosaves_a_complete_partial_result(tiny, tmp_path):
-    """The GUI's Stop (and quit, which stops the worker) end `ReconJob.run`: the state is written."""
-    job = ReconJob(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
+    """The GUI's Stop (and quit, which stops the worker) end `LiveReconstruction.run`: the state is written."""
+    job = LiveReconstruction(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
     job.autosave_folder = tmp_path / "autosave"
     seen = []
     for update in job.run():
@@ -77,7 +77,7 @@ def test_cancel_mid_run_autosaves_a_complete_partial_result(tiny, tmp_path):
 
 def test_closing_the_run_generator_still_saves(tiny, tmp_path):
     """Quit while the worker is suspended between updates: the generator is closed, the state still saved."""
-    job = ReconJob(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
+    job = LiveReconstruction(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
     job.autosave_folder = tmp_path / "quit"
     run = job.run()
     next(run)

@@ -13,7 +13,7 @@ import pytest
 
 from uafp_gui.acquisition.engine import Acquisition, AcquisitionFinished, FrameAcquired
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
-from uafp_gui.gui.jobs import SATURATED_RGB, frame_preview, frame_thumbnail
+from uafp_gui.gui.previews import SATURATED_RGB, frame_preview, frame_thumbnail
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope
 

@@ -1,12 +1,11 @@
 """Devices panel: choose the LED array and camera, describe the microscope, connect.
 
-The panel only collects choices (`DeviceChoice`) and shows the connection state; the main
+The panel only collects choices (a `MicroscopeChoice`) and shows the connection state; the main
 window connects on a background thread and reports back with `set_state`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import Signal
@@ -28,8 +27,9 @@ from PySide6.QtWidgets import (
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.devices.interfaces import Orientation
+from uafp_gui.session.microscope import MicroscopeChoice
 
-__all__ = ["COLOURS", "DeviceChoice", "DevicesPanel"]
+__all__ = ["COLOURS", "DevicesPanel"]
 
 SIMULATED = "Simulated LED array"
 AUTO = "Auto-detect"
@@ -38,21 +38,6 @@ COLOURS = {  # name -> (wavelength_um, rgb)
     "red (630 nm)": (0.630, (255, 0, 0)),
     "blue (470 nm)": (0.470, (0, 0, 255)),
 }
-
-
-@dataclass(frozen=True)
-class DeviceChoice:
-    """What to connect: `led_port` is None (simulated), "auto" or a port; `mm_config` None = simulated microscope."""
-
-    led_port: str | None
-    mm_config: Path | None
-    orientation: Orientation
-    pitch_mm: float
-    rgb: tuple[int, int, int]
-
-    @property
-    def simulated(self) -> bool:
-        return self.led_port is None and self.mm_config is None
 
 
 def _spin(low: float, high: float, value: float, decimals: int = 3, suffix: str = "") -> QDoubleSpinBox:
@@ -180,11 +165,11 @@ class DevicesPanel(QWidget):
         self.port_combo.setCurrentText(SIMULATED)
         self.camera_combo.setCurrentIndex(0)
 
-    def choice(self) -> DeviceChoice:
+    def choice(self) -> MicroscopeChoice:
         port = self.port_combo.currentText().strip()
         led_port = None if port in ("", SIMULATED) else ("auto" if port == AUTO else port)
         config = self.mm_config.text().strip() if self.camera_combo.currentIndex() == 1 else ""
-        return DeviceChoice(
+        return MicroscopeChoice(
             led_port=led_port,
             mm_config=Path(config).expanduser() if config else None,
             orientation=Orientation(self.flip_rows.isChecked(), self.flip_cols.isChecked(), self.transpose.isChecked()),

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QGraphicsItem, QHBoxLayout, QLabel, QPushButton, Q
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
-from uafp_gui.gui.jobs import geometry_led_positions_mm
+from uafp_gui.gui.previews import geometry_led_positions_mm
 
 if TYPE_CHECKING:
     from uafp_gui.io.result import LedGeometry

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
-from uafp_gui.gui.jobs import FramePreview, frame_preview
+from uafp_gui.gui.previews import FramePreview, frame_preview
 
 __all__ = ["LiveViewPanel"]
 

@@ -22,24 +22,28 @@ from uafp_gui.gui.acquisition_panel import MAX_THUMBNAILS, AcquisitionPanel
 from uafp_gui.gui.devices_panel import DevicesPanel
 from uafp_gui.gui.dialogs import show_error
 from uafp_gui.gui.export_panel import ExportPanel
-from uafp_gui.gui.jobs import (
+from uafp_gui.gui.led_map import LedMapPanel
+from uafp_gui.gui.live_view import LiveViewPanel
+from uafp_gui.gui.previews import (
     AcquiredFrame,
-    ReconJob,
     acquisition_events,
-    autosave_folder_for,
     camera_stream,
     dataset_full_scale,
     format_duration,
     frame_preview,
     frame_thumbnail,
-    open_devices,
-    warm_up_solver,
 )
-from uafp_gui.gui.led_map import LedMapPanel
-from uafp_gui.gui.live_view import LiveViewPanel
 from uafp_gui.gui.recon_panel import ReconPanel
 from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
 from uafp_gui.recon.choices import StopReason
+from uafp_gui.session.acquisition import AcquisitionSession
+from uafp_gui.session.microscope import OpenedMicroscope, open_microscope
+from uafp_gui.session.reconstruction import (
+    LiveReconstruction,
+    autosave_folder_for,
+    threads_beside_a_ui,
+    warm_up_solver,
+)
 
 __all__ = ["MainWindow"]
 
@@ -83,7 +87,7 @@ class MainWindow(QMainWindow):
         self.connection_text = "not connected"
         self.acquisition: Any = None
         self.acq_worker: GeneratorWorker | None = None
-        self.recon_job: ReconJob | None = None
+        self.recon_job: LiveReconstruction | None = None
         self.recon_worker: GeneratorWorker | None = None
         self._recon_ended_worker: GeneratorWorker | None = None  # the last worker whose end the window handled
         self.live_worker: GeneratorWorker | None = None
@@ -91,10 +95,7 @@ class MainWindow(QMainWindow):
         self.dataset: Any = None
         self.calibration: Any = None
         self.last_export: Path | None = None
-        self.updates_drawn = 0
         self.saturated_frames = 0  # frames of the running acquisition with clipped pixels
-        self.frame_lags_s: list[float] = []
-        self._lag_counted = 0
         self._closing = False
 
         self.recon_panel = ReconPanel()
@@ -256,13 +257,13 @@ class MainWindow(QMainWindow):
         self.devices_panel.set_state("Connecting...", connected=False, busy=True)
         simulation = self.simulation
 
-        def done(opened: dict) -> None:
-            self.core, self.led_array = opened["core"], opened["led_array"]
-            self.device_microscope = opened["microscope"]
+        def done(opened: OpenedMicroscope) -> None:
+            self.core, self.led_array = opened.core, opened.led_array
+            self.device_microscope = opened.microscope
             if self.device_microscope is not None:
                 self.devices_panel.show_microscope(self.device_microscope)
-            self.live_view.set_bit_depth(opened["bit_depth"])
-            self.connection_text = opened["description"]
+            self.live_view.set_bit_depth(opened.bit_depth)
+            self.connection_text = opened.description
             self.devices_panel.set_state(f"Connected: {self.connection_text}", connected=True)
             self.connection_label.setText(
                 "Simulated microscope" if choice.simulated else f"Hardware: {self.connection_text}"
@@ -279,7 +280,7 @@ class MainWindow(QMainWindow):
             self.connection_label.setText("Not connected")
             self.error("Cannot connect", error)
 
-        self.devices.submit(lambda: open_devices(choice, simulation), done, failed)
+        self.devices.submit(lambda: open_microscope(choice, simulation), done, failed)
 
     def _probe_hardware(self) -> None:
         from uafp_gui.devices.illuminate import find_led_array_port
@@ -418,17 +419,18 @@ class MainWindow(QMainWindow):
         self.recon_panel.led_pitch_mm = microscope.led_pitch_mm
         job = None
         if settings is not None:
-            job = ReconJob(settings, calibration=self.calibration, source_dataset=out.name)
+            job = LiveReconstruction(
+                settings, calibration=self.calibration, source_dataset=out.name, torch_threads=threads_beside_a_ui()
+            )
             job.autosave_folder = self.autosave_folder(out)
-            job.acquiring.set()
-            acquisition.subscribe(job.frame_message)
             self._set_recon_job(job)
+        session = AcquisitionSession(acquisition, job)
         self.acquisition_panel.reset_progress(len(plan.led_sequence(microscope)))
         self.acquisition_panel.set_running(True)
         full_scale = self.live_view.full_scale
         worker = GeneratorWorker(
-            lambda: acquisition_events(acquisition, job, full_scale), name="uafp-acquisition", keep_all=True,
-            on_stop=acquisition.cancel, parent=self,
+            lambda: acquisition_events(session, full_scale), name="uafp-acquisition", keep_all=True,
+            on_stop=session.cancel, parent=self,
         )
         worker.failed.connect(lambda error: self.error("Acquisition failed", error))
         worker.ended.connect(self._acquisition_ended)
@@ -495,10 +497,8 @@ class MainWindow(QMainWindow):
         panel.add_queued_thumbnails()
 
     # ------------------------------------------------------------------ reconstruction
-    def _set_recon_job(self, job: ReconJob | None) -> None:
+    def _set_recon_job(self, job: LiveReconstruction | None) -> None:
         self.recon_job = job
-        self.frame_lags_s = []
-        self._lag_counted = 0
 
     def _engine_loading(self, then) -> bool:
         """True (and `then` runs once it has loaded) while torch is still loading: importing it here
@@ -526,12 +526,14 @@ class MainWindow(QMainWindow):
                 self.error("Nothing to reconstruct", ConfigError(
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
                 return
-            job = ReconJob(settings, dataset=self.dataset, calibration=self.calibration)
+            job = LiveReconstruction(
+                settings, dataset=self.dataset, calibration=self.calibration, torch_threads=threads_beside_a_ui()
+            )
             job.autosave_folder = self.autosave_folder(self.dataset.path)
             self._set_recon_job(job)
         self._run_recon(job, settings.iterations)
 
-    def _run_recon(self, job: ReconJob, iterations: int | None) -> None:
+    def _run_recon(self, job: LiveReconstruction, iterations: int | None) -> None:
         worker = GeneratorWorker(lambda: job.run(iterations), name="uafp-reconstruction", on_stop=job.stop,
                                  background=True, parent=self)
         worker.failed.connect(lambda error: self.error("Reconstruction failed", error))
@@ -549,7 +551,7 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def autosave_folder(dataset_path: Path | None) -> Path:
-        """Where every ending of a reconstruction writes its last good state (see `ReconJob.autosave_folder`)."""
+        """Where every ending of a reconstruction writes its last good state (`LiveReconstruction.autosave_folder`)."""
         fallback = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
         return autosave_folder_for(dataset_path, Path(fallback or Path.home() / ".uafp") / "autosave")
 
@@ -596,7 +598,7 @@ class MainWindow(QMainWindow):
             kind = f"partial ({recon.stop_reason})" if recon.partial else "complete"
             self.status(f"Reconstruction {kind}: its last good state is saved in {job.autosaved}", 15000)
 
-    def _progress_text(self, job: ReconJob) -> str:
+    def _progress_text(self, job: LiveReconstruction) -> str:
         """What the reconstruction is doing, how far it is and (once a step is timed) how long is left."""
         progress = job.progress
         now = time.perf_counter()
@@ -629,14 +631,6 @@ class MainWindow(QMainWindow):
         self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True, progress=progress)
         self.led_map.set_geometry(update.geometry)
         self.recon_panel.set_arrow_magnify(self.led_map.magnify)
-        self.updates_drawn += 1
-        if job is not None:  # frame -> display lag: first drawn update that used each frame
-            now = time.perf_counter()
-            arrivals = job.arrivals
-            for index in range(self._lag_counted, update.frames_used):
-                if index in arrivals:
-                    self.frame_lags_s.append(now - arrivals[index])
-            self._lag_counted = max(self._lag_counted, update.frames_used)
 
     # ------------------------------------------------------------------ refresh (timer)
     def refresh(self) -> None:
@@ -648,7 +642,7 @@ class MainWindow(QMainWindow):
                 self.live_view.show_preview(preview, "live")
 
     # ------------------------------------------------------------------ export, calibration
-    def _idle_job(self, title: str) -> ReconJob | None:
+    def _idle_job(self, title: str) -> LiveReconstruction | None:
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error(title, ConfigError("the reconstruction is still running: press Stop (or wait for it) first"))
             return None
@@ -881,6 +875,3 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
-
-    def frame_lag_s(self) -> np.ndarray:
-        return np.asarray(self.frame_lags_s, dtype=float)
