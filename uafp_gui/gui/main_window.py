@@ -399,7 +399,7 @@ class MainWindow(QMainWindow):
             return
         if self.acquisition_panel.reconstruct_live.isChecked() and self._engine_loading(self.start_acquisition):
             return
-        from uafp_gui.acquisition.engine import Acquisition
+        from uafp_gui.acquisition.runner import Acquisition
 
         try:
             plan = self.acquisition_panel.plan()
@@ -457,7 +457,7 @@ class MainWindow(QMainWindow):
     def _drain_acquisition(self) -> None:
         """Take the acquisition's events: progress once, thumbnails queued (a few drawn a tick),
         the newest preview shown, the LED map told which LEDs the newest frame used."""
-        from uafp_gui.acquisition.engine import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted
+        from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted
 
         panel = self.acquisition_panel
         if self.acq_worker is not None:
