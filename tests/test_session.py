@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from factories import ACQUISITION_MICROSCOPE, ACQUISITION_SIMULATION, TINY_SETTINGS, dataset_of
-from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionStarted, FrameAcquired
-from uafp_gui.acquisition.runner import Acquisition
 
+from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionStarted, FrameAcquired
 from uafp_gui.acquisition.plan import AcquisitionPlan
+from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.errors import ReconstructionError
 from uafp_gui.session.acquisition import AcquisitionSession
 from uafp_gui.session.microscope import MicroscopeChoice, open_microscope
