@@ -16,13 +16,12 @@ import pytest
 from factories import ACQUISITION_MICROSCOPE, ACQUISITION_SIMULATION
 
 from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted, FrameAcquired
-from uafp_gui.acquisition.mda_engine import FpEngine, LedArrayFailure
+from uafp_gui.acquisition.mda_engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
 from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.acquisition.sequence import frame_events
-from uafp_gui.acquisition.sinks import WriteFailure
 from uafp_gui.devices.interfaces import CameraTimeoutError
-from uafp_gui.errors import ConfigError, DatasetError, DeviceError
+from uafp_gui.errors import ConfigError, DatasetError, DeviceError, LedArrayFailure, WriteFailure
 from uafp_gui.io.dataset import DatasetWriter, PartialDatasetWarning, read_dataset, read_tiff_frames
 from uafp_gui.physics.patterns import spiral_order, square_leds
 from uafp_gui.simulate import PRESETS
@@ -200,7 +199,9 @@ def test_led_array_disconnect_mid_run_keeps_the_frames(microscope, tmp_path):
                 leds.disconnect()  # the USB cable is pulled
     message = str(caught.value)
     assert "frame 6" in message and "disconnected" in message
-    assert "6 of 25 frames are saved" in message and "--resume" in message
+    assert "6 of 25 frames are saved" in message and "--resume" not in message  # the CLI's words, not the engine's
+    error = caught.value
+    assert error.resumable and (error.frames_saved, error.frames_total, error.path) == (6, 25, out)
     dataset = read_partial(out)
     assert dataset.frame_count == 6
     assert [f.leds[0] for f in dataset.meta.frames] == PLAN_5X5.led_sequence(MICROSCOPE)[:6]
@@ -258,6 +259,7 @@ def test_disk_full_stops_the_run_and_keeps_the_frames(microscope, tmp_path):
         list(acquisition.run())
     assert isinstance(caught.value, DatasetError)
     assert "7 frames written before are kept" in str(caught.value)
+    assert caught.value.frames_saved == 7 and caught.value.path == out
     assert read_partial(out).frame_count == 7
 
 

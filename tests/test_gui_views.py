@@ -147,3 +147,16 @@ def test_open_result_shows_its_leds_and_geometry_at_the_led_maps_scale(window, q
     assert window.acquisition_panel.thumbnails.count() == 0
     assert "result folder" in window.live_view.info.text()
     assert not shown_errors
+
+
+def test_the_gui_words_an_acquisition_failure_without_the_clis_resume(qtbot, tmp_path):
+    from uafp_gui.errors import LedArrayFailure
+    from uafp_gui.gui.dialogs import show_error
+
+    error = LedArrayFailure("lost. Acquisition stopped: 6 of 25 frames are saved", path=tmp_path / "r.tif",
+                            frames_saved=6, frames_total=25)
+    box = show_error(None, "Acquisition failed", error)
+    try:
+        assert "File > Open" in box.text() and "--resume" not in box.text()
+    finally:
+        box.close()
