@@ -7,7 +7,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSettings, QSize, Qt, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -175,6 +175,18 @@ class AcquisitionPanel(QWidget):
             auto_exposure=self.auto_exposure.isChecked(),
         )
 
+    def wants_live_reconstruction(self) -> bool:
+        return self.reconstruct_live.isChecked()
+
+    def overwrite_allowed(self) -> bool:
+        return self.overwrite.isChecked()
+
+    def restore_settings(self, settings: QSettings) -> None:
+        self.output.setText(str(settings.value("acquisition/output", "")))
+
+    def save_settings(self, settings: QSettings) -> None:
+        settings.setValue("acquisition/output", self.output.text())
+
     def output_path(self) -> Path:
         text = self.output.text().strip()
         if not text:
@@ -191,6 +203,14 @@ class AcquisitionPanel(QWidget):
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
             self.pause_button.blockSignals(False)
+
+    def show_saturation(self, text: str) -> None:
+        """The clipped-pixels warning ("" clears it)."""
+        self.saturation.setText(text)
+
+    def show_all_done(self, total: int) -> None:
+        """A dataset opened from disk: every frame is there."""
+        self.progress.setValue(total)
 
     def reset_progress(self, total: int) -> None:
         self.thumbnails.clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -160,6 +160,15 @@ class DevicesPanel(QWidget):
         if path:
             self.mm_config.setText(path)
             self.camera_combo.setCurrentIndex(1)
+
+    def select_port(self, port: str) -> None:
+        self.port_combo.setCurrentText(port)
+
+    def restore_settings(self, settings: QSettings) -> None:
+        self.mm_config.setText(str(settings.value("devices/mm_config", "")))
+
+    def save_settings(self, settings: QSettings) -> None:
+        settings.setValue("devices/mm_config", self.mm_config.text())
 
     def use_simulated(self) -> None:
         self.port_combo.setCurrentText(SIMULATED)

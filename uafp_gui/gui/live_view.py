@@ -80,6 +80,9 @@ class LiveViewPanel(QWidget):
         self.live_button.setText("Stop live" if on else "Start live")
         self.live_toggled.emit(on)
 
+    def exposure_ms(self) -> float:
+        return float(self.exposure.value())
+
     def set_live(self, on: bool) -> None:
         """Reflect the stream's state without asking for a change."""
         self.live_button.blockSignals(True)

@@ -170,15 +170,15 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self._action(
-            file_menu, "Open dataset...", self.export_panel._open_dataset, QKeySequence.StandardKey.Open
+            file_menu, "Open dataset...", self.export_panel.ask_open_dataset, QKeySequence.StandardKey.Open
         )
-        self._action(file_menu, "Open result folder...", self.export_panel._open_result)
+        self._action(file_menu, "Open result folder...", self.export_panel.ask_open_result)
         self.recent_menu = QMenu("Open recent", self)
         file_menu.addMenu(self.recent_menu)
         file_menu.addSeparator()
-        self._action(file_menu, "Export result", self.export_panel._export, QKeySequence("Ctrl+E"))
-        self._action(file_menu, "Save calibration...", self.export_panel._save_calibration)
-        self._action(file_menu, "Load calibration...", self.export_panel._load_calibration)
+        self._action(file_menu, "Export result", self.export_panel.ask_export, QKeySequence("Ctrl+E"))
+        self._action(file_menu, "Save calibration...", self.export_panel.ask_save_calibration)
+        self._action(file_menu, "Load calibration...", self.export_panel.ask_load_calibration)
         file_menu.addSeparator()
         self._action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
         devices_menu = self.menuBar().addMenu("&Devices")
@@ -287,7 +287,7 @@ class MainWindow(QMainWindow):
 
         def found(port: str) -> None:
             self.devices_panel.refresh_ports()
-            self.devices_panel.port_combo.setCurrentText(port)
+            self.devices_panel.select_port(port)
             self.status(f"An LED array answered on {port}: choose your camera in Devices and press Connect "
                         "to switch from the simulated microscope.", 0)
 
@@ -373,7 +373,7 @@ class MainWindow(QMainWindow):
             self.live_view.set_live(False)
             return
         core = self.core
-        self.live_exposure_ms[0] = self.live_view.exposure.value()
+        self.live_exposure_ms[0] = self.live_view.exposure_ms()
         full_scale = self.live_view.full_scale
         worker = GeneratorWorker(lambda: camera_stream(core, self.live_exposure_ms, full_scale), name="uafp-live",
                                  parent=self)
@@ -397,7 +397,7 @@ class MainWindow(QMainWindow):
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error("Cannot start the acquisition", ConfigError("a reconstruction is running: stop it first"))
             return
-        if self.acquisition_panel.reconstruct_live.isChecked() and self._engine_loading(self.start_acquisition):
+        if self.acquisition_panel.wants_live_reconstruction() and self._engine_loading(self.start_acquisition):
             return
         from uafp_gui.acquisition.runner import Acquisition
 
@@ -405,9 +405,9 @@ class MainWindow(QMainWindow):
             plan = self.acquisition_panel.plan()
             out = self.acquisition_panel.output_path()
             microscope = self.microscope()
-            settings = self.recon_panel.settings() if self.acquisition_panel.reconstruct_live.isChecked() else None
+            settings = self.recon_panel.settings() if self.acquisition_panel.wants_live_reconstruction() else None
             acquisition = Acquisition(
-                self.core, self.led_array, plan, out, microscope, overwrite=self.acquisition_panel.overwrite.isChecked()
+                self.core, self.led_array, plan, out, microscope, overwrite=self.acquisition_panel.overwrite_allowed()
             )
         except UafpError as error:
             self.error("Cannot start the acquisition", error)
@@ -469,7 +469,7 @@ class MainWindow(QMainWindow):
                     last_frame = event
                     if event.saturated_pixels:  # per frame: clipped pixels are lost data
                         self.saturated_frames += 1
-                        panel.saturation.setText(
+                        panel.show_saturation(
                             f"Saturated: frame {event.index} has {event.saturated_pixels} clipped pixels "
                             f"({100 * event.saturated_fraction:.1f} %); {self.saturated_frames} frames so far. "
                             "Shorten the exposure or use auto exposure.")
@@ -478,7 +478,7 @@ class MainWindow(QMainWindow):
                 elif isinstance(item, AcquisitionStarted):
                     panel.reset_progress(item.total)
                     self.saturated_frames = 0
-                    panel.saturation.setText("")
+                    panel.show_saturation("")
                 elif isinstance(item, AcquisitionPaused):
                     self.status(f"Paused before frame {item.next_index} of {item.total}", 0)
                 elif isinstance(item, AcquisitionFinished):
@@ -487,7 +487,7 @@ class MainWindow(QMainWindow):
                                 f"{item.path} ({item.elapsed_s:.1f} s)" + (f". Warning: {summary}" if summary else ""),
                                 0)
                     if summary:
-                        panel.saturation.setText(f"Warning: {summary}.")
+                        panel.show_saturation(f"Warning: {summary}.")
             if last_frame is not None:
                 panel.show_progress(last_frame.done, last_frame.total, last_frame.elapsed_s, last_frame.eta_s)
                 self.led_map.set_lit(last_frame.spec.leds)
@@ -546,8 +546,7 @@ class MainWindow(QMainWindow):
     def stop_reconstruction(self) -> None:
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.recon_worker.stop()
-            self.recon_panel.stop_button.setEnabled(False)  # acts at the next mini-batch or iteration
-            self.recon_panel.show_status("Stopping...")
+            self.recon_panel.set_stopping()
 
     @staticmethod
     def autosave_folder(dataset_path: Path | None) -> Path:
@@ -578,7 +577,7 @@ class MainWindow(QMainWindow):
         if job is None or job.recon is None:
             return
         recon = job.recon
-        more = self.recon_panel.iterations.value()  # the autosave path is in the status bar: two short lines here
+        more = self.recon_panel.iterations_to_run()  # the autosave path is in the status bar: two short lines here
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
@@ -656,16 +655,16 @@ class MainWindow(QMainWindow):
         job = self._idle_job("Cannot export")
         if job is None:
             return
-        self.export_panel.status.setText(f"Exporting to {folder}...")
+        self.export_panel.show_status(f"Exporting to {folder}...")
 
         def done(path: Path) -> None:
             self.last_export = path
-            self.export_panel.status.setText(f"Exported to {path}")
+            self.export_panel.show_status(f"Exported to {path}")
             self.status(f"Result written to {path}")
             self._add_recent(path)
 
         def failed(error: BaseException) -> None:
-            self.export_panel.status.setText("Export failed")
+            self.export_panel.show_status("Export failed")
             self.error("Export failed", error)
 
         self.io.submit(lambda: job.export(folder), done, failed)
@@ -686,7 +685,7 @@ class MainWindow(QMainWindow):
         def done(calibration: Any) -> None:
             self.calibration = calibration
             g = calibration.led_geometry
-            self.export_panel.calibration_label.setText(
+            self.export_panel.show_calibration(
                 f"{path.name}: shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, rotation {g.rotation_deg:+.2f} "
                 f"deg, height {g.height_mm:.1f} mm; the next reconstruction starts from it"
             )
@@ -696,7 +695,7 @@ class MainWindow(QMainWindow):
 
     def clear_calibration(self) -> None:
         self.calibration = None
-        self.export_panel.calibration_label.setText("No calibration loaded")
+        self.export_panel.show_calibration("No calibration loaded")
         self.led_map.set_geometry(None)
 
     # ------------------------------------------------------------------ opening files
@@ -771,7 +770,7 @@ class MainWindow(QMainWindow):
         for index, thumbnail in enumerate(thumbnails):
             panel.queue_thumbnail(index, thumbnail, meta.frames[index].leds)
         panel.add_queued_thumbnails(MAX_THUMBNAILS)  # made on the io thread: adding them is cheap
-        panel.progress.setValue(len(dataset.frames))
+        panel.show_all_done(len(dataset.frames))
         self.live_view.show_preview(preview, f"{path.name}, frame 0")
         self._add_recent(path)
         self.status(f"Opened {path}: {len(dataset.frames)} frames of {dataset.frames.shape[1]}x"
@@ -821,18 +820,16 @@ class MainWindow(QMainWindow):
         else:  # first start: the reconstruction gets the middle, the docks what they need
             self.resizeDocks([self.docks["acquisition"], self.docks["ledmap"]], [DOCK_WIDTH_PX, DOCK_WIDTH_PX],
                              Qt.Orientation.Horizontal)
-        self.acquisition_panel.output.setText(str(s.value("acquisition/output", "")))
-        self.devices_panel.mm_config.setText(str(s.value("devices/mm_config", "")))
-        self.export_panel.folder.setText(str(s.value("export/folder", "")))
+        for panel in (self.acquisition_panel, self.devices_panel, self.export_panel):
+            panel.restore_settings(s)
         self._show_recent()
 
     def _save_settings(self) -> None:
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState(STATE_VERSION))
-        s.setValue("acquisition/output", self.acquisition_panel.output.text())
-        s.setValue("devices/mm_config", self.devices_panel.mm_config.text())
-        s.setValue("export/folder", self.export_panel.folder.text())
+        for panel in (self.acquisition_panel, self.devices_panel, self.export_panel):
+            panel.save_settings(s)
         s.sync()
 
     # ------------------------------------------------------------------ shutdown

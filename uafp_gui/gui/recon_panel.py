@@ -217,6 +217,15 @@ class ReconPanel(QWidget):
         )
         return settings
 
+    def iterations_to_run(self) -> int:
+        """How many iterations Reconstruct (or Continue) runs."""
+        return int(self.iterations.value())
+
+    def set_stopping(self) -> None:
+        """Stop was pressed: it acts at the next mini-batch or iteration."""
+        self.stop_button.setEnabled(False)
+        self.show_status("Stopping...")
+
     def set_running(self, running: bool, *, has_state: bool) -> None:
         self.start_button.setEnabled(not running)
         self.start_button.setText("Continue" if has_state else "Reconstruct")
