@@ -332,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
                 bar = progress_bar(event.total, "acquire", "frame")
                 bar.update(event.frames_present)
             elif isinstance(event, FrameAcquired):
+                assert bar is not None  # AcquisitionStarted comes first
                 bar.update(1)
                 if event.saturated_pixels:  # per frame, above the bar: clipped pixels are lost data
                     bar.write(
@@ -339,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{event.saturated_pixels} pixels ({100 * event.saturated_fraction:.1f} %) saturated",
                         file=sys.stderr,
                     )
-            elif isinstance(event, AcquisitionPaused):
+            elif isinstance(event, AcquisitionPaused) and bar is not None:
                 bar.set_postfix_str("paused")
             elif isinstance(event, AcquisitionFinished):
                 finished = event

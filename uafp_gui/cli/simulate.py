@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from uafp_gui.simulate import PRESETS
 
     settings = PRESETS[args.preset]
-    changes = {}
+    changes: dict[str, object] = {}
     for spec in fields(settings):
         if spec.name == "zernike_rad":
             if args.zernike:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, spec.name, None)
         if value is not None:
             changes[spec.name] = tuple(value) if isinstance(value, list) else value
-    settings = replace(settings, **changes)
+    settings = replace(settings, **changes)  # type: ignore[arg-type]  # the flags of the fields
     settings.check_limits()  # sizes and the LED square, before anything is allocated (uafp_gui.limits)
     if not args.out.parent.is_dir():
         raise ConfigError(f"folder {args.out.parent} does not exist or is not a folder: create it first")

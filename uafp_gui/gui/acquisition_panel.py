@@ -164,11 +164,13 @@ class AcquisitionPanel(QWidget):
                 leds = [[int(v) for v in item.split(",")] for item in self.led_list.text().split(";") if item.strip()]
             except ValueError:
                 raise ConfigError("the LED list must read r,c;r,c (image rows and columns)") from None
+            if any(len(led) != 2 for led in leds):
+                raise ConfigError("the LED list must read r,c;r,c (image rows and columns)")
         return AcquisitionPlan(
             led_set=kind,
             square_size=self.square_size.value(),
             max_illumination_na=self.disk_na.value() if kind == "disk" else None,
-            leds=tuple(tuple(led) for led in leds),
+            leds=tuple((led[0], led[1]) for led in leds),
             order=self.order.currentText(),
             brightfield_exposure_ms=self.exposure.value(),
             darkfield_exposure_ms=self.df_exposure.value() if self.use_df.isChecked() else None,

@@ -646,7 +646,7 @@ class MainWindow(QMainWindow):
             self.error(title, ConfigError("the reconstruction is still running: press Stop (or wait for it) first"))
             return None
         job = self.recon_job
-        if job is None or job.iterations_done == 0 or job.recon.object is None:
+        if job is None or job.recon is None or job.iterations_done == 0 or job.recon.object is None:
             self.error(title, ConfigError("there is no reconstruction yet: acquire or open a dataset and reconstruct"))
             return None
         return job
@@ -719,7 +719,7 @@ class MainWindow(QMainWindow):
             dataset = read_dataset(path)
             clipped_at = dataset_full_scale(dataset.meta)  # the camera's, when the dataset records its bit depth
             thumbnails = [frame_thumbnail(frame, full_scale=clipped_at) for frame in dataset.frames[:MAX_THUMBNAILS]]
-            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], clipped_at or full_scale)
+            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], int(clipped_at or full_scale))
 
         def opened(content: tuple) -> None:
             if content[0] == "result":
@@ -797,7 +797,7 @@ class MainWindow(QMainWindow):
         value = self.settings.value("recent_files", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in value or []]
+        return [str(v) for v in value] if isinstance(value, list) else []
 
     def _show_recent(self) -> None:
         recent = self._recent()

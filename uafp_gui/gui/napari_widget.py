@@ -151,7 +151,7 @@ class ReconstructWidget(QWidget):
         height, width = dataset.frame_shape
         self._object_shape = (height * settings.upsample, width * settings.upsample)
         self._object_pixel_um = dataset.meta.sample_pixel_um / settings.upsample
-        self.progress.setRange(0, settings.iterations)
+        self.progress.setRange(0, settings.iterations or 0)
         self.progress.setValue(0)
         self.error, self.last_update, self.last_result = None, None, None
         self.state = "running"
@@ -185,6 +185,7 @@ class ReconstructWidget(QWidget):
     def _on_update(self, update: Any) -> None:
         self.last_update = update
         self.progress.setValue(min(update.iteration, self.progress.maximum()))
+        assert self._object_shape is not None  # set by start()
         preview_scale = self._object_pixel_um * (self._object_shape[0] / update.amplitude.shape[0])
         self._show(AMPLITUDE_LAYER, update.amplitude, preview_scale, colormap="gray")
         self._show(

@@ -82,8 +82,9 @@ def open_microscope(choice: MicroscopeChoice, simulation: SimulationSettings | N
     led_array: LedArray
     if choice.led_port is None:
         assert simulation is not None
+        rows, cols = simulation.led_array_shape
         led_array = SimulatedLedArray(
-            tuple(simulation.led_array_shape),
+            (int(rows), int(cols)),
             simulation.led_pitch_mm,
             orientation=choice.orientation,
             height_mm=simulation.led_height_mm,
@@ -93,7 +94,7 @@ def open_microscope(choice: MicroscopeChoice, simulation: SimulationSettings | N
         led_array = IlluminateLedArray(
             choice.led_port,
             orientation=choice.orientation,
-            shape=tuple(simulation.led_array_shape),
+            shape=(int(simulation.led_array_shape[0]), int(simulation.led_array_shape[1])),
             pitch_mm=simulation.led_pitch_mm,
         )
         led_text = f"LED array on {led_array.port}"
