@@ -32,12 +32,13 @@ from uafp_gui.gui.previews import (
     format_duration,
     frame_preview,
     frame_thumbnail,
+    progress_text,
 )
 from uafp_gui.gui.recon_panel import ReconPanel
 from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
 from uafp_gui.recon.choices import StopReason
 from uafp_gui.session.acquisition import AcquisitionSession
-from uafp_gui.session.microscope import OpenedMicroscope, open_microscope
+from uafp_gui.session.microscope import OpenedMicroscope, open_microscope, pattern_leds
 from uafp_gui.session.reconstruction import (
     LiveReconstruction,
     autosave_folder_for,
@@ -334,18 +335,7 @@ class MainWindow(QMainWindow):
     def light_pattern(self, pattern: str) -> None:
         if not self._require_connection("Cannot light the LEDs") or self._busy_acquiring("light LEDs"):
             return
-        microscope = self.microscope()
-        rows, cols = microscope.led_array_shape
-        every = [(r, c) for r in range(rows) for c in range(cols)]
-        if pattern == "brightfield":
-            leds = [led for led in every if microscope.is_brightfield(led)]
-        elif pattern == "darkfield":
-            reach = microscope.objective_na + 0.1
-            leds = [led for led in every if microscope.objective_na <= microscope.illumination_na(led) < reach]
-        elif pattern == "plan":
-            leds = sorted(self.led_map.planned)
-        else:
-            leds = []
+        leds = sorted(self.led_map.planned) if pattern == "plan" else pattern_leds(self.microscope(), pattern)
         self._light(leds)
 
     def _light(self, leds: list) -> None:
@@ -597,24 +587,6 @@ class MainWindow(QMainWindow):
             kind = f"partial ({recon.stop_reason})" if recon.partial else "complete"
             self.status(f"Reconstruction {kind}: its last good state is saved in {job.autosaved}", 15000)
 
-    def _progress_text(self, job: LiveReconstruction) -> str:
-        """What the reconstruction is doing, how far it is and (once a step is timed) how long is left."""
-        progress = job.progress
-        now = time.perf_counter()
-        if progress.phase == "waiting":
-            return "Starting the reconstruction..."
-        if progress.phase == "iterating":
-            if job.acquiring.is_set():
-                return f"Iteration {job.iterations_done} (refining while frames arrive)"
-            text = f"Iteration {job.iterations_done} of {job.run_target}"
-        else:
-            from uafp_gui.recon.uafp import PHASE_START_SEARCH
-
-            at_most = "at most " if progress.phase == PHASE_START_SEARCH and progress.total > 5 else ""
-            text = f"{progress.phase[:1].upper()}{progress.phase[1:]}: {progress.done} of {at_most}{progress.total}"
-        eta = progress.eta_s(now)
-        return text + (f", about {format_duration(eta)} left" if eta else "")
-
     def _draw_recon(self) -> None:
         if self.recon_worker is None:
             return
@@ -623,10 +595,10 @@ class MainWindow(QMainWindow):
         if not fresh or update is None:
             self.recon_panel.flush()  # the plots of the update drawn on the previous tick
             if job is not None and self.recon_worker.isRunning() and not self.recon_worker.stopping:
-                self.recon_panel.show_status(self._progress_text(job))
+                self.recon_panel.show_status(progress_text(job))
             return
         # Images now, plots on the next tick: each repaint stays short.
-        progress = self._progress_text(job) if job is not None else None
+        progress = progress_text(job) if job is not None else None
         self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True, progress=progress)
         self.led_map.set_geometry(update.geometry)
         self.recon_panel.set_arrow_magnify(self.led_map.magnify)

@@ -20,6 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from uafp_gui.session.acquisition import AcquisitionSession
+    from uafp_gui.session.reconstruction import LiveReconstruction
 
 __all__ = [
     "AcquiredFrame",
@@ -31,6 +32,7 @@ __all__ = [
     "frame_preview",
     "frame_thumbnail",
     "geometry_led_positions_mm",
+    "progress_text",
 ]
 
 
@@ -189,3 +191,22 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def progress_text(job: LiveReconstruction, now: float | None = None) -> str:
+    """What a reconstruction is doing, how far it is and (once a step is timed) how long is left."""
+    progress = job.progress
+    now = time.perf_counter() if now is None else now
+    if progress.phase == "waiting":
+        return "Starting the reconstruction..."
+    if progress.phase == "iterating":
+        if job.acquiring.is_set():
+            return f"Iteration {job.iterations_done} (refining while frames arrive)"
+        text = f"Iteration {job.iterations_done} of {job.run_target}"
+    else:
+        from uafp_gui.recon.uafp import PHASE_START_SEARCH
+
+        at_most = "at most " if progress.phase == PHASE_START_SEARCH and progress.total > 5 else ""
+        text = f"{progress.phase[:1].upper()}{progress.phase[1:]}: {progress.done} of {at_most}{progress.total}"
+    eta = progress.eta_s(now)
+    return text + (f", about {format_duration(eta)} left" if eta else "")

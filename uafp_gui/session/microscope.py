@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from uafp_gui.acquisition.plan import MicroscopeDescription
     from uafp_gui.simulate import SimulationSettings
 
-__all__ = ["MicroscopeChoice", "OpenedMicroscope", "open_microscope"]
+__all__ = ["DARKFIELD_REACH_NA", "MicroscopeChoice", "OpenedMicroscope", "pattern_leds", "open_microscope"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,22 @@ class OpenedMicroscope:
     def close(self) -> None:
         """Close the LED array (the core holds nothing that needs closing)."""
         self.led_array.close()
+
+
+DARKFIELD_REACH_NA = 0.1  # the dark-field pattern: LEDs up to this far beyond the objective's NA
+
+
+def pattern_leds(microscope: MicroscopeDescription, pattern: str) -> list[tuple[int, int]]:
+    """The LEDs of a test pattern: "brightfield" (inside the objective's NA), "darkfield" (a ring just
+    outside it), anything else none."""
+    rows, cols = microscope.led_array_shape
+    every = [(r, c) for r in range(rows) for c in range(cols)]
+    if pattern == "brightfield":
+        return [led for led in every if microscope.is_brightfield(led)]
+    if pattern == "darkfield":
+        reach = microscope.objective_na + DARKFIELD_REACH_NA
+        return [led for led in every if microscope.objective_na <= microscope.illumination_na(led) < reach]
+    return []
 
 
 def open_microscope(choice: MicroscopeChoice, simulation: SimulationSettings | None = None) -> OpenedMicroscope:
