@@ -9,7 +9,6 @@ toolchain is installed, with the real firmware in simavr stepped by the same cam
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -244,8 +243,8 @@ def test_real_firmware_in_simavr_steps_through_the_plan(tmp_path):
     require_toolchain()
     variant = FirmwareVariant()  # 16x16 serpentine WS2812B, 10 mm pitch
     board = SimulatedBoard(build_firmware(variant), variant, tmp_path / "ttyLED")
-    settings = replace(
-        SETTINGS, frame_size=32, led_array_shape=(16, 16), led_on_axis=(7.5, 7.5), led_pitch_mm=10.0,
+    settings = SETTINGS.replace(
+        frame_size=32, led_array_shape=(16, 16), led_on_axis=(7.5, 7.5), led_pitch_mm=10.0,
         led_height_mm=120.0,
     )  # fmt: skip
     microscope = MicroscopeDescription.from_simulation(settings)

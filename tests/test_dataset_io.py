@@ -29,6 +29,7 @@ from uafp_gui.io.dataset import (
     read_dataset_meta,
     write_dataset,
 )
+from uafp_gui.model import Optics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,8 @@ def make_meta(frame_count: int = 6, **changes) -> DatasetMeta:
         sample="test target",
     )
     fields.update(changes)
-    return DatasetMeta(**fields)
+    optics, rest = Optics.split(fields)
+    return DatasetMeta(optics=Optics(**optics), **rest)
 
 
 def make_frames(frame_count: int = 6, shape=(12, 10), dtype=np.uint16) -> np.ndarray:
@@ -431,9 +433,10 @@ import sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
 from uafp_gui.io.dataset import DatasetMeta, DatasetWriter, FrameSpec
+from uafp_gui.model import Optics
 meta = DatasetMeta(
-    wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,
-    led_pitch_mm=4.0, led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0),
+    optics=Optics(wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,
+                  led_pitch_mm=4.0, led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0)),
     frames=tuple(FrameSpec(((k // 32, k % 32),), 10.0) for k in range(1000)),
 )
 with DatasetWriter({path!r}, meta) as writer:

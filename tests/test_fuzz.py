@@ -66,10 +66,11 @@ class Tally:
 
 def make_meta(count: int = 3):
     from uafp_gui.io.dataset import DatasetMeta, FrameSpec
+    from uafp_gui.model import Optics
 
     return DatasetMeta(
-        wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45, led_pitch_mm=4.0,
-        led_height_mm=90.0, led_array_shape=(8, 8), led_on_axis=(3.5, 3.5),
+        optics=Optics(wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,
+                      led_pitch_mm=4.0, led_height_mm=90.0, led_array_shape=(8, 8), led_on_axis=(3.5, 3.5)),
         frames=tuple(FrameSpec(leds=((3, k),), exposure_ms=1.0) for k in range(count)),
     )
 

@@ -26,12 +26,13 @@ from uafp_gui.io.dataset import (
     read_dataset,
     write_dataset,
 )
+from uafp_gui.model import Optics
 
 
 def make_meta(frame_count: int = 4) -> DatasetMeta:
     return DatasetMeta(
-        wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45, led_pitch_mm=4.0,
-        led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0),
+        optics=Optics(wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,
+                      led_pitch_mm=4.0, led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0)),
         frames=tuple(FrameSpec(leds=((15, 16 + k % 8),), exposure_ms=1.0) for k in range(frame_count)),
     )
 
@@ -230,7 +231,8 @@ def test_write_dataset_failure_leaves_nothing(tmp_path):
 
 
 def _calibration(**changes):
-    from uafp_gui.io.result import Calibration, LedGeometry
+    from uafp_gui.io.result import Calibration
+    from uafp_gui.model import LedGeometry
 
     fields = dict(led_geometry=LedGeometry(0.1, -0.2, 0.5, 80.0), zernike_rad={4: 0.3}, object_pixel_um=0.5)
     fields.update(changes)
@@ -679,7 +681,7 @@ def test_simulate_refuses_oversized_inputs_before_allocating(capsys, tmp_path, m
 
 def test_the_limits_are_one_set_of_numbers():
     """Readers, plans, the CLI, the physics and the simulator share uafp_gui.limits."""
-    from uafp_gui import limits
+    from uafp_gui import limits, model
     from uafp_gui.acquisition import plan
     from uafp_gui.cli import options
     from uafp_gui.devices import illuminate, illuminate_connection
@@ -688,7 +690,7 @@ def test_the_limits_are_one_set_of_numbers():
 
     assert dataset_module.MAX_FRAME_PIXELS == limits.MAX_FRAME_PIXELS
     assert dataset_module.MAX_FRAMES == plan.MAX_PLAN_LEDS == limits.MAX_FRAMES
-    assert dataset_module.MAX_LED_ARRAY_SIDE == plan.MAX_LED_ARRAY_SIDE == illuminate.MAX_ARRAY_SIDE
+    assert dataset_module.MAX_LED_ARRAY_SIDE == model.MAX_LED_ARRAY_SIDE == illuminate.MAX_ARRAY_SIDE
     assert common.MAX_UPSAMPLE == limits.MAX_UPSAMPLE and common.check_work_size is limits.check_work_size
     assert result.MAX_NOLL_INDEX == limits.MAX_NOLL_INDEX
     assert jsontext.MAX_JSON_DEPTH == limits.MAX_JSON_DEPTH and importers.MAX_CSV_LINES == limits.MAX_CSV_LINES

@@ -48,7 +48,8 @@ def viewer(make_napari_viewer):
 
 
 def test_napari_opens_a_dataset_and_a_result_at_their_physical_scale(viewer, dataset_path, tmp_path):
-    from uafp_gui.io.result import Calibration, LedGeometry, write_result
+    from uafp_gui.io.result import Calibration, write_result
+    from uafp_gui.model import LedGeometry
 
     [stack] = viewer.open(str(dataset_path), plugin="uafp_gui")
     pixel = SETTINGS.camera_pixel_um / SETTINGS.magnification

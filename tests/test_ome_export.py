@@ -10,7 +10,8 @@ import tifffile
 
 from uafp_gui.cli import main
 from uafp_gui.io.ome import export_result, pyramid
-from uafp_gui.io.result import Calibration, LedGeometry, write_result
+from uafp_gui.io.result import Calibration, write_result
+from uafp_gui.model import LedGeometry
 
 PIXEL_UM = 0.4625
 

@@ -18,8 +18,9 @@ import torch
 from scipy import ndimage
 
 from uafp_gui.io.dataset import read_dataset
-from uafp_gui.io.result import LedGeometry, read_result
+from uafp_gui.io.result import read_result
 from uafp_gui.metrics import resample_to
+from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, spectrum_of
 from uafp_gui.physics.zernike import zernike as engine_zernike
 

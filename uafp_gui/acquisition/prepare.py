@@ -205,7 +205,7 @@ def _prepare_resume(core: Any, engine: FpEngine, request: RunRequest) -> Prepare
     if PLAN_KEY in stored.extra:
         plan = AcquisitionPlan.from_dict(stored.extra[PLAN_KEY])
     if "microscope" in stored.extra:
-        microscope = MicroscopeDescription(**stored.extra["microscope"])
+        microscope = MicroscopeDescription.from_dict(stored.extra["microscope"])
     if plan is not None and plan.roi is not None and microscope is not None:
         apply_roi(core, plan, microscope)
     engine.frames_to_average = plan.frames_to_average if plan else 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -111,28 +110,13 @@ def simulation_settings(args: argparse.Namespace, stored: dict[str, Any] | None)
     from uafp_gui.simulate import PRESETS, SimulationSettings
 
     if stored is not None:  # resume: the same hidden microscope as the interrupted run
-        data = dict(stored)
-        data["zernike_rad"] = {int(k): float(v) for k, v in data.get("zernike_rad", {}).items()}
-        for key in ("led_array_shape", "led_on_axis"):
-            data[key] = tuple(data[key])
-        known = {f.name for f in fields(SimulationSettings)}
-        return SimulationSettings(**{k: v for k, v in data.items() if k in known})
+        return SimulationSettings.from_dict(stored)
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r}: choose one of {sorted(PRESETS)}")
     settings = PRESETS[args.preset]
     if args.seed is not None:
-        from dataclasses import replace
-
-        settings = replace(settings, seed=args.seed)
+        settings = settings.replace(seed=args.seed)
     return settings
-
-
-def simulation_to_dict(settings) -> dict[str, Any]:
-    data = asdict(settings)
-    data["zernike_rad"] = {str(k): v for k, v in settings.zernike_rad.items()}
-    data["led_array_shape"] = list(settings.led_array_shape)
-    data["led_on_axis"] = list(settings.led_on_axis)
-    return data
 
 
 def build_plan(args: argparse.Namespace):
@@ -160,6 +144,7 @@ def build_plan(args: argparse.Namespace):
 
 def build_microscope(args: argparse.Namespace, led_array, simulation):
     from uafp_gui.acquisition.plan import MicroscopeDescription
+    from uafp_gui.model import OPTICS_FIELDS
 
     values: dict[str, Any] = {}
     if simulation is not None:
@@ -191,11 +176,11 @@ def build_microscope(args: argparse.Namespace, led_array, simulation):
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)
         raise ConfigError(f"describe the microscope: {flags} (or --microscope FILE.json) are required")
-    known = {f.name for f in fields(MicroscopeDescription)}
+    known = {*OPTICS_FIELDS, "glass", "sample"}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"--microscope has unknown fields {sorted(unknown)}; known: {sorted(known)}")
-    return MicroscopeDescription(**values)
+    return MicroscopeDescription.from_dict(values)
 
 
 def triggering(args: argparse.Namespace, stored_meta) -> tuple[bool, str]:
@@ -288,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         microscope = build_microscope(args, led_array, simulation)
         if args.save_plan:
             plan.save(args.save_plan)
-    extra = {SIMULATION_KEY: simulation_to_dict(simulation)} if simulation is not None and stored_meta is None else {}
+    extra = {SIMULATION_KEY: simulation.to_dict()} if simulation is not None and stored_meta is None else {}
     acquisition = Acquisition(
         core,
         led_array,

@@ -32,6 +32,7 @@ from uafp_gui.errors import (
     LedArraySequenceError,
     LedArrayTimeout,
 )
+from uafp_gui.model import RowCol
 
 __all__ = [
     "AbortsSequence",
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 
-RowCol = tuple[int, int]
 
 
 @dataclass(frozen=True)

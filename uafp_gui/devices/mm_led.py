@@ -14,9 +14,10 @@ from typing import Any
 
 from pymmcore_plus.experimental.unicore import GenericDevice, UniMMCore, pymm_property
 
-from uafp_gui.devices.interfaces import LedArray, RowCol, WatchesLedArray
+from uafp_gui.devices.interfaces import LedArray, WatchesLedArray
 from uafp_gui.devices.pydevices import python_device
 from uafp_gui.errors import ConfigError, DeviceError
+from uafp_gui.model import RowCol
 
 __all__ = [
     "LED_DEVICE_LABEL",

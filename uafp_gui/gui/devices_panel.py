@@ -188,16 +188,18 @@ class DevicesPanel(QWidget):
 
     def microscope(self, sample: str = "") -> MicroscopeDescription:
         """The nominal microscope as entered; `ConfigError` when a value is invalid."""
-        return MicroscopeDescription(
-            wavelength_um=self.wavelength.value(),
-            objective_na=self.objective_na.value(),
-            magnification=self.magnification.value(),
-            camera_pixel_um=self.camera_pixel.value(),
-            led_pitch_mm=self.pitch.value(),
-            led_height_mm=self.led_height.value(),
-            led_array_shape=(self.rows.value(), self.cols.value()),
-            led_on_axis=(self.axis_row.value(), self.axis_col.value()),
-            sample=sample,
+        return MicroscopeDescription.from_dict(
+            {
+                "wavelength_um": self.wavelength.value(),
+                "objective_na": self.objective_na.value(),
+                "magnification": self.magnification.value(),
+                "camera_pixel_um": self.camera_pixel.value(),
+                "led_pitch_mm": self.pitch.value(),
+                "led_height_mm": self.led_height.value(),
+                "led_array_shape": (self.rows.value(), self.cols.value()),
+                "led_on_axis": (self.axis_row.value(), self.axis_col.value()),
+                "sample": sample,
+            }
         )
 
     def show_microscope(self, microscope: MicroscopeDescription) -> None:

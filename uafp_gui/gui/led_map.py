@@ -16,14 +16,17 @@ from PySide6.QtWidgets import QGraphicsItem, QHBoxLayout, QLabel, QPushButton, Q
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
-from uafp_gui.gui.previews import geometry_led_positions_mm
+from uafp_gui.model import RowCol, led_positions_mm
 
 if TYPE_CHECKING:
-    from uafp_gui.io.result import LedGeometry
+    from uafp_gui.model import LedGeometry
 
 __all__ = ["LedMapPanel"]
 
-RowCol = tuple[int, int]
+
+def _every_led(rows: int, cols: int) -> np.ndarray:
+    """(rows*cols, 2) [row, col] of every LED, row by row (index row * cols + col)."""
+    return np.indices((rows, cols)).reshape(2, -1).T
 
 
 class LedMapPanel(QWidget):
@@ -124,7 +127,7 @@ class LedMapPanel(QWidget):
         if m is None:
             return
         rows, cols = m.led_array_shape
-        self._nominal, _ = geometry_led_positions_mm((rows, cols), m.led_on_axis, m.led_pitch_mm)
+        self._nominal = led_positions_mm(_every_led(rows, cols), m.led_on_axis, m.led_pitch_mm)
         radius_mm = np.hypot(self._nominal[:, 0], self._nominal[:, 1])
         illumination_na = np.sin(np.arctan2(radius_mm, m.led_height_mm))
         self._brightfield = illumination_na < m.objective_na
@@ -169,7 +172,12 @@ class LedMapPanel(QWidget):
                 "yellow: lit, blue: in the plan, black ring: bright field. Click an LED to light it."
             )
             return
-        nominal, estimated = geometry_led_positions_mm((rows, cols), m.led_on_axis, m.led_pitch_mm, self.led_geometry)
+        g = self.led_geometry
+        nominal = led_positions_mm(_every_led(rows, cols), m.led_on_axis, m.led_pitch_mm)
+        estimated = led_positions_mm(
+            _every_led(rows, cols), m.led_on_axis, m.led_pitch_mm,
+            shift_x_mm=g.shift_x_mm, shift_y_mm=g.shift_y_mm, rotation_deg=g.rotation_deg,
+        )
         shown = (
             np.array(sorted(self.planned))
             if self.planned

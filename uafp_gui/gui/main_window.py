@@ -727,11 +727,7 @@ class MainWindow(QMainWindow):
         meta = dataset.meta
         self.recon_panel.led_pitch_mm = meta.led_pitch_mm
         try:
-            microscope = MicroscopeDescription(
-                wavelength_um=meta.wavelength_um, objective_na=meta.objective_na, magnification=meta.magnification,
-                camera_pixel_um=meta.camera_pixel_um, led_pitch_mm=meta.led_pitch_mm, led_height_mm=meta.led_height_mm,
-                led_array_shape=tuple(meta.led_array_shape), led_on_axis=tuple(meta.led_on_axis),
-            )
+            microscope = MicroscopeDescription(optics=meta.optics)
             self.led_map.set_microscope(microscope)
             self.led_map.set_planned([led for frame in meta.frames for led in frame.leds])
             self.led_map.set_geometry(None)

@@ -10,7 +10,6 @@ The reconstruction driver and device opening live in `uafp_gui.session`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ __all__ = [
     "format_duration",
     "frame_preview",
     "frame_thumbnail",
-    "geometry_led_positions_mm",
     "progress_text",
 ]
 
@@ -157,28 +155,6 @@ def acquisition_events(session: AcquisitionSession, full_scale: int = 65535) -> 
             yield AcquiredFrame(event, frame_thumbnail(event.frame, full_scale=full_scale), preview)
         else:
             yield event
-
-
-def geometry_led_positions_mm(
-    array_shape: tuple[int, int], on_axis: tuple[float, float], pitch_mm: float, geometry: Any | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows*cols, 2) nominal [X, Y] of every LED and, with a `LedGeometry`, where the
-    misalignment puts it (spec section 2: rotate counter-clockwise, then shift)."""
-    rows, cols = array_shape
-    r, c = np.mgrid[0:rows, 0:cols]
-    nominal = np.stack([(c.ravel() - on_axis[1]) * pitch_mm, (r.ravel() - on_axis[0]) * pitch_mm], axis=1)
-    if geometry is None:
-        return nominal, nominal.copy()
-    t = math.radians(geometry.rotation_deg)
-    x, y = nominal[:, 0], nominal[:, 1]
-    estimated = np.stack(
-        [
-            x * math.cos(t) - y * math.sin(t) + geometry.shift_x_mm,
-            x * math.sin(t) + y * math.cos(t) + geometry.shift_y_mm,
-        ],
-        axis=1,
-    )
-    return nominal, estimated
 
 
 def format_duration(seconds: float) -> str:

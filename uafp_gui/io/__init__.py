@@ -16,7 +16,6 @@ from uafp_gui.io.dataset import (
 )
 from uafp_gui.io.result import (
     Calibration,
-    LedGeometry,
     Result,
     load_calibration,
     read_result,
@@ -31,7 +30,6 @@ __all__ = [
     "DatasetWriter",
     "FrameSpec",
     "Glass",
-    "LedGeometry",
     "PartialDatasetWarning",
     "Result",
     "load_calibration",

@@ -40,6 +40,21 @@ import numpy as np
 from uafp_gui import __version__
 from uafp_gui.errors import DatasetError
 from uafp_gui.io._tiffstream import CLASSIC_TIFF_LIMIT_BYTES, TiffStackWriter
+from uafp_gui.model import (
+    HINTS,
+    MAXIMA,
+    OPTICS_FIELDS,
+    HasOptics,
+    Optics,
+    RowCol,
+    at_most,
+    integer,
+    number,
+    pair,
+    positive,
+    row_col_pairs,
+    text,
+)
 
 FORMAT_NAME = "uafp-dataset"
 FORMAT_VERSION = 1
@@ -62,74 +77,6 @@ class PartialDatasetWarning(UserWarning):
     """A dataset holds fewer frames than its metadata plans (an interrupted acquisition)."""
 
 
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _number(value: Any, name: str, hint: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DatasetError(
-            f"{name} must be a number (got {value!r} of type {type(value).__name__})" + (f": {hint}" if hint else "")
-        )
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
-        raise DatasetError(f"{name} must be finite (got {shown})" + (f": {hint}" if hint else ""))
-    return number
-
-
-def _at_most(number: float, maximum: float, name: str, hint: str) -> float:
-    if abs(number) > maximum:
-        raise DatasetError(f"{name} = {number:g} is beyond the plausible {maximum:g}: {hint}")
-    return number
-
-
-def _positive(value: Any, name: str, hint: str) -> float:
-    number = _number(value, name, hint)
-    if number <= 0:
-        raise DatasetError(f"{name} must be > 0 (got {value!r}): {hint}")
-    return number
-
-
-# Upper bounds of the physical fields: far beyond any real microscope, low enough that no
-# later computation overflows (a wavelength of 1e300 um would).
-_MAXIMA = {
-    "wavelength_um": 100.0,
-    "magnification": 10_000.0,
-    "camera_pixel_um": 10_000.0,
-    "led_pitch_mm": 10_000.0,
-    "led_height_mm": 100_000.0,
-    "exposure_ms": 1e8,
-    "intensity": 1e6,
-    "led_on_axis": 1e5,
-    "tile_center_um": 1e9,
-    "camera_offset": 2.0**32,
-}
-
-
-def _integer(value: Any, name: str, hint: str = "") -> int:
-    number = _number(value, name, hint)
-    if number != int(number):
-        raise DatasetError(f"{name} must be an integer (got {value!r})" + (f": {hint}" if hint else ""))
-    return int(number)
-
-
-def _pair(value: Any, name: str, hint: str) -> tuple[float, float]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise DatasetError(f"{name} must be a pair [a, b] (got {value!r}): {hint}")
-    if len(value) != 2:
-        raise DatasetError(f"{name} must have 2 entries (got {len(value)}): {hint}")
-    return (_number(value[0], f"{name}[0]", hint), _number(value[1], f"{name}[1]", hint))
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise DatasetError(f"{name} must be a string (got {value!r} of type {type(value).__name__})")
-    return value
-
-
 # --------------------------------------------------------------------------------- dataclasses
 
 
@@ -141,13 +88,13 @@ class Glass:
     refractive_index: float
 
     def __post_init__(self) -> None:
-        thickness = _number(self.thickness_mm, "glass.thickness_mm", "slide thickness in mm")
+        thickness = number(self.thickness_mm, "glass.thickness_mm", "slide thickness in mm")
         if thickness < 0:
             raise DatasetError(
                 f"glass.thickness_mm must be >= 0 (got {self.thickness_mm!r}): "
                 "give the slide thickness in millimetres, e.g. 1.0"
             )
-        index = _number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
+        index = number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
         if index < 1:
             raise DatasetError(
                 f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): typical slide glass is 1.52"
@@ -181,24 +128,24 @@ class FrameSpec:
     `extra` keeps unknown per-frame fields so they are written back unchanged.
     """
 
-    leds: tuple[tuple[int, int], ...]
+    leds: tuple[RowCol, ...]
     exposure_ms: float
     intensity: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "leds", _normalise_leds(self.leds, "leds"))
+        object.__setattr__(self, "leds", row_col_pairs(self.leds, "leds"))
         object.__setattr__(
             self,
             "exposure_ms",
-            _at_most(_positive(self.exposure_ms, "exposure_ms", "give the exposure in milliseconds"),
-                     _MAXIMA["exposure_ms"], "exposure_ms", "give the exposure in milliseconds"),
+            at_most(positive(self.exposure_ms, "exposure_ms", "give the exposure in milliseconds"),
+                     MAXIMA["exposure_ms"], "exposure_ms", "give the exposure in milliseconds"),
         )
         object.__setattr__(
             self,
             "intensity",
-            _at_most(_positive(self.intensity, "intensity", "relative LED drive, 1 for full brightness"),
-                     _MAXIMA["intensity"], "intensity", "relative LED drive, 1 for full brightness"),
+            at_most(positive(self.intensity, "intensity", "relative LED drive, 1 for full brightness"),
+                     MAXIMA["intensity"], "intensity", "relative LED drive, 1 for full brightness"),
         )
         try:
             json.dumps(self.extra, allow_nan=False)
@@ -234,7 +181,7 @@ class FrameSpec:
         extra = {k: v for k, v in data.items() if k not in ("leds", "exposure_ms", "intensity")}
         try:
             return cls(
-                leds=_normalise_leds(data["leds"], f"{where}.leds"),
+                leds=row_col_pairs(data["leds"], f"{where}.leds"),
                 exposure_ms=data["exposure_ms"],
                 intensity=data.get("intensity", 1.0),
                 extra=extra,
@@ -246,35 +193,7 @@ class FrameSpec:
             raise DatasetError(message) from None
 
 
-def _normalise_leds(leds: Any, name: str) -> tuple[tuple[int, int], ...]:
-    hint = "list every lit LED as [row, col] integer indices, e.g. [[15, 16]]"
-    if isinstance(leds, (str, bytes)) or not isinstance(leds, (Sequence, np.ndarray)):
-        raise DatasetError(f"{name} must be a list of [row, col] pairs (got {leds!r}): {hint}")
-    if len(leds) == 0:
-        raise DatasetError(f"{name} is empty: {hint}")
-    if len(leds) > MAX_LED_ARRAY_SIDE**2:
-        raise DatasetError(f"{name} lists {len(leds)} LEDs, more than an LED array of the limit holds: {hint}")
-    out = []
-    for k, led in enumerate(leds):
-        if isinstance(led, (str, bytes)) or not isinstance(led, (Sequence, np.ndarray)) or len(led) != 2:
-            raise DatasetError(f"{name}[{k}] must be a [row, col] pair (got {led!r}): {hint}")
-        out.append((_integer(led[0], f"{name}[{k}][0]", hint), _integer(led[1], f"{name}[{k}][1]", hint)))
-    return tuple(out)
-
-
-_REQUIRED = (
-    "format",
-    "version",
-    "wavelength_um",
-    "objective_na",
-    "magnification",
-    "camera_pixel_um",
-    "led_pitch_mm",
-    "led_height_mm",
-    "led_array_shape",
-    "led_on_axis",
-    "frames",
-)
+_REQUIRED = ("format", "version", *OPTICS_FIELDS, "frames")
 _OPTIONAL = (
     "tile_center_um",
     "camera_offset",
@@ -287,31 +206,17 @@ _OPTIONAL = (
 )
 _KNOWN = frozenset(_REQUIRED + _OPTIONAL)
 
-_HINTS = {
-    "wavelength_um": "give the illumination wavelength in micrometres, e.g. 0.532",
-    "magnification": "give the sensor-to-sample magnification, e.g. 4",
-    "camera_pixel_um": "give the sensor pixel pitch (after binning) in micrometres, e.g. 3.45",
-    "led_pitch_mm": "give the nominal LED spacing in millimetres, e.g. 4.0",
-    "led_height_mm": "give the LED-plane-to-sample distance in millimetres, e.g. 90",
-}
-
-
 @dataclass(frozen=True)
-class DatasetMeta:
+class DatasetMeta(HasOptics):
     """Metadata of a raw dataset, exactly the fields of docs/dataset_format.md section 1.
 
-    Constructing one validates it (a `DatasetError` names the bad field and the fix).
-    Unknown top-level fields read from a file are kept in `extra` and written back.
+    The nominal microscope is one `Optics` (its fields read as `meta.wavelength_um` etc., and
+    are flat top-level fields in the JSON). Constructing one validates it (a `DatasetError`
+    names the bad field and the fix). Unknown top-level fields read from a file are kept in
+    `extra` and written back.
     """
 
-    wavelength_um: float
-    objective_na: float
-    magnification: float
-    camera_pixel_um: float
-    led_pitch_mm: float
-    led_height_mm: float
-    led_array_shape: tuple[int, int]
-    led_on_axis: tuple[float, float]
+    optics: Optics
     frames: tuple[FrameSpec, ...]
     tile_center_um: tuple[float, float] = (0.0, 0.0)
     camera_offset: float = 0.0
@@ -325,48 +230,23 @@ class DatasetMeta:
 
     def __post_init__(self) -> None:
         setter = object.__setattr__
-        for name, hint in _HINTS.items():
-            setter(self, name, _at_most(_positive(getattr(self, name), name, hint), _MAXIMA[name], name, hint))
-        na = _number(self.objective_na, "objective_na", "e.g. 0.1")
-        if not 0 < na < 1:
-            raise DatasetError(
-                f"objective_na must be in (0, 1) (got {self.objective_na!r}): give the "
-                "objective's numerical aperture, e.g. 0.1 (dry objectives only)"
-            )
-        setter(self, "objective_na", na)
-
-        shape_hint = "give the LED array size as [rows, cols], e.g. [32, 32]"
-        rows, cols = _pair(self.led_array_shape, "led_array_shape", shape_hint)
-        side = MAX_LED_ARRAY_SIDE
-        if rows != int(rows) or cols != int(cols) or not (1 <= rows <= side and 1 <= cols <= side):
-            raise DatasetError(
-                f"led_array_shape must be two integers 1 to {MAX_LED_ARRAY_SIDE} (got {self.led_array_shape!r}): "
-                + shape_hint
-            )
-        setter(self, "led_array_shape", (int(rows), int(cols)))
-        setter(
-            self,
-            "led_on_axis",
-            _pair(
-                self.led_on_axis,
-                "led_on_axis",
-                "give the [row, col] index (may be fractional, e.g. 15.5) of the LED on the axis",
-            ),
-        )
+        if isinstance(self.optics, Mapping):
+            setter(self, "optics", Optics.from_dict(self.optics))
+        elif not isinstance(self.optics, Optics):
+            raise DatasetError(f"optics must be an Optics (got {type(self.optics).__name__})")
         setter(
             self,
             "tile_center_um",
-            _pair(
+            pair(
                 self.tile_center_um,
                 "tile_center_um",
                 "give the image centre [x, y] in micrometres relative to the optical axis",
             ),
         )
-        offset = _number(self.camera_offset, "camera_offset", "dark level in counts")
-        _at_most(offset, _MAXIMA["camera_offset"], "camera_offset", "dark level in counts")
-        for name in ("led_on_axis", "tile_center_um"):
-            for value in getattr(self, name):
-                _at_most(value, _MAXIMA[name], name, "check the units")
+        offset = number(self.camera_offset, "camera_offset", "dark level in counts")
+        at_most(offset, MAXIMA["camera_offset"], "camera_offset", "dark level in counts")
+        for value in self.tile_center_um:
+            at_most(value, MAXIMA["tile_center_um"], "tile_center_um", "check the units")
         if offset < 0:
             raise DatasetError(
                 f"camera_offset must be >= 0 (got {self.camera_offset!r}): give the camera's "
@@ -374,7 +254,7 @@ class DatasetMeta:
             )
         setter(self, "camera_offset", offset)
         if self.bit_depth is not None:
-            depth = _integer(self.bit_depth, "bit_depth", "camera bit depth, e.g. 12")
+            depth = integer(self.bit_depth, "bit_depth", "camera bit depth, e.g. 12")
             if not 1 <= depth <= 32:
                 raise DatasetError(
                     f"bit_depth must be between 1 and 32 (got {self.bit_depth!r}): give the "
@@ -384,7 +264,7 @@ class DatasetMeta:
         if self.glass is not None and not isinstance(self.glass, Glass):
             setter(self, "glass", Glass.from_dict(self.glass))
         for name in ("sample", "notes", "created", "software"):
-            _text(getattr(self, name), name)
+            text(getattr(self, name), name)
 
         if len(self.frames) > MAX_FRAMES:
             raise DatasetError(
@@ -397,7 +277,7 @@ class DatasetMeta:
         )
         if not frames:
             raise DatasetError("frames is empty: list one {'leds': [[row, col]], 'exposure_ms': t} per frame")
-        rows_i, cols_i = self.led_array_shape
+        rows_i, cols_i = self.optics.led_array_shape
         for k, frame in enumerate(frames):
             for j, (row, col) in enumerate(frame.leds):
                 if not (0 <= row < rows_i and 0 <= col < cols_i):
@@ -419,11 +299,6 @@ class DatasetMeta:
 
     # ------------------------------------------------------------------ derived quantities
     @property
-    def sample_pixel_um(self) -> float:
-        """Sample-plane pixel size: `camera_pixel_um / magnification`."""
-        return self.camera_pixel_um / self.magnification
-
-    @property
     def frame_count(self) -> int:
         return len(self.frames)
 
@@ -434,8 +309,12 @@ class DatasetMeta:
 
     # ------------------------------------------------------------------------- helpers
     def replace(self, **changes: Any) -> DatasetMeta:
-        """A validated copy with some fields changed (`dataclasses.replace`)."""
-        return dataclasses.replace(self, **changes)
+        """A validated copy with some fields changed (`dataclasses.replace`); the optics fields
+        may be given by their own names (`meta.replace(wavelength_um=0.63)`)."""
+        optics, rest = Optics.split(changes)
+        if optics:
+            rest["optics"] = self.optics.replace(**optics)
+        return dataclasses.replace(self, **rest)
 
     def with_frames(self, frames: Iterable[FrameSpec]) -> DatasetMeta:
         return dataclasses.replace(self, frames=tuple(frames))
@@ -453,14 +332,7 @@ class DatasetMeta:
         out: dict[str, Any] = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
-            "wavelength_um": self.wavelength_um,
-            "objective_na": self.objective_na,
-            "magnification": self.magnification,
-            "camera_pixel_um": self.camera_pixel_um,
-            "led_pitch_mm": self.led_pitch_mm,
-            "led_height_mm": self.led_height_mm,
-            "led_array_shape": list(self.led_array_shape),
-            "led_on_axis": list(self.led_on_axis),
+            **self.optics.to_dict(),
             "tile_center_um": list(self.tile_center_um),
             "camera_offset": self.camera_offset,
         }
@@ -504,12 +376,12 @@ class DatasetMeta:
             raise DatasetError(f"version must be {FORMAT_VERSION} (got {version})")
         for key in _REQUIRED:
             if key not in data:
-                hint = _HINTS.get(key, "see docs/dataset_format.md for the required fields")
+                hint = HINTS.get(key, "see docs/dataset_format.md for the required fields")
                 raise DatasetError(f"{key} is missing: {hint}")
         frames = data["frames"]
         if isinstance(frames, (str, bytes, Mapping)) or not isinstance(frames, Sequence):
             raise DatasetError(f"frames must be a list of frame objects (got {type(frames).__name__})")
-        kwargs: dict[str, Any] = {key: data[key] for key in _REQUIRED if key not in ("format", "version", "frames")}
+        kwargs: dict[str, Any] = {"optics": Optics(**{key: data[key] for key in OPTICS_FIELDS})}
         kwargs.update({key: data[key] for key in _OPTIONAL if key in data})
         if kwargs.get("glass") is not None:
             kwargs["glass"] = Glass.from_dict(kwargs["glass"])
@@ -937,10 +809,10 @@ def _read_sidecar(sidecar: Path) -> DatasetMeta:
         text = sidecar.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"cannot read sidecar {sidecar}: {error}") from None
-    return _meta_from_text(text, f"sidecar {sidecar}")
+    return _meta_fromtext(text, f"sidecar {sidecar}")
 
 
-def _meta_from_text(text: str, source: str) -> DatasetMeta:
+def _meta_fromtext(text: str, source: str) -> DatasetMeta:
     try:
         return DatasetMeta.from_dict(_parse_json(text, source))
     except DatasetError as error:
@@ -980,7 +852,7 @@ def read_dataset_meta(path: str | os.PathLike[str]) -> DatasetMeta:
     description = _first_description(path)
     if not description:
         raise DatasetError(f"{path} carries no uafp metadata and has no sidecar {sidecar.name}")
-    return _meta_from_text(description, f"embedded metadata of {path}")
+    return _meta_fromtext(description, f"embedded metadata of {path}")
 
 
 # ------------------------------------------------------------------------------ writing
@@ -1093,7 +965,7 @@ class DatasetWriter:
                     "metadata; pass meta= to start it again"
                 )
             return [], meta
-        stored = _meta_from_text(description, f"embedded metadata of {self.path}")
+        stored = _meta_fromtext(description, f"embedded metadata of {self.path}")
         with quiet_tifffile(), _open_tiff(self.path) as tif:
             if tif.tiff.byteorder != "<":
                 raise DatasetError(f"cannot resume {self.path}: it was not written by uafp (big-endian TIFF)")

@@ -32,6 +32,7 @@ from uafp_gui.io.dataset import (
     write_dataset,
 )
 from uafp_gui.limits import MAX_CSV_LINES
+from uafp_gui.model import Optics
 
 # --------------------------------------------------------------------- Zheng blood smear
 
@@ -75,14 +76,16 @@ def _zheng_meta(frame_count: int, mat_name: str, mat: Mapping[str, Any]) -> Data
         "self-calibration against it."
     )
     return DatasetMeta(
-        wavelength_um=0.532,
-        objective_na=0.1,
-        magnification=2.0,
-        camera_pixel_um=3.69,  # 3.69 / 2 = 1.845 um sample-plane pixel, as published
-        led_pitch_mm=4.0,
-        led_height_mm=90.88,
-        led_array_shape=ZHENG_LED_ARRAY_SHAPE,
-        led_on_axis=(float(ZHENG_CENTRAL_LED[0]), float(ZHENG_CENTRAL_LED[1])),
+        optics=Optics(
+            wavelength_um=0.532,
+            objective_na=0.1,
+            magnification=2.0,
+            camera_pixel_um=3.69,  # 3.69 / 2 = 1.845 um sample-plane pixel, as published
+            led_pitch_mm=4.0,
+            led_height_mm=90.88,
+            led_array_shape=ZHENG_LED_ARRAY_SHAPE,
+            led_on_axis=(float(ZHENG_CENTRAL_LED[0]), float(ZHENG_CENTRAL_LED[1])),
+        ),
         frames=tuple(FrameSpec(leds=(led,), exposure_ms=1.0) for led in zheng_spiral_leds(frame_count)),
         glass=Glass(thickness_mm=1.0, refractive_index=1.52),
         sample="blood smear (Zheng lab public data, green)",

@@ -22,53 +22,13 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io.dataset import _at_most, _number, _positive
+from uafp_gui.model import LedGeometry, at_most, number, positive
 
 CALIBRATION_FORMAT = "uafp-calibration"
 CALIBRATION_VERSION = 1
 RESULT_FILES = ("amplitude.tif", "phase.tif", "pupil.tif", "calibration.json")
 _RESERVED_IMAGE_NAMES = {"amplitude", "phase", "pupil", "calibration", "manifest"}
 from uafp_gui.limits import MAX_NOLL_INDEX  # noqa: E402  (io stays free of torch)
-
-
-@dataclass(frozen=True)
-class LedGeometry:
-    """Misalignment of the LED array (spec section 2): rotate, then shift; height above sample."""
-
-    shift_x_mm: float = 0.0
-    shift_y_mm: float = 0.0
-    rotation_deg: float = 0.0
-    height_mm: float = 90.0
-
-    def __post_init__(self) -> None:
-        for name, limit in (("shift_x_mm", 1e4), ("shift_y_mm", 1e4), ("rotation_deg", 360.0)):
-            value = _number(getattr(self, name), f"led_geometry.{name}")
-            object.__setattr__(self, name, _at_most(value, limit, f"led_geometry.{name}", "check the calibration"))
-        hint = "give the LED-plane-to-sample distance in millimetres"
-        height = _positive(self.height_mm, "led_geometry.height_mm", hint)
-        object.__setattr__(self, "height_mm", _at_most(height, 1e5, "led_geometry.height_mm", hint))
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "shift_x_mm": self.shift_x_mm,
-            "shift_y_mm": self.shift_y_mm,
-            "rotation_deg": self.rotation_deg,
-            "height_mm": self.height_mm,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> LedGeometry:
-        if not isinstance(data, Mapping):
-            raise DatasetError(
-                f"led_geometry must be an object {{shift_x_mm, shift_y_mm, rotation_deg, height_mm}} (got {data!r})"
-            )
-        known = {"shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm"}
-        unknown = set(data) - known
-        if unknown:
-            raise DatasetError(f"led_geometry has unknown fields {sorted(unknown)}: allowed are {sorted(known)}")
-        if "height_mm" not in data:
-            raise DatasetError("led_geometry.height_mm is missing: give the LED height in mm")
-        return cls(**{key: data[key] for key in known if key in data})
 
 
 @dataclass(frozen=True)
@@ -114,16 +74,16 @@ class Calibration:
                     f"zernike_rad key {str(key)[:20]!r} is not a Noll index 1 to {MAX_NOLL_INDEX} "
                     '(written as strings in JSON, e.g. "4" for defocus)'
                 )
-            zernike[index] = _at_most(
-                _number(value, f"zernike_rad[{key!r}]"), 1e3, f"zernike_rad[{key!r}]", "radians of phase"
+            zernike[index] = at_most(
+                number(value, f"zernike_rad[{key!r}]"), 1e3, f"zernike_rad[{key!r}]", "radians of phase"
             )
         setter(self, "zernike_rad", dict(sorted(zernike.items())))
 
         if isinstance(self.frame_gain, (str, bytes)) or not isinstance(self.frame_gain, (Sequence, np.ndarray)):
             raise DatasetError(f"frame_gain must be a list of numbers (got {self.frame_gain!r})")
-        gains = tuple(_number(g, f"frame_gain[{k}]") for k, g in enumerate(self.frame_gain))
+        gains = tuple(number(g, f"frame_gain[{k}]") for k, g in enumerate(self.frame_gain))
         for k, gain in enumerate(gains):
-            _at_most(gain, 1e6, f"frame_gain[{k}]", "gains scale frame intensities")
+            at_most(gain, 1e6, f"frame_gain[{k}]", "gains scale frame intensities")
             if gain <= 0:
                 raise DatasetError(f"frame_gain[{k}] must be > 0 (got {gain}): gains scale frame intensities")
         setter(self, "frame_gain", gains)
@@ -140,7 +100,7 @@ class Calibration:
                 raise DatasetError(f"led_positions_mm[{k}] must be [X, Y] in mm (got {str(position)[:40]})")
             positions.append(
                 tuple(
-                    _at_most(_number(position[i], f"led_positions_mm[{k}][{i}]"), 1e5,
+                    at_most(number(position[i], f"led_positions_mm[{k}][{i}]"), 1e5,
                              f"led_positions_mm[{k}][{i}]", "millimetres")
                     for i in range(2)
                 )
@@ -156,19 +116,19 @@ class Calibration:
             setter(
                 self,
                 "object_pixel_um",
-                _positive(
+                positive(
                     self.object_pixel_um,
                     "object_pixel_um",
                     "the reconstructed object's pixel size in micrometres",
                 ),
             )
         if self.final_loss is not None:
-            setter(self, "final_loss", _number(self.final_loss, "final_loss"))
-        iterations = _number(self.iterations, "iterations")
+            setter(self, "final_loss", number(self.final_loss, "final_loss"))
+        iterations = number(self.iterations, "iterations")
         if iterations < 0 or iterations != int(iterations):
             raise DatasetError(f"iterations must be a whole number >= 0 (got {self.iterations!r})")
         setter(self, "iterations", int(iterations))
-        elapsed = _number(self.elapsed_s, "elapsed_s")
+        elapsed = number(self.elapsed_s, "elapsed_s")
         if elapsed < 0:
             raise DatasetError(f"elapsed_s must be >= 0 (got {self.elapsed_s!r})")
         setter(self, "elapsed_s", elapsed)

@@ -5,7 +5,6 @@ hardware is found; tests and benchmarks build theirs here.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pymmcore_plus.experimental.unicore import UniMMCore
@@ -67,5 +66,5 @@ def simulated_camera(core: UniMMCore) -> SimulatedFpCamera | None:
 
 def simulation_with(settings: SimulationSettings | None = None, **changes: Any) -> SimulationSettings:
     """`settings` (default: the misaligned preset) with some fields changed."""
-    return replace(settings or default_simulation_settings(), **changes)
+    return (settings or default_simulation_settings()).replace(**changes)
 
