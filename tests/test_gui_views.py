@@ -160,3 +160,17 @@ def test_the_gui_words_an_acquisition_failure_without_the_clis_resume(qtbot, tmp
         assert "File > Open" in box.text() and "--resume" not in box.text()
     finally:
         box.close()
+
+
+def test_hardware_microscope_takes_the_led_arrays_shape(window):
+    """With hardware, the Devices panel describes the microscope and the connected array sets its shape."""
+    from types import SimpleNamespace
+
+    window.device_microscope = None
+    window.led_array = SimpleNamespace(shape=(8, 9))
+    try:
+        microscope = window.microscope()
+    finally:
+        window.led_array = None
+    assert microscope.led_array_shape == (8, 9)
+    assert microscope.wavelength_um == window.devices_panel.microscope().wavelength_um

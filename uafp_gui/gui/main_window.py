@@ -239,7 +239,8 @@ class MainWindow(QMainWindow):
         if self.led_array is not None and tuple(self.led_array.shape) != microscope.led_array_shape:
             from dataclasses import replace
 
-            microscope = replace(microscope, led_array_shape=tuple(self.led_array.shape))
+            rows, cols = self.led_array.shape
+            microscope = replace(microscope, optics=microscope.optics.replace(led_array_shape=(rows, cols)))
         return microscope
 
     def connect_simulated(self, startup: bool = False) -> None:
