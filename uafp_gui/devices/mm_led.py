@@ -109,7 +109,7 @@ class LedArrayDevice(GenericDevice):
 
     @Pattern.sequence_starter
     def start_pattern_sequence(self) -> None:
-        self._array().arm_sequence()  # type: ignore[attr-defined]
+        self._array().arm_sequence()
 
     @Pattern.sequence_stopper
     def stop_pattern_sequence(self) -> None:
