@@ -11,7 +11,7 @@ open it as an ordinary image stack and the JSON stays readable with any TIFF tag
 A sidecar `<stem>.json` next to the TIFF is also accepted and, when present, wins over the
 embedded copy: that is how third-party plain TIFF stacks are described.
 
-Frames are written one at a time by `DatasetWriter` (see `_tiffstream`): each page's pixels
+Frames are written one at a time by `DatasetWriter` (see `tiff`): each page's pixels
 and directory are on disk before the page is linked into the file, so a run killed at any
 moment (even `kill -9`) leaves a valid TIFF holding the first k complete frames. Reading such a
 file gives a partial `Dataset` (`complete=False`, metadata truncated to the first k frames,
@@ -39,7 +39,7 @@ import numpy as np
 
 from uafp_gui import __version__
 from uafp_gui.errors import DatasetError
-from uafp_gui.io._tiffstream import CLASSIC_TIFF_LIMIT_BYTES, TiffStackWriter
+from uafp_gui.io.tiff import CLASSIC_TIFF_LIMIT_BYTES, TiffStackWriter
 from uafp_gui.model import (
     HINTS,
     MAXIMA,
