@@ -29,7 +29,8 @@ from uafp_gui.acquisition.engine import (
 )
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
 from uafp_gui.errors import ConfigError, DatasetError, DeviceError
-from uafp_gui.io.dataset import DatasetWriter, PartialDatasetWarning, read_dataset, read_tiff_frames
+from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset, read_tiff_frames
+from uafp_gui.io.writer import DatasetWriter
 from uafp_gui.physics.patterns import spiral_order, square_leds
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera

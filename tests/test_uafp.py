@@ -22,8 +22,9 @@ import torch
 
 from uafp_gui.cli import main
 from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.dataset import Dataset
-from uafp_gui.io.result import Calibration, read_result
+from uafp_gui.io.result import read_result
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.model import LedGeometry
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver

@@ -136,7 +136,7 @@ PRESETS["lowlight"] = PRESETS["misaligned"].replace(photons_per_pixel=300.0)
 class Simulation:
     """A simulated dataset and its ground truth."""
 
-    meta: object  # uafp_gui.io.dataset.DatasetMeta
+    meta: object  # uafp_gui.io.schema.DatasetMeta
     frames: np.ndarray  # (N, H, W) uint16 camera counts
     object_truth: np.ndarray  # complex (sH, sW)
     pupil_truth: np.ndarray  # complex (H, W)
@@ -197,7 +197,7 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
 def nominal_meta(settings: SimulationSettings, leds: list[tuple[int, int]]):
     """Dataset metadata of the simulated microscope as its user knows it (nominal, errors hidden):
     one frame per LED of `leds`, in that order."""
-    from uafp_gui.io.dataset import DatasetMeta, FrameSpec
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
 
     s = settings
     return DatasetMeta(
@@ -242,8 +242,9 @@ def truth_folder_for(dataset_path: Path) -> Path:
 
 def write_simulation(simulation: Simulation, dataset_path: Path) -> Path:
     """Write the dataset and its ground-truth result folder; return the truth folder."""
-    from uafp_gui.io.dataset import write_dataset
-    from uafp_gui.io.result import Calibration, write_result
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.result import write_result
+    from uafp_gui.io.writer import write_dataset
 
     dataset_path = Path(dataset_path)
     write_dataset(dataset_path, simulation.meta, simulation.frames)

@@ -60,7 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import useq
 
     from uafp_gui.devices.interfaces import LedArray
-    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter, FrameSpec
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = [
     "Acquisition",
@@ -726,7 +727,7 @@ def check_output_path(path: Path, resume: bool) -> None:
 
 
 def _default_writer_factory(path: Path, meta: DatasetMeta | None, resume: bool, overwrite: bool) -> DatasetWriter:
-    from uafp_gui.io.dataset import DatasetWriter
+    from uafp_gui.io.writer import DatasetWriter
 
     return DatasetWriter(path, meta, resume=resume, overwrite=overwrite)
 

@@ -81,7 +81,7 @@ def fp_sequence(
 
 def dataset_meta_of(sequence: Any) -> Any:
     """The `DatasetMeta` a sequence from `fp_sequence` carries (`ConfigError` for other sequences)."""
-    from uafp_gui.io.dataset import DatasetMeta
+    from uafp_gui.io.schema import DatasetMeta
 
     info = (getattr(sequence, "metadata", None) or {}).get(UAFP_KEY)
     if not isinstance(info, dict) or "dataset" not in info:
@@ -164,7 +164,7 @@ class DatasetSink:
         self.frames_written = 0
 
     def sequenceStarted(self, sequence: Any, *args: Any) -> None:  # noqa: N802 - pymmcore-plus signal names
-        from uafp_gui.io.dataset import DatasetWriter
+        from uafp_gui.io.writer import DatasetWriter
 
         self.error = None
         self.frames_written = 0

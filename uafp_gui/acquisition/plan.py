@@ -285,7 +285,7 @@ class AcquisitionPlan:
         self, microscope: MicroscopeDescription, ring_exposures_ms: Mapping[int, float] | None = None
     ) -> list:
         """One `FrameSpec` per LED, in order; `ring_exposures_ms` (from metering) overrides."""
-        from uafp_gui.io.dataset import FrameSpec
+        from uafp_gui.io.schema import FrameSpec
 
         specs = []
         for led in self.led_sequence(microscope):
@@ -362,7 +362,7 @@ def dataset_meta(
     extra: Mapping[str, Any] | None = None,
 ):
     """The dataset metadata of a run of `plan` on `microscope` (the plan stored in it)."""
-    from uafp_gui.io.dataset import DatasetMeta, Glass
+    from uafp_gui.io.schema import DatasetMeta, Glass
 
     return DatasetMeta(
         optics=microscope.optics,

@@ -45,7 +45,8 @@ from uafp_gui.io._importcheck import (
     numbers,
     one_line,
 )
-from uafp_gui.io.dataset import SOFTWARE_NAME, DatasetMeta, FrameSpec, write_dataset
+from uafp_gui.io.schema import SOFTWARE_NAME, DatasetMeta, FrameSpec
+from uafp_gui.io.writer import write_dataset
 from uafp_gui.model import Optics
 
 FPM_MAT_FRAMES = ("I_low", "imlow")
