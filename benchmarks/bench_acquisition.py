@@ -23,8 +23,9 @@ import numpy as np
 
 
 def run_once(leds: str, exposure_ms: float, folder: Path, live_device: str | None, wiring: str | None = None):
-    from uafp_gui.acquisition.engine import Acquisition, AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.events import AcquisitionStarted, FrameAcquired
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
+    from uafp_gui.acquisition.runner import Acquisition
     from uafp_gui.simulated.camera import default_simulation_settings
     from uafp_gui.simulated.microscope import open_simulated_microscope
 

@@ -34,8 +34,8 @@ def main() -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from uafp_gui.acquisition.engine import Acquisition
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
+    from uafp_gui.acquisition.runner import Acquisition
     from uafp_gui.gui import workers
     from uafp_gui.gui.main_window import QUIT_WAIT_S, MainWindow
     from uafp_gui.simulate import PRESETS

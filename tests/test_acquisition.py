@@ -15,19 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uafp_gui.acquisition.engine import (
-    Acquisition,
-    AcquisitionFinished,
-    AcquisitionPaused,
-    AcquisitionStarted,
-    CameraTimeoutError,
-    FpEngine,
-    FrameAcquired,
-    LedArrayFailure,
-    WriteFailure,
-    frame_events,
-)
+from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted, FrameAcquired
+from uafp_gui.acquisition.mda_engine import FpEngine, LedArrayFailure
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
+from uafp_gui.acquisition.runner import Acquisition
+from uafp_gui.acquisition.sequence import frame_events
+from uafp_gui.acquisition.sinks import WriteFailure
+from uafp_gui.devices.interfaces import CameraTimeoutError
 from uafp_gui.errors import ConfigError, DatasetError, DeviceError
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset, read_tiff_frames
 from uafp_gui.io.writer import DatasetWriter

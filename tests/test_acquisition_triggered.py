@@ -16,16 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uafp_gui.acquisition.engine import (
-    Acquisition,
-    AcquisitionFinished,
-    CameraTimeoutError,
-    FpEngine,
-    FrameAcquired,
-    TriggerMismatchError,
-    frame_events,
-)
+from uafp_gui.acquisition.events import AcquisitionFinished, FrameAcquired
+from uafp_gui.acquisition.mda_engine import FpEngine, TriggerMismatchError
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
+from uafp_gui.acquisition.runner import Acquisition
+from uafp_gui.acquisition.sequence import frame_events
+from uafp_gui.devices.interfaces import CameraTimeoutError
 from uafp_gui.errors import ConfigError
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
 from uafp_gui.simulate import PRESETS

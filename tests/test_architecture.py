@@ -95,3 +95,14 @@ def test_ruff_check_passes():
         timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_production_code_never_imports_the_simulated_hardware():
+    """devices, acquisition and the layers below know no simulator: only the session/CLI choice,
+    tests and benchmarks import uafp_gui.simulated (the contract is run by the test above)."""
+    config = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]
+    simulated = [c for c in config["contracts"] if "uafp_gui.simulated" in c.get("forbidden_modules", [])]
+    assert simulated and simulated[0]["type"] == "forbidden"
+    assert {"uafp_gui.devices", "uafp_gui.acquisition", "uafp_gui.io", "uafp_gui.physics", "uafp_gui.recon"} <= set(
+        simulated[0]["source_modules"]
+    )

@@ -37,8 +37,8 @@ def window(qtbot, tmp_path):
 
 
 def acquire(path: Path, size: int = 5) -> Path:
-    from uafp_gui.acquisition.engine import Acquisition
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
+    from uafp_gui.acquisition.runner import Acquisition
     from uafp_gui.simulated.microscope import open_simulated_microscope
 
     core, led_array = open_simulated_microscope(SIMULATION, realtime=False)

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from uafp_gui.acquisition.mda import DatasetSink, FpMdaEngine, fp_sequence
+from uafp_gui.acquisition.mda_engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
+from uafp_gui.acquisition.sequence import fp_sequence
+from uafp_gui.acquisition.sinks import DatasetSink
 from uafp_gui.cli import main
 from uafp_gui.devices.mm_led import format_pattern
 from uafp_gui.io.dataset import read_dataset
@@ -38,7 +40,7 @@ def core():
     core.definePixelSizeConfig("uafp")  # as the Hardware Configuration Wizard would
     core.setPixelSizeUm("uafp", MICROSCOPE.sample_pixel_um)
     core.setPixelSizeConfig("uafp")
-    core.mda.set_engine(FpMdaEngine(core))
+    core.mda.set_engine(FpEngine(core))
     yield core
     leds.close()
 

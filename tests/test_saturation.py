@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uafp_gui.acquisition.engine import Acquisition, AcquisitionFinished, FrameAcquired
+from uafp_gui.acquisition.events import AcquisitionFinished, FrameAcquired
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
+from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.gui.jobs import SATURATED_RGB, frame_preview, frame_thumbnail
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from uafp_gui.acquisition.engine import Acquisition, AcquisitionStarted, FrameMessage
+from uafp_gui.acquisition.events import AcquisitionStarted, FrameMessage
+from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.errors import ConfigError, ReconstructionError
 
 __all__ = ["LagReport", "LiveReconstruction"]

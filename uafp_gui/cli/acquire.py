@@ -212,15 +212,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {args.out}: no folder {args.out.parent}; create it or choose another --out")
     if args.mm_config is not None and not args.mm_config.is_file():
         raise ConfigError(f"--mm-config {args.mm_config} does not exist: check the path")
-    from uafp_gui.acquisition.engine import (
-        Acquisition,
-        AcquisitionFinished,
-        AcquisitionPaused,
-        AcquisitionStarted,
-        FrameAcquired,
-        check_output_path,
-        describe_ring_exposures,
-    )
+    from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.prepare import check_output_path
+    from uafp_gui.acquisition.runner import Acquisition, describe_ring_exposures
     from uafp_gui.cli.progress import progress_bar
     from uafp_gui.devices.micromanager import open_core
     from uafp_gui.io.dataset import read_dataset_meta

@@ -15,6 +15,7 @@ import numpy as np
 
 from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
+from uafp_gui.recon.choices import Device, Loss
 
 MIN_PARTIAL_FRACTION = 0.5  # a partial dataset below this share of its planned frames needs --allow-partial
 
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=None, help="result folder (default: DATASET_result/)")
     parser.add_argument("--upsample", type=whole_number, default=4, help="object pixels per camera pixel (default 4)")
     parser.add_argument("--iterations", type=whole_number, default=None, help="iterations (default: engine's own)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--device", default=Device.AUTO, help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--calibration", type=Path, default=None, help="start from a saved calibration.json")
     parser.add_argument(
         "--freeze-system",
@@ -49,8 +50,8 @@ def register(subparsers) -> None:
     uafp = parser.add_argument_group("UA-FP options (what to learn, how)")
     uafp.add_argument(
         "--loss",
-        choices=["amplitude", "poisson"],
-        default="amplitude",
+        choices=list(Loss),
+        default=Loss.AMPLITUDE,
         help="data term: amplitude least squares (default, robust) or Poisson likelihood",
     )
     uafp.add_argument("--tv-weight", type=finite_float, default=0.0, help="total-variation regularisation weight")
@@ -95,9 +96,7 @@ def uafp_settings(args: argparse.Namespace):
     for name in ("iterations", "batch_size", "pixel_integration"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    settings = UafpSettings().replace(**changes)
-    settings.validate()
-    return settings
+    return UafpSettings(**changes)
 
 
 def check_partial(dataset, allowed: bool) -> None:

@@ -88,7 +88,7 @@ class LedArrayDevice(GenericDevice):
         return format_pattern(sorted(self._array().lit))
 
     @Pattern.setter
-    def Pattern(self, value: str) -> None:  # noqa: N802
+    def Pattern(self, value: str) -> None:  # type: ignore[no-redef]  # noqa: N802
         leds = parse_pattern(value)
         array = self._array()
         if leds:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import ReconstructionError
+from uafp_gui.recon.choices import StopReason
 
 __all__ = [
     "AcquiredFrame",
@@ -202,7 +203,7 @@ def open_devices(choice: Any, simulation: Any) -> dict[str, Any]:
 def acquisition_events(acquisition: Any, job: ReconJob | None = None, full_scale: int = 65535) -> Iterator[Any]:
     """`acquisition.run()`, telling a live `ReconJob` when the run starts and ends; each
     `FrameAcquired` comes as an `AcquiredFrame` (thumbnail, and now and then a preview)."""
-    from uafp_gui.acquisition.engine import AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.events import AcquisitionStarted, FrameAcquired
 
     last_preview = -np.inf
     try:
@@ -401,7 +402,7 @@ class ReconJob:
                 for update in self.recon.run(iterations=1, cancel=self.cancel):
                     yield self._record(update)
             except ReconstructionError:
-                if self.recon.stop_reason == "engine_error":
+                if self.recon.stop_reason is StopReason.ENGINE_ERROR:
                     raise
                 time.sleep(0.05)
         if self.cancel.is_set():

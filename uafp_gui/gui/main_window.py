@@ -39,6 +39,7 @@ from uafp_gui.gui.led_map import LedMapPanel
 from uafp_gui.gui.live_view import LiveViewPanel
 from uafp_gui.gui.recon_panel import ReconPanel
 from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
+from uafp_gui.recon.choices import StopReason
 
 __all__ = ["MainWindow"]
 
@@ -397,7 +398,7 @@ class MainWindow(QMainWindow):
             return
         if self.acquisition_panel.reconstruct_live.isChecked() and self._engine_loading(self.start_acquisition):
             return
-        from uafp_gui.acquisition.engine import Acquisition
+        from uafp_gui.acquisition.runner import Acquisition
 
         try:
             plan = self.acquisition_panel.plan()
@@ -454,7 +455,7 @@ class MainWindow(QMainWindow):
     def _drain_acquisition(self) -> None:
         """Take the acquisition's events: progress once, thumbnails queued (a few drawn a tick),
         the newest preview shown, the LED map told which LEDs the newest frame used."""
-        from uafp_gui.acquisition.engine import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted
+        from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted
 
         panel = self.acquisition_panel
         if self.acq_worker is not None:
@@ -579,8 +580,8 @@ class MainWindow(QMainWindow):
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
-        elif not recon.partial and (recon.iteration >= job.run_target or recon.stop_reason == "converged"):
-            how = "Converged after" if recon.stop_reason == "converged" else "Finished:"
+        elif not recon.partial and (recon.iteration >= job.run_target or recon.stop_reason is StopReason.CONVERGED):
+            how = "Converged after" if recon.stop_reason is StopReason.CONVERGED else "Finished:"
             self.recon_panel.show_status(f"{how} {done} iterations, {format_duration(recon.elapsed_s)}. "
                                          f"Continue runs {more} more.")
         else:

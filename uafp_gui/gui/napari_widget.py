@@ -142,7 +142,6 @@ class ReconstructWidget(QWidget):
         try:
             dataset = dataset_from_layer(self.viewer.layers[name])
             settings = UafpSettings(iterations=int(self.iterations.value()), upsample=int(self.upsample.value()))
-            settings.validate()
         except UafpError as error:
             self.status.setText(str(error))
             self.state = "failed"

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from uafp_gui.gui.images import DIVERGING_PHASE, ImagePlot, phase_view
+from uafp_gui.recon.choices import Device, parse_device
 
 __all__ = ["ReconPanel"]
 
@@ -159,7 +160,7 @@ class ReconPanel(QWidget):
         self.iterations.setRange(1, 10000)
         self.iterations.setValue(40)
         self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device.addItems(list(Device))
         grid.addWidget(QLabel("Upsample"), 0, 0)
         grid.addWidget(self.upsample, 0, 1)
         grid.addWidget(QLabel("Iterations"), 0, 2)
@@ -209,10 +210,11 @@ class ReconPanel(QWidget):
         base = base or UafpSettings()
         changes = {name: box.isChecked() for name, box in self.learn.items()}
         settings = base.replace(
-            upsample=self.upsample.value(), iterations=self.iterations.value(), device=self.device.currentText(),
+            upsample=self.upsample.value(),
+            iterations=self.iterations.value(),
+            device=parse_device(self.device.currentText()),
             **changes,
         )
-        settings.validate()
         return settings
 
     def set_running(self, running: bool, *, has_state: bool) -> None:

@@ -10,7 +10,7 @@ or P, exactly one of them longer than 1). Where each frame's LED pattern comes f
    Micro-Manager Studio writes it): the property `led_property` (default `LEDArray-Pattern`, the
    LED device uafp adds to the core), text "row,col;row,col"; `Exposure-ms` per image.
 3. The summary metadata pymmcore-plus stores in its OME-TIFF (MapAnnotation `pymmcore_plus`):
-   when the acquisition was an `fp_sequence` (`uafp_gui.acquisition.mda`), it carries the whole
+   when the acquisition was an `fp_sequence` (`uafp_gui.acquisition.sequence`), it carries the whole
    dataset metadata, geometry included.
 
 The optics (wavelength, NA, magnification, camera pixel, LED pitch/height/shape/on-axis) come

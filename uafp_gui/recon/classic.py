@@ -19,6 +19,7 @@ import torch
 
 from uafp_gui.errors import ConfigError, ReconstructionError
 from uafp_gui.io.calibration import Calibration
+from uafp_gui.recon.choices import Device, parse_device
 from uafp_gui.recon.common import (
     ReconstructionResult,
     amplitude_misfit_terms,
@@ -39,8 +40,13 @@ class ClassicSettings:
     object_step: float = 1.0
     pupil_step: float = 1.0
     update_pupil: bool = True
-    device: str = "auto"
+    device: Device = Device.AUTO
     mask_saturated: bool = True  # clipped pixels (at 2**bit_depth - 1) keep the model's amplitude
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"--iterations must be >= 1 (got {self.iterations})")
+        object.__setattr__(self, "device", parse_device(self.device))
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,6 @@ class ClassicSolver:
     def __init__(self, dataset, settings: ClassicSettings = ClassicSettings(), calibration: Calibration | None = None):
         if any(len(frame.leds) != 1 for frame in dataset.meta.frames):
             raise ConfigError("classic FP needs one LED per frame; this dataset is multiplexed: use --method uafp")
-        if settings.iterations < 1:
-            raise ConfigError(f"--iterations must be >= 1 (got {settings.iterations})")
         self.settings = settings
         self.dataset = dataset
         self.device = resolve_device(settings.device)

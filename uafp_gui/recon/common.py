@@ -20,18 +20,17 @@ from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.result import write_result
 from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
+from uafp_gui.recon.choices import Device, parse_device
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU; `cuda` without a GPU is a clear error."""
-    name = (name or "auto").lower()
-    if name == "auto":
+def resolve_device(name: str = Device.AUTO) -> torch.device:
+    """The torch device of `name`; `cuda` without a GPU is a clear error."""
+    device = parse_device(name)
+    if device is Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if device is Device.CUDA and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
+    return torch.device(device.value)
 
 
 def measurements_of(dataset, device: torch.device) -> torch.Tensor:

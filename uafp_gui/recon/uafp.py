@@ -33,6 +33,7 @@ from uafp_gui.errors import ConfigError, ReconstructionError, UafpError
 from uafp_gui.io.calibration import Calibration
 from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
+from uafp_gui.recon.choices import Device, Loss, StopReason, parse_device
 from uafp_gui.recon.common import (
     ReconstructionResult,
     amplitude_misfit_terms,
@@ -43,23 +44,16 @@ from uafp_gui.recon.common import (
 )
 from uafp_gui.recon.report import nominal_frame_positions_mm
 
-LOSSES = ("amplitude", "poisson")
-
 # Phases a run reports through `UafpReconstruction.on_phase(phase, done, total)` before its first iteration.
 PHASE_START_GEOMETRY = "fitting the start geometry"
 PHASE_START_SEARCH = "searching the start geometry"
 
-# Why a run ended (`UafpReconstruction.stop_reason`, written as `stop_reason` in calibration.json).
-STOP_COMPLETED = "completed"  # ran the iterations asked for
-STOP_CONVERGED = "converged"  # the misfit stopped improving before the cap
-STOP_CANCELLED = "cancelled"  # stopped between mini-batches (GUI Stop or quit, a cancel event)
-STOP_INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM (a KeyboardInterrupt) mid-iteration
-STOP_DIVERGED = "diverged"  # the loss kept turning NaN or exploding after every roll-back
-STOP_ENGINE_ERROR = "engine_error"  # the engine raised (a torch error...): the engine's fault
-STOP_ERROR = "error"  # bad input met while running (e.g. a frame with NaN pixels)
-STOP_REASONS = (
-    STOP_COMPLETED, STOP_CONVERGED, STOP_CANCELLED, STOP_INTERRUPTED, STOP_DIVERGED, STOP_ENGINE_ERROR, STOP_ERROR
-)
+LOSSES = tuple(Loss)
+# The engine's short names for the reasons.
+STOP_COMPLETED, STOP_CONVERGED, STOP_CANCELLED = StopReason.COMPLETED, StopReason.CONVERGED, StopReason.CANCELLED
+STOP_INTERRUPTED, STOP_DIVERGED = StopReason.INTERRUPTED, StopReason.DIVERGED
+STOP_ENGINE_ERROR, STOP_ERROR = StopReason.ENGINE_ERROR, StopReason.ERROR
+STOP_REASONS = tuple(StopReason)
 
 
 @dataclass(frozen=True)
@@ -69,8 +63,8 @@ class UafpSettings:
     upsample: int = 4
     iterations: int | None = None  # None: 40 passes for 225 frames, more for fewer frames (same work)
     batch_size: int | None = None  # None: ~5 mini-batches per pass over the frames, at most 45 frames each
-    device: str = "auto"
-    loss: str = "amplitude"
+    device: Device = Device.AUTO
+    loss: Loss = Loss.AMPLITUDE
     tv_weight: float = 0.0
     pixel_integration: int = 2
     learn_geometry: bool = True
@@ -130,15 +124,23 @@ class UafpSettings:
     preview_size: int = 256
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+        # Plain strings ("poisson", "cpu") are taken and kept as their enum members.
+        object.__setattr__(self, "loss", Loss(self.loss))
+        object.__setattr__(self, "device", parse_device(self.device))
+
     def replace(self, **changes) -> UafpSettings:
         return replace(self, **changes)
 
     def validate(self) -> None:
-        """Every field checked (type, finite, range): `ConfigError` names the first bad one."""
+        """Every field checked (type, finite, range): `ConfigError` names the first bad one.
+        Runs on construction (and on `replace`): a `UafpSettings` that exists is valid."""
         from uafp_gui.recon.common import MAX_UPSAMPLE
 
         if self.loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {LOSSES} (got {self.loss!r})")
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)} (got {self.loss!r})")
+        parse_device(self.device)
         for name, low, high in (
             ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
             ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("polish_steps", 0, 1000),
@@ -187,7 +189,7 @@ class ReconstructionUpdate:
     elapsed_s: float
     rolled_back: bool = False
     loss_history: tuple[float, ...] = field(default=())
-    stop_reason: str | None = None  # set on the last update of a run (see `UafpReconstruction.stop_reason`)
+    stop_reason: StopReason | None = None  # set on the last update of a run (see `UafpReconstruction.stop_reason`)
 
 
 class UafpReconstruction:
@@ -201,7 +203,6 @@ class UafpReconstruction:
         calibration: Calibration | None = None,
         source_dataset: str = "",
     ):
-        settings.validate()
         self.meta = meta
         if settings.iterations is None:
             settings = settings.replace(iterations=default_iterations(len(meta.frames)))
@@ -242,7 +243,7 @@ class UafpReconstruction:
         self._generator = torch.Generator().manual_seed(settings.seed)
         self._nominal_positions = nominal_frame_positions_mm(meta)
         self._last_good: dict | None = None
-        self.stop_reason: str | None = None  # why the last run ended (STOP_REASONS); None while running
+        self.stop_reason: StopReason | None = None  # why the last run ended; None while running
         self.stop_detail = ""
         self._uncertainty: tuple | None = None
         self.polished_steps = 0
@@ -569,7 +570,7 @@ class UafpReconstruction:
         def mean(values: torch.Tensor) -> torch.Tensor:
             return values.mean() if usable is None else (values * usable).sum() / usable.sum().clamp(min=1)
 
-        if self.settings.loss == "amplitude":
+        if self.settings.loss is Loss.AMPLITUDE:
             residual = torch.sqrt(predicted.clamp(min=0) + 1e-8) - torch.sqrt(measured)
             if usable is not None:
                 # A clipped pixel says only "at least this bright" (censored data): no penalty above the
@@ -979,7 +980,7 @@ class UafpReconstruction:
         self.geometry_newton_kept += kept
         return kept
 
-    def _end(self, reason: str, detail: str = "") -> None:
+    def _end(self, reason: StopReason, detail: str = "") -> None:
         self.stop_reason, self.stop_detail = reason, detail
 
     @property
@@ -1191,6 +1192,8 @@ def _plain_values(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
+    if isinstance(value, str):
+        return str(value)  # an enum member (Loss, Device) as its plain string
     return value
 
 
@@ -1209,5 +1212,5 @@ def reconstruct_dataset(
 
 
 __all__ = [
-    "STOP_REASONS",
+    "STOP_REASONS", "Loss", "StopReason",
     "ReconstructionUpdate", "UafpReconstruction", "UafpSettings", "object_of", "reconstruct_dataset"]

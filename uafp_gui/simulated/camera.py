@@ -248,7 +248,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
         return self._trigger_mode
 
     @TriggerMode.setter
-    def TriggerMode(self, value: str) -> None:  # noqa: N802
+    def TriggerMode(self, value: str) -> None:  # type: ignore[no-redef]  # noqa: N802
         if value not in TRIGGER_MODES:
             raise ValueError(f"TriggerMode must be one of {TRIGGER_MODES}, got {value!r}")
         self._trigger_mode = str(value)

@@ -1,0 +1,21 @@
+"""What the supported Pythons (3.10+) lack: `StrEnum` arrived in 3.11."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, Enum):
+        """Members are their values: compare, format and serialise as plain strings."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        __format__ = str.__format__
+
+
+__all__ = ["StrEnum"]
