@@ -157,6 +157,54 @@ def test_the_engine_runs_under_pymmcore_plus_mda(microscope):
     assert images[0][0].mean() > SETTINGS.camera_offset + 0.5 * bright
 
 
+def test_the_acquisition_runs_through_pymmcore_plus_runner(microscope, tmp_path):
+    """Acquisition drives FpEngine with core.mda.run: pymmcore-plus's own signals see every frame (a
+    napari-micromanager viewer would), and the core's previous engine is back afterwards."""
+    core, leds = microscope
+    previous = core.mda.engine
+    seen = []
+    core.mda.events.frameReady.connect(lambda image, event, meta: seen.append((event.metadata["uafp_frame"], meta)))
+    engines = []
+    core.mda.events.sequenceStarted.connect(lambda sequence, meta: engines.append(type(core.mda.engine).__name__))
+    finished = Acquisition(core, leds, PLAN_5X5, tmp_path / "run.tif", MICROSCOPE).run_to_end()
+    assert finished.frames_written == 25 and engines == ["FpEngine"]
+    assert [index for index, _ in seen] == list(range(25))
+    planned = PLAN_5X5.frame_specs(MICROSCOPE)
+    assert [meta["uafp_leds"] for _, meta in seen] == [f"{r},{c}" for spec in planned for r, c in spec.leds]
+    assert all(meta["exposure_ms"] == 2.0 and meta["camera_device"] == "Camera" for _, meta in seen)
+    assert core.mda.engine is previous and not core.mda.is_running()
+
+
+def test_pymmcore_plus_info_log_is_dropped_for_the_runner_thread_only(microscope, tmp_path):
+    """pymmcore-plus logs every event at INFO (0.5-0.8 ms a frame): dropped for our runner's thread,
+    its warnings kept (a cancelled run's "MDA Canceled")."""
+    import logging
+
+    core, leds = microscope
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("pymmcore-plus")
+    handler = Keep(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        acquisition = Acquisition(core, leds, PLAN_5X5, tmp_path / "run.tif", MICROSCOPE)
+        for event in acquisition.run():
+            if isinstance(event, FrameAcquired) and event.index == 2:
+                acquisition.cancel()
+        logger.info("from another thread")
+    finally:
+        logger.removeHandler(handler)
+    ours = [r for r in records if r.threadName == "uafp-mda"]
+    assert ours and all(r.levelno >= logging.WARNING for r in ours)
+    assert any("Cancel" in r.getMessage() for r in ours)
+    assert any(r.getMessage() == "from another thread" for r in records)
+    assert not logger.filters
+
+
 def test_cancel_and_pause_at_frame_boundaries(microscope, tmp_path):
     core, leds = microscope
     acquisition = Acquisition(core, leds, PLAN_5X5, tmp_path / "run.tif", MICROSCOPE)

@@ -205,6 +205,7 @@ def test_the_engine_runs_hardware_sequences_under_pymmcore_plus_mda():
 
 def test_an_led_array_without_sequences_is_refused_before_anything_moves(tmp_path):
     from uafp_gui.devices.interfaces import LedArray
+    from uafp_gui.devices.mm_led import led_array_of
 
     class PlainArray(LedArray):
         array_shape = SETTINGS.led_array_shape
@@ -227,7 +228,7 @@ def test_an_led_array_without_sequences_is_refused_before_anything_moves(tmp_pat
 
     core, _ = open_simulated_microscope(SETTINGS, PlainArray(), realtime=False)
     plan = PLAN_5X5.replace(hardware_triggered=True)
-    acquisition = Acquisition(core, core._pydevices["LEDArray"].led_array, plan, tmp_path / "run.tif", MICROSCOPE)
+    acquisition = Acquisition(core, led_array_of(core), plan, tmp_path / "run.tif", MICROSCOPE)
     with pytest.raises(ConfigError, match="sequence mode"):
         acquisition.run_to_end()
     assert not (tmp_path / "run.tif").exists()

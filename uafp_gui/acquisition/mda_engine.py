@@ -257,7 +257,7 @@ class FpEngine:
     def sequenced_events(self, events: Iterable[useq.MDAEvent]) -> list[useq.MDAEvent]:
         """Combine consecutive single-LED frame events with the same exposure into pymmcore-plus
         `SequencedEvent`s: one hardware-triggered camera sequence each."""
-        from pymmcore_plus.core import SequencedEvent  # public since pymmcore-plus 0.13 (core/__init__)
+        from pymmcore_plus.core import SequencedEvent  # exported by pymmcore_plus.core (not core._sequencing)
 
         limit = self.sequence_limit()
         batches: list[list[useq.MDAEvent]] = []
