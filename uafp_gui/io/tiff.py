@@ -200,6 +200,7 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def check_tiff_header(path: Path) -> None:
+    """`DatasetError` saying in words what `path` is when it is not a TIFF (or is cut before its header)."""
     with open(path, "rb") as fh:
         head = fh.read(8)
     if len(head) < 8 and any(magic.startswith(head) for magic in _TIFF_MAGICS):
