@@ -326,6 +326,7 @@ def test_not_a_tiff(tmp_path):
         read_dataset(tmp_path / "missing.tif")
 
 
+@pytest.mark.slow  # reads every truncation of a file: the slow lane
 def test_every_truncation_reads_the_intact_prefix(tmp_path):
     """Cut a written file at every byte: it either opens with the first k frames or says so."""
     meta = make_meta(4)

@@ -53,6 +53,7 @@ def fuzz_bytes(count: int, seed: int) -> bytes:
     return bytes(out[:count])
 
 
+@pytest.mark.slow  # fuzzing the simulated board: the slow lane
 def test_fuzz_then_about_still_answers(board: SimulatedBoard) -> None:
     connection = IlluminateConnection(board.port, timeout_s=5.0, boot_timeout_s=10.0)
     connection.open()

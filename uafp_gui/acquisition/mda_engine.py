@@ -37,23 +37,14 @@ from uafp_gui.acquisition.sequence import fp_events, is_fp_sequence
 from uafp_gui.devices.interfaces import AbortsSequence, CameraTimeoutError
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern, led_array_of
 from uafp_gui.devices.pydevices import python_device
-from uafp_gui.errors import ConfigError, DeviceError, UafpError
+from uafp_gui.errors import ConfigError, DeviceError, LedArrayFailure, TriggerMismatchError, UafpError
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
 
     from uafp_gui.devices.interfaces import LedArray
 
-__all__ = ["TRIGGER_WIRINGS", "FpEngine", "LedArrayFailure", "TriggerMismatchError"]
-
-
-class LedArrayFailure(DeviceError):
-    """The LED array failed while the acquisition was setting a frame's LEDs."""
-
-
-class TriggerMismatchError(DeviceError):
-    """A hardware-triggered sequence ended with the LED array on another step than the frame count
-    says: a trigger edge was lost (or an extra one arrived), so some frames show the wrong LED."""
+__all__ = ["TRIGGER_WIRINGS", "FpEngine"]
 
 
 # How the camera and the LED array's trigger pins are wired (hardware/README.md).

@@ -13,7 +13,7 @@ publisher thread; neither is waited on. The same read-only numpy array goes to t
 subscribers and the progress event: no frame is copied after the camera delivers it.
 
 Failure policy: a camera timeout, an LED array that stops answering or a write error (disk full)
-ends the run with a typed error naming the cause, what is saved and how to continue (`--resume`);
+ends the run with a typed error naming the cause and what is saved (`frames_saved`, `path`);
 every frame acquired before the failure is on disk.
 """
 
@@ -43,9 +43,9 @@ from uafp_gui.acquisition.events import (
 from uafp_gui.acquisition.mda_engine import TRIGGER_WIRINGS, FpEngine
 from uafp_gui.acquisition.prepare import RunRequest, check_output_path, default_writer_factory, prepare
 from uafp_gui.acquisition.sequence import frame_events
-from uafp_gui.acquisition.sinks import FrameWriter, Publisher, WriteFailure
+from uafp_gui.acquisition.sinks import FrameWriter, Publisher
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL
-from uafp_gui.errors import ConfigError, DeviceError, UafpError
+from uafp_gui.errors import ConfigError, DeviceError, UafpError, WriteFailure
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
@@ -368,12 +368,15 @@ class Acquisition:
             saved = self._close_after_failure(writer_thread, publisher)
             if isinstance(error, WriteFailure) or writer_thread is None:
                 raise
-            planned = len(self.meta.frames) if self.meta else "?"
+            planned = len(self.meta.frames) if self.meta else None
             if not saved:
                 raise type(error)(f"{error}. Acquisition stopped before any frame was saved") from error
+            # What to do about it is the front end's to say (the CLI: --resume): `error.resumable`.
             raise type(error)(
-                f"{error}. Acquisition stopped: {saved} of {planned} frames are saved in {self.out_path}; "
-                "fix the problem and run the same command with --resume to acquire the rest"
+                f"{error}. Acquisition stopped: {saved} of {planned or '?'} frames are saved in {self.out_path}",
+                path=self.out_path,
+                frames_saved=saved,
+                frames_total=planned,
             ) from error
         finally:
             if self.state in ("acquiring", "paused"):  # the consumer dropped the generator

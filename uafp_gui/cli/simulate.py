@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from uafp_gui.simulate import PRESETS
 
     settings = PRESETS[args.preset]
-    changes = {}
+    changes: dict[str, object] = {}
     for spec in _flat_fields(type(settings)):
         if spec.name == "zernike_rad":
             if args.zernike:

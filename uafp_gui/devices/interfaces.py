@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from uafp_gui.errors import DeviceError
+# The device errors live with every other error (uafp_gui.errors); importable from here too.
+from uafp_gui.errors import (
+    CameraTimeoutError,
+    LedArrayCommandError,
+    LedArrayDisconnected,
+    LedArrayError,
+    LedArrayNotFound,
+    LedArraySequenceError,
+    LedArrayTimeout,
+)
 from uafp_gui.model import RowCol
 
 __all__ = [
@@ -41,32 +50,6 @@ __all__ = [
 ]
 
 
-class CameraTimeoutError(DeviceError):
-    """The camera delivered no frame within its timeout."""
-
-
-class LedArrayError(DeviceError):
-    """The LED array failed, refused a command or cannot be reached."""
-
-
-class LedArrayTimeout(LedArrayError):
-    """The LED array did not finish its reply (`-==-`) in time."""
-
-
-class LedArrayDisconnected(LedArrayError):
-    """The serial port went away (cable pulled, board reset) or cannot be reopened."""
-
-
-class LedArrayCommandError(LedArrayError):
-    """The firmware answered a command with an `ERROR` line."""
-
-
-class LedArrayNotFound(LedArrayError):
-    """No serial port answered `about` like an LED array."""
-
-
-class LedArraySequenceError(LedArrayError):
-    """A hardware-triggered LED sequence cannot be loaded, armed or is not where it should be."""
 
 
 @dataclass(frozen=True)
