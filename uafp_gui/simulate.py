@@ -9,7 +9,7 @@ pupil and the true calibration); `write_simulation` saves both the way `uafp sim
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,13 +62,6 @@ class SimulationSettings(HasOptics):
     def __post_init__(self) -> None:
         if isinstance(self.optics, Mapping):
             object.__setattr__(self, "optics", Optics(**self.optics))
-
-    def replace(self, **changes: Any) -> SimulationSettings:
-        """A copy with some fields changed; optics fields by their own names."""
-        optics, rest = Optics.split(changes)
-        if optics:
-            rest["optics"] = self.optics.replace(**optics)
-        return replace(self, **rest)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, flat (the optics fields beside the others), as plain JSON values."""

@@ -271,14 +271,6 @@ class DatasetMeta(HasOptics):
         return np.array([f.exposure_ms * f.intensity for f in self.frames], dtype=np.float64)
 
     # ------------------------------------------------------------------------- helpers
-    def replace(self, **changes: Any) -> DatasetMeta:
-        """A validated copy with some fields changed (`dataclasses.replace`); the optics fields
-        may be given by their own names (`meta.replace(wavelength_um=0.63)`)."""
-        optics, rest = Optics.split(changes)
-        if optics:
-            rest["optics"] = self.optics.replace(**optics)
-        return dataclasses.replace(self, **rest)
-
     def with_frames(self, frames: Iterable[FrameSpec]) -> DatasetMeta:
         return dataclasses.replace(self, frames=tuple(frames))
 

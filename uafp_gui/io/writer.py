@@ -64,7 +64,7 @@ class DatasetWriter:
         self._writer: TiffStackWriter | None = None
         self._frame_shape: tuple[int, int] | None = None
         self._dtype: np.dtype | None = None
-        existing: list[np.ndarray] = []
+        existing: list[Page] = []
         if resume and self.path.exists():
             existing, stored = self._read_existing(meta)
             if meta is not None and meta.frames != stored.frames:
