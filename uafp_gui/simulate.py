@@ -24,6 +24,7 @@ from uafp_gui.physics.patterns import spiral_order, square_leds
 if TYPE_CHECKING:
     import torch
 
+    from uafp_gui.io.schema import DatasetMeta
     from uafp_gui.physics.forward import ForwardModel
 
 # torch and the forward model load when a simulation is rendered, not when its settings are read:
@@ -87,7 +88,7 @@ class SimulationSettings(HasOptics):
         (uafp_gui.limits): frame size, upsample, LED grid and array, bit depth, photons."""
         check_simulation_size(
             self.frame_size, self.upsample, self.pixel_integration, self.led_grid,
-            tuple(self.led_array_shape), self.bit_depth, self.photons_per_pixel,
+            self.led_array_shape, self.bit_depth, self.photons_per_pixel,
         )
         leds = square_leds(self.led_grid, self.center_led)
         rows, cols = self.led_array_shape
@@ -129,7 +130,7 @@ PRESETS["lowlight"] = PRESETS["misaligned"].replace(photons_per_pixel=300.0)
 class Simulation:
     """A simulated dataset and its ground truth."""
 
-    meta: object  # uafp_gui.io.schema.DatasetMeta
+    meta: DatasetMeta
     frames: np.ndarray  # (N, H, W) uint16 camera counts
     object_truth: np.ndarray  # complex (sH, sW)
     pupil_truth: np.ndarray  # complex (H, W)

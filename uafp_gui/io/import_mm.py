@@ -118,7 +118,7 @@ def _ome_details(xml: str | None) -> tuple[list[float | None], float | None, dic
             unit = element.get("PhysicalSizeXUnit", "\u00b5m")
             scale = {"\u00b5m": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
             if scale is not None:
-                pixel_um = float(element.get("PhysicalSizeX")) * scale
+                pixel_um = float(element.get("PhysicalSizeX", "")) * scale
         elif name == "Plane":
             value = element.get("ExposureTime")
             unit = element.get("ExposureTimeUnit", "s")

@@ -273,7 +273,7 @@ def import_fpm_mat(
 # ------------------------------------------------------------------------------- PtyLab FPM
 
 
-def _apply_orientation(frames: np.ndarray, orientation: int) -> np.ndarray:
+def _apply_orientation(frames: np.ndarray, orientation: float) -> np.ndarray:
     """PtyLab's orientation code (ptypy convention): 1 flip columns, 2 flip rows, 3 both, 4 transpose,
     5 transpose + flip columns, 6 transpose + flip rows, 7 transpose + both; 0 nothing."""
     if orientation not in range(8) or orientation != int(orientation):

@@ -117,9 +117,9 @@ def import_zheng_mat(
             f"cannot read {mat_path} as a MATLAB v5 file ({one_line(error)}): save it with `save(..., '-v7')` in MATLAB"
         ) from None
     if "imlow_HDR" not in mat:
-        variables = sorted(k for k in mat if not k.startswith("__"))
+        names = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(
-            f"{mat_path} has no variable imlow_HDR (it has {variables}): is it the Zheng blood-smear file?"
+            f"{mat_path} has no variable imlow_HDR (it has {names}): is it the Zheng blood-smear file?"
         )
     stack = np.asarray(mat["imlow_HDR"])
     if stack.ndim != 3 or not 1 <= stack.shape[2] <= 225:
@@ -349,7 +349,7 @@ def import_folder(
     frame_settings: list[tuple[float, float]] = []
     by_file: dict[str, int] = {}
     for record in rows:
-        led = (_csv_number(record, "row", led_csv, True), _csv_number(record, "col", led_csv, True))
+        led = (int(_csv_number(record, "row", led_csv, True)), int(_csv_number(record, "col", led_csv, True)))
         if record.get("exposure_ms"):
             exposure = _csv_number(record, "exposure_ms", led_csv)
         elif default_exposure is not None:
