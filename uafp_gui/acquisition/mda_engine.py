@@ -34,10 +34,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from uafp_gui.acquisition.sequence import fp_events, is_fp_sequence
-from uafp_gui.devices.interfaces import AbortsSequence, CameraTimeoutError
+from uafp_gui.devices.interfaces import AbortsSequence
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern, led_array_of
 from uafp_gui.devices.pydevices import python_device
-from uafp_gui.errors import ConfigError, DeviceError, LedArrayFailure, TriggerMismatchError, UafpError
+from uafp_gui.errors import (
+    CameraTimeoutError,
+    ConfigError,
+    DeviceError,
+    LedArrayFailure,
+    TriggerMismatchError,
+    UafpError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
