@@ -377,7 +377,7 @@ class SlowPort:
 @pytest.mark.timeout(60)
 def test_late_reply_is_discarded_not_taken_as_the_next_answer():
     from uafp_gui.devices.illuminate_connection import IlluminateConnection
-    from uafp_gui.devices.interfaces import LedArrayTimeout
+    from uafp_gui.errors import LedArrayTimeout
 
     port = SlowPort({"slow": 0.35})
     connection = IlluminateConnection("fake", timeout_s=0.2, boot_timeout_s=0.5, open_port=lambda name: port)
@@ -404,7 +404,7 @@ def test_late_reply_is_discarded_not_taken_as_the_next_answer():
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0.0])
 def test_nonsense_timeouts_are_refused(value):
     from uafp_gui.devices.illuminate_connection import IlluminateConnection
-    from uafp_gui.devices.interfaces import LedArrayError
+    from uafp_gui.errors import LedArrayError
 
     with pytest.raises(LedArrayError, match="seconds"):
         IlluminateConnection("fake", timeout_s=value)
@@ -422,7 +422,7 @@ def test_nonsense_timeouts_are_refused(value):
 )
 def test_odd_pprops_replies_are_typed_errors(reply):
     from uafp_gui.devices.illuminate import LedArrayProperties
-    from uafp_gui.devices.interfaces import LedArrayError
+    from uafp_gui.errors import LedArrayError
 
     with pytest.raises(LedArrayError):
         LedArrayProperties.from_pprops(reply, None)
@@ -430,7 +430,7 @@ def test_odd_pprops_replies_are_typed_errors(reply):
 
 @pytest.mark.parametrize("reply", ["lit.x", "lot.1", "lit.1.99999", "lit.-1", "lit.1e3", "lit.\u00b2"])
 def test_odd_plit_replies_are_typed_errors(reply):
-    from uafp_gui.devices.interfaces import LedArrayError
+    from uafp_gui.errors import LedArrayError
     from uafp_gui.simulated.led_array import SimulatedLedArray
 
     with SimulatedLedArray(shape=(8, 8)) as array:
@@ -441,7 +441,7 @@ def test_odd_plit_replies_are_typed_errors(reply):
 
 def test_a_device_that_only_says_the_terminator_is_not_an_led_array():
     from uafp_gui.devices.illuminate_connection import IlluminateConnection
-    from uafp_gui.devices.interfaces import LedArrayNotFound
+    from uafp_gui.errors import LedArrayNotFound
 
     class EmptyReplies(SlowPort):
         def write(self, data: bytes) -> int:
