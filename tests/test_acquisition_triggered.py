@@ -20,8 +20,7 @@ from uafp_gui.acquisition.mda_engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
 from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.acquisition.sequence import frame_events
-from uafp_gui.devices.interfaces import CameraTimeoutError
-from uafp_gui.errors import ConfigError, TriggerMismatchError
+from uafp_gui.errors import CameraTimeoutError, ConfigError, TriggerMismatchError
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
 from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 

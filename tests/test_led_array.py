@@ -9,15 +9,8 @@ import time
 import pytest
 
 from uafp_gui.cli import main as uafp_main
-from uafp_gui.devices.interfaces import (
-    LedArray,
-    LedArrayCommandError,
-    LedArrayDisconnected,
-    LedArrayError,
-    LedArrayTimeout,
-    Orientation,
-)
-from uafp_gui.errors import DeviceError
+from uafp_gui.devices.interfaces import LedArray, Orientation
+from uafp_gui.errors import DeviceError, LedArrayCommandError, LedArrayDisconnected, LedArrayError, LedArrayTimeout
 from uafp_gui.simulated.firmware import IlluminateFirmwareModel
 from uafp_gui.simulated.led_array import SimulatedLedArray
 

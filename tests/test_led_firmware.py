@@ -21,7 +21,8 @@ from uafp_gui.devices.illuminate import (
     find_led_array_port,
 )
 from uafp_gui.devices.illuminate_connection import IlluminateConnection
-from uafp_gui.devices.interfaces import LedArrayDisconnected, LedArrayNotFound, Orientation
+from uafp_gui.devices.interfaces import Orientation
+from uafp_gui.errors import LedArrayDisconnected, LedArrayNotFound
 
 VARIANT = FirmwareVariant()
 CYCLES_PER_US = 16

@@ -74,7 +74,10 @@ def test_live_reconstruction_follows_the_acquisition_on_its_own_thread(tmp_path)
 
 
 def test_a_dataset_reconstruction_runs_its_iterations_then_continues(tiny):
-    job = LiveReconstruction(TINY_SETTINGS.replace(iterations=2), dataset=dataset_of(tiny))
+    settings = TINY_SETTINGS.replace(  # no start fit, no Gauss-Newton steps: the driver, quickly
+        iterations=2, init_geometry_from_data=False, polish_steps=0, geometry_newton_steps=0
+    )
+    job = LiveReconstruction(settings, dataset=dataset_of(tiny))
     assert [update.iteration for update in job.run()] == [1, 2]
     assert job.progress.phase == "iterating" and job.progress.done == 2 and job.progress.total == 2
     assert [update.iteration for update in job.run(1)] == [3]

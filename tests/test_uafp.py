@@ -23,8 +23,9 @@ from factories import TINY_CASE, TINY_SETTINGS, dataset_of
 
 from uafp_gui.cli import main
 from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.dataset import Dataset
-from uafp_gui.io.result import Calibration, read_result
+from uafp_gui.io.result import read_result
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.model import LedGeometry
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
@@ -554,6 +555,7 @@ def test_too_few_object_pixels_for_the_outer_leds_is_a_config_error(tiny):
 # -------------------------------------------------------------------------------------- devices
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_cpu_device_runs_on_the_cpu(tiny):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(device="cpu", iterations=2))
     run_all(recon)
@@ -614,6 +616,7 @@ def test_rotation_step_moves_the_outermost_led_as_far_as_the_shift_step(tiny):
     assert fixed.rotation_step_deg() == 0.02
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_geometry_newton_steps_follow_the_geometry_join(tiny):
     settings = TINY_SETTINGS.replace(
         iterations=20, geometry_newton_steps=4, geometry_newton_every=2, polish_steps=1, convergence_window=0

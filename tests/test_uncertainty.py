@@ -42,6 +42,7 @@ def test_a_single_on_axis_led_leaves_the_led_geometry_undetermined():
     json.dumps(fields, allow_nan=False)  # undetermined is null, never NaN, in calibration.json
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_25_leds_determine_the_geometry_far_better_than_one(tiny):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
     list(recon.run())

@@ -33,22 +33,37 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from uafp_gui._compat import StrEnum
 from uafp_gui.acquisition.sequence import fp_events, is_fp_sequence
-from uafp_gui.devices.interfaces import AbortsSequence, CameraTimeoutError
+from uafp_gui.devices.interfaces import AbortsSequence
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL, PATTERN_PROPERTY, format_pattern, led_array_of
 from uafp_gui.devices.pydevices import python_device
-from uafp_gui.errors import ConfigError, DeviceError, LedArrayFailure, TriggerMismatchError, UafpError
+from uafp_gui.errors import (
+    CameraTimeoutError,
+    ConfigError,
+    DeviceError,
+    LedArrayFailure,
+    TriggerMismatchError,
+    UafpError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
 
     from uafp_gui.devices.interfaces import LedArray
 
-__all__ = ["TRIGGER_WIRINGS", "FpEngine"]
+__all__ = ["TRIGGER_WIRINGS", "FpEngine", "TriggerWiring"]
 
 
 # How the camera and the LED array's trigger pins are wired (hardware/README.md).
-TRIGGER_WIRINGS = ("closed_loop", "strobe")
+class TriggerWiring(StrEnum):
+    """How the camera and the LED array's trigger pins are wired (hardware/README.md)."""
+
+    CLOSED_LOOP = "closed_loop"  # the array's trigger output starts each exposure; the camera's strobe steps it
+    STROBE = "strobe"  # a free-running camera's strobe steps the array
+
+
+TRIGGER_WIRINGS = tuple(TriggerWiring)
 
 
 
@@ -130,19 +145,19 @@ class FpEngine:
         frames_to_average: int = 1,
         camera_timeout_s: float = 10.0,
         hardware_triggered: bool = False,
-        trigger_wiring: str = "closed_loop",
+        trigger_wiring: str = TriggerWiring.CLOSED_LOOP,
         led_array: LedArray | None = None,
         led_device: str = LED_DEVICE_LABEL,
     ) -> None:
         if trigger_wiring not in TRIGGER_WIRINGS:
-            raise ConfigError(f"trigger_wiring must be one of {TRIGGER_WIRINGS} (got {trigger_wiring!r})")
+            raise ConfigError(f"trigger_wiring must be one of {', '.join(TRIGGER_WIRINGS)} (got {trigger_wiring!r})")
         self.mmcore = core
         self.frames_to_average = int(frames_to_average)
         self.camera_timeout_s = float(camera_timeout_s)
         if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
             raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
         self.hardware_triggered = bool(hardware_triggered)
-        self.trigger_wiring = trigger_wiring
+        self.trigger_wiring = TriggerWiring(trigger_wiring)
         self.led_array = led_array
         self.led_device = led_device
         self._exposure_ms: float | None = None
@@ -326,7 +341,7 @@ class FpEngine:
 
         # closed loop: the camera waits for the array's trigger pulse, so it must listen before
         # `tseq` sends the first; strobe: a free-running camera must not expose before step 0 is lit.
-        first, second = (start_camera, arm) if self.trigger_wiring == "closed_loop" else (arm, start_camera)
+        first, second = (start_camera, arm) if self.trigger_wiring == TriggerWiring.CLOSED_LOOP else (arm, start_camera)
         first()
         second()
 
@@ -416,14 +431,15 @@ class FpEngine:
                 if camera_running
                 else "then the camera ended its sequence acquisition"
             )
+            closed_loop = TriggerWiring.CLOSED_LOOP
             if popped and position == popped - 1:
                 cause = (
                     f"the camera's exposure-end output did not reach the array's trigger input (D2) after frame "
                     f"{frames[(popped - 1) // per_led]}, so the array did not step"
-                    + (" nor pulse the camera for the next frame" if self.trigger_wiring == "closed_loop" else "")
+                    + (" nor pulse the camera for the next frame" if self.trigger_wiring == closed_loop else "")
                     + "; the frames saved were taken with the right LEDs"
                 )
-            elif position == popped and self.trigger_wiring == "closed_loop":
+            elif position == popped and self.trigger_wiring == TriggerWiring.CLOSED_LOOP:
                 cause = (
                     "the array stepped and pulsed its trigger output (D5), but the camera took no frame: is the "
                     "camera in external-trigger mode and D5 wired to its trigger input?"

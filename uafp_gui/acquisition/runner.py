@@ -36,6 +36,8 @@ from uafp_gui.acquisition.events import (
     AcquisitionFinished,
     AcquisitionPaused,
     AcquisitionStarted,
+    AcquisitionState,
+    FinishReason,
     FrameAcquired,
     FrameMessage,
     ProgressEvent,
@@ -52,7 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
     from uafp_gui.devices.interfaces import LedArray
-    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = ["Acquisition", "describe_ring_exposures", "expected_duration_s", "saturation_level"]
 
@@ -225,7 +228,7 @@ class Acquisition:
         self._mda: _MdaThread | None = None
         self.meta: DatasetMeta | None = None
         self.frames_written = 0
-        self.state = "idle"  # idle, acquiring, paused, finished, cancelled, failed
+        self.state = AcquisitionState.IDLE
         self.ring_exposures_ms: dict[int, float] | None = None
         self.metered_leds_per_ring = 4
         if not self.resume_existing and (plan is None or microscope is None):
@@ -284,7 +287,7 @@ class Acquisition:
         `AcquisitionPaused` when paused), then `AcquisitionFinished`. Raises `DeviceError` /
         `DatasetError` on failure after saving every frame acquired so far."""
         engine = FpEngine(self.core, camera_timeout_s=self.camera_timeout_s)
-        self.state = "acquiring"
+        self.state = AcquisitionState.ACQUIRING
         t_start = time.perf_counter()
         writer_thread: FrameWriter | None = None
         publisher: Publisher | None = None
@@ -292,7 +295,7 @@ class Acquisition:
             try:
                 prepared = prepare(self.core, engine, self._request())
             except UafpError:
-                self.state = "failed"
+                self.state = AcquisitionState.FAILED
                 raise
             self.plan, self.microscope = prepared.plan, prepared.microscope
             if prepared.ring_exposures_ms is not None:
@@ -317,10 +320,10 @@ class Acquisition:
             while True:
                 item = mda.outbox.get()
                 if item is _PAUSED:
-                    self.state = "paused"
+                    self.state = AcquisitionState.PAUSED
                     yield AcquisitionPaused(first + done, total)
                     continue
-                self.state = "acquiring"
+                self.state = AcquisitionState.ACQUIRING
                 if isinstance(item, _Ended):
                     if item.error is not None:
                         raise item.error
@@ -349,19 +352,19 @@ class Acquisition:
                 )
                 mda.taken()  # not on the way out: a failed or dropped run stops the runner first
             acquired_s = time.perf_counter() - t0
-            reason = "cancelled" if self.cancelled and done < total - first else "completed"
+            reason = FinishReason.CANCELLED if self.cancelled and done < total - first else FinishReason.COMPLETED
             self._lights_off(engine)
             writer_thread.close()
             self.frames_written = writer_thread.frames_written
             publisher.close()
-            self.state = "finished" if reason == "completed" else "cancelled"
+            self.state = AcquisitionState.FINISHED if reason is FinishReason.COMPLETED else AcquisitionState.CANCELLED
             overhead = (acquired_s * 1000 - exposure_total_ms) / done if done else None
             yield AcquisitionFinished(
                 reason, writer_thread.frames_written, total, self.out_path, time.perf_counter() - t_start, overhead,
                 tuple(sorted(saturated)), max(saturated.values(), default=0.0),
             )  # fmt: skip
         except UafpError as error:
-            self.state = "failed"
+            self.state = AcquisitionState.FAILED
             self._stop_mda(engine)
             self._lights_off(engine, quiet=True)
             saved = self._close_after_failure(writer_thread, publisher)
@@ -378,8 +381,9 @@ class Acquisition:
                 frames_total=planned,
             ) from error
         finally:
-            if self.state in ("acquiring", "paused"):  # the consumer dropped the generator
-                self.state = "cancelled"
+            running = (AcquisitionState.ACQUIRING, AcquisitionState.PAUSED)
+            if self.state in running:  # the consumer dropped the generator
+                self.state = AcquisitionState.CANCELLED
                 self._stop_mda(engine)
                 self._close_after_failure(writer_thread, publisher)
             self._mda = None

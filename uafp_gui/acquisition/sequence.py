@@ -30,7 +30,7 @@ from uafp_gui.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import useq
 
-    from uafp_gui.io.dataset import FrameSpec
+    from uafp_gui.io.schema import FrameSpec
 
 UAFP_KEY = "uafp"
 
@@ -111,7 +111,7 @@ def fp_sequence(
 
 def dataset_meta_of(sequence: Any) -> Any:
     """The `DatasetMeta` a sequence from `fp_sequence` carries (`ConfigError` for other sequences)."""
-    from uafp_gui.io.dataset import DatasetMeta
+    from uafp_gui.io.schema import DatasetMeta
 
     info = (getattr(sequence, "metadata", None) or {}).get(UAFP_KEY)
     if not isinstance(info, dict) or "dataset" not in info:

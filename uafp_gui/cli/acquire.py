@@ -89,7 +89,7 @@ def register(subparsers) -> None:
                       "to the Arduino's trigger input D2 (and, for --trigger-wiring closed_loop, the Arduino's "
                       "trigger output D5 to the camera's trigger input, camera in external-trigger mode in your "
                       "Micro-Manager config); see hardware/README.md")
-    plan.add_argument("--trigger-wiring", choices=["closed_loop", "strobe"], default=None,
+    plan.add_argument("--trigger-wiring", choices=["closed_loop", "strobe"], default=None,  # TriggerWiring
                       help="--hardware-triggered: closed_loop (default; D5 -> camera trigger in, camera strobe -> D2) "
                       "or strobe (free-running camera, strobe -> D2 only)")
 
@@ -236,7 +236,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {args.out}: no folder {args.out.parent}; create it or choose another --out")
     if args.mm_config is not None and not args.mm_config.is_file():
         raise ConfigError(f"--mm-config {args.mm_config} does not exist: check the path")
-    from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.events import (
+        AcquisitionFinished,
+        AcquisitionPaused,
+        AcquisitionStarted,
+        FinishReason,
+        FrameAcquired,
+    )
+    from uafp_gui.acquisition.mda_engine import TriggerWiring
     from uafp_gui.acquisition.prepare import check_output_path
     from uafp_gui.acquisition.runner import Acquisition, describe_ring_exposures
     from uafp_gui.cli.progress import progress_bar
@@ -260,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     opened = open_microscope(microscope_choice(args), simulation)
     core, led_array = opened.core, opened.led_array
     hardware_triggered, trigger_wiring = triggering(args, stored_meta)
-    if hardware_triggered and trigger_wiring == "closed_loop":
+    if hardware_triggered and trigger_wiring == TriggerWiring.CLOSED_LOOP:
         from uafp_gui.simulated.microscope import simulated_camera
 
         camera = simulated_camera(core)
@@ -358,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         from uafp_gui.simulate import describe
 
         print(f"simulated microscope (hidden truth): {describe(simulation)}")
-    if finished.reason != "completed":
+    if finished.reason is not FinishReason.COMPLETED:
         if live is not None:
             live.stop()
         print("acquire: run again with --resume to acquire the missing frames", file=sys.stderr)

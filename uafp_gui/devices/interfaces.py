@@ -1,5 +1,5 @@
 """The device interfaces the acquisition engine talks to: the LED array (and its orientation
-mapping), the capabilities a camera device may offer, and the device errors.
+mapping) and the capabilities a camera device may offer (the device errors: `uafp_gui.errors`).
 
 An LED array is addressed in *image axes* (docs/dataset_format.md section 2): `(row, col)` with
 row growing with the image y axis and col with x. The array's own wiring (row 0 is the
@@ -22,28 +22,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-# The device errors live with every other error (uafp_gui.errors); importable from here too.
-from uafp_gui.errors import (
-    CameraTimeoutError,
-    LedArrayCommandError,
-    LedArrayDisconnected,
-    LedArrayError,
-    LedArrayNotFound,
-    LedArraySequenceError,
-    LedArrayTimeout,
-)
+from uafp_gui.errors import LedArrayError, LedArraySequenceError
 from uafp_gui.model import RowCol
 
 __all__ = [
     "AbortsSequence",
-    "CameraTimeoutError",
     "LedArray",
-    "LedArrayCommandError",
-    "LedArrayDisconnected",
-    "LedArrayError",
-    "LedArrayNotFound",
-    "LedArraySequenceError",
-    "LedArrayTimeout",
     "Orientation",
     "PreparesForRun",
     "WatchesLedArray",

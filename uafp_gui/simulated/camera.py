@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pymmcore_plus.experimental.unicore import SimpleCameraDevice, pymm_property
 
-from uafp_gui.devices.interfaces import CameraTimeoutError, LedArray
+from uafp_gui.devices.interfaces import LedArray
 from uafp_gui.devices.mm_led import format_pattern
-from uafp_gui.errors import DeviceError
+from uafp_gui.errors import CameraTimeoutError, DeviceError
 from uafp_gui.model import RowCol
 
 if TYPE_CHECKING:  # pragma: no cover
