@@ -22,10 +22,14 @@ from pathlib import Path
 import numpy as np
 
 
-def run_once(leds: str, exposure_ms: float, folder: Path, live_device: str | None, wiring: str | None = None):
+def run_once(
+    leds: str, exposure_ms: float, folder: Path, live_device: str | None, wiring: str | None = None,
+    final_iterations: int = 0,
+):
     from uafp_gui.acquisition.events import AcquisitionStarted, FrameAcquired
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
     from uafp_gui.acquisition.runner import Acquisition
+    from uafp_gui.session.acquisition import AcquisitionSession
     from uafp_gui.simulated.camera import default_simulation_settings
     from uafp_gui.simulated.microscope import open_simulated_microscope
 
@@ -41,16 +45,18 @@ def run_once(leds: str, exposure_ms: float, folder: Path, live_device: str | Non
     acquisition = Acquisition(core, led_array, plan, out, microscope, trigger_wiring=wiring or "closed_loop")
     live = None
     if live_device:
-        from uafp_gui.acquisition.live import LiveReconstruction
         from uafp_gui.recon.uafp import UafpSettings
+        from uafp_gui.session.reconstruction import LiveReconstruction
 
         live = LiveReconstruction(UafpSettings(device=live_device))
-        live.attach(acquisition)
+    session = AcquisitionSession(acquisition, live)
+    if live is not None:
+        live.start_thread(final_iterations)
     stamps = []
     finished = None
-    for event in acquisition.run():
-        if isinstance(event, AcquisitionStarted) and live is not None:
-            live.started(event)
+    for event in session.events():
+        if isinstance(event, AcquisitionStarted):
+            pass
         elif isinstance(event, FrameAcquired):
             stamps.append(time.perf_counter())
         else:
@@ -95,7 +101,9 @@ def main() -> None:
             return
         if args.no_reconstruct:
             return
-        overhead, finished, live = run_once(args.leds, args.exposure_ms, folder, args.device)
+        overhead, finished, live = run_once(
+            args.leds, args.exposure_ms, folder, args.device, final_iterations=args.final_iterations
+        )
         print("with UA-FP reconstructing live:")
         print(
             f"  per-frame overhead beyond exposure: median {np.median(overhead):.2f} ms, "
@@ -103,7 +111,7 @@ def main() -> None:
         )
         report = live.lag_report()
         started = time.perf_counter()
-        live.finish(args.final_iterations)
+        live.finish()
         print("  " + report.describe())
         if args.final_iterations:
             print(f"  {args.final_iterations} final iterations took {time.perf_counter() - started:.1f} s")

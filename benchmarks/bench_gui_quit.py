@@ -31,6 +31,7 @@ def wait_until(app, condition, timeout_s: float = 120.0) -> None:
 
 
 def main() -> int:
+    from gui_probe import DrawProbe
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
@@ -52,9 +53,12 @@ def main() -> int:
     finally:
         led_array.close()
 
+    probes: dict[int, DrawProbe] = {}
+
     def window() -> MainWindow:
         settings = QSettings(str(folder / "gui.ini"), QSettings.Format.IniFormat)
         w = MainWindow(settings, simulation=simulation, probe_hardware=False)
+        probes[id(w)] = DrawProbe(w)
         w.show()
         wait_until(app, lambda: w.connected)
         return w
@@ -94,12 +98,12 @@ def main() -> int:
         wait_until(app, lambda: w.recon_job is not None and w.recon_job.recon is not None
                    and w.recon_job.recon.circle_fit is not None)
         time.sleep(1.0)  # inside the search's probe reconstructions
-        assert w.updates_drawn == 0, "the start search ended before the quit"
+        assert probes[id(w)].updates_drawn == 0, "the start search ended before the quit"
         return w.recon_worker
 
     def reconstructing(w):
         start_recon(w, search=False)
-        wait_until(app, lambda: w.updates_drawn >= 2)
+        wait_until(app, lambda: probes[id(w)].updates_drawn >= 2)
         return w.recon_worker
 
     for name, enter in (("idle", idle), ("live", live), ("acquiring", acquiring),

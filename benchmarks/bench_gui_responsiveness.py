@@ -35,6 +35,7 @@ def main() -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
     import numpy as np
+    from gui_probe import DrawProbe
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
@@ -47,6 +48,7 @@ def main() -> int:
     settings = QSettings(str(work / "settings.ini"), QSettings.Format.IniFormat)
     simulation = replace(PRESETS["misaligned"], frame_size=args.frame_size)
     window = MainWindow(settings, simulation=simulation, probe_hardware=False)
+    probe = DrawProbe(window)  # counts the redraws and the frame -> display lag, from outside the app
     window.show()
 
     def wait(condition, timeout_s: float) -> bool:
@@ -81,13 +83,13 @@ def main() -> int:
     monitor.stop()
     after.stop()
     worst, p99 = monitor.stall_ms()
-    lags = window.frame_lag_s()
+    lags = probe.frame_lag_s()
     frames = args.leds**2
     print(f"simulated microscope: {frames} frames of {args.frame_size} px, {args.exposure_ms:g} ms exposures, "
           f"upsample {args.upsample}, {args.iterations} iterations after the acquisition, "
           f"{os.cpu_count()} CPU cores, platform {app.platformName()}")
     print(f"acquisition {acquired:.1f} s, acquisition + reconstruction {total:.1f} s, "
-          f"{window.updates_drawn} reconstruction redraws ({window.updates_drawn / total:.1f} per s)")
+          f"{probe.updates_drawn} reconstruction redraws ({probe.updates_drawn / total:.1f} per s)")
     print(f"UI event-loop stall: max {worst:.0f} ms, p99 {p99:.0f} ms over {len(monitor.gaps_ms)} timer ticks")
     for label, part in (("while acquiring", acquiring), ("reconstruction only", after)):
         part_worst, part_p99 = part.stall_ms()

@@ -62,6 +62,16 @@ def single_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """`factories.TINY_CASE` simulated (once per module: tests may not change it)."""
+    from factories import TINY_CASE
+
+    from uafp_gui.simulate import simulate
+
+    return simulate(TINY_CASE, device="cpu")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

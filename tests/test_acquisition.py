@@ -9,27 +9,25 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import ACQUISITION_MICROSCOPE, ACQUISITION_SIMULATION
 
 from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted, FrameAcquired
-from uafp_gui.acquisition.mda_engine import FpEngine, LedArrayFailure
+from uafp_gui.acquisition.mda_engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, parse_led_set
 from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.acquisition.sequence import frame_events
-from uafp_gui.acquisition.sinks import WriteFailure
-from uafp_gui.devices.interfaces import CameraTimeoutError
-from uafp_gui.errors import ConfigError, DatasetError, DeviceError
-from uafp_gui.io.dataset import DatasetWriter, PartialDatasetWarning, read_dataset, read_tiff_frames
+from uafp_gui.errors import CameraTimeoutError, ConfigError, DatasetError, DeviceError, LedArrayFailure, WriteFailure
+from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset, read_tiff_frames
+from uafp_gui.io.writer import DatasetWriter
 from uafp_gui.physics.patterns import spiral_order, square_leds
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 
-SETTINGS = replace(PRESETS["misaligned"], frame_size=64, seed=5)
-MICROSCOPE = MicroscopeDescription.from_simulation(SETTINGS)
+SETTINGS, MICROSCOPE = ACQUISITION_SIMULATION, ACQUISITION_MICROSCOPE
 PLAN_5X5 = AcquisitionPlan(square_size=5, brightfield_exposure_ms=2.0)
 
 
@@ -249,7 +247,9 @@ def test_led_array_disconnect_mid_run_keeps_the_frames(microscope, tmp_path):
                 leds.disconnect()  # the USB cable is pulled
     message = str(caught.value)
     assert "frame 6" in message and "disconnected" in message
-    assert "6 of 25 frames are saved" in message and "--resume" in message
+    assert "6 of 25 frames are saved" in message and "--resume" not in message  # the CLI's words, not the engine's
+    error = caught.value
+    assert error.resumable and (error.frames_saved, error.frames_total, error.path) == (6, 25, out)
     dataset = read_partial(out)
     assert dataset.frame_count == 6
     assert [f.leds[0] for f in dataset.meta.frames] == PLAN_5X5.led_sequence(MICROSCOPE)[:6]
@@ -274,10 +274,8 @@ def test_camera_timeout_keeps_the_frames(microscope, tmp_path, hang):
     simulated_camera(core).inject_timeout(after_frames=4, hang=hang)
     out = tmp_path / "run.tif"
     acquisition = Acquisition(core, leds, PLAN_5X5, out, MICROSCOPE, camera_timeout_s=0.5)
-    started = time.perf_counter()
-    with pytest.raises(DeviceError) as caught:
+    with pytest.raises(DeviceError) as caught:  # a hang would end in pytest-timeout
         list(acquisition.run())
-    assert time.perf_counter() - started < 10
     message = str(caught.value)
     assert "frame 4" in message and "4 of 25 frames are saved" in message
     if hang:  # the watchdog caught a camera that never answered
@@ -309,6 +307,7 @@ def test_disk_full_stops_the_run_and_keeps_the_frames(microscope, tmp_path):
         list(acquisition.run())
     assert isinstance(caught.value, DatasetError)
     assert "7 frames written before are kept" in str(caught.value)
+    assert caught.value.frames_saved == 7 and caught.value.path == out
     assert read_partial(out).frame_count == 7
 
 
@@ -354,6 +353,7 @@ sys.exit(main(["acquire", "--simulate", "--out", sys.argv[1], "--leds", "5x5", "
 """
 
 
+@pytest.mark.slow  # end to end: kill -9 of a CLI subprocess: the slow lane
 def test_kill_9_mid_acquisition_then_resume(tmp_path):
     out = tmp_path / "killed.tif"
     child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out)], stderr=subprocess.DEVNULL)
@@ -391,25 +391,3 @@ def test_kill_9_mid_acquisition_then_resume(tmp_path):
     np.testing.assert_array_equal(resumed.frames[: before.shape[0]], before)
     # the resumed frames come from the same hidden microscope: bright field stays bright
     assert resumed.frames[k:].reshape(25 - k, -1).mean(axis=1).max() > 500
-
-
-@pytest.mark.slow
-def test_live_reconstruction_follows_the_acquisition(tmp_path):
-    """UA-FP's streaming API fed by the frame subscribers (a smoke test: 3x3 frames, 2 iterations)."""
-    pytest.importorskip("uafp_gui.recon.uafp")
-    from uafp_gui.acquisition.live import LiveReconstruction
-    from uafp_gui.recon.uafp import UafpSettings
-
-    core, leds = open_simulated_microscope(SETTINGS, realtime=False)
-    acquisition = Acquisition(core, leds, AcquisitionPlan(square_size=3, brightfield_exposure_ms=2.0),
-                              tmp_path / "run.tif", MICROSCOPE)
-    live = LiveReconstruction(UafpSettings(device="cpu", iterations=2, batch_size=9))
-    live.attach(acquisition)
-    for event in acquisition.run():
-        if isinstance(event, AcquisitionStarted):
-            live.started(event)
-    result = live.finish(2)
-    assert result.extra["frames_used"] == 9
-    assert np.isfinite(result.final_loss)
-    report = live.lag_report()
-    assert np.isfinite(report.latency_median_s) and report.latency_max_s >= report.latency_median_s

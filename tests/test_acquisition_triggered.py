@@ -8,27 +8,23 @@ toolchain is installed, with the real firmware in simavr stepped by the same cam
 
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import ACQUISITION_MICROSCOPE, ACQUISITION_SIMULATION
 
 from uafp_gui.acquisition.events import AcquisitionFinished, FrameAcquired
-from uafp_gui.acquisition.mda_engine import FpEngine, TriggerMismatchError
+from uafp_gui.acquisition.mda_engine import FpEngine
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
 from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.acquisition.sequence import frame_events
-from uafp_gui.devices.interfaces import CameraTimeoutError
-from uafp_gui.errors import ConfigError
+from uafp_gui.errors import CameraTimeoutError, ConfigError, TriggerMismatchError
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
-from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera
 
-SETTINGS = replace(PRESETS["misaligned"], frame_size=64, seed=5)
-MICROSCOPE = MicroscopeDescription.from_simulation(SETTINGS)
+SETTINGS, MICROSCOPE = ACQUISITION_SIMULATION, ACQUISITION_MICROSCOPE
 PLAN_5X5 = AcquisitionPlan(square_size=5, brightfield_exposure_ms=2.0)
 WIRINGS = ("closed_loop", "strobe")
 
@@ -177,10 +173,8 @@ def test_missed_trigger_in_the_closed_loop_stalls_and_is_reported(tmp_path):
     acquisition = Acquisition(
         core, leds, PLAN_5X5.replace(hardware_triggered=True), out, MICROSCOPE, camera_timeout_s=0.3
     )
-    started = time.perf_counter()
-    with pytest.raises(CameraTimeoutError) as raised:
+    with pytest.raises(CameraTimeoutError) as raised:  # a hang would end in pytest-timeout
         acquisition.run_to_end()
-    assert time.perf_counter() - started < 5
     message = str(raised.value)
     assert "delivered 8 of 25 frames" in message and "step 7 of 25" in message
     assert "did not reach the array's trigger input (D2) after frame 7" in message
@@ -248,8 +242,8 @@ def test_real_firmware_in_simavr_steps_through_the_plan(tmp_path):
     require_toolchain()
     variant = FirmwareVariant()  # 16x16 serpentine WS2812B, 10 mm pitch
     board = SimulatedBoard(build_firmware(variant), variant, tmp_path / "ttyLED")
-    settings = replace(
-        SETTINGS, frame_size=32, led_array_shape=(16, 16), led_on_axis=(7.5, 7.5), led_pitch_mm=10.0,
+    settings = SETTINGS.replace(
+        frame_size=32, led_array_shape=(16, 16), led_on_axis=(7.5, 7.5), led_pitch_mm=10.0,
         led_height_mm=120.0,
     )  # fmt: skip
     microscope = MicroscopeDescription.from_simulation(settings)

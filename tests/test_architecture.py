@@ -34,6 +34,13 @@ def test_pyproject_declares_the_layering_contracts():
         assert layer in qt["source_modules"], layer
     pure = [c for c in contracts.values() if "uafp_gui.devices" in c.get("forbidden_modules", [])]
     assert pure and {"uafp_gui.physics", "uafp_gui.recon"} <= set(pure[0]["source_modules"])
+    layers = [c for c in contracts.values() if c["type"] == "layers"]
+    assert len(layers) == 1
+    floors = [layer.replace("(", "").replace(")", "") for layer in layers[0]["layers"]]
+    order = ["uafp_gui.gui", "uafp_gui.session", "uafp_gui.acquisition", "uafp_gui.devices", "uafp_gui.recon",
+             "uafp_gui.physics", "uafp_gui.io", "uafp_gui.errors"]
+    where = [next(i for i, floor in enumerate(floors) if name in floor.split(" | ")) for name in order]
+    assert where == sorted(where) and len(set(where)) == len(where), floors
 
 
 def test_import_linter_contracts_are_kept():
@@ -55,6 +62,7 @@ def test_import_linter_contracts_are_kept():
     assert "0 broken" in report and "BROKEN" not in report
 
 
+@pytest.mark.slow  # a subprocess importing every headless layer: the slow lane
 def test_headless_layers_load_no_qt_at_run_time():
     """What the contract checks statically, checked by importing the headless entry points."""
     code = (
@@ -106,3 +114,33 @@ def test_production_code_never_imports_the_simulated_hardware():
     assert {"uafp_gui.devices", "uafp_gui.acquisition", "uafp_gui.io", "uafp_gui.physics", "uafp_gui.recon"} <= set(
         simulated[0]["source_modules"]
     )
+
+
+# The count of `Any` in the package before the redesign of issue 13 (b47db86; import lines not counted).
+# New code is typed: the count may only fall (lower this bound when it does).
+ANY_BEFORE_ISSUE_13 = 195
+
+
+def test_no_new_any():
+    import re
+
+    count = 0
+    for path in (REPO_ROOT / "uafp_gui").rglob("*.py"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.lstrip().startswith(("from ", "import ")):
+                count += len(re.findall(r"\bAny\b", line))
+    assert count <= ANY_BEFORE_ISSUE_13, f"{count} uses of Any (at most {ANY_BEFORE_ISSUE_13}): type the new code"
+
+
+@pytest.mark.slow  # mypy over the package takes 30-90 s here
+def test_mypy_passes_at_the_configured_level():
+    """mypy with pyproject.toml's [tool.mypy] (the level and the modules not yet passing are stated there)."""
+    pytest.importorskip("mypy")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", os.devnull],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-2000:]

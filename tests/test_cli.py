@@ -464,3 +464,17 @@ def test_corrupt_inputs_through_python_dash_m(tmp_path):
         assert len(lines) == 1, completed.stderr
         assert lines[0].startswith("uafp reconstruct: error: ") and fragment in lines[0]
         assert completed.stdout == ""
+
+
+def test_only_the_cli_words_an_acquisition_failure_as_resume(tmp_path):
+    """The engine's error carries what is saved; the CLI says --resume, the GUI says it in its own words."""
+    from uafp_gui.cli import error_line
+    from uafp_gui.errors import CameraTimeoutError, ConfigError
+
+    out = tmp_path / "run.tif"
+    error = CameraTimeoutError("no frame. Acquisition stopped: 4 of 25 frames are saved", path=out, frames_saved=4)
+    assert error.resumable and "--resume" not in str(error)
+    assert error_line("acquire", error).endswith("run the same command with --resume to acquire the rest")
+    assert f"uafp acquire --out {out}` with --resume" in error_line("reconstruct", error)
+    assert error_line("acquire", ConfigError("bad")) == "bad"
+    assert not CameraTimeoutError("x", path=out, frames_saved=0).resumable

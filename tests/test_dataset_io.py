@@ -17,18 +17,11 @@ import pytest
 import tifffile
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io import dataset as dataset_module
-from uafp_gui.io.dataset import (
-    Dataset,
-    DatasetMeta,
-    DatasetWriter,
-    FrameSpec,
-    Glass,
-    PartialDatasetWarning,
-    read_dataset,
-    read_dataset_meta,
-    write_dataset,
-)
+from uafp_gui.io import writer as writer_module
+from uafp_gui.io.dataset import Dataset, PartialDatasetWarning, read_dataset, read_dataset_meta
+from uafp_gui.io.schema import DatasetMeta, FrameSpec, Glass
+from uafp_gui.io.writer import DatasetWriter, write_dataset
+from uafp_gui.model import Optics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +46,8 @@ def make_meta(frame_count: int = 6, **changes) -> DatasetMeta:
         sample="test target",
     )
     fields.update(changes)
-    return DatasetMeta(**fields)
+    optics, rest = Optics.split(fields)
+    return DatasetMeta(optics=Optics(**optics), **rest)
 
 
 def make_frames(frame_count: int = 6, shape=(12, 10), dtype=np.uint16) -> np.ndarray:
@@ -194,7 +188,7 @@ def test_file_is_a_plain_stack_for_other_readers(tmp_path):
 
 
 def test_bigtiff_used_when_planned_size_is_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset_module, "CLASSIC_TIFF_LIMIT_BYTES", 100)
+    monkeypatch.setattr(writer_module, "CLASSIC_TIFF_LIMIT_BYTES", 100)
     frames = make_frames(3)
     write_dataset(tmp_path / "big.tif", make_meta(3), frames)
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
@@ -332,6 +326,7 @@ def test_not_a_tiff(tmp_path):
         read_dataset(tmp_path / "missing.tif")
 
 
+@pytest.mark.slow  # reads every truncation of a file: the slow lane
 def test_every_truncation_reads_the_intact_prefix(tmp_path):
     """Cut a written file at every byte: it either opens with the first k frames or says so."""
     meta = make_meta(4)
@@ -429,10 +424,12 @@ _CHILD = """
 import sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-from uafp_gui.io.dataset import DatasetMeta, DatasetWriter, FrameSpec
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
+from uafp_gui.io.writer import DatasetWriter
+from uafp_gui.model import Optics
 meta = DatasetMeta(
-    wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,
-    led_pitch_mm=4.0, led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0),
+    optics=Optics(wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,
+                  led_pitch_mm=4.0, led_height_mm=90.0, led_array_shape=(32, 32), led_on_axis=(15.5, 16.0)),
     frames=tuple(FrameSpec(((k // 32, k % 32),), 10.0) for k in range(1000)),
 )
 with DatasetWriter({path!r}, meta) as writer:

@@ -69,6 +69,7 @@ def test_uafp_gui_without_display_exits_with_one_line():
     assert len(lines) == 1 and "DISPLAY is not set" in lines[0], out.stderr
 
 
+@pytest.mark.slow  # four CLI subprocesses: the slow lane
 def test_cli_path_errors_come_before_torch_loads(tmp_path):
     """An argument or path error never waits for torch (the figures: benchmarks/bench_startup.py)."""
     code = (
@@ -99,6 +100,7 @@ def test_gui_window_needs_no_torch_before_it_shows(qtbot, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="Xvfb not installed (.ci/run installs it)")
+@pytest.mark.slow  # end to end: the app on an X server: the slow lane
 def test_app_starts_under_xvfb_and_draws_its_window(tmp_path):
     """The README's command 1 on an X server: the window appears and is not blank (a screenshot)."""
     shot = tmp_path / "first_window.png"
@@ -119,6 +121,7 @@ def test_app_starts_under_xvfb_and_draws_its_window(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith(LINUX), reason="POSIX signals")
+@pytest.mark.slow  # end to end: the app in a subprocess: the slow lane
 def test_ctrl_c_closes_the_app_without_a_traceback(tmp_path):
     """Ctrl-C (SIGINT) in the terminal that started `uafp-gui` closes the window as its close button
     does and exits 0, instead of a KeyboardInterrupt traceback (or no reaction) inside Qt's loop."""

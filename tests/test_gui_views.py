@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import GUI_SIMULATION
 
 pytest.importorskip("pytestqt")
 pytest.importorskip("PySide6")
@@ -17,9 +18,8 @@ from PySide6.QtCore import QSettings  # noqa: E402
 
 from uafp_gui.gui.dialogs import shown_errors  # noqa: E402
 from uafp_gui.gui.main_window import MainWindow  # noqa: E402
-from uafp_gui.simulate import PRESETS  # noqa: E402
 
-SIMULATION = replace(PRESETS["misaligned"], frame_size=64)
+SIMULATION = GUI_SIMULATION
 
 
 @pytest.fixture
@@ -84,6 +84,7 @@ def test_stop_during_the_start_fit_leaves_a_truthful_state(window, qtbot, tmp_pa
     assert "no reconstruction yet" in shown_errors[0].text()
 
 
+@pytest.mark.slow  # a reconstruction in the GUI: the slow lane
 def test_progress_then_finished_with_iteration_total(window, qtbot, tmp_path):
     open_dataset(window, qtbot, acquire(tmp_path / "run.tif"))
     panel = window.recon_panel
@@ -96,6 +97,7 @@ def test_progress_then_finished_with_iteration_total(window, qtbot, tmp_path):
     assert panel.start_button.text() == "Continue" and "-0.00" not in panel.status.text()
 
 
+@pytest.mark.slow  # a reconstruction in the GUI: the slow lane
 def test_open_dataset_clears_the_previous_reconstruction(window, qtbot, tmp_path):
     open_dataset(window, qtbot, acquire(tmp_path / "first.tif"))
     panel = window.recon_panel
@@ -145,3 +147,30 @@ def test_open_result_shows_its_leds_and_geometry_at_the_led_maps_scale(window, q
     assert window.acquisition_panel.thumbnails.count() == 0
     assert "result folder" in window.live_view.info.text()
     assert not shown_errors
+
+
+def test_the_gui_words_an_acquisition_failure_without_the_clis_resume(qtbot, tmp_path):
+    from uafp_gui.errors import LedArrayFailure
+    from uafp_gui.gui.dialogs import show_error
+
+    error = LedArrayFailure("lost. Acquisition stopped: 6 of 25 frames are saved", path=tmp_path / "r.tif",
+                            frames_saved=6, frames_total=25)
+    box = show_error(None, "Acquisition failed", error)
+    try:
+        assert "File > Open" in box.text() and "--resume" not in box.text()
+    finally:
+        box.close()
+
+
+def test_hardware_microscope_takes_the_led_arrays_shape(window):
+    """With hardware, the Devices panel describes the microscope and the connected array sets its shape."""
+    from types import SimpleNamespace
+
+    window.device_microscope = None
+    window.led_array = SimpleNamespace(shape=(8, 9))
+    try:
+        microscope = window.microscope()
+    finally:
+        window.led_array = None
+    assert microscope.led_array_shape == (8, 9)
+    assert microscope.wavelength_um == window.devices_panel.microscope().wavelength_um

@@ -9,15 +9,8 @@ import time
 import pytest
 
 from uafp_gui.cli import main as uafp_main
-from uafp_gui.devices.interfaces import (
-    LedArray,
-    LedArrayCommandError,
-    LedArrayDisconnected,
-    LedArrayError,
-    LedArrayTimeout,
-    Orientation,
-)
-from uafp_gui.errors import DeviceError
+from uafp_gui.devices.interfaces import LedArray, Orientation
+from uafp_gui.errors import DeviceError, LedArrayCommandError, LedArrayDisconnected, LedArrayError, LedArrayTimeout
 from uafp_gui.simulated.firmware import IlluminateFirmwareModel
 from uafp_gui.simulated.led_array import SimulatedLedArray
 
@@ -102,7 +95,7 @@ def test_fail_after_then_timeout_is_a_device_error() -> None:
     with pytest.raises(LedArrayTimeout, match="no complete reply") as raised:
         leds.light([(0, 2)])
     assert isinstance(raised.value, DeviceError)
-    assert 0.09 < time.monotonic() - start < 1.0
+    assert time.monotonic() - start > 0.09  # the timeout was waited out (a hang: pytest-timeout)
     assert leds.lit == {(0, 1)}
     leds.recover()
     leds.light([(0, 3)])

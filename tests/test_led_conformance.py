@@ -264,6 +264,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("line", MALFORMED, ids=[repr(m[:20]) for m in MALFORMED])
+@pytest.mark.slow  # many firmware round trips: the slow lane
 def test_malformed_lines_answer_error_and_change_nothing(endpoint: Endpoint, line: bytes) -> None:
     endpoint.ok("l.7.9")
     before_frames = endpoint.frame()

@@ -21,7 +21,8 @@ from uafp_gui.devices.illuminate import (
     find_led_array_port,
 )
 from uafp_gui.devices.illuminate_connection import IlluminateConnection
-from uafp_gui.devices.interfaces import LedArrayDisconnected, LedArrayNotFound, Orientation
+from uafp_gui.devices.interfaces import Orientation
+from uafp_gui.errors import LedArrayDisconnected, LedArrayNotFound
 
 VARIANT = FirmwareVariant()
 CYCLES_PER_US = 16
@@ -53,6 +54,7 @@ def fuzz_bytes(count: int, seed: int) -> bytes:
     return bytes(out[:count])
 
 
+@pytest.mark.slow  # fuzzing the simulated board: the slow lane
 def test_fuzz_then_about_still_answers(board: SimulatedBoard) -> None:
     connection = IlluminateConnection(board.port, timeout_s=5.0, boot_timeout_s=10.0)
     connection.open()

@@ -77,6 +77,7 @@ def test_fp_acquisition_runs_as_an_mda_sequence_into_a_valid_dataset(core, tmp_p
         assert np.corrcoef(frame.ravel(), expected.ravel())[0, 1] > 0.95
 
 
+@pytest.mark.slow  # end to end: import and reconstruct: the slow lane
 def test_pymmcore_plus_ome_tiff_is_imported_and_reconstructed(core, tmp_path, capsys):
     """pymmcore-plus's own writer (core.mda.run(..., output="x.ome.tif"), ome-writers) stores the
     sequence; the import takes frames, LED patterns and optics from it, and it reconstructs."""

@@ -9,23 +9,28 @@ import numpy as np
 import pytest
 import yaml
 
-from uafp_gui.io.dataset import DatasetMeta, FrameSpec, write_dataset
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.napari_reader import get_reader
-from uafp_gui.io.result import Calibration, LedGeometry, write_result
+from uafp_gui.io.result import write_result
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
+from uafp_gui.io.writer import write_dataset
+from uafp_gui.model import LedGeometry, Optics
 
 MANIFEST = Path(__file__).resolve().parents[1] / "uafp_gui" / "napari.yaml"
 
 
 def small_dataset(path: Path) -> Path:
     meta = DatasetMeta(
-        wavelength_um=0.53,
-        objective_na=0.1,
-        magnification=4.0,
-        camera_pixel_um=3.2,
-        led_pitch_mm=4.0,
-        led_height_mm=80.0,
-        led_array_shape=(5, 5),
-        led_on_axis=(2, 2),
+        optics=Optics(
+            wavelength_um=0.53,
+            objective_na=0.1,
+            magnification=4.0,
+            camera_pixel_um=3.2,
+            led_pitch_mm=4.0,
+            led_height_mm=80.0,
+            led_array_shape=(5, 5),
+            led_on_axis=(2, 2),
+        ),
         frames=tuple(FrameSpec(leds=((2, c),), exposure_ms=5.0 + c) for c in range(3)),
     )
     frames = np.arange(3 * 8 * 10, dtype=np.uint16).reshape(3, 8, 10)

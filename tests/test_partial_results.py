@@ -1,7 +1,7 @@
 """Never lose a result: whatever ends a UA-FP run, the last good state is a complete, readable
 result folder whose calibration.json says whether it is partial and why.
 
-Endings pinned here: a cancel mid-run (the GUI's Stop and quit go through `ReconJob`), a loss that
+Endings pinned here: a cancel mid-run (the GUI's Stop and quit go through `LiveReconstruction`), a loss that
 keeps turning NaN, an engine exception, an estimate pushed against its physical bounds (the LED
 height can never reach zero), Ctrl-C and SIGTERM to the `uafp reconstruct` process.
 """
@@ -16,35 +16,23 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from factories import TINY_SETTINGS, dataset_of
 
 from uafp_gui.cli.reconstruct import run_keeping_the_last_good_state
 from uafp_gui.errors import ReconstructionError
-from uafp_gui.gui.jobs import ReconJob, autosave_folder_for
-from uafp_gui.io.dataset import Dataset
 from uafp_gui.io.result import read_result
-from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
-from uafp_gui.simulate import PRESETS, simulate, write_simulation
+from uafp_gui.recon.uafp import UafpReconstruction
+from uafp_gui.session.reconstruction import LiveReconstruction, autosave_folder_for
+from uafp_gui.simulate import write_simulation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CASE = replace(PRESETS["misaligned"], frame_size=48, led_grid=5)
-TINY_SETTINGS = UafpSettings(upsample=2, iterations=12, batch_size=8, device="cpu", preview_size=32)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return simulate(TINY_CASE, device="cpu")
-
-
-def dataset_of(simulation) -> Dataset:
-    return Dataset(meta=simulation.meta, frames=simulation.frames)
 
 
 def assert_complete_partial_result(folder: Path, reason: str, iterations: int | None = None) -> dict:
@@ -60,6 +48,7 @@ def assert_complete_partial_result(folder: Path, reason: str, iterations: int | 
     return calibration
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_a_completed_run_says_it_is_not_partial(tiny):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(iterations=2))
     updates = list(recon.run())
@@ -69,8 +58,8 @@ def test_a_completed_run_says_it_is_not_partial(tiny):
 
 
 def test_cancel_mid_run_autosaves_a_complete_partial_result(tiny, tmp_path):
-    """The GUI's Stop (and quit, which stops the worker) end `ReconJob.run`: the state is written."""
-    job = ReconJob(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
+    """The GUI's Stop (and quit, which stops the worker) end `LiveReconstruction.run`: the state is written."""
+    job = LiveReconstruction(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
     job.autosave_folder = tmp_path / "autosave"
     seen = []
     for update in job.run():
@@ -88,7 +77,7 @@ def test_cancel_mid_run_autosaves_a_complete_partial_result(tiny, tmp_path):
 
 def test_closing_the_run_generator_still_saves(tiny, tmp_path):
     """Quit while the worker is suspended between updates: the generator is closed, the state still saved."""
-    job = ReconJob(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
+    job = LiveReconstruction(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
     job.autosave_folder = tmp_path / "quit"
     run = job.run()
     next(run)
@@ -120,6 +109,7 @@ def _poison(recon: UafpReconstruction, monkeypatch, after_iteration: int, how) -
     monkeypatch.setattr(recon, "loss", loss)
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_a_loss_that_keeps_turning_nan_ends_the_run_with_the_last_good_state(tiny, tmp_path, monkeypatch):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(iterations=30))
     list(recon.run(3))
@@ -166,6 +156,7 @@ def test_an_engine_exception_is_rolled_back_and_reported_as_the_engines(tiny, tm
     assert "RuntimeError: CUDA error" in calibration["stop_detail"]
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_the_led_height_cannot_leave_its_physical_range(tiny, tmp_path):
     """Steps of 10 m on the height: the estimate stays in (0.5, 2) x the dataset's height, the result saves."""
     settings = TINY_SETTINGS.replace(iterations=6, lr_height_mm=1e4, geometry_start_fraction=0.0, warmup_iterations=0)
@@ -205,6 +196,7 @@ def test_keyboard_interrupt_mid_iteration_restores_the_last_good_state(tiny, tmp
 
 
 @pytest.mark.parametrize("sig, code, how", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+@pytest.mark.slow  # end to end: a CLI run in a subprocess: the slow lane
 def test_a_signal_to_the_cli_leaves_a_complete_partial_result(tiny, tmp_path, sig, code, how):
     dataset_path = tmp_path / "tiny.tif"
     write_simulation(tiny, dataset_path)

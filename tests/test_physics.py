@@ -15,14 +15,11 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from uafp_gui.io.dataset import Dataset, DatasetMeta
+from uafp_gui.io.dataset import Dataset
+from uafp_gui.io.schema import DatasetMeta
+from uafp_gui.model import led_positions_mm
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, spectrum_of
-from uafp_gui.physics.geometry import (
-    illumination_frequencies,
-    illumination_sines,
-    misaligned_positions_mm,
-    nominal_led_positions_mm,
-)
+from uafp_gui.physics.geometry import illumination_frequencies, illumination_sines
 from uafp_gui.physics.zernike import (
     MAX_NOLL_INDEX,
     defocus_um_from_z4,
@@ -196,25 +193,28 @@ def test_tile_centre_enters_with_the_spec_sign():
 
 def test_misalignment_rotates_then_shifts_per_spec():
     rows_cols = torch.tensor([[16.0, 19.0], [14.0, 16.0], [20.5, 11.0]], dtype=torch.float64)
-    nominal = nominal_led_positions_mm(rows_cols, (15.5, 16.0), PITCH_MM).numpy()
+    nominal = led_positions_mm(rows_cols, (15.5, 16.0), PITCH_MM).numpy()
     assert nominal == pytest.approx(np.array([[12.0, 2.0], [0.0, -6.0], [-20.0, 20.0]]))
+    assert led_positions_mm(rows_cols.numpy(), (15.5, 16.0), PITCH_MM) == pytest.approx(nominal)  # numpy too
     theta_deg, sx, sy = 2.5, 1.2, -0.8
-    moved = misaligned_positions_mm(
-        torch.as_tensor(nominal),
-        torch.tensor(sx, dtype=torch.float64),
-        torch.tensor(sy, dtype=torch.float64),
-        torch.tensor(theta_deg, dtype=torch.float64),
+    moved = led_positions_mm(
+        rows_cols,
+        (15.5, 16.0),
+        PITCH_MM,
+        shift_x_mm=torch.tensor(sx, dtype=torch.float64),
+        shift_y_mm=torch.tensor(sy, dtype=torch.float64),
+        rotation_deg=torch.tensor(theta_deg, dtype=torch.float64),
     ).numpy()
     t = math.radians(theta_deg)
     x, y = nominal[:, 0], nominal[:, 1]
     expected = np.stack([x * math.cos(t) - y * math.sin(t) + sx, x * math.sin(t) + y * math.cos(t) + sy], -1)
     assert moved == pytest.approx(expected, abs=1e-12)
     # +90 degrees takes +x to +y (counter-clockwise in image axes as the formula defines it).
-    quarter = misaligned_positions_mm(
-        torch.tensor([[1.0, 0.0]], dtype=torch.float64),
-        torch.tensor(0.0),
-        torch.tensor(0.0),
-        torch.tensor(90.0, dtype=torch.float64),
+    quarter = led_positions_mm(
+        torch.tensor([[15.5, 16.0 + 1 / PITCH_MM]], dtype=torch.float64),  # nominal [X, Y] = [1, 0]
+        (15.5, 16.0),
+        PITCH_MM,
+        rotation_deg=torch.tensor(90.0, dtype=torch.float64),
     ).numpy()[0]
     assert quarter == pytest.approx([0.0, 1.0], abs=1e-12)
 
@@ -566,7 +566,7 @@ def snell_sine(rho_mm: float, height_mm: float, thickness_mm: float, index: floa
 @pytest.mark.parametrize("thickness_mm, index", [(1.0, 1.52), (5.0, 1.8)])
 def test_glass_refraction_obeys_snells_law(thickness_mm, index):
     rows_cols = torch.tensor([[16.0, 17.0], [9.0, 24.0], [2.0, 2.0], [16.0, 16.0]], dtype=torch.float64)
-    positions = nominal_led_positions_mm(rows_cols, (15.5, 16.0), PITCH_MM)
+    positions = led_positions_mm(rows_cols, (15.5, 16.0), PITCH_MM)
     height = torch.tensor(60.0, dtype=torch.float64)
     with_glass = illumination_sines(positions, height, (0.0, 0.0), thickness_mm, index).numpy()
     without = illumination_sines(positions, height).numpy()

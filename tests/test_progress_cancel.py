@@ -25,6 +25,7 @@ def small_misaligned():
     return _Dataset(simulate(replace(PRESETS["misaligned"], frame_size=64, led_grid=7, upsample=2)))
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_start_search_reports_progress_and_stops_between_probes(small_misaligned):
     # residual threshold 0: the search runs on this small simulation, 5 probes at most
     settings = UafpSettings(upsample=2, iterations=2, start_search_residual_px=0.0, start_search_evaluations=5)

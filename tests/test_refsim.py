@@ -18,8 +18,9 @@ import torch
 from scipy import ndimage
 
 from uafp_gui.io.dataset import read_dataset
-from uafp_gui.io.result import LedGeometry, read_result
+from uafp_gui.io.result import read_result
 from uafp_gui.metrics import resample_to
+from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, spectrum_of
 from uafp_gui.physics.zernike import zernike as engine_zernike
 
@@ -45,6 +46,7 @@ def test_reference_zernikes_match_hand_computed_values():
         assert float(refsim.zernike_noll(j, rho, phi)) == pytest.approx(value, abs=1e-6), j
 
 
+@pytest.mark.slow  # numerical: the slow lane
 def test_reference_zernikes_are_orthonormal_and_agree_with_the_engine():
     grid = (np.arange(400) + 0.5) / 200 - 1
     y, x = np.meshgrid(grid, grid, indexing="ij")

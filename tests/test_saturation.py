@@ -14,7 +14,7 @@ import pytest
 from uafp_gui.acquisition.events import AcquisitionFinished, FrameAcquired
 from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
 from uafp_gui.acquisition.runner import Acquisition
-from uafp_gui.gui.jobs import SATURATED_RGB, frame_preview, frame_thumbnail
+from uafp_gui.gui.previews import SATURATED_RGB, frame_preview, frame_thumbnail
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope
 
@@ -124,6 +124,7 @@ def test_the_twin_datasets_differ_only_by_clipping(twins):
 
 
 @pytest.mark.parametrize("method", ["uafp", "classic"])
+@pytest.mark.slow  # numerical run: the slow lane
 def test_clipped_pixels_are_left_out_of_the_data_term(twins, method):
     """The same electrons read by a clipping and a non-clipping camera. With the mask every clipped pixel
     is left out as a measurement (kept only as a lower bound), the misfit over the usable pixels is

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uafp_gui.devices.interfaces import LedArrayError
 from uafp_gui.devices.micromanager import camera_bit_depth, camera_offset, load_config_core
 from uafp_gui.devices.mm_led import format_pattern, parse_pattern
-from uafp_gui.errors import ConfigError, DeviceError
+from uafp_gui.errors import ConfigError, DeviceError, LedArrayError
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.camera import FpRenderer
 from uafp_gui.simulated.led_array import SimulatedLedArray

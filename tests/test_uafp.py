@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from factories import TINY_CASE, TINY_SETTINGS, dataset_of
 
 from uafp_gui.cli import main
 from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.dataset import Dataset
-from uafp_gui.io.result import Calibration, LedGeometry, read_result
+from uafp_gui.io.result import read_result
 from uafp_gui.metrics import lowpass, score
+from uafp_gui.model import LedGeometry
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
 from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, search_start_geometry
 from uafp_gui.recon.uafp import ReconstructionUpdate, UafpReconstruction, UafpSettings, reconstruct_dataset
@@ -41,9 +44,6 @@ HEIGHT_TOLERANCE_MM = 1.0  # worst measured 0.39 (of a 4 mm error)
 ZERNIKE_TOLERANCE_RAD = 0.05  # worst measured 0.017 over Z4..Z7 (truth 1.5, 0.5, -0.4, 0.3)
 PSNR_MARGIN_OVER_CLASSIC_DB = 6.0  # measured 10.2 and 10.5 dB
 
-# Small, fast case for the engine's mechanics.
-TINY_CASE = replace(PRESETS["misaligned"], frame_size=48, led_grid=5)
-TINY_SETTINGS = UafpSettings(upsample=2, iterations=12, batch_size=8, device="cpu", preview_size=32)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -52,15 +52,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def misaligned():
     return simulate(CALIBRATION_CASE, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return simulate(TINY_CASE, device="cpu")
-
-
-def dataset_of(simulation) -> Dataset:
-    return Dataset(meta=simulation.meta, frames=simulation.frames)
 
 
 def band_limited_truth(simulation) -> np.ndarray:
@@ -214,6 +205,7 @@ def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny)
     assert forced.start_search is search
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_start_search_on_large_frames_probes_their_centred_crop(tiny, monkeypatch):
     """Frames larger than `start_search_crop_px`: the probes reconstruct the centred crops (a fraction of
     the cost), from the full reconstruction's scale and system, and the answer goes to the full one."""
@@ -244,6 +236,7 @@ def test_start_search_on_large_frames_probes_their_centred_crop(tiny, monkeypatc
 # ------------------------------------------------------------------------------------ streaming
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_streaming_frames_in_chunks_gives_small_immutable_updates(tiny):
     n = len(tiny.meta.frames)
     chunks = [(0, 9), (9, 17), (17, n)]  # acquisition (spiral) order: bright field first
@@ -289,6 +282,7 @@ def test_streaming_frames_in_chunks_gives_small_immutable_updates(tiny):
     assert shift < 0.6 and rotation < 1.25  # calibrated while streaming (measured 0.2-0.35 mm, 0.7-0.8 deg)
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_frames_added_while_running_are_taken_at_the_next_iteration(tiny):
     """The acquisition thread calls add_frames while the solver iterates."""
     n = len(tiny.meta.frames)
@@ -371,6 +365,7 @@ def test_stop_acts_between_mini_batches_and_keeps_the_last_whole_iteration(tiny,
     assert [u.iteration for u in recon.run(1)] == [3]
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_a_run_stops_converged_when_the_misfit_stops_improving(tiny):
     """The iteration count is a cap: the run ends `converged` (a complete result) once the misfit gains
     less than the tolerance per iteration, never before every frame is in and the geometry has joined."""
@@ -397,6 +392,7 @@ def test_a_run_stops_converged_when_the_misfit_stops_improving(tiny):
     assert capped.iteration == settings.iterations and capped.stop_reason == "completed"
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_resume_from_saved_state_continues_like_an_uninterrupted_run(tiny, tmp_path):
     uninterrupted = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
     run_all(uninterrupted, 4)
@@ -559,6 +555,7 @@ def test_too_few_object_pixels_for_the_outer_leds_is_a_config_error(tiny):
 # -------------------------------------------------------------------------------------- devices
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_cpu_device_runs_on_the_cpu(tiny):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(device="cpu", iterations=2))
     run_all(recon)
@@ -586,6 +583,7 @@ def test_cuda_run_matches_the_cpu_run(tiny):
 # ------------------------------------------------------------------------------------------ CLI
 
 
+@pytest.mark.slow  # end to end through the CLI: the slow lane
 def test_cli_reconstruct_writes_the_result_folder(tiny, tmp_path, capsys):
     dataset_path = tmp_path / "tiny.tif"
     write_simulation(tiny, dataset_path)
@@ -618,6 +616,7 @@ def test_rotation_step_moves_the_outermost_led_as_far_as_the_shift_step(tiny):
     assert fixed.rotation_step_deg() == 0.02
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_geometry_newton_steps_follow_the_geometry_join(tiny):
     settings = TINY_SETTINGS.replace(
         iterations=20, geometry_newton_steps=4, geometry_newton_every=2, polish_steps=1, convergence_window=0

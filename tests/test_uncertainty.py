@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from factories import TINY_CASE, dataset_of
+from factories import TINY_SETTINGS as BASE_TINY_SETTINGS
 
 from uafp_gui.cli import main
-from uafp_gui.io.dataset import Dataset
 from uafp_gui.io.result import read_result
 from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
 from uafp_gui.recon.uncertainty import GEOMETRY, INFLATION, calibration_uncertainty, format_value
@@ -19,22 +20,10 @@ from uafp_gui.simulate import PRESETS, simulate, write_simulation
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY_CASE = replace(PRESETS["misaligned"], frame_size=48, led_grid=5)
 # The error-bar machinery on a short run, without the Gauss-Newton steps (which move the state toward the
 # optimum and so shrink the distance-to-optimum term): their coverage with the engine's defaults is
 # measured across reference-simulator draws by benchmarks/bench_robustness.py.
-TINY_SETTINGS = UafpSettings(
-    upsample=2, iterations=12, batch_size=8, device="cpu", preview_size=32, polish_steps=0, geometry_newton_steps=0
-)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return simulate(TINY_CASE, device="cpu")
-
-
-def dataset_of(simulation) -> Dataset:
-    return Dataset(meta=simulation.meta, frames=simulation.frames)
+TINY_SETTINGS = BASE_TINY_SETTINGS.replace(polish_steps=0, geometry_newton_steps=0)
 
 
 def test_a_single_on_axis_led_leaves_the_led_geometry_undetermined():
@@ -53,6 +42,7 @@ def test_a_single_on_axis_led_leaves_the_led_geometry_undetermined():
     json.dumps(fields, allow_nan=False)  # undetermined is null, never NaN, in calibration.json
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_25_leds_determine_the_geometry_far_better_than_one(tiny):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
     list(recon.run())
@@ -72,6 +62,7 @@ def test_25_leds_determine_the_geometry_far_better_than_one(tiny):
     assert gains.shape == (len(tiny.meta.frames),) and np.all(gains > 0)
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_the_gauss_newton_polish_only_keeps_steps_that_lower_the_misfit(tiny):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS)
     list(recon.run())
@@ -99,6 +90,7 @@ def test_error_bars_cover_the_truth_on_reference_simulator_draws():
     assert reported >= 0.6 * sum(len(r["parameters"]) for r in records)
 
 
+@pytest.mark.slow  # end to end through the CLI: the slow lane
 def test_cli_writes_and_prints_the_error_bars(tiny, tmp_path, capsys):
     path = tmp_path / "tiny.tif"
     write_simulation(tiny, path)
@@ -118,6 +110,7 @@ def test_cli_writes_and_prints_the_error_bars(tiny, tmp_path, capsys):
     assert read_result(out).calibration.extra["partial"] is False
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_a_gauss_newton_geometry_step_recovers_a_rotation_the_first_order_steps_leave(tmp_path):
     """Reference-simulator data (not the engine's model), 7 x 7 LEDs rotated 3 deg: with tiny rotation
     steps Adam leaves the rotation near its start; Gauss-Newton steps on the four geometry parameters

@@ -12,10 +12,8 @@ else:  # pragma: no cover - Python 3.10
     class StrEnum(str, Enum):
         """Members are their values: compare, format and serialise as plain strings."""
 
-        def __str__(self) -> str:
+        def __str__(self) -> str:  # format() already gives the value on 3.10
             return str(self.value)
-
-        __format__ = str.__format__
 
 
 __all__ = ["StrEnum"]

@@ -1,8 +1,57 @@
-"""Typed errors shared by every layer; each message says what went wrong and what to do."""
+"""Every error the project raises on purpose, in one place, from every layer.
+
+Each message says what went wrong; the structured fields (`path`, `frames_saved`, `frames_total`)
+let a front end word what to do about it in its own terms: only the CLI can say `--resume`, the
+GUI says it in its own words (`uafp_gui.cli.errors`, `uafp_gui.gui.dialogs`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "CameraTimeoutError",
+    "ConfigError",
+    "DatasetError",
+    "DeviceError",
+    "LedArrayCommandError",
+    "LedArrayDisconnected",
+    "LedArrayError",
+    "LedArrayFailure",
+    "LedArrayNotFound",
+    "LedArraySequenceError",
+    "LedArrayTimeout",
+    "ReconstructionError",
+    "TriggerMismatchError",
+    "UafpError",
+    "WriteFailure",
+]
 
 
 class UafpError(Exception):
-    """Base of every error the project raises on purpose (the CLI prints these as one line)."""
+    """Base of every error the project raises on purpose (front ends show these as one line).
+
+    `path`: the file the error is about; `frames_saved` of `frames_total`: for an acquisition that
+    stopped, how many frames are on disk in `path` (and can be completed by resuming it)."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | os.PathLike[str] | None = None,
+        frames_saved: int | None = None,
+        frames_total: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+        self.frames_saved = frames_saved
+        self.frames_total = frames_total
+
+    @property
+    def resumable(self) -> bool:
+        """An acquisition stopped with some of its frames saved in `path`: resuming it acquires the rest."""
+        return bool(self.frames_saved) and self.path is not None
 
 
 class DatasetError(UafpError):
@@ -19,3 +68,50 @@ class DeviceError(UafpError):
 
 class ReconstructionError(UafpError):
     """A reconstruction could not start or continue."""
+
+
+# ------------------------------------------------------------------------------- devices
+
+
+class CameraTimeoutError(DeviceError):
+    """The camera delivered no frame within its timeout."""
+
+
+class LedArrayError(DeviceError):
+    """The LED array failed, refused a command or cannot be reached."""
+
+
+class LedArrayTimeout(LedArrayError):
+    """The LED array did not finish its reply (`-==-`) in time."""
+
+
+class LedArrayDisconnected(LedArrayError):
+    """The serial port went away (cable pulled, board reset) or cannot be reopened."""
+
+
+class LedArrayCommandError(LedArrayError):
+    """The firmware answered a command with an `ERROR` line."""
+
+
+class LedArrayNotFound(LedArrayError):
+    """No serial port answered `about` like an LED array."""
+
+
+class LedArraySequenceError(LedArrayError):
+    """A hardware-triggered LED sequence cannot be loaded, armed or is not where it should be."""
+
+
+# --------------------------------------------------------------------------- acquisition
+
+
+class LedArrayFailure(DeviceError):
+    """The LED array failed while the acquisition was setting a frame's LEDs."""
+
+
+class TriggerMismatchError(DeviceError):
+    """A hardware-triggered sequence ended with the LED array on another step than the frame count
+    says: a trigger edge was lost (or an extra one arrived), so some frames show the wrong LED."""
+
+
+class WriteFailure(DatasetError):
+    """A frame could not be written to the dataset (disk full, file gone, ...)."""

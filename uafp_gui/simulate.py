@@ -8,21 +8,23 @@ pupil and the true calibration); `write_simulation` saves both the way `uafp sim
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from uafp_gui import __version__
 from uafp_gui.errors import ConfigError
-from uafp_gui.io.result import LedGeometry
 from uafp_gui.limits import check_simulation_size
+from uafp_gui.model import HasOptics, LedGeometry, Optics
 from uafp_gui.physics.patterns import spiral_order, square_leds
 
 if TYPE_CHECKING:
     import torch
 
+    from uafp_gui.io.schema import DatasetMeta
     from uafp_gui.physics.forward import ForwardModel
 
 # torch and the forward model load when a simulation is rendered, not when its settings are read:
@@ -30,18 +32,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class SimulationSettings:
-    """Microscope, acquisition and error model of a simulated dataset."""
+class SimulationSettings(HasOptics):
+    """Microscope, acquisition and error model of a simulated dataset.
 
+    `optics` is the nominal microscope (its fields read as `settings.wavelength_um` etc.); the
+    LED square of `led_grid` x `led_grid` is centred on the LED nearest its axis. `replace`,
+    `to_dict` and `from_dict` take the optics fields by name, flat, beside the others.
+    """
+
+    optics: Optics = field(default_factory=Optics)
     led_grid: int = 15
-    led_array_shape: tuple[int, int] = (32, 32)
-    led_on_axis: tuple[int, int] = (16, 16)
-    led_pitch_mm: float = 4.0
-    led_height_mm: float = 90.0
-    objective_na: float = 0.1
-    magnification: float = 2.0
-    camera_pixel_um: float = 3.69
-    wavelength_um: float = 0.532
     frame_size: int = 128
     upsample: int = 4
     # Hidden errors of the simulated microscope.
@@ -60,18 +60,41 @@ class SimulationSettings:
     pixel_integration: int = 2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.optics, Mapping):
+            object.__setattr__(self, "optics", Optics(**self.optics))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, flat (the optics fields beside the others), as plain JSON values."""
+        out: dict[str, Any] = self.optics.to_dict()
+        for spec in fields(self):
+            if spec.name != "optics":
+                out[spec.name] = getattr(self, spec.name)
+        out["zernike_rad"] = {str(j): v for j, v in self.zernike_rad.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimulationSettings:
+        """From `to_dict`'s flat object (unknown keys ignored)."""
+        optics, rest = Optics.split(data)
+        known = {spec.name for spec in fields(cls)} - {"optics"}
+        values = {k: v for k, v in rest.items() if k in known}
+        if "zernike_rad" in values:
+            values["zernike_rad"] = {int(j): float(v) for j, v in values["zernike_rad"].items()}
+        return cls(optics=Optics(**optics), **values)
+
     def check_limits(self) -> None:
         """Refuse, before anything is allocated, a simulation beyond the documented limits
         (uafp_gui.limits): frame size, upsample, LED grid and array, bit depth, photons."""
         check_simulation_size(
             self.frame_size, self.upsample, self.pixel_integration, self.led_grid,
-            tuple(self.led_array_shape), self.bit_depth, self.photons_per_pixel,
+            self.led_array_shape, self.bit_depth, self.photons_per_pixel,
         )
-        leds = square_leds(self.led_grid, self.led_on_axis)
+        leds = square_leds(self.led_grid, self.center_led)
         rows, cols = self.led_array_shape
         if not all(0 <= r < rows and 0 <= c < cols for r, c in (leds[0], leds[-1])):
             raise ConfigError(
-                f"--led-grid {self.led_grid} around --led-on-axis {tuple(self.led_on_axis)} reaches LEDs "
+                f"--led-grid {self.led_grid} around --led-on-axis {self.center_led} reaches LEDs "
                 f"{leds[0]} to {leds[-1]}, outside the {rows}x{cols} array (--led-array-shape): "
                 "lower --led-grid or move --led-on-axis"
             )
@@ -100,14 +123,14 @@ PRESETS: dict[str, SimulationSettings] = {
         bit_depth=12,
     ),
 }
-PRESETS["lowlight"] = replace(PRESETS["misaligned"], photons_per_pixel=300.0)
+PRESETS["lowlight"] = PRESETS["misaligned"].replace(photons_per_pixel=300.0)
 
 
 @dataclass
 class Simulation:
     """A simulated dataset and its ground truth."""
 
-    meta: object  # uafp_gui.io.dataset.DatasetMeta
+    meta: DatasetMeta
     frames: np.ndarray  # (N, H, W) uint16 camera counts
     object_truth: np.ndarray  # complex (sH, sW)
     pupil_truth: np.ndarray  # complex (H, W)
@@ -118,7 +141,7 @@ class Simulation:
 def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
     s = settings
     s.check_limits()
-    leds = spiral_order(square_leds(s.led_grid, s.led_on_axis), s.led_on_axis)
+    leds = spiral_order(square_leds(s.led_grid, s.center_led), s.center_led)
     meta = nominal_meta(s, leds)  # validates the LEDs against the array, before torch loads
 
     import torch
@@ -160,8 +183,7 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
         "software": f"uafp_gui {__version__}",
         "ground_truth": True,
         "synthetic_aperture_na": float(cutoff * s.wavelength_um),
-        "simulation": {k: v for k, v in asdict(s).items() if k != "zernike_rad"}
-        | {"zernike_rad": {str(k): v for k, v in s.zernike_rad.items()}},
+        "simulation": s.to_dict(),
     }
     return Simulation(meta, counts, obj, pupil, calibration, s)
 
@@ -169,28 +191,17 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
 def nominal_meta(settings: SimulationSettings, leds: list[tuple[int, int]]):
     """Dataset metadata of the simulated microscope as its user knows it (nominal, errors hidden):
     one frame per LED of `leds`, in that order."""
-    from uafp_gui.io.dataset import DatasetMeta
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
 
     s = settings
-    return DatasetMeta.from_dict(
-        {
-            "format": "uafp-dataset",
-            "version": 1,
-            "wavelength_um": s.wavelength_um,
-            "objective_na": s.objective_na,
-            "magnification": s.magnification,
-            "camera_pixel_um": s.camera_pixel_um,
-            "led_pitch_mm": s.led_pitch_mm,
-            "led_height_mm": s.led_height_mm,
-            "led_array_shape": list(s.led_array_shape),
-            "led_on_axis": list(s.led_on_axis),
-            "frames": [{"leds": [list(led)], "exposure_ms": s.exposure_ms} for led in leds],
-            "camera_offset": s.camera_offset,
-            "bit_depth": s.bit_depth,
-            "sample": "uafp_gui built-in test sample (resolution target and cells)",
-            "notes": "simulated by uafp simulate",
-            "software": f"uafp_gui {__version__}",
-        }
+    return DatasetMeta(
+        optics=s.optics,
+        frames=tuple(FrameSpec(leds=(led,), exposure_ms=s.exposure_ms) for led in leds),
+        camera_offset=s.camera_offset,
+        bit_depth=s.bit_depth,
+        sample="uafp_gui built-in test sample (resolution target and cells)",
+        notes="simulated by uafp simulate",
+        software=f"uafp_gui {__version__}",
     )
 
 
@@ -225,8 +236,9 @@ def truth_folder_for(dataset_path: Path) -> Path:
 
 def write_simulation(simulation: Simulation, dataset_path: Path) -> Path:
     """Write the dataset and its ground-truth result folder; return the truth folder."""
-    from uafp_gui.io.dataset import write_dataset
-    from uafp_gui.io.result import Calibration, write_result
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.result import write_result
+    from uafp_gui.io.writer import write_dataset
 
     dataset_path = Path(dataset_path)
     write_dataset(dataset_path, simulation.meta, simulation.frames)

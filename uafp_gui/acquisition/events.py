@@ -9,17 +9,39 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from uafp_gui._compat import StrEnum
+
 if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.io.dataset import DatasetMeta, FrameSpec
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
 
 __all__ = [
     "AcquisitionFinished",
+    "AcquisitionState",
+    "FinishReason",
     "AcquisitionPaused",
     "AcquisitionStarted",
     "FrameAcquired",
     "FrameMessage",
     "ProgressEvent",
 ]
+
+
+class AcquisitionState(StrEnum):
+    """Where an `Acquisition` is (`Acquisition.state`)."""
+
+    IDLE = "idle"
+    ACQUIRING = "acquiring"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class FinishReason(StrEnum):
+    """Why a run ended without an error (`AcquisitionFinished.reason`)."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -69,9 +91,9 @@ class AcquisitionPaused:
 
 @dataclass(frozen=True)
 class AcquisitionFinished:
-    """The run ended; `reason` is "completed" or "cancelled". Errors are raised instead."""
+    """The run ended, completed or cancelled (`reason`). Errors are raised instead."""
 
-    reason: str
+    reason: FinishReason
     frames_written: int
     total: int
     path: Path

@@ -20,12 +20,13 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from uafp_gui.errors import ConfigError
-from uafp_gui.physics.patterns import disk_leds, illumination_na, spiral_order, square_leds
+from uafp_gui.errors import ConfigError, DatasetError
+from uafp_gui.model import OPTICS_FIELDS, HasOptics, Optics, RowCol
+from uafp_gui.physics.patterns import disk_leds, spiral_order, square_leds
 
 __all__ = [
     "LED_SETS",
@@ -43,8 +44,7 @@ PLAN_KEY = "acquisition_plan"  # key of the plan in the dataset metadata
 LED_SETS = ("square", "disk", "list")
 ORDERS = ("spiral", "na", "as_given")
 
-RowCol = tuple[int, int]
-from uafp_gui.limits import MAX_LED_ARRAY_SIDE, MAX_PLAN_LEDS  # noqa: E402
+from uafp_gui.limits import MAX_PLAN_LEDS  # noqa: E402
 
 
 def _is_number(value: Any) -> bool:
@@ -52,84 +52,58 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class MicroscopeDescription:
-    """The microscope as it nominally is: what a dataset's metadata needs besides the frames."""
+class MicroscopeDescription(HasOptics):
+    """The microscope as it nominally is: what a dataset's metadata needs besides the frames.
 
-    wavelength_um: float = 0.532
-    objective_na: float = 0.1
-    magnification: float = 2.0
-    camera_pixel_um: float = 3.69
-    led_pitch_mm: float = 4.0
-    led_height_mm: float = 90.0
-    led_array_shape: tuple[int, int] = (32, 32)
-    led_on_axis: tuple[float, float] = (16, 16)
+    Its optics (`Optics`, read as `microscope.wavelength_um` etc.), the slide's glass and the
+    sample. Stored in the dataset's metadata as one flat object (`to_dict`, `from_dict`).
+    """
+
+    optics: Optics = field(default_factory=Optics)
     glass: dict[str, float] | None = None
     sample: str = ""
 
     def __post_init__(self) -> None:
-        for name, limit in (("wavelength_um", 100.0), ("magnification", 1e4), ("camera_pixel_um", 1e4),
-                            ("led_pitch_mm", 1e4), ("led_height_mm", 1e5)):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 < value <= limit:
-                raise ConfigError(f"{name} must be a positive number up to {limit:g} (got {value!r})")
-        if not _is_number(self.objective_na) or not 0 < self.objective_na < 1:
-            raise ConfigError(f"objective_na must be in (0, 1) (got {self.objective_na!r})")
-        shape = self.led_array_shape
-        if (
-            isinstance(shape, (str, bytes)) or not isinstance(shape, (list, tuple)) or len(shape) != 2
-            or not all(_is_number(v) and v == int(v) and 1 <= v <= MAX_LED_ARRAY_SIDE for v in shape)
-        ):
-            raise ConfigError(
-                f"led_array_shape must be two whole numbers 1 to {MAX_LED_ARRAY_SIDE} (got {str(shape)[:40]})"
-            )
-        object.__setattr__(self, "led_array_shape", (int(shape[0]), int(shape[1])))
-        axis = self.led_on_axis
-        if (
-            isinstance(axis, (str, bytes)) or not isinstance(axis, (list, tuple)) or len(axis) != 2
-            or not all(_is_number(v) and abs(v) <= 1e5 for v in axis)
-        ):
-            raise ConfigError(f"led_on_axis must be two finite numbers [row, col] (got {str(axis)[:40]})")
-        object.__setattr__(self, "led_on_axis", tuple(float(v) for v in axis))
+        if isinstance(self.optics, Mapping):
+            object.__setattr__(self, "optics", _optics(self.optics))
+        elif not isinstance(self.optics, Optics):
+            raise ConfigError(f"optics must be an Optics (got {type(self.optics).__name__})")
         if self.glass is not None and not isinstance(self.glass, dict):
             raise ConfigError(f"glass must be an object {{thickness_mm, refractive_index}} (got {self.glass!r})")
         if not isinstance(self.sample, str):
             raise ConfigError(f"sample must be a string (got {self.sample!r})")
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MicroscopeDescription:
+        """From the flat object `to_dict` writes (optics fields, `glass`, `sample`); `ConfigError`
+        names an unknown or invalid field."""
+        optics, rest = Optics.split(data)
+        unknown = set(rest) - {"glass", "sample"}
+        if unknown:
+            known = sorted((*OPTICS_FIELDS, "glass", "sample"))
+            raise ConfigError(f"unknown microscope fields {sorted(unknown)}; known: {known}")
+        return cls(optics=_optics(optics), **rest)
+
+    @classmethod
     def from_simulation(cls, settings: Any) -> MicroscopeDescription:
         """The *nominal* microscope of a simulation (its hidden errors stay hidden)."""
         return cls(
-            wavelength_um=settings.wavelength_um,
-            objective_na=settings.objective_na,
-            magnification=settings.magnification,
-            camera_pixel_um=settings.camera_pixel_um,
-            led_pitch_mm=settings.led_pitch_mm,
-            led_height_mm=settings.led_height_mm,
-            led_array_shape=tuple(settings.led_array_shape),
-            led_on_axis=tuple(settings.led_on_axis),
+            optics=settings.optics,
             sample="uafp_gui built-in test sample (resolution target and cells), simulated microscope",
         )
 
-    @property
-    def sample_pixel_um(self) -> float:
-        return self.camera_pixel_um / self.magnification
-
-    @property
-    def center_led(self) -> RowCol:
-        """The LED nearest the optical axis."""
-        return (int(round(self.led_on_axis[0])), int(round(self.led_on_axis[1])))
-
-    def illumination_na(self, led: RowCol) -> float:
-        return illumination_na(led, self.led_on_axis, self.led_pitch_mm, self.led_height_mm)
-
-    def is_brightfield(self, led: RowCol) -> bool:
-        return self.illumination_na(led) < self.objective_na
-
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["led_array_shape"] = list(self.led_array_shape)
-        out["led_on_axis"] = list(self.led_on_axis)
-        return out
+        return {**self.optics.to_dict(), "glass": self.glass, "sample": self.sample}
+
+
+def _optics(values: Mapping[str, Any]) -> Optics:
+    """`Optics` of user-given values; an invalid one is a `ConfigError` (a setting, not a file)."""
+    try:
+        return Optics(**values)
+    except DatasetError as error:
+        raise ConfigError(str(error)) from None
+    except TypeError as error:  # a field that is not an optics field
+        raise ConfigError(f"microscope: {error}") from None
 
 
 def parse_led_set(text: str) -> dict[str, Any]:
@@ -207,7 +181,7 @@ class AcquisitionPlan:
             )
         if self.led_set == "disk":
             na = self.max_illumination_na
-            if not _is_number(na) or not 0 <= na < 1:
+            if na is None or not _is_number(na) or not 0 <= na < 1:
                 raise ConfigError(f"a disk LED set needs max_illumination_na in [0, 1) (got {na!r})")
         if isinstance(self.leds, (str, bytes)) or not isinstance(self.leds, (list, tuple)):
             raise ConfigError(f"leds must be a list of [row, col] pairs (got {str(self.leds)[:40]})")
@@ -271,7 +245,7 @@ class AcquisitionPlan:
                 microscope.led_on_axis,
                 microscope.led_pitch_mm,
                 microscope.led_height_mm,
-                float(self.max_illumination_na),
+                float(self.max_illumination_na or 0.0),  # set: checked on construction
             )
             if not chosen:
                 raise ConfigError(f"no LED lies within illumination NA {self.max_illumination_na}")
@@ -311,7 +285,7 @@ class AcquisitionPlan:
         self, microscope: MicroscopeDescription, ring_exposures_ms: Mapping[int, float] | None = None
     ) -> list:
         """One `FrameSpec` per LED, in order; `ring_exposures_ms` (from metering) overrides."""
-        from uafp_gui.io.dataset import FrameSpec
+        from uafp_gui.io.schema import FrameSpec
 
         specs = []
         for led in self.led_sequence(microscope):
@@ -388,17 +362,10 @@ def dataset_meta(
     extra: Mapping[str, Any] | None = None,
 ):
     """The dataset metadata of a run of `plan` on `microscope` (the plan stored in it)."""
-    from uafp_gui.io.dataset import DatasetMeta, Glass
+    from uafp_gui.io.schema import DatasetMeta, Glass
 
     return DatasetMeta(
-        wavelength_um=microscope.wavelength_um,
-        objective_na=microscope.objective_na,
-        magnification=microscope.magnification,
-        camera_pixel_um=microscope.camera_pixel_um,
-        led_pitch_mm=microscope.led_pitch_mm,
-        led_height_mm=microscope.led_height_mm,
-        led_array_shape=microscope.led_array_shape,
-        led_on_axis=microscope.led_on_axis,
+        optics=microscope.optics,
         frames=tuple(frames),
         tile_center_um=tile_center_um,
         camera_offset=float(camera_offset),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from uafp_gui.acquisition.mda_engine import FpEngine
+from uafp_gui.acquisition.mda_engine import FpEngine, TriggerWiring
 from uafp_gui.acquisition.plan import PLAN_KEY, AcquisitionPlan, MicroscopeDescription, dataset_meta
 from uafp_gui.devices.interfaces import PreparesForRun
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL
@@ -26,7 +26,8 @@ from uafp_gui.errors import DatasetError, DeviceError, UafpError
 
 if TYPE_CHECKING:  # pragma: no cover
     from uafp_gui.devices.interfaces import LedArray
-    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = [
     "Prepared",
@@ -55,7 +56,7 @@ def check_output_path(path: Path, resume: bool) -> None:
 
 
 def default_writer_factory(path: Path, meta: DatasetMeta | None, resume: bool, overwrite: bool) -> DatasetWriter:
-    from uafp_gui.io.dataset import DatasetWriter
+    from uafp_gui.io.writer import DatasetWriter
 
     return DatasetWriter(path, meta, resume=resume, overwrite=overwrite)
 
@@ -158,7 +159,7 @@ def meter_exposures(
 def configure_triggering(engine: FpEngine, plan: AcquisitionPlan, request: RunRequest) -> None:
     """Hardware-triggered plans: check the LED array can run sequences before anything moves."""
     engine.hardware_triggered = plan.hardware_triggered
-    engine.trigger_wiring = request.trigger_wiring
+    engine.trigger_wiring = TriggerWiring(request.trigger_wiring)
     engine.led_array = request.led_array
     engine.led_device = request.led_device
     if plan.hardware_triggered:
@@ -205,7 +206,7 @@ def _prepare_resume(core: Any, engine: FpEngine, request: RunRequest) -> Prepare
     if PLAN_KEY in stored.extra:
         plan = AcquisitionPlan.from_dict(stored.extra[PLAN_KEY])
     if "microscope" in stored.extra:
-        microscope = MicroscopeDescription(**stored.extra["microscope"])
+        microscope = MicroscopeDescription.from_dict(stored.extra["microscope"])
     if plan is not None and plan.roi is not None and microscope is not None:
         apply_roi(core, plan, microscope)
     engine.frames_to_average = plan.frames_to_average if plan else 1

@@ -13,14 +13,13 @@ publisher thread; neither is waited on. The same read-only numpy array goes to t
 subscribers and the progress event: no frame is copied after the camera delivers it.
 
 Failure policy: a camera timeout, an LED array that stops answering or a write error (disk full)
-ends the run with a typed error naming the cause, what is saved and how to continue (`--resume`);
+ends the run with a typed error naming the cause and what is saved (`frames_saved`, `path`);
 every frame acquired before the failure is on disk.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -36,23 +35,26 @@ from uafp_gui.acquisition.events import (
     AcquisitionFinished,
     AcquisitionPaused,
     AcquisitionStarted,
+    AcquisitionState,
+    FinishReason,
     FrameAcquired,
     FrameMessage,
     ProgressEvent,
 )
-from uafp_gui.acquisition.mda_engine import TRIGGER_WIRINGS, FpEngine
+from uafp_gui.acquisition.mda_engine import FpEngine, camera_timeout_of, trigger_wiring_of
 from uafp_gui.acquisition.prepare import RunRequest, check_output_path, default_writer_factory, prepare
 from uafp_gui.acquisition.sequence import frame_events
-from uafp_gui.acquisition.sinks import FrameWriter, Publisher, WriteFailure
+from uafp_gui.acquisition.sinks import FrameWriter, Publisher
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL
-from uafp_gui.errors import ConfigError, DeviceError, UafpError
+from uafp_gui.errors import DeviceError, UafpError, WriteFailure
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
 
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
     from uafp_gui.devices.interfaces import LedArray
-    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = ["Acquisition", "describe_ring_exposures", "expected_duration_s", "saturation_level"]
 
@@ -202,9 +204,7 @@ class Acquisition:
         writer_factory: Callable[..., DatasetWriter] = default_writer_factory,
         trigger_wiring: str = "closed_loop",
     ) -> None:
-        if trigger_wiring not in TRIGGER_WIRINGS:
-            raise ConfigError(f"trigger_wiring must be one of {TRIGGER_WIRINGS} (got {trigger_wiring!r})")
-        self.trigger_wiring = trigger_wiring
+        self.trigger_wiring = trigger_wiring_of(trigger_wiring)
         self.core = core
         self.led_array = led_array
         self.plan = plan
@@ -214,9 +214,7 @@ class Acquisition:
         self.overwrite = bool(overwrite)
         self.led_device = led_device
         self.camera_offset = camera_offset
-        self.camera_timeout_s = float(camera_timeout_s)
-        if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
-            raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
+        self.camera_timeout_s = camera_timeout_of(camera_timeout_s)
         self.notes = notes
         self.extra_meta = dict(extra_meta or {})
         self._writer_factory = writer_factory
@@ -225,7 +223,7 @@ class Acquisition:
         self._mda: _MdaThread | None = None
         self.meta: DatasetMeta | None = None
         self.frames_written = 0
-        self.state = "idle"  # idle, acquiring, paused, finished, cancelled, failed
+        self.state = AcquisitionState.IDLE
         self.ring_exposures_ms: dict[int, float] | None = None
         self.metered_leds_per_ring = 4
         if not self.resume_existing and (plan is None or microscope is None):
@@ -284,7 +282,7 @@ class Acquisition:
         `AcquisitionPaused` when paused), then `AcquisitionFinished`. Raises `DeviceError` /
         `DatasetError` on failure after saving every frame acquired so far."""
         engine = FpEngine(self.core, camera_timeout_s=self.camera_timeout_s)
-        self.state = "acquiring"
+        self.state = AcquisitionState.ACQUIRING
         t_start = time.perf_counter()
         writer_thread: FrameWriter | None = None
         publisher: Publisher | None = None
@@ -292,7 +290,7 @@ class Acquisition:
             try:
                 prepared = prepare(self.core, engine, self._request())
             except UafpError:
-                self.state = "failed"
+                self.state = AcquisitionState.FAILED
                 raise
             self.plan, self.microscope = prepared.plan, prepared.microscope
             if prepared.ring_exposures_ms is not None:
@@ -317,10 +315,10 @@ class Acquisition:
             while True:
                 item = mda.outbox.get()
                 if item is _PAUSED:
-                    self.state = "paused"
+                    self.state = AcquisitionState.PAUSED
                     yield AcquisitionPaused(first + done, total)
                     continue
-                self.state = "acquiring"
+                self.state = AcquisitionState.ACQUIRING
                 if isinstance(item, _Ended):
                     if item.error is not None:
                         raise item.error
@@ -349,34 +347,38 @@ class Acquisition:
                 )
                 mda.taken()  # not on the way out: a failed or dropped run stops the runner first
             acquired_s = time.perf_counter() - t0
-            reason = "cancelled" if self.cancelled and done < total - first else "completed"
+            reason = FinishReason.CANCELLED if self.cancelled and done < total - first else FinishReason.COMPLETED
             self._lights_off(engine)
             writer_thread.close()
             self.frames_written = writer_thread.frames_written
             publisher.close()
-            self.state = "finished" if reason == "completed" else "cancelled"
+            self.state = AcquisitionState.FINISHED if reason is FinishReason.COMPLETED else AcquisitionState.CANCELLED
             overhead = (acquired_s * 1000 - exposure_total_ms) / done if done else None
             yield AcquisitionFinished(
                 reason, writer_thread.frames_written, total, self.out_path, time.perf_counter() - t_start, overhead,
                 tuple(sorted(saturated)), max(saturated.values(), default=0.0),
             )  # fmt: skip
         except UafpError as error:
-            self.state = "failed"
+            self.state = AcquisitionState.FAILED
             self._stop_mda(engine)
             self._lights_off(engine, quiet=True)
             saved = self._close_after_failure(writer_thread, publisher)
             if isinstance(error, WriteFailure) or writer_thread is None:
                 raise
-            planned = len(self.meta.frames) if self.meta else "?"
+            planned = len(self.meta.frames) if self.meta else None
             if not saved:
                 raise type(error)(f"{error}. Acquisition stopped before any frame was saved") from error
+            # What to do about it is the front end's to say (the CLI: --resume): `error.resumable`.
             raise type(error)(
-                f"{error}. Acquisition stopped: {saved} of {planned} frames are saved in {self.out_path}; "
-                "fix the problem and run the same command with --resume to acquire the rest"
+                f"{error}. Acquisition stopped: {saved} of {planned or '?'} frames are saved in {self.out_path}",
+                path=self.out_path,
+                frames_saved=saved,
+                frames_total=planned,
             ) from error
         finally:
-            if self.state in ("acquiring", "paused"):  # the consumer dropped the generator
-                self.state = "cancelled"
+            running = (AcquisitionState.ACQUIRING, AcquisitionState.PAUSED)
+            if self.state in running:  # the consumer dropped the generator
+                self.state = AcquisitionState.CANCELLED
                 self._stop_mda(engine)
                 self._close_after_failure(writer_thread, publisher)
             self._mda = None

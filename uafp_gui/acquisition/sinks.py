@@ -23,18 +23,14 @@ import numpy as np
 
 from uafp_gui.acquisition.events import FrameMessage
 from uafp_gui.acquisition.sequence import dataset_meta_of
-from uafp_gui.errors import ConfigError, DatasetError
+from uafp_gui.errors import ConfigError, DatasetError, WriteFailure
 
 if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.io.dataset import DatasetWriter
+    from uafp_gui.io.writer import DatasetWriter
 
-__all__ = ["DatasetSink", "FrameWriter", "Publisher", "QueueThread", "WriteFailure"]
+__all__ = ["DatasetSink", "FrameWriter", "Publisher", "QueueThread"]
 
 logger = logging.getLogger(__name__)
-
-
-class WriteFailure(DatasetError):
-    """A frame could not be written to the dataset (disk full, file gone, ...)."""
 
 
 class QueueThread:
@@ -101,12 +97,14 @@ class FrameWriter(QueueThread):
         error = self.error
         path = self.writer.path
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            what = f"the disk holding {path} is full"
-            fix = "free some space (or choose --out on another disk), then run again with --resume"
+            what = f"the disk holding {path} is full (free some space, or write to another disk)"
         else:
             what = f"writing frame {self._failed_index} to {path} failed ({error})"
-            fix = "fix the problem, then run again with --resume"
-        raise WriteFailure(f"{what}: the {self.frames_written} frames written before are kept; {fix}") from error
+        raise WriteFailure(
+            f"{what}: the {self.frames_written} frames written before are kept",
+            path=path,
+            frames_saved=self.frames_written,
+        ) from error
 
     def put(self, item: tuple[int, np.ndarray]) -> None:
         """Queue `(index, frame)`; raises the `WriteFailure` of an earlier frame."""
@@ -162,7 +160,7 @@ class DatasetSink:
         self.frames_written = 0
 
     def sequenceStarted(self, sequence: Any, *args: Any) -> None:  # noqa: N802 - pymmcore-plus signal names
-        from uafp_gui.io.dataset import DatasetWriter
+        from uafp_gui.io.writer import DatasetWriter
 
         self.error = None
         self.frames_written = 0

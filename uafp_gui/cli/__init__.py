@@ -48,6 +48,14 @@ def _warning_printer(command: str):
     return show
 
 
+def error_line(command: str, error: UafpError) -> str:
+    """The one line the CLI prints for `error`, with what to do where the CLI can do it."""
+    if not error.resumable:
+        return str(error)
+    again = "run the same command" if command == "acquire" else f"run `uafp acquire --out {error.path}`"
+    return f"{error}; fix the problem and {again} with --resume to acquire the rest"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _warning_printer(args.command)
             return int(args.func(args) or 0)
     except UafpError as error:
-        print(f"uafp {args.command}: error: {error}", file=sys.stderr)
+        print(f"uafp {args.command}: error: {error_line(args.command, error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"uafp {args.command}: interrupted", file=sys.stderr)

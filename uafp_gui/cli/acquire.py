@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def register(subparsers) -> None:
                       "to the Arduino's trigger input D2 (and, for --trigger-wiring closed_loop, the Arduino's "
                       "trigger output D5 to the camera's trigger input, camera in external-trigger mode in your "
                       "Micro-Manager config); see hardware/README.md")
-    plan.add_argument("--trigger-wiring", choices=["closed_loop", "strobe"], default=None,
+    plan.add_argument("--trigger-wiring", choices=["closed_loop", "strobe"], default=None,  # TriggerWiring
                       help="--hardware-triggered: closed_loop (default; D5 -> camera trigger in, camera strobe -> D2) "
                       "or strobe (free-running camera, strobe -> D2 only)")
 
@@ -111,28 +110,13 @@ def simulation_settings(args: argparse.Namespace, stored: dict[str, Any] | None)
     from uafp_gui.simulate import PRESETS, SimulationSettings
 
     if stored is not None:  # resume: the same hidden microscope as the interrupted run
-        data = dict(stored)
-        data["zernike_rad"] = {int(k): float(v) for k, v in data.get("zernike_rad", {}).items()}
-        for key in ("led_array_shape", "led_on_axis"):
-            data[key] = tuple(data[key])
-        known = {f.name for f in fields(SimulationSettings)}
-        return SimulationSettings(**{k: v for k, v in data.items() if k in known})
+        return SimulationSettings.from_dict(stored)
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r}: choose one of {sorted(PRESETS)}")
     settings = PRESETS[args.preset]
     if args.seed is not None:
-        from dataclasses import replace
-
-        settings = replace(settings, seed=args.seed)
+        settings = settings.replace(seed=args.seed)
     return settings
-
-
-def simulation_to_dict(settings) -> dict[str, Any]:
-    data = asdict(settings)
-    data["zernike_rad"] = {str(k): v for k, v in settings.zernike_rad.items()}
-    data["led_array_shape"] = list(settings.led_array_shape)
-    data["led_on_axis"] = list(settings.led_on_axis)
-    return data
 
 
 def build_plan(args: argparse.Namespace):
@@ -160,6 +144,7 @@ def build_plan(args: argparse.Namespace):
 
 def build_microscope(args: argparse.Namespace, led_array, simulation):
     from uafp_gui.acquisition.plan import MicroscopeDescription
+    from uafp_gui.model import OPTICS_FIELDS
 
     values: dict[str, Any] = {}
     if simulation is not None:
@@ -191,11 +176,11 @@ def build_microscope(args: argparse.Namespace, led_array, simulation):
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)
         raise ConfigError(f"describe the microscope: {flags} (or --microscope FILE.json) are required")
-    known = {f.name for f in fields(MicroscopeDescription)}
+    known = {*OPTICS_FIELDS, "glass", "sample"}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"--microscope has unknown fields {sorted(unknown)}; known: {sorted(known)}")
-    return MicroscopeDescription(**values)
+    return MicroscopeDescription.from_dict(values)
 
 
 def triggering(args: argparse.Namespace, stored_meta) -> tuple[bool, str]:
@@ -206,12 +191,36 @@ def triggering(args: argparse.Namespace, stored_meta) -> tuple[bool, str]:
     return hardware, wiring
 
 
-def open_led_array(args: argparse.Namespace, shape=None, pitch_mm=None):
-    from uafp_gui.devices.illuminate import IlluminateLedArray
+def microscope_choice(args: argparse.Namespace):
+    """The `MicroscopeChoice` the flags name: without --mm-config the simulated microscope's camera."""
     from uafp_gui.devices.interfaces import Orientation
+    from uafp_gui.session.microscope import MicroscopeChoice
 
-    orientation = Orientation(args.led_flip_rows, args.led_flip_cols, args.led_transpose)
-    return IlluminateLedArray(args.led_port, orientation=orientation, shape=shape, pitch_mm=pitch_mm)
+    return MicroscopeChoice(
+        led_port=args.led_port,
+        mm_config=args.mm_config,
+        orientation=Orientation(args.led_flip_rows, args.led_flip_cols, args.led_transpose),
+        mm_path=args.mm_path,
+        realtime=not args.sim_no_wait,
+    )
+
+
+def show_reconstruction_progress(live, progress) -> None:
+    """Show the live reconstruction's final iterations (and a start search still due then) on
+    `progress`; while frames arrive the acquisition's bar is the one shown."""
+
+    def on_phase(phase: str, done: int, total: int) -> None:
+        if not live.acquiring.is_set():
+            progress.on_phase(phase, done, total)
+
+    def on_update(update) -> None:
+        if live.acquiring.is_set():
+            return
+        if progress.bar is None or progress.phase != progress.description:
+            progress.iterations = live.run_target - live.run_first_iteration
+        progress.iteration(update)
+
+    live.on_phase, live.on_update = on_phase, on_update
 
 
 # ---------------------------------------------------------------------------------- run
@@ -227,12 +236,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {args.out}: no folder {args.out.parent}; create it or choose another --out")
     if args.mm_config is not None and not args.mm_config.is_file():
         raise ConfigError(f"--mm-config {args.mm_config} does not exist: check the path")
-    from uafp_gui.acquisition.events import AcquisitionFinished, AcquisitionPaused, AcquisitionStarted, FrameAcquired
+    from uafp_gui.acquisition.events import (
+        AcquisitionFinished,
+        AcquisitionPaused,
+        AcquisitionStarted,
+        FinishReason,
+        FrameAcquired,
+    )
+    from uafp_gui.acquisition.mda_engine import TriggerWiring
     from uafp_gui.acquisition.prepare import check_output_path
     from uafp_gui.acquisition.runner import Acquisition, describe_ring_exposures
     from uafp_gui.cli.progress import progress_bar
-    from uafp_gui.devices.micromanager import open_core
     from uafp_gui.io.dataset import read_dataset_meta
+    from uafp_gui.session.acquisition import AcquisitionSession
+    from uafp_gui.session.microscope import open_microscope
 
     check_output_path(args.out, args.resume)  # before any device is opened or the camera runs
     stored_meta = None
@@ -242,26 +259,15 @@ def run(args: argparse.Namespace) -> int:
     if simulate and not args.simulate:
         print("uafp acquire: no --mm-config given: using the simulated FP microscope", file=sys.stderr)
 
-    simulation = None
-    led_array = None
+    if not simulate and args.led_port is None:
+        raise ConfigError("--mm-config needs --led-port PORT (or --led-port auto)")
+    simulation = None  # with hardware, the flags (or --microscope) describe the microscope
     if simulate:
         simulation = simulation_settings(args, stored_meta.extra.get(SIMULATION_KEY) if stored_meta else None)
-        if args.led_port is not None:
-            led_array = open_led_array(args, shape=tuple(simulation.led_array_shape), pitch_mm=simulation.led_pitch_mm)
-    else:
-        if args.led_port is None:
-            raise ConfigError("--mm-config needs --led-port PORT (or --led-port auto)")
-        led_array = open_led_array(args)
-    if simulate:
-        from uafp_gui.simulated import microscope as simulated_microscope
-
-        core, led_array = simulated_microscope.open_simulated_microscope(
-            simulation, led_array, realtime=not args.sim_no_wait
-        )
-    else:
-        core, led_array = open_core(args.mm_config, led_array, mm_path=args.mm_path)
+    opened = open_microscope(microscope_choice(args), simulation)
+    core, led_array = opened.core, opened.led_array
     hardware_triggered, trigger_wiring = triggering(args, stored_meta)
-    if hardware_triggered and trigger_wiring == "closed_loop":
+    if hardware_triggered and trigger_wiring == TriggerWiring.CLOSED_LOOP:
         from uafp_gui.simulated.microscope import simulated_camera
 
         camera = simulated_camera(core)
@@ -274,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         microscope = build_microscope(args, led_array, simulation)
         if args.save_plan:
             plan.save(args.save_plan)
-    extra = {SIMULATION_KEY: simulation_to_dict(simulation)} if simulation is not None and stored_meta is None else {}
+    extra = {SIMULATION_KEY: simulation.to_dict()} if simulation is not None and stored_meta is None else {}
     acquisition = Acquisition(
         core,
         led_array,
@@ -289,23 +295,26 @@ def run(args: argparse.Namespace) -> int:
         extra_meta=extra,
         trigger_wiring=trigger_wiring,
     )
-    live = None
+    live = recon_progress = None
     if args.reconstruct:
-        from uafp_gui.acquisition.live import LiveReconstruction
+        from uafp_gui.cli.progress import PhaseProgress
         from uafp_gui.recon.uafp import UafpSettings
+        from uafp_gui.session.reconstruction import LiveReconstruction
 
         live = LiveReconstruction(UafpSettings(device=args.device))
-        live.attach(acquisition)
+        recon_progress = PhaseProgress(0)
+        show_reconstruction_progress(live, recon_progress)
+    session = AcquisitionSession(acquisition, live)
+    if live is not None:
+        live.start_thread(args.iterations)
 
     # SIGTERM (e.g. `timeout`, a job scheduler) stops at the next frame like Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, lambda *_: acquisition.cancel())
+    previous = signal.signal(signal.SIGTERM, lambda *_: session.cancel())
     bar = None
     finished = None
     try:
-        for event in acquisition.run():
+        for event in session.events():
             if isinstance(event, AcquisitionStarted):
-                if live is not None:
-                    live.started(event)
                 if event.frames_present:
                     print(f"resuming {event.path}: {event.frames_present} of {event.total} frames present",
                           file=sys.stderr)
@@ -315,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 bar = progress_bar(event.total, "acquire", "frame")
                 bar.update(event.frames_present)
             elif isinstance(event, FrameAcquired):
+                assert bar is not None  # AcquisitionStarted comes first
                 bar.update(1)
                 if event.saturated_pixels:  # per frame, above the bar: clipped pixels are lost data
                     bar.write(
@@ -322,12 +332,14 @@ def run(args: argparse.Namespace) -> int:
                         f"{event.saturated_pixels} pixels ({100 * event.saturated_fraction:.1f} %) saturated",
                         file=sys.stderr,
                     )
-            elif isinstance(event, AcquisitionPaused):
+            elif isinstance(event, AcquisitionPaused) and bar is not None:
                 bar.set_postfix_str("paused")
             elif isinstance(event, AcquisitionFinished):
                 finished = event
-    except KeyboardInterrupt:
-        acquisition.cancel()
+    except BaseException:
+        session.cancel()
+        if live is not None:
+            live.stop()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -353,21 +365,19 @@ def run(args: argparse.Namespace) -> int:
         from uafp_gui.simulate import describe
 
         print(f"simulated microscope (hidden truth): {describe(simulation)}")
-    if finished.reason != "completed":
+    if finished.reason is not FinishReason.COMPLETED:
+        if live is not None:
+            live.stop()
         print("acquire: run again with --resume to acquire the missing frames", file=sys.stderr)
         return 1
-    if live is not None:
+    if live is not None and recon_progress is not None:
+        with recon_progress:
+            result = live.finish()
+        report = live.lag_report()  # after the final iterations: every frame has been used by then
         from types import SimpleNamespace
 
-        from uafp_gui.cli.progress import PhaseProgress
         from uafp_gui.recon.common import save_result
 
-        planned = live.recon.settings.iterations if live.recon is not None else live.settings.iterations
-        with PhaseProgress(planned if args.iterations is None else args.iterations) as progress:
-            if live.recon is not None:
-                live.recon.on_phase = progress.on_phase  # a start search still due runs now: shown
-            result = live.finish(args.iterations, progress=progress.iteration)
-        report = live.lag_report()  # after the final iterations: every frame has been used by then
         out = args.out.with_name(args.out.stem + "_result")
         save_result(result, out, report=True, report_dataset=SimpleNamespace(meta=acquisition.meta))
         geometry = result.geometry

@@ -74,13 +74,13 @@ def _open(args: argparse.Namespace) -> IlluminateLedArray:
         return SimulatedLedArray(
             shape=shape,
             pitch_mm=args.pitch_mm or 4.0,
-            orientation=orientation,  # type: ignore[arg-type]
+            orientation=orientation,
         )
     return IlluminateLedArray(
         args.port,
         orientation=orientation,
         pitch_mm=args.pitch_mm,
-        shape=tuple(args.shape) if args.shape else None,  # type: ignore[arg-type]
+        shape=tuple(args.shape) if args.shape else None,
         timeout_s=args.timeout_s,
         clear_on_close=False,  # `uafp led light 7 7` leaves the LED on
     )
@@ -89,7 +89,8 @@ def _open(args: argparse.Namespace) -> IlluminateLedArray:
 def run(args: argparse.Namespace) -> int:
     if not args.action:
         raise ConfigError("uafp led needs an action: about, light, clear, fill, ... (see --help)")
-    with _open(args) as leds:
+    leds = _open(args)
+    with leds:
         if args.action == "about":
             print(leds.about())
             print(f"port: {leds.port}")

@@ -46,10 +46,11 @@ class PhaseProgress:
         """Show a `ReconstructionUpdate` (the bar counts this run's iterations: `update.iteration` is cumulative)."""
         if self.phase != self.description:
             self.first_iteration = update.iteration - 1  # the iterations before this run's first
-            self._switch(self.description, self.iterations, "iter", initial=1)
+            bar = self._switch(self.description, self.iterations, "iter", initial=1)
         else:
-            self.bar.update(update.iteration - self.first_iteration - self.bar.n)
-        self.bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
+            bar = self._switch(self.description, self.iterations, "iter")  # the current bar
+            bar.update(update.iteration - (self.first_iteration or 0) - bar.n)
+        bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

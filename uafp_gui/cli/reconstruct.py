@@ -10,12 +10,16 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from uafp_gui.cli.options import finite_float, whole_number
 from uafp_gui.errors import ConfigError
 from uafp_gui.recon.choices import Device, Loss
+
+if TYPE_CHECKING:
+    from uafp_gui.recon.common import ReconstructionResult
 
 MIN_PARTIAL_FRACTION = 0.5  # a partial dataset below this share of its planned frames needs --allow-partial
 
@@ -250,8 +254,8 @@ def calibration_summary(result, meta) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # Arguments, paths and files first (numpy and tifffile only); torch loads once they are good.
+    from uafp_gui.io.calibration import load_calibration
     from uafp_gui.io.dataset import read_dataset
-    from uafp_gui.io.result import load_calibration
 
     check_numbers(args)
     out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
@@ -284,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
 
         recon = UafpReconstruction.from_dataset(dataset, uafp_settings(args), calibration)
         ending = run_keeping_the_last_good_state(recon, out, dataset, report=not args.no_report)
-        result = ending.result
+        result = cast("ReconstructionResult", ending.result)
         if ending.exit_code is not None:
             return ending.exit_code
     if args.method == "classic":

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 from uafp_gui.cli.options import finite_float, whole_number
-from uafp_gui.errors import ConfigError
+from uafp_gui.errors import ConfigError, DatasetError
 
 
 def register(subparsers) -> None:
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("out", type=Path, help="dataset to write, e.g. run.tif")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="ideal")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    for spec in fields(SimulationSettings):
+    for spec in _flat_fields(SimulationSettings):
         flag = "--" + spec.name.replace("_", "-")
         if spec.name == "zernike_rad":
             parser.add_argument(
@@ -36,10 +36,19 @@ def register(subparsers) -> None:
             )
         elif spec.type in ("tuple[int, int]",):
             parser.add_argument(flag, type=whole_number, nargs=2, default=None, metavar=("ROW", "COL"))
+        elif spec.type in ("tuple[float, float]",):
+            parser.add_argument(flag, type=finite_float, nargs=2, default=None, metavar=("ROW", "COL"))
         else:
             kind = {"int": whole_number, "float": finite_float}.get(str(spec.type), finite_float)
             parser.add_argument(flag, type=kind, default=None, help=f"override the preset's {spec.name}")
     parser.set_defaults(func=run)
+
+
+def _flat_fields(settings_type) -> list:
+    """The settings' fields as flags: the optics fields beside the others."""
+    from uafp_gui.model import Optics
+
+    return [*fields(Optics), *(spec for spec in fields(settings_type) if spec.name != "optics")]
 
 
 def _parse_zernike(items: list[str]) -> dict[int, float]:
@@ -59,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from uafp_gui.simulate import PRESETS
 
     settings = PRESETS[args.preset]
-    changes = {}
-    for spec in fields(settings):
+    changes: dict[str, object] = {}
+    for spec in _flat_fields(type(settings)):
         if spec.name == "zernike_rad":
             if args.zernike:
                 changes["zernike_rad"] = _parse_zernike(args.zernike)
@@ -68,7 +77,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, spec.name, None)
         if value is not None:
             changes[spec.name] = tuple(value) if isinstance(value, list) else value
-    settings = replace(settings, **changes)
+    try:
+        settings = settings.replace(**changes)
+    except DatasetError as error:  # an optics value out of range: say which flag
+        name = str(error).split(" ", 1)[0].split("[", 1)[0]
+        raise ConfigError(f"--{name.replace('_', '-')}: {error}") from None
     settings.check_limits()  # sizes and the LED square, before anything is allocated (uafp_gui.limits)
     if not args.out.parent.is_dir():
         raise ConfigError(f"folder {args.out.parent} does not exist or is not a folder: create it first")

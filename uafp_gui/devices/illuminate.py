@@ -21,14 +21,8 @@ from typing import Any
 import serial.tools.list_ports
 
 from uafp_gui.devices.illuminate_connection import IlluminateConnection
-from uafp_gui.devices.interfaces import (
-    LedArray,
-    LedArrayError,
-    LedArrayNotFound,
-    LedArraySequenceError,
-    Orientation,
-    RowCol,
-)
+from uafp_gui.devices.interfaces import LedArray, Orientation, RowCol
+from uafp_gui.errors import LedArrayError, LedArrayNotFound, LedArraySequenceError
 from uafp_gui.limits import MAX_LED_ARRAY_SIDE
 
 __all__ = [

@@ -17,13 +17,7 @@ from typing import Protocol
 
 import serial
 
-from uafp_gui.devices.interfaces import (
-    LedArrayCommandError,
-    LedArrayDisconnected,
-    LedArrayError,
-    LedArrayNotFound,
-    LedArrayTimeout,
-)
+from uafp_gui.errors import LedArrayCommandError, LedArrayDisconnected, LedArrayError, LedArrayNotFound, LedArrayTimeout
 from uafp_gui.limits import MAX_REPLY_LINE_CHARS, MAX_REPLY_LINES
 
 __all__ = ["BAUD_RATE", "LATE_REPLY_GRACE", "REPLY_END", "IlluminateConnection", "SerialLike"]

@@ -1,5 +1,5 @@
 """The device interfaces the acquisition engine talks to: the LED array (and its orientation
-mapping), the capabilities a camera device may offer, and the device errors.
+mapping) and the capabilities a camera device may offer (the device errors: `uafp_gui.errors`).
 
 An LED array is addressed in *image axes* (docs/dataset_format.md section 2): `(row, col)` with
 row growing with the image y axis and col with x. The array's own wiring (row 0 is the
@@ -22,53 +22,18 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from uafp_gui.errors import DeviceError
+from uafp_gui.errors import LedArrayError, LedArraySequenceError
+from uafp_gui.model import RowCol
 
 __all__ = [
     "AbortsSequence",
-    "CameraTimeoutError",
     "LedArray",
-    "LedArrayCommandError",
-    "LedArrayDisconnected",
-    "LedArrayError",
-    "LedArrayNotFound",
-    "LedArraySequenceError",
-    "LedArrayTimeout",
     "Orientation",
     "PreparesForRun",
     "WatchesLedArray",
 ]
 
 
-class CameraTimeoutError(DeviceError):
-    """The camera delivered no frame within its timeout."""
-
-
-class LedArrayError(DeviceError):
-    """The LED array failed, refused a command or cannot be reached."""
-
-
-class LedArrayTimeout(LedArrayError):
-    """The LED array did not finish its reply (`-==-`) in time."""
-
-
-class LedArrayDisconnected(LedArrayError):
-    """The serial port went away (cable pulled, board reset) or cannot be reopened."""
-
-
-class LedArrayCommandError(LedArrayError):
-    """The firmware answered a command with an `ERROR` line."""
-
-
-class LedArrayNotFound(LedArrayError):
-    """No serial port answered `about` like an LED array."""
-
-
-class LedArraySequenceError(LedArrayError):
-    """A hardware-triggered LED sequence cannot be loaded, armed or is not where it should be."""
-
-
-RowCol = tuple[int, int]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSettings, QSize, Qt, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -164,16 +164,30 @@ class AcquisitionPanel(QWidget):
                 leds = [[int(v) for v in item.split(",")] for item in self.led_list.text().split(";") if item.strip()]
             except ValueError:
                 raise ConfigError("the LED list must read r,c;r,c (image rows and columns)") from None
+            if any(len(led) != 2 for led in leds):
+                raise ConfigError("the LED list must read r,c;r,c (image rows and columns)")
         return AcquisitionPlan(
             led_set=kind,
             square_size=self.square_size.value(),
             max_illumination_na=self.disk_na.value() if kind == "disk" else None,
-            leds=tuple(tuple(led) for led in leds),
+            leds=tuple((led[0], led[1]) for led in leds),
             order=self.order.currentText(),
             brightfield_exposure_ms=self.exposure.value(),
             darkfield_exposure_ms=self.df_exposure.value() if self.use_df.isChecked() else None,
             auto_exposure=self.auto_exposure.isChecked(),
         )
+
+    def wants_live_reconstruction(self) -> bool:
+        return self.reconstruct_live.isChecked()
+
+    def overwrite_allowed(self) -> bool:
+        return self.overwrite.isChecked()
+
+    def restore_settings(self, settings: QSettings) -> None:
+        self.output.setText(str(settings.value("acquisition/output", "")))
+
+    def save_settings(self, settings: QSettings) -> None:
+        settings.setValue("acquisition/output", self.output.text())
 
     def output_path(self) -> Path:
         text = self.output.text().strip()
@@ -191,6 +205,14 @@ class AcquisitionPanel(QWidget):
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
             self.pause_button.blockSignals(False)
+
+    def show_saturation(self, text: str) -> None:
+        """The clipped-pixels warning ("" clears it)."""
+        self.saturation.setText(text)
+
+    def show_all_done(self, total: int) -> None:
+        """A dataset opened from disk: every frame is there."""
+        self.progress.setValue(total)
 
     def reset_progress(self, total: int) -> None:
         self.thumbnails.clear()

@@ -1,15 +1,14 @@
 """Devices panel: choose the LED array and camera, describe the microscope, connect.
 
-The panel only collects choices (`DeviceChoice`) and shows the connection state; the main
+The panel only collects choices (a `MicroscopeChoice`) and shows the connection state; the main
 window connects on a background thread and reports back with `set_state`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,8 +27,9 @@ from PySide6.QtWidgets import (
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.devices.interfaces import Orientation
+from uafp_gui.session.microscope import MicroscopeChoice
 
-__all__ = ["COLOURS", "DeviceChoice", "DevicesPanel"]
+__all__ = ["COLOURS", "DevicesPanel"]
 
 SIMULATED = "Simulated LED array"
 AUTO = "Auto-detect"
@@ -38,21 +38,6 @@ COLOURS = {  # name -> (wavelength_um, rgb)
     "red (630 nm)": (0.630, (255, 0, 0)),
     "blue (470 nm)": (0.470, (0, 0, 255)),
 }
-
-
-@dataclass(frozen=True)
-class DeviceChoice:
-    """What to connect: `led_port` is None (simulated), "auto" or a port; `mm_config` None = simulated microscope."""
-
-    led_port: str | None
-    mm_config: Path | None
-    orientation: Orientation
-    pitch_mm: float
-    rgb: tuple[int, int, int]
-
-    @property
-    def simulated(self) -> bool:
-        return self.led_port is None and self.mm_config is None
 
 
 def _spin(low: float, high: float, value: float, decimals: int = 3, suffix: str = "") -> QDoubleSpinBox:
@@ -84,7 +69,7 @@ class DevicesPanel(QWidget):
         port_row.addWidget(self.refresh_ports_button)
         led_form.addRow("Port", port_row)
         self.pitch = _spin(0.1, 50, 4.0, suffix=" mm")
-        self.height = _spin(1, 1000, 90.0, decimals=2, suffix=" mm")
+        self.led_height = _spin(1, 1000, 90.0, decimals=2, suffix=" mm")
         self.rows = QSpinBox()
         self.rows.setRange(1, 256)
         self.rows.setValue(32)
@@ -103,7 +88,7 @@ class DevicesPanel(QWidget):
         axis_row.addWidget(QLabel("col"))
         axis_row.addWidget(self.axis_col)
         led_form.addRow("Pitch", self.pitch)
-        led_form.addRow("Height", self.height)
+        led_form.addRow("Height", self.led_height)
         led_form.addRow("Array (rows x cols)", shape_row)
         led_form.addRow("On-axis LED", axis_row)
         orientation = QHBoxLayout()
@@ -176,15 +161,24 @@ class DevicesPanel(QWidget):
             self.mm_config.setText(path)
             self.camera_combo.setCurrentIndex(1)
 
+    def select_port(self, port: str) -> None:
+        self.port_combo.setCurrentText(port)
+
+    def restore_settings(self, settings: QSettings) -> None:
+        self.mm_config.setText(str(settings.value("devices/mm_config", "")))
+
+    def save_settings(self, settings: QSettings) -> None:
+        settings.setValue("devices/mm_config", self.mm_config.text())
+
     def use_simulated(self) -> None:
         self.port_combo.setCurrentText(SIMULATED)
         self.camera_combo.setCurrentIndex(0)
 
-    def choice(self) -> DeviceChoice:
+    def choice(self) -> MicroscopeChoice:
         port = self.port_combo.currentText().strip()
         led_port = None if port in ("", SIMULATED) else ("auto" if port == AUTO else port)
         config = self.mm_config.text().strip() if self.camera_combo.currentIndex() == 1 else ""
-        return DeviceChoice(
+        return MicroscopeChoice(
             led_port=led_port,
             mm_config=Path(config).expanduser() if config else None,
             orientation=Orientation(self.flip_rows.isChecked(), self.flip_cols.isChecked(), self.transpose.isChecked()),
@@ -194,16 +188,18 @@ class DevicesPanel(QWidget):
 
     def microscope(self, sample: str = "") -> MicroscopeDescription:
         """The nominal microscope as entered; `ConfigError` when a value is invalid."""
-        return MicroscopeDescription(
-            wavelength_um=self.wavelength.value(),
-            objective_na=self.objective_na.value(),
-            magnification=self.magnification.value(),
-            camera_pixel_um=self.camera_pixel.value(),
-            led_pitch_mm=self.pitch.value(),
-            led_height_mm=self.height.value(),
-            led_array_shape=(self.rows.value(), self.cols.value()),
-            led_on_axis=(self.axis_row.value(), self.axis_col.value()),
-            sample=sample,
+        return MicroscopeDescription.from_dict(
+            {
+                "wavelength_um": self.wavelength.value(),
+                "objective_na": self.objective_na.value(),
+                "magnification": self.magnification.value(),
+                "camera_pixel_um": self.camera_pixel.value(),
+                "led_pitch_mm": self.pitch.value(),
+                "led_height_mm": self.led_height.value(),
+                "led_array_shape": (self.rows.value(), self.cols.value()),
+                "led_on_axis": (self.axis_row.value(), self.axis_col.value()),
+                "sample": sample,
+            }
         )
 
     def show_microscope(self, microscope: MicroscopeDescription) -> None:
@@ -212,7 +208,7 @@ class DevicesPanel(QWidget):
         self.magnification.setValue(microscope.magnification)
         self.camera_pixel.setValue(microscope.camera_pixel_um)
         self.pitch.setValue(microscope.led_pitch_mm)
-        self.height.setValue(microscope.led_height_mm)
+        self.led_height.setValue(microscope.led_height_mm)
         self.rows.setValue(microscope.led_array_shape[0])
         self.cols.setValue(microscope.led_array_shape[1])
         self.axis_row.setValue(microscope.led_on_axis[0])

@@ -25,6 +25,9 @@ def show_error(parent: QWidget | None, title: str, error: BaseException | str) -
         if not isinstance(error, UafpError):  # a bug, not a user error: keep the trace in the log
             logger.error("%s", title, exc_info=error)
             text = f"{type(error).__name__}: {text}"
+        elif error.resumable:  # the app's own words for what the CLI calls --resume
+            text += (f".\n\nThe {error.frames_saved} frames acquired are kept in {error.path}: open it "
+                     "(File > Open) to reconstruct them, or start a new acquisition.")
     box = QMessageBox(QMessageBox.Icon.Critical, title, text, QMessageBox.StandardButton.Ok, parent)
     box.setObjectName("uafpErrorDialog")
     shown_errors.append(box)

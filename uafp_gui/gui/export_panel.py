@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QGroupBox,
@@ -42,7 +42,7 @@ class ExportPanel(QWidget):
         result_layout.addLayout(row)
         self.export_button = QPushButton("Export result")
         self.export_button.setObjectName("exportButton")
-        self.export_button.clicked.connect(self._export)
+        self.export_button.clicked.connect(self.ask_export)
         result_layout.addWidget(self.export_button)
         layout.addWidget(result_box)
 
@@ -52,8 +52,8 @@ class ExportPanel(QWidget):
         save = QPushButton("Save...")
         load = QPushButton("Load...")
         clear = QPushButton("Clear")
-        save.clicked.connect(self._save_calibration)
-        load.clicked.connect(self._load_calibration)
+        save.clicked.connect(self.ask_save_calibration)
+        load.clicked.connect(self.ask_load_calibration)
         clear.clicked.connect(self.clear_calibration_requested)
         for button in (save, load, clear):
             buttons.addWidget(button)
@@ -68,8 +68,8 @@ class ExportPanel(QWidget):
         open_buttons = QHBoxLayout()
         open_dataset = QPushButton("Open dataset...")
         open_result = QPushButton("Open result...")
-        open_dataset.clicked.connect(self._open_dataset)
-        open_result.clicked.connect(self._open_result)
+        open_dataset.clicked.connect(self.ask_open_dataset)
+        open_result.clicked.connect(self.ask_open_result)
         open_buttons.addWidget(open_dataset)
         open_buttons.addWidget(open_result)
         open_layout.addLayout(open_buttons)
@@ -81,6 +81,19 @@ class ExportPanel(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+
+    def show_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def show_calibration(self, text: str) -> None:
+        """What the loaded calibration is (or that there is none)."""
+        self.calibration_label.setText(text)
+
+    def restore_settings(self, settings: QSettings) -> None:
+        self.folder.setText(str(settings.value("export/folder", "")))
+
+    def save_settings(self, settings: QSettings) -> None:
+        settings.setValue("export/folder", self.folder.text())
 
     def set_recent(self, paths: list[str]) -> None:
         self.recent.clear()
@@ -96,7 +109,7 @@ class ExportPanel(QWidget):
         if dialog.exec() and dialog.selectedFiles():
             self.folder.setText(dialog.selectedFiles()[0])
 
-    def _export(self) -> None:
+    def ask_export(self) -> None:
         text = self.folder.text().strip()
         if not text:
             self._browse_folder()
@@ -104,22 +117,22 @@ class ExportPanel(QWidget):
         if text:
             self.export_requested.emit(Path(text).expanduser())
 
-    def _save_calibration(self) -> None:
+    def ask_save_calibration(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save calibration", "calibration.json", "JSON (*.json)")
         if path:
             self.save_calibration_requested.emit(Path(path))
 
-    def _load_calibration(self) -> None:
+    def ask_load_calibration(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load calibration", "", "JSON (*.json)")
         if path:
             self.load_calibration_requested.emit(Path(path))
 
-    def _open_dataset(self) -> None:
+    def ask_open_dataset(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open dataset", "", "TIFF (*.tif *.tiff);;All files (*)")
         if path:
             self.open_requested.emit(Path(path))
 
-    def _open_result(self) -> None:
+    def ask_open_result(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open result folder")
         if folder:
             self.open_requested.emit(Path(folder))

@@ -7,6 +7,8 @@ positions with arrows from the nominal ones (magnified so sub-millimetre errors 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
@@ -14,11 +16,17 @@ from PySide6.QtWidgets import QGraphicsItem, QHBoxLayout, QLabel, QPushButton, Q
 
 from uafp_gui.acquisition.plan import MicroscopeDescription
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
-from uafp_gui.gui.jobs import geometry_led_positions_mm
+from uafp_gui.model import RowCol, led_positions_mm
+
+if TYPE_CHECKING:
+    from uafp_gui.model import LedGeometry
 
 __all__ = ["LedMapPanel"]
 
-RowCol = tuple[int, int]
+
+def _every_led(rows: int, cols: int) -> np.ndarray:
+    """(rows*cols, 2) [row, col] of every LED, row by row (index row * cols + col)."""
+    return np.indices((rows, cols)).reshape(2, -1).T
 
 
 class LedMapPanel(QWidget):
@@ -65,7 +73,7 @@ class LedMapPanel(QWidget):
         self._brightfield = np.zeros(0, dtype=bool)
         self.lit: frozenset[RowCol] = frozenset()
         self.planned: frozenset[RowCol] = frozenset()
-        self.geometry = None
+        self.led_geometry: LedGeometry | None = None
         self.magnify = 1.0
 
     # ---- state -----------------------------------------------------------------------------
@@ -93,8 +101,8 @@ class LedMapPanel(QWidget):
 
     def set_geometry(self, geometry) -> None:
         """Show where the LEDs really are (a `LedGeometry`), or nothing with None."""
-        if geometry != self.geometry:
-            self.geometry = geometry
+        if geometry != self.led_geometry:
+            self.led_geometry = geometry
             self._draw_geometry()
 
     def redraw(self) -> None:
@@ -119,7 +127,7 @@ class LedMapPanel(QWidget):
         if m is None:
             return
         rows, cols = m.led_array_shape
-        self._nominal, _ = geometry_led_positions_mm((rows, cols), m.led_on_axis, m.led_pitch_mm)
+        self._nominal = led_positions_mm(_every_led(rows, cols), m.led_on_axis, m.led_pitch_mm)
         radius_mm = np.hypot(self._nominal[:, 0], self._nominal[:, 1])
         illumination_na = np.sin(np.arctan2(radius_mm, m.led_height_mm))
         self._brightfield = illumination_na < m.objective_na
@@ -156,7 +164,7 @@ class LedMapPanel(QWidget):
         if m is None:
             return
         rows, cols = m.led_array_shape
-        if self.geometry is None:
+        if self.led_geometry is None:
             self.arrows.setData([], [])
             self.estimated.setData([])
             self.caption.setText(
@@ -164,7 +172,12 @@ class LedMapPanel(QWidget):
                 "yellow: lit, blue: in the plan, black ring: bright field. Click an LED to light it."
             )
             return
-        nominal, estimated = geometry_led_positions_mm((rows, cols), m.led_on_axis, m.led_pitch_mm, self.geometry)
+        g = self.led_geometry
+        nominal = led_positions_mm(_every_led(rows, cols), m.led_on_axis, m.led_pitch_mm)
+        estimated = led_positions_mm(
+            _every_led(rows, cols), m.led_on_axis, m.led_pitch_mm,
+            shift_x_mm=g.shift_x_mm, shift_y_mm=g.shift_y_mm, rotation_deg=g.rotation_deg,
+        )
         shown = (
             np.array(sorted(self.planned))
             if self.planned
@@ -184,7 +197,7 @@ class LedMapPanel(QWidget):
         pairs[1::2] = heads
         self.arrows.setData(pairs[:, 0], pairs[:, 1])
         self.estimated.setData(pos=heads)
-        g = self.geometry
+        g = self.led_geometry
         self.caption.setText(
             f"Estimated LED positions (arrows x{self.magnify:g}): shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, "
             f"rotation {g.rotation_deg:+.2f} deg, height {g.height_mm:.1f} mm"

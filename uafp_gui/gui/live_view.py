@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from uafp_gui.gui import images  # noqa: F401 - pyqtgraph options
-from uafp_gui.gui.jobs import FramePreview, frame_preview
+from uafp_gui.gui.previews import FramePreview, frame_preview
 
 __all__ = ["LiveViewPanel"]
 
@@ -79,6 +79,9 @@ class LiveViewPanel(QWidget):
     def _toggled(self, on: bool) -> None:
         self.live_button.setText("Stop live" if on else "Start live")
         self.live_toggled.emit(on)
+
+    def exposure_ms(self) -> float:
+        return float(self.exposure.value())
 
     def set_live(self, on: bool) -> None:
         """Reflect the stream's state without asking for a change."""

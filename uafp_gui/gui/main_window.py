@@ -22,24 +22,29 @@ from uafp_gui.gui.acquisition_panel import MAX_THUMBNAILS, AcquisitionPanel
 from uafp_gui.gui.devices_panel import DevicesPanel
 from uafp_gui.gui.dialogs import show_error
 from uafp_gui.gui.export_panel import ExportPanel
-from uafp_gui.gui.jobs import (
+from uafp_gui.gui.led_map import LedMapPanel
+from uafp_gui.gui.live_view import LiveViewPanel
+from uafp_gui.gui.previews import (
     AcquiredFrame,
-    ReconJob,
     acquisition_events,
-    autosave_folder_for,
     camera_stream,
     dataset_full_scale,
     format_duration,
     frame_preview,
     frame_thumbnail,
-    open_devices,
-    warm_up_solver,
+    progress_text,
 )
-from uafp_gui.gui.led_map import LedMapPanel
-from uafp_gui.gui.live_view import LiveViewPanel
 from uafp_gui.gui.recon_panel import ReconPanel
 from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
 from uafp_gui.recon.choices import StopReason
+from uafp_gui.session.acquisition import AcquisitionSession
+from uafp_gui.session.microscope import OpenedMicroscope, open_microscope, pattern_leds
+from uafp_gui.session.reconstruction import (
+    LiveReconstruction,
+    autosave_folder_for,
+    threads_beside_a_ui,
+    warm_up_solver,
+)
 
 __all__ = ["MainWindow"]
 
@@ -83,7 +88,7 @@ class MainWindow(QMainWindow):
         self.connection_text = "not connected"
         self.acquisition: Any = None
         self.acq_worker: GeneratorWorker | None = None
-        self.recon_job: ReconJob | None = None
+        self.recon_job: LiveReconstruction | None = None
         self.recon_worker: GeneratorWorker | None = None
         self._recon_ended_worker: GeneratorWorker | None = None  # the last worker whose end the window handled
         self.live_worker: GeneratorWorker | None = None
@@ -91,10 +96,7 @@ class MainWindow(QMainWindow):
         self.dataset: Any = None
         self.calibration: Any = None
         self.last_export: Path | None = None
-        self.updates_drawn = 0
         self.saturated_frames = 0  # frames of the running acquisition with clipped pixels
-        self.frame_lags_s: list[float] = []
-        self._lag_counted = 0
         self._closing = False
 
         self.recon_panel = ReconPanel()
@@ -169,15 +171,15 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self._action(
-            file_menu, "Open dataset...", self.export_panel._open_dataset, QKeySequence.StandardKey.Open
+            file_menu, "Open dataset...", self.export_panel.ask_open_dataset, QKeySequence.StandardKey.Open
         )
-        self._action(file_menu, "Open result folder...", self.export_panel._open_result)
+        self._action(file_menu, "Open result folder...", self.export_panel.ask_open_result)
         self.recent_menu = QMenu("Open recent", self)
         file_menu.addMenu(self.recent_menu)
         file_menu.addSeparator()
-        self._action(file_menu, "Export result", self.export_panel._export, QKeySequence("Ctrl+E"))
-        self._action(file_menu, "Save calibration...", self.export_panel._save_calibration)
-        self._action(file_menu, "Load calibration...", self.export_panel._load_calibration)
+        self._action(file_menu, "Export result", self.export_panel.ask_export, QKeySequence("Ctrl+E"))
+        self._action(file_menu, "Save calibration...", self.export_panel.ask_save_calibration)
+        self._action(file_menu, "Load calibration...", self.export_panel.ask_load_calibration)
         file_menu.addSeparator()
         self._action(file_menu, "Quit", self.close, QKeySequence.StandardKey.Quit)
         devices_menu = self.menuBar().addMenu("&Devices")
@@ -237,7 +239,8 @@ class MainWindow(QMainWindow):
         if self.led_array is not None and tuple(self.led_array.shape) != microscope.led_array_shape:
             from dataclasses import replace
 
-            microscope = replace(microscope, led_array_shape=tuple(self.led_array.shape))
+            rows, cols = self.led_array.shape
+            microscope = replace(microscope, optics=microscope.optics.replace(led_array_shape=(rows, cols)))
         return microscope
 
     def connect_simulated(self, startup: bool = False) -> None:
@@ -256,13 +259,13 @@ class MainWindow(QMainWindow):
         self.devices_panel.set_state("Connecting...", connected=False, busy=True)
         simulation = self.simulation
 
-        def done(opened: dict) -> None:
-            self.core, self.led_array = opened["core"], opened["led_array"]
-            self.device_microscope = opened["microscope"]
+        def done(opened: OpenedMicroscope) -> None:
+            self.core, self.led_array = opened.core, opened.led_array
+            self.device_microscope = opened.microscope
             if self.device_microscope is not None:
                 self.devices_panel.show_microscope(self.device_microscope)
-            self.live_view.set_bit_depth(opened["bit_depth"])
-            self.connection_text = opened["description"]
+            self.live_view.set_bit_depth(opened.bit_depth)
+            self.connection_text = opened.description
             self.devices_panel.set_state(f"Connected: {self.connection_text}", connected=True)
             self.connection_label.setText(
                 "Simulated microscope" if choice.simulated else f"Hardware: {self.connection_text}"
@@ -279,14 +282,14 @@ class MainWindow(QMainWindow):
             self.connection_label.setText("Not connected")
             self.error("Cannot connect", error)
 
-        self.devices.submit(lambda: open_devices(choice, simulation), done, failed)
+        self.devices.submit(lambda: open_microscope(choice, simulation), done, failed)
 
     def _probe_hardware(self) -> None:
         from uafp_gui.devices.illuminate import find_led_array_port
 
         def found(port: str) -> None:
             self.devices_panel.refresh_ports()
-            self.devices_panel.port_combo.setCurrentText(port)
+            self.devices_panel.select_port(port)
             self.status(f"An LED array answered on {port}: choose your camera in Devices and press Connect "
                         "to switch from the simulated microscope.", 0)
 
@@ -333,18 +336,7 @@ class MainWindow(QMainWindow):
     def light_pattern(self, pattern: str) -> None:
         if not self._require_connection("Cannot light the LEDs") or self._busy_acquiring("light LEDs"):
             return
-        microscope = self.microscope()
-        rows, cols = microscope.led_array_shape
-        every = [(r, c) for r in range(rows) for c in range(cols)]
-        if pattern == "brightfield":
-            leds = [led for led in every if microscope.is_brightfield(led)]
-        elif pattern == "darkfield":
-            reach = microscope.objective_na + 0.1
-            leds = [led for led in every if microscope.objective_na <= microscope.illumination_na(led) < reach]
-        elif pattern == "plan":
-            leds = sorted(self.led_map.planned)
-        else:
-            leds = []
+        leds = sorted(self.led_map.planned) if pattern == "plan" else pattern_leds(self.microscope(), pattern)
         self._light(leds)
 
     def _light(self, leds: list) -> None:
@@ -372,7 +364,7 @@ class MainWindow(QMainWindow):
             self.live_view.set_live(False)
             return
         core = self.core
-        self.live_exposure_ms[0] = self.live_view.exposure.value()
+        self.live_exposure_ms[0] = self.live_view.exposure_ms()
         full_scale = self.live_view.full_scale
         worker = GeneratorWorker(lambda: camera_stream(core, self.live_exposure_ms, full_scale), name="uafp-live",
                                  parent=self)
@@ -396,7 +388,7 @@ class MainWindow(QMainWindow):
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error("Cannot start the acquisition", ConfigError("a reconstruction is running: stop it first"))
             return
-        if self.acquisition_panel.reconstruct_live.isChecked() and self._engine_loading(self.start_acquisition):
+        if self.acquisition_panel.wants_live_reconstruction() and self._engine_loading(self.start_acquisition):
             return
         from uafp_gui.acquisition.runner import Acquisition
 
@@ -404,9 +396,9 @@ class MainWindow(QMainWindow):
             plan = self.acquisition_panel.plan()
             out = self.acquisition_panel.output_path()
             microscope = self.microscope()
-            settings = self.recon_panel.settings() if self.acquisition_panel.reconstruct_live.isChecked() else None
+            settings = self.recon_panel.settings() if self.acquisition_panel.wants_live_reconstruction() else None
             acquisition = Acquisition(
-                self.core, self.led_array, plan, out, microscope, overwrite=self.acquisition_panel.overwrite.isChecked()
+                self.core, self.led_array, plan, out, microscope, overwrite=self.acquisition_panel.overwrite_allowed()
             )
         except UafpError as error:
             self.error("Cannot start the acquisition", error)
@@ -418,17 +410,18 @@ class MainWindow(QMainWindow):
         self.recon_panel.led_pitch_mm = microscope.led_pitch_mm
         job = None
         if settings is not None:
-            job = ReconJob(settings, calibration=self.calibration, source_dataset=out.name)
+            job = LiveReconstruction(
+                settings, calibration=self.calibration, source_dataset=out.name, torch_threads=threads_beside_a_ui()
+            )
             job.autosave_folder = self.autosave_folder(out)
-            job.acquiring.set()
-            acquisition.subscribe(job.frame_message)
             self._set_recon_job(job)
+        session = AcquisitionSession(acquisition, job)
         self.acquisition_panel.reset_progress(len(plan.led_sequence(microscope)))
         self.acquisition_panel.set_running(True)
         full_scale = self.live_view.full_scale
         worker = GeneratorWorker(
-            lambda: acquisition_events(acquisition, job, full_scale), name="uafp-acquisition", keep_all=True,
-            on_stop=acquisition.cancel, parent=self,
+            lambda: acquisition_events(session, full_scale), name="uafp-acquisition", keep_all=True,
+            on_stop=session.cancel, parent=self,
         )
         worker.failed.connect(lambda error: self.error("Acquisition failed", error))
         worker.ended.connect(self._acquisition_ended)
@@ -467,7 +460,7 @@ class MainWindow(QMainWindow):
                     last_frame = event
                     if event.saturated_pixels:  # per frame: clipped pixels are lost data
                         self.saturated_frames += 1
-                        panel.saturation.setText(
+                        panel.show_saturation(
                             f"Saturated: frame {event.index} has {event.saturated_pixels} clipped pixels "
                             f"({100 * event.saturated_fraction:.1f} %); {self.saturated_frames} frames so far. "
                             "Shorten the exposure or use auto exposure.")
@@ -476,7 +469,7 @@ class MainWindow(QMainWindow):
                 elif isinstance(item, AcquisitionStarted):
                     panel.reset_progress(item.total)
                     self.saturated_frames = 0
-                    panel.saturation.setText("")
+                    panel.show_saturation("")
                 elif isinstance(item, AcquisitionPaused):
                     self.status(f"Paused before frame {item.next_index} of {item.total}", 0)
                 elif isinstance(item, AcquisitionFinished):
@@ -485,7 +478,7 @@ class MainWindow(QMainWindow):
                                 f"{item.path} ({item.elapsed_s:.1f} s)" + (f". Warning: {summary}" if summary else ""),
                                 0)
                     if summary:
-                        panel.saturation.setText(f"Warning: {summary}.")
+                        panel.show_saturation(f"Warning: {summary}.")
             if last_frame is not None:
                 panel.show_progress(last_frame.done, last_frame.total, last_frame.elapsed_s, last_frame.eta_s)
                 self.led_map.set_lit(last_frame.spec.leds)
@@ -495,10 +488,8 @@ class MainWindow(QMainWindow):
         panel.add_queued_thumbnails()
 
     # ------------------------------------------------------------------ reconstruction
-    def _set_recon_job(self, job: ReconJob | None) -> None:
+    def _set_recon_job(self, job: LiveReconstruction | None) -> None:
         self.recon_job = job
-        self.frame_lags_s = []
-        self._lag_counted = 0
 
     def _engine_loading(self, then) -> bool:
         """True (and `then` runs once it has loaded) while torch is still loading: importing it here
@@ -526,12 +517,14 @@ class MainWindow(QMainWindow):
                 self.error("Nothing to reconstruct", ConfigError(
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
                 return
-            job = ReconJob(settings, dataset=self.dataset, calibration=self.calibration)
+            job = LiveReconstruction(
+                settings, dataset=self.dataset, calibration=self.calibration, torch_threads=threads_beside_a_ui()
+            )
             job.autosave_folder = self.autosave_folder(self.dataset.path)
             self._set_recon_job(job)
         self._run_recon(job, settings.iterations)
 
-    def _run_recon(self, job: ReconJob, iterations: int | None) -> None:
+    def _run_recon(self, job: LiveReconstruction, iterations: int | None) -> None:
         worker = GeneratorWorker(lambda: job.run(iterations), name="uafp-reconstruction", on_stop=job.stop,
                                  background=True, parent=self)
         worker.failed.connect(lambda error: self.error("Reconstruction failed", error))
@@ -544,12 +537,11 @@ class MainWindow(QMainWindow):
     def stop_reconstruction(self) -> None:
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.recon_worker.stop()
-            self.recon_panel.stop_button.setEnabled(False)  # acts at the next mini-batch or iteration
-            self.recon_panel.show_status("Stopping...")
+            self.recon_panel.set_stopping()
 
     @staticmethod
     def autosave_folder(dataset_path: Path | None) -> Path:
-        """Where every ending of a reconstruction writes its last good state (see `ReconJob.autosave_folder`)."""
+        """Where every ending of a reconstruction writes its last good state (`LiveReconstruction.autosave_folder`)."""
         fallback = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
         return autosave_folder_for(dataset_path, Path(fallback or Path.home() / ".uafp") / "autosave")
 
@@ -576,7 +568,7 @@ class MainWindow(QMainWindow):
         if job is None or job.recon is None:
             return
         recon = job.recon
-        more = self.recon_panel.iterations.value()  # the autosave path is in the status bar: two short lines here
+        more = self.recon_panel.iterations_to_run()  # the autosave path is in the status bar: two short lines here
         if done == 0:  # stopped (or failed) before the first iteration: nothing to show, export or continue
             self.recon_panel.show_status("Stopped before the first iteration: no reconstruction yet. Press "
                                          "Reconstruct to start again.", "")
@@ -596,24 +588,6 @@ class MainWindow(QMainWindow):
             kind = f"partial ({recon.stop_reason})" if recon.partial else "complete"
             self.status(f"Reconstruction {kind}: its last good state is saved in {job.autosaved}", 15000)
 
-    def _progress_text(self, job: ReconJob) -> str:
-        """What the reconstruction is doing, how far it is and (once a step is timed) how long is left."""
-        progress = job.progress
-        now = time.perf_counter()
-        if progress.phase == "waiting":
-            return "Starting the reconstruction..."
-        if progress.phase == "iterating":
-            if job.acquiring.is_set():
-                return f"Iteration {job.iterations_done} (refining while frames arrive)"
-            text = f"Iteration {job.iterations_done} of {job.run_target}"
-        else:
-            from uafp_gui.recon.uafp import PHASE_START_SEARCH
-
-            at_most = "at most " if progress.phase == PHASE_START_SEARCH and progress.total > 5 else ""
-            text = f"{progress.phase[:1].upper()}{progress.phase[1:]}: {progress.done} of {at_most}{progress.total}"
-        eta = progress.eta_s(now)
-        return text + (f", about {format_duration(eta)} left" if eta else "")
-
     def _draw_recon(self) -> None:
         if self.recon_worker is None:
             return
@@ -622,21 +596,13 @@ class MainWindow(QMainWindow):
         if not fresh or update is None:
             self.recon_panel.flush()  # the plots of the update drawn on the previous tick
             if job is not None and self.recon_worker.isRunning() and not self.recon_worker.stopping:
-                self.recon_panel.show_status(self._progress_text(job))
+                self.recon_panel.show_status(progress_text(job))
             return
         # Images now, plots on the next tick: each repaint stays short.
-        progress = self._progress_text(job) if job is not None else None
+        progress = progress_text(job) if job is not None else None
         self.recon_panel.show_update(update, list(job.history) if job else (), defer_plots=True, progress=progress)
         self.led_map.set_geometry(update.geometry)
         self.recon_panel.set_arrow_magnify(self.led_map.magnify)
-        self.updates_drawn += 1
-        if job is not None:  # frame -> display lag: first drawn update that used each frame
-            now = time.perf_counter()
-            arrivals = job.arrivals
-            for index in range(self._lag_counted, update.frames_used):
-                if index in arrivals:
-                    self.frame_lags_s.append(now - arrivals[index])
-            self._lag_counted = max(self._lag_counted, update.frames_used)
 
     # ------------------------------------------------------------------ refresh (timer)
     def refresh(self) -> None:
@@ -648,12 +614,12 @@ class MainWindow(QMainWindow):
                 self.live_view.show_preview(preview, "live")
 
     # ------------------------------------------------------------------ export, calibration
-    def _idle_job(self, title: str) -> ReconJob | None:
+    def _idle_job(self, title: str) -> LiveReconstruction | None:
         if self.recon_worker is not None and self.recon_worker.isRunning():
             self.error(title, ConfigError("the reconstruction is still running: press Stop (or wait for it) first"))
             return None
         job = self.recon_job
-        if job is None or job.iterations_done == 0 or job.recon.object is None:
+        if job is None or job.recon is None or job.iterations_done == 0 or job.recon.object is None:
             self.error(title, ConfigError("there is no reconstruction yet: acquire or open a dataset and reconstruct"))
             return None
         return job
@@ -662,16 +628,16 @@ class MainWindow(QMainWindow):
         job = self._idle_job("Cannot export")
         if job is None:
             return
-        self.export_panel.status.setText(f"Exporting to {folder}...")
+        self.export_panel.show_status(f"Exporting to {folder}...")
 
         def done(path: Path) -> None:
             self.last_export = path
-            self.export_panel.status.setText(f"Exported to {path}")
+            self.export_panel.show_status(f"Exported to {path}")
             self.status(f"Result written to {path}")
             self._add_recent(path)
 
         def failed(error: BaseException) -> None:
-            self.export_panel.status.setText("Export failed")
+            self.export_panel.show_status("Export failed")
             self.error("Export failed", error)
 
         self.io.submit(lambda: job.export(folder), done, failed)
@@ -680,19 +646,19 @@ class MainWindow(QMainWindow):
         job = self._idle_job("Cannot save the calibration")
         if job is None:
             return
-        from uafp_gui.io.result import save_calibration
+        from uafp_gui.io.calibration import save_calibration
 
         self.io.submit(lambda: save_calibration(path, job.result().calibration()),
                        lambda saved: self.status(f"Calibration saved to {saved}"),
                        lambda error: self.error("Cannot save the calibration", error))
 
     def load_calibration(self, path: Path) -> None:
-        from uafp_gui.io.result import load_calibration
+        from uafp_gui.io.calibration import load_calibration
 
         def done(calibration: Any) -> None:
             self.calibration = calibration
             g = calibration.led_geometry
-            self.export_panel.calibration_label.setText(
+            self.export_panel.show_calibration(
                 f"{path.name}: shift ({g.shift_x_mm:+.2f}, {g.shift_y_mm:+.2f}) mm, rotation {g.rotation_deg:+.2f} "
                 f"deg, height {g.height_mm:.1f} mm; the next reconstruction starts from it"
             )
@@ -702,7 +668,7 @@ class MainWindow(QMainWindow):
 
     def clear_calibration(self) -> None:
         self.calibration = None
-        self.export_panel.calibration_label.setText("No calibration loaded")
+        self.export_panel.show_calibration("No calibration loaded")
         self.led_map.set_geometry(None)
 
     # ------------------------------------------------------------------ opening files
@@ -726,7 +692,7 @@ class MainWindow(QMainWindow):
             dataset = read_dataset(path)
             clipped_at = dataset_full_scale(dataset.meta)  # the camera's, when the dataset records its bit depth
             thumbnails = [frame_thumbnail(frame, full_scale=clipped_at) for frame in dataset.frames[:MAX_THUMBNAILS]]
-            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], clipped_at or full_scale)
+            return "dataset", dataset, thumbnails, frame_preview(dataset.frames[0], int(clipped_at or full_scale))
 
         def opened(content: tuple) -> None:
             if content[0] == "result":
@@ -762,11 +728,7 @@ class MainWindow(QMainWindow):
         meta = dataset.meta
         self.recon_panel.led_pitch_mm = meta.led_pitch_mm
         try:
-            microscope = MicroscopeDescription(
-                wavelength_um=meta.wavelength_um, objective_na=meta.objective_na, magnification=meta.magnification,
-                camera_pixel_um=meta.camera_pixel_um, led_pitch_mm=meta.led_pitch_mm, led_height_mm=meta.led_height_mm,
-                led_array_shape=tuple(meta.led_array_shape), led_on_axis=tuple(meta.led_on_axis),
-            )
+            microscope = MicroscopeDescription(optics=meta.optics)
             self.led_map.set_microscope(microscope)
             self.led_map.set_planned([led for frame in meta.frames for led in frame.leds])
             self.led_map.set_geometry(None)
@@ -777,7 +739,7 @@ class MainWindow(QMainWindow):
         for index, thumbnail in enumerate(thumbnails):
             panel.queue_thumbnail(index, thumbnail, meta.frames[index].leds)
         panel.add_queued_thumbnails(MAX_THUMBNAILS)  # made on the io thread: adding them is cheap
-        panel.progress.setValue(len(dataset.frames))
+        panel.show_all_done(len(dataset.frames))
         self.live_view.show_preview(preview, f"{path.name}, frame 0")
         self._add_recent(path)
         self.status(f"Opened {path}: {len(dataset.frames)} frames of {dataset.frames.shape[1]}x"
@@ -804,7 +766,7 @@ class MainWindow(QMainWindow):
         value = self.settings.value("recent_files", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in value or []]
+        return [str(v) for v in value] if isinstance(value, list) else []
 
     def _show_recent(self) -> None:
         recent = self._recent()
@@ -827,18 +789,16 @@ class MainWindow(QMainWindow):
         else:  # first start: the reconstruction gets the middle, the docks what they need
             self.resizeDocks([self.docks["acquisition"], self.docks["ledmap"]], [DOCK_WIDTH_PX, DOCK_WIDTH_PX],
                              Qt.Orientation.Horizontal)
-        self.acquisition_panel.output.setText(str(s.value("acquisition/output", "")))
-        self.devices_panel.mm_config.setText(str(s.value("devices/mm_config", "")))
-        self.export_panel.folder.setText(str(s.value("export/folder", "")))
+        for panel in (self.acquisition_panel, self.devices_panel, self.export_panel):
+            panel.restore_settings(s)
         self._show_recent()
 
     def _save_settings(self) -> None:
         s = self.settings
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState(STATE_VERSION))
-        s.setValue("acquisition/output", self.acquisition_panel.output.text())
-        s.setValue("devices/mm_config", self.devices_panel.mm_config.text())
-        s.setValue("export/folder", self.export_panel.folder.text())
+        for panel in (self.acquisition_panel, self.devices_panel, self.export_panel):
+            panel.save_settings(s)
         s.sync()
 
     # ------------------------------------------------------------------ shutdown
@@ -881,6 +841,3 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
-
-    def frame_lag_s(self) -> np.ndarray:
-        return np.asarray(self.frame_lags_s, dtype=float)

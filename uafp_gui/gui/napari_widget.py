@@ -1,8 +1,8 @@
 """napari dock widget (npe2 contribution `uafp_gui.reconstruct_widget`): UA-FP on an open dataset.
 
 Pick a dataset layer (opened with the uafp reader, so it carries `metadata["uafp_dataset"]`), set
-the iterations and upsampling, press *Reconstruct*. The work is the app's own `ReconJob` (the
-same `UafpReconstruction` session/engine API the desktop app and the CLI use), a generator run
+the iterations and upsampling, press *Reconstruct*. The work is the app's own reconstruction driver
+(`uafp_gui.session.reconstruction.LiveReconstruction`, which the desktop app and the CLI use), a generator run
 on a worker thread with napari's `thread_worker` (superqt): every `ReconstructionUpdate` it
 yields is drawn as the layers `uafp amplitude` / `uafp phase` (the preview, at its physical
 scale) and moves the progress bar; *Cancel* ends it after the current iteration (`job.stop()`);
@@ -38,7 +38,8 @@ PHASE_LAYER = "uafp phase (rad)"
 def dataset_from_layer(layer: Any) -> Any:
     """The `Dataset` behind a layer opened by the uafp reader (its frames and metadata)."""
     from uafp_gui.errors import ConfigError
-    from uafp_gui.io.dataset import Dataset, DatasetMeta
+    from uafp_gui.io.dataset import Dataset
+    from uafp_gui.io.schema import DatasetMeta
 
     info = getattr(layer, "metadata", {}).get("uafp_dataset")
     if info is None:
@@ -129,8 +130,8 @@ class ReconstructWidget(QWidget):
         from napari.qt.threading import thread_worker
 
         from uafp_gui.errors import UafpError
-        from uafp_gui.gui.jobs import ReconJob
         from uafp_gui.recon.uafp import UafpSettings
+        from uafp_gui.session.reconstruction import LiveReconstruction, threads_beside_a_ui
 
         if self.state == "running":
             return
@@ -145,11 +146,13 @@ class ReconstructWidget(QWidget):
             self.status.setText(str(error))
             self.state = "failed"
             return
-        self.job = ReconJob(settings, dataset=dataset, source_dataset=name)
+        self.job = LiveReconstruction(
+            settings, dataset=dataset, source_dataset=name, torch_threads=threads_beside_a_ui()
+        )
         height, width = dataset.frame_shape
         self._object_shape = (height * settings.upsample, width * settings.upsample)
         self._object_pixel_um = dataset.meta.sample_pixel_um / settings.upsample
-        self.progress.setRange(0, settings.iterations)
+        self.progress.setRange(0, settings.iterations or 0)
         self.progress.setValue(0)
         self.error, self.last_update, self.last_result = None, None, None
         self.state = "running"
@@ -183,6 +186,7 @@ class ReconstructWidget(QWidget):
     def _on_update(self, update: Any) -> None:
         self.last_update = update
         self.progress.setValue(min(update.iteration, self.progress.maximum()))
+        assert self._object_shape is not None  # set by start()
         preview_scale = self._object_pixel_um * (self._object_shape[0] / update.amplitude.shape[0])
         self._show(AMPLITUDE_LAYER, update.amplitude, preview_scale, colormap="gray")
         self._show(

@@ -8,7 +8,9 @@ calls it from a timer (a few times a second) with the newest update only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyqtgraph as pg
@@ -29,6 +31,9 @@ from PySide6.QtWidgets import (
 
 from uafp_gui.gui.images import DIVERGING_PHASE, ImagePlot, phase_view
 from uafp_gui.recon.choices import Device, parse_device
+
+if TYPE_CHECKING:
+    from uafp_gui.recon.uafp import ReconstructionUpdate
 
 __all__ = ["ReconPanel"]
 
@@ -121,7 +126,7 @@ class ReconPanel(QWidget):
         for plot in (self.misalignment, self.zernike, self.gains, self.loss, self.traces):
             plot.getAxis("left").setWidth(36)  # fixed: changing tick labels must not re-lay out every plot
             plot.hideButtons()
-        self._pending = None
+        self._pending: tuple[ReconstructionUpdate, Sequence[tuple]] | None = None
         for row, stretch in enumerate((3, 3, 2)):
             outer.layout.setRowStretchFactor(row, stretch)
         layout.addWidget(self.graphics, 1)
@@ -216,6 +221,15 @@ class ReconPanel(QWidget):
             **changes,
         )
         return settings
+
+    def iterations_to_run(self) -> int:
+        """How many iterations Reconstruct (or Continue) runs."""
+        return int(self.iterations.value())
+
+    def set_stopping(self) -> None:
+        """Stop was pressed: it acts at the next mini-batch or iteration."""
+        self.stop_button.setEnabled(False)
+        self.show_status("Stopping...")
 
     def set_running(self, running: bool, *, has_state: bool) -> None:
         self.start_button.setEnabled(not running)
@@ -348,7 +362,7 @@ class ReconPanel(QWidget):
             self.misalignment_legend.getLabel(self.misalignment_arrows).setText(self._arrow_label(magnify))
 
     def show_calibration(self, calibration) -> None:
-        """The calibration (`uafp_gui.io.result.Calibration`) as text, with `+-` standard errors when it
+        """The calibration (`uafp_gui.io.calibration.Calibration`) as text, with `+-` standard errors when it
         has them and the parameters the data leave undetermined named as such."""
         from uafp_gui.recon.uncertainty import calibration_lines
 

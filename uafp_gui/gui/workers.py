@@ -96,7 +96,9 @@ class GeneratorWorker(QThread):
                     if self._keep_all:
                         self._items.append(item)
                 if self._stop.is_set() and self._on_stop is None:
-                    generator.close()
+                    close = getattr(generator, "close", None)  # a generator's: run its finally blocks now
+                    if close is not None:
+                        close()
                     break
         except BaseException as error:  # shown to the user by whoever listens to `failed`
             self.error = error

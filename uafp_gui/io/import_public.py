@@ -45,7 +45,9 @@ from uafp_gui.io._importcheck import (
     numbers,
     one_line,
 )
-from uafp_gui.io.dataset import SOFTWARE_NAME, DatasetMeta, FrameSpec, write_dataset
+from uafp_gui.io.schema import SOFTWARE_NAME, DatasetMeta, FrameSpec
+from uafp_gui.io.writer import write_dataset
+from uafp_gui.model import Optics
 
 FPM_MAT_FRAMES = ("I_low", "imlow")
 FPM_MAT_WAVELENGTH = ("lambda", "wavelength", "lambda_g")
@@ -245,14 +247,16 @@ def import_fpm_mat(
     magnification = _scalar(mat["mag"], "mag", mat_path)
     camera_pixel_um = _scalar(mat["dpix_c"], "dpix_c", mat_path)
     meta = DatasetMeta(
-        wavelength_um=float(wavelength_um),
-        objective_na=objective_na,
-        magnification=magnification,
-        camera_pixel_um=camera_pixel_um,
-        led_pitch_mm=pitch,
-        led_height_mm=float(led_height_mm),
-        led_array_shape=shape,
-        led_on_axis=on_axis,
+        optics=Optics(
+            wavelength_um=float(wavelength_um),
+            objective_na=objective_na,
+            magnification=magnification,
+            camera_pixel_um=camera_pixel_um,
+            led_pitch_mm=pitch,
+            led_height_mm=float(led_height_mm),
+            led_array_shape=shape,
+            led_on_axis=on_axis,
+        ),
         frames=_frames_with_na(leds, na),
         sample=mat_path.stem,
         notes=(
@@ -269,7 +273,7 @@ def import_fpm_mat(
 # ------------------------------------------------------------------------------- PtyLab FPM
 
 
-def _apply_orientation(frames: np.ndarray, orientation: int) -> np.ndarray:
+def _apply_orientation(frames: np.ndarray, orientation: float) -> np.ndarray:
     """PtyLab's orientation code (ptypy convention): 1 flip columns, 2 flip rows, 3 both, 4 transpose,
     5 transpose + flip columns, 6 transpose + flip rows, 7 transpose + both; 0 nothing."""
     if orientation not in range(8) or orientation != int(orientation):
@@ -341,14 +345,16 @@ def import_ptylab_hdf5(
     na = positions_mm / radius[:, None]
     leds, shape, on_axis, pitch = illumination_grid(positions_mm, led_pitch_mm)
     meta = DatasetMeta(
-        wavelength_um=wavelength_um,
-        objective_na=float(objective_na),
-        magnification=magnification,
-        camera_pixel_um=camera_pixel_um,
-        led_pitch_mm=pitch,
-        led_height_mm=height_mm,
-        led_array_shape=shape,
-        led_on_axis=on_axis,
+        optics=Optics(
+            wavelength_um=wavelength_um,
+            objective_na=float(objective_na),
+            magnification=magnification,
+            camera_pixel_um=camera_pixel_um,
+            led_pitch_mm=pitch,
+            led_height_mm=height_mm,
+            led_array_shape=shape,
+            led_on_axis=on_axis,
+        ),
         frames=_frames_with_na(leds, na),
         sample=path.stem,
         notes=(

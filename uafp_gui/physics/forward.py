@@ -16,12 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as functional
 
-from uafp_gui.io.result import LedGeometry
-from uafp_gui.physics.geometry import (
-    illumination_frequencies,
-    misaligned_positions_mm,
-    nominal_led_positions_mm,
-)
+from uafp_gui.model import LedGeometry, led_positions_mm
+from uafp_gui.physics.geometry import illumination_frequencies
 from uafp_gui.physics.zernike import MAX_NOLL_INDEX, zernike_basis
 
 LedList = tuple[tuple[float, float], ...]
@@ -52,7 +48,7 @@ class OpticalSetup:
     def from_meta(
         cls, meta, frame_shape: tuple[int, int], upsample: int = 4, pixel_integration: int = 1
     ) -> OpticalSetup:
-        """Build from a `uafp_gui.io.dataset.DatasetMeta` and the (rows, cols) of its frames."""
+        """Build from a `uafp_gui.io.schema.DatasetMeta` and the (rows, cols) of its frames."""
         glass = getattr(meta, "glass", None)
         return cls(
             wavelength_um=float(meta.wavelength_um),
@@ -222,7 +218,7 @@ class ForwardModel(torch.nn.Module):
         frames must carry the same NA in both.
         """
         setup = self.setup
-        nominal = nominal_led_positions_mm(self.distinct_row_col, setup.led_on_axis, setup.led_pitch_mm)
+        nominal = led_positions_mm(self.distinct_row_col, setup.led_on_axis, setup.led_pitch_mm)
         target: dict[int, tuple[float, float]] = {}
         for frame, led in zip(self.entry_frame.tolist(), self.entry_led.tolist(), strict=True):
             na = setup.frame_illumination_na[frame]
@@ -260,8 +256,10 @@ class ForwardModel(torch.nn.Module):
     def distinct_led_positions_mm(self) -> torch.Tensor:
         """(L, 2) actual [X', Y'] of every distinct LED used, rigid model plus residuals."""
         s = self.system
-        nominal = nominal_led_positions_mm(self.distinct_row_col, self.setup.led_on_axis, self.setup.led_pitch_mm)
-        moved = misaligned_positions_mm(nominal, s.shift_x_mm, s.shift_y_mm, s.rotation_deg)
+        moved = led_positions_mm(
+            self.distinct_row_col, self.setup.led_on_axis, self.setup.led_pitch_mm,
+            shift_x_mm=s.shift_x_mm, shift_y_mm=s.shift_y_mm, rotation_deg=s.rotation_deg,
+        )
         return moved + s.led_offsets_mm
 
     def illumination_frequencies(self) -> torch.Tensor:

@@ -1,10 +1,10 @@
-"""LED array geometry: nominal positions, misalignment, and illumination frequencies.
+"""Illumination geometry: the direction and spatial frequency of each LED's light at the sample.
 
-Implements spec section 2. Image axes: x along frame columns, y along frame rows. An LED at
-(row, col) sits nominally at X = (col - c0) pitch, Y = (row - r0) pitch, h below the sample;
-calibration rotates by `rotation_deg` counter-clockwise, then shifts, and replaces the height.
-Every function is torch, differentiable in the geometry parameters, and broadcasts over leading
-dimensions (a batch of candidate geometries).
+Implements spec section 2 from LED positions [X, Y] in mm (`uafp_gui.model.led_positions_mm`,
+which places the LEDs: nominal grid, then rotation and shift). Image axes: x along frame
+columns, y along frame rows; the LEDs are h below the sample. Every function is torch,
+differentiable in the geometry parameters, and broadcasts over leading dimensions (a batch of
+candidate geometries).
 """
 
 from __future__ import annotations
@@ -12,29 +12,6 @@ from __future__ import annotations
 import torch
 
 GLASS_NEWTON_STEPS = 12
-
-
-def nominal_led_positions_mm(
-    leds_row_col: torch.Tensor, led_on_axis: tuple[float, float], pitch_mm: float
-) -> torch.Tensor:
-    """(L, 2) nominal [X, Y] in mm of LEDs given as (L, 2) [row, col] indices."""
-    row0, col0 = led_on_axis
-    x = (leds_row_col[..., 1] - col0) * pitch_mm
-    y = (leds_row_col[..., 0] - row0) * pitch_mm
-    return torch.stack([x, y], dim=-1)
-
-
-def misaligned_positions_mm(
-    nominal_mm: torch.Tensor,
-    shift_x_mm: torch.Tensor,
-    shift_y_mm: torch.Tensor,
-    rotation_deg: torch.Tensor,
-) -> torch.Tensor:
-    """Rotate counter-clockwise in image axes, then shift (spec section 2)."""
-    theta = torch.deg2rad(rotation_deg)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    x, y = nominal_mm[..., 0], nominal_mm[..., 1]
-    return torch.stack([x * cos - y * sin + shift_x_mm, x * sin + y * cos + shift_y_mm], dim=-1)
 
 
 def illumination_sines(

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import math
 
-Led = tuple[int, int]
+from uafp_gui.model import RowCol, illumination_na
 
 
-def square_leds(n: int, center: Led) -> list[Led]:
+def square_leds(n: int, center: RowCol) -> list[RowCol]:
     """The n x n block of (row, col) LEDs around `center` (for even n, centre is upper-left of middle)."""
     half = n // 2
     r0, c0 = center[0] - half, center[1] - half
     return [(r0 + i, c0 + j) for i in range(n) for j in range(n)]
 
 
-def spiral_order(leds: list[Led], center: Led) -> list[Led]:
+def spiral_order(leds: list[RowCol], center: RowCol) -> list[RowCol]:
     """`leds` ordered on the square spiral from `center` outward: right, down, left, left, up, up, ...
 
     This is the order of the classic LED-array FP papers (x = column, y = row, down = +row);
     LEDs of the set the spiral never reaches are appended by distance.
     """
     wanted = set(leds)
-    ordered: list[Led] = []
+    ordered: list[RowCol] = []
     row, col = center
     if (row, col) in wanted:
         ordered.append((row, col))
@@ -47,17 +47,11 @@ def disk_leds(
     pitch_mm: float,
     height_mm: float,
     max_illumination_na: float,
-) -> list[Led]:
+) -> list[RowCol]:
     """LEDs whose nominal illumination NA (sin of the angle) is at most `max_illumination_na`."""
-    chosen = []
-    for row in range(array_shape[0]):
-        for col in range(array_shape[1]):
-            rho = math.hypot((row - center[0]) * pitch_mm, (col - center[1]) * pitch_mm)
-            if rho / math.hypot(rho, height_mm) <= max_illumination_na + 1e-12:
-                chosen.append((row, col))
-    return chosen
-
-
-def illumination_na(led: Led, center: tuple[float, float], pitch_mm: float, height_mm: float) -> float:
-    rho = math.hypot((led[0] - center[0]) * pitch_mm, (led[1] - center[1]) * pitch_mm)
-    return rho / math.hypot(rho, height_mm)
+    return [
+        (row, col)
+        for row in range(array_shape[0])
+        for col in range(array_shape[1])
+        if illumination_na((row, col), center, pitch_mm, height_mm) <= max_illumination_na + 1e-12
+    ]

@@ -15,17 +15,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from uafp_gui.model import led_positions_mm  # noqa: E402
+
 
 def nominal_frame_positions_mm(meta) -> np.ndarray:
     """(N, 2) nominal [X, Y] per frame (centroid of its LEDs) from dataset metadata."""
-    r0, c0 = meta.led_on_axis
-    positions = []
-    for frame in meta.frames:
-        leds = np.asarray(frame.leds, dtype=float).reshape(-1, 2)
-        positions.append(
-            [np.mean((leds[:, 1] - c0) * meta.led_pitch_mm), np.mean((leds[:, 0] - r0) * meta.led_pitch_mm)]
-        )
-    return np.asarray(positions)
+    return np.asarray(
+        [led_positions_mm(frame.leds, meta.led_on_axis, meta.led_pitch_mm).mean(axis=0) for frame in meta.frames]
+    )
 
 
 def readable_phase(phase: np.ndarray, wrap_fraction: float = 0.8) -> tuple[np.ndarray, float, float | None]:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from scipy import ndimage, optimize
 
-from uafp_gui.io.result import LedGeometry
-from uafp_gui.physics.geometry import illumination_sines, misaligned_positions_mm, nominal_led_positions_mm
+from uafp_gui.model import LedGeometry, led_positions_mm
+from uafp_gui.physics.geometry import illumination_sines
 
 # The misalignment the boundary grid search covers about the nominal geometry: what the start supports.
 SHIFT_RANGE_MM = 4.0
@@ -93,7 +93,6 @@ def fit_geometry_from_boundary(
     brightness = measured_brightness(measurements, frames)
     entries = torch.stack([torch.nonzero(model.entry_frame == k)[0, 0] for k in frames.tolist()])
     leds = model.distinct_row_col[model.entry_led[entries]].to(device)
-    nominal = nominal_led_positions_mm(leds, setup.led_on_axis, setup.led_pitch_mm)
 
     shifts = torch.arange(-shift_range_mm, shift_range_mm + 1e-9, shift_step_mm, device=device)
     rotations = torch.arange(-rotation_range_deg, rotation_range_deg + 1e-9, rotation_step_deg, device=device)
@@ -111,7 +110,10 @@ def fit_geometry_from_boundary(
         _check(cancelled)
         if progress is not None:
             progress(done, len(chunks))
-        positions = misaligned_positions_mm(nominal[None], chunk[:, 0, None], chunk[:, 1, None], chunk[:, 2, None])
+        positions = led_positions_mm(
+            leds[None], setup.led_on_axis, setup.led_pitch_mm,
+            shift_x_mm=chunk[:, 0, None], shift_y_mm=chunk[:, 1, None], rotation_deg=chunk[:, 2, None],
+        )
         sines = illumination_sines(
             positions, chunk[:, 3, None], tile_mm, setup.glass_thickness_mm, setup.glass_index
         ).norm(dim=-1)

@@ -5,7 +5,6 @@ hardware is found; tests and benchmarks build theirs here.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pymmcore_plus.experimental.unicore import UniMMCore
@@ -41,7 +40,9 @@ def open_simulated_microscope(
     settings = settings or default_simulation_settings()
     if led_array is None:
         led_array = SimulatedLedArray(
-            tuple(settings.led_array_shape), settings.led_pitch_mm, height_mm=settings.led_height_mm
+            (int(settings.led_array_shape[0]), int(settings.led_array_shape[1])),
+            settings.led_pitch_mm,
+            height_mm=settings.led_height_mm,
         )
     if tuple(led_array.shape) != tuple(settings.led_array_shape):
         raise ConfigError(
@@ -67,5 +68,5 @@ def simulated_camera(core: UniMMCore) -> SimulatedFpCamera | None:
 
 def simulation_with(settings: SimulationSettings | None = None, **changes: Any) -> SimulationSettings:
     """`settings` (default: the misaligned preset) with some fields changed."""
-    return replace(settings or default_simulation_settings(), **changes)
+    return (settings or default_simulation_settings()).replace(**changes)
 

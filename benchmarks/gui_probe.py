@@ -1,0 +1,52 @@
+"""Measuring a running `MainWindow` from outside, for tests and benchmarks (none of it is in the
+app): how many reconstruction updates it drew, and how long each frame took from its arrival to
+the first drawn update that used it (frame -> display lag).
+
+    probe = DrawProbe(window)   # before the reconstruction starts
+    ...
+    probe.updates_drawn, probe.frame_lag_s()
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+class DrawProbe:
+    """Wraps `window.recon_panel.show_update` (what the window calls for every update it draws)."""
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+        self.updates_drawn = 0
+        self.frame_lags_s: list[float] = []
+        self._job: Any = None
+        self._counted = 0
+        draw = window.recon_panel.show_update
+
+        def show_update(update: Any, *args: Any, **kwargs: Any) -> Any:
+            shown = draw(update, *args, **kwargs)
+            self._drawn(update)
+            return shown
+
+        window.recon_panel.show_update = show_update
+
+    def _drawn(self, update: Any) -> None:
+        self.updates_drawn += 1
+        job = self.window.recon_job
+        if job is not self._job:  # a new reconstruction: its own lags
+            self._job, self.frame_lags_s, self._counted = job, [], 0
+        if job is None:
+            return
+        now = time.perf_counter()
+        arrivals = job.arrivals
+        for index in range(self._counted, update.frames_used):
+            if index in arrivals:
+                self.frame_lags_s.append(now - arrivals[index])
+        self._counted = max(self._counted, update.frames_used)
+
+    def frame_lag_s(self) -> np.ndarray:
+        """Seconds from each frame's arrival to the first drawn update that used it."""
+        return np.asarray(self.frame_lags_s, dtype=float)
