@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-classic", action="store_true")
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="an engine setting for every UA-FP run (VALUE as JSON, e.g. start_rim_min_gain=0): A/B runs on the same draws",
+        help="an engine setting for every UA-FP run (VALUE as JSON, e.g. start_rim_min_response=0): A/B runs",
     )
     parser.add_argument("--out", type=Path, default=Path("bench_robustness"), help="writes OUT.json and OUT.csv")
     args = parser.parse_args(argv)

@@ -660,7 +660,7 @@ def test_the_start_covers_a_height_error_in_proportion_to_a_tall_stand():
     available = torch.nonzero(recon.available).squeeze(1)
     boundary = fit_geometry_from_boundary(recon.model, recon.measurements, available)
     print(f"boundary start height {boundary.geometry.height_mm:.1f} mm (true {micro.true_height_mm:.1f})")
-    assert abs(boundary.geometry.height_mm - micro.true_height_mm) < 4.0  # the 12 mm range stopped it at 192 mm or below
+    assert abs(boundary.geometry.height_mm - micro.true_height_mm) < 4.0  # the 12 mm range: 192 mm or below
 
 
 @pytest.mark.slow

@@ -269,26 +269,30 @@ def fit_geometry_from_rims(
     radius = (setup.pupil_cutoff / df_x, setup.pupil_cutoff / df_y)
     tile_mm = (setup.tile_center_um[0] / 1000.0, setup.tile_center_um[1] / 1000.0)
 
-    def nominal_of(frame_indices) -> torch.Tensor:
+    def leds_of(frame_indices) -> torch.Tensor:
         entries = torch.stack([torch.nonzero(model.entry_frame == int(k))[0, 0] for k in frame_indices])
-        leds = model.distinct_row_col[model.entry_led[entries]].cpu().double()
-        return nominal_led_positions_mm(leds, setup.led_on_axis, setup.led_pitch_mm)
+        return model.distinct_row_col[model.entry_led[entries]].cpu().double()
 
     frames = frames.cpu()
-    nominal_bright, nominal_all = nominal_of(bright), nominal_of(frames.tolist())
+    leds_bright, leds_all = leds_of(bright), leds_of(frames.tolist())
     brightness = measured_brightness(measurements, frames.to(measurements.device)).cpu().double().numpy()
 
-    def sines(nominal: torch.Tensor, params: np.ndarray) -> np.ndarray:
+    def sines(leds: torch.Tensor, params: np.ndarray) -> np.ndarray:
         p = torch.as_tensor(params, dtype=torch.float64)
-        positions = misaligned_positions_mm(nominal[None], p[:, 0, None], p[:, 1, None], p[:, 2, None])
-        return illumination_sines(positions, p[:, 3, None], tile_mm, setup.glass_thickness_mm, setup.glass_index).numpy()
+        positions = led_positions_mm(
+            leds[None], setup.led_on_axis, setup.led_pitch_mm,
+            shift_x_mm=p[:, 0, None], shift_y_mm=p[:, 1, None], rotation_deg=p[:, 2, None],
+        )
+        return illumination_sines(
+            positions, p[:, 3, None], tile_mm, setup.glass_thickness_mm, setup.glass_index
+        ).numpy()
 
     def rims(maps: np.ndarray, params: np.ndarray) -> np.ndarray:
-        u = sines(nominal_bright, params) / setup.wavelength_um
+        u = sines(leds_bright, params) / setup.wavelength_um
         return _periodic_lookup(maps, u[..., 0] / df_x, u[..., 1] / df_y).mean(axis=1)
 
     def mismatched(params: np.ndarray) -> np.ndarray:
-        predicted = (np.linalg.norm(sines(nominal_all, params), axis=-1) < setup.objective_na).astype(float)
+        predicted = (np.linalg.norm(sines(leds_all, params), axis=-1) < setup.objective_na).astype(float)
         return np.abs(predicted - brightness[None]).sum(axis=1)
 
     def score(maps: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -302,7 +306,8 @@ def fit_geometry_from_rims(
     span_h = height_range_mm(height)
     # Steps: the outermost bright-field circle moves about 1.5 spectrum pixels per step.
     px_per_mm = 1.0 / (height * setup.wavelength_um * min(df_x, df_y))
-    reach_mm = float(nominal_bright.norm(dim=-1).max()) + setup.led_pitch_mm / 2
+    nominal = led_positions_mm(leds_bright, setup.led_on_axis, setup.led_pitch_mm)
+    reach_mm = float(nominal.norm(dim=-1).max()) + setup.led_pitch_mm / 2
     shift_step = 1.5 / px_per_mm
     rotation_step = min(1.0, float(np.degrees(shift_step / reach_mm)))
     height_step = min(0.03 * height, 1.5 * height / (px_per_mm * reach_mm))
