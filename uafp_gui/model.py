@@ -27,6 +27,7 @@ RowCol = tuple[int, int]
 __all__ = [
     "MAXIMA",
     "OPTICS_FIELDS",
+    "Glass",
     "HasOptics",
     "LedGeometry",
     "Optics",
@@ -293,6 +294,46 @@ class HasOptics:
 
     def is_brightfield(self, led: RowCol) -> bool:
         return self.optics.is_brightfield(led)
+
+
+@dataclass(frozen=True)
+class Glass:
+    """A slide between the LED array and the sample; it refracts the illumination."""
+
+    thickness_mm: float
+    refractive_index: float
+
+    def __post_init__(self) -> None:
+        thickness = number(self.thickness_mm, "glass.thickness_mm", "slide thickness in mm")
+        if thickness < 0:
+            raise DatasetError(
+                f"glass.thickness_mm must be >= 0 (got {self.thickness_mm!r}): "
+                "give the slide thickness in millimetres, e.g. 1.0"
+            )
+        index = number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
+        if index < 1:
+            raise DatasetError(
+                f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): typical slide glass is 1.52"
+            )
+        object.__setattr__(self, "thickness_mm", thickness)
+        object.__setattr__(self, "refractive_index", index)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"thickness_mm": self.thickness_mm, "refractive_index": self.refractive_index}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Glass:
+        if not isinstance(data, Mapping):
+            raise DatasetError(f"glass must be an object {{'thickness_mm': t, 'refractive_index': n}} (got {data!r})")
+        for key in ("thickness_mm", "refractive_index"):
+            if key not in data:
+                raise DatasetError(f"glass.{key} is missing: glass needs thickness_mm and refractive_index")
+        unknown = set(data) - {"thickness_mm", "refractive_index"}
+        if unknown:
+            raise DatasetError(
+                f"glass has unknown fields {sorted(unknown)}: only thickness_mm and refractive_index are allowed"
+            )
+        return cls(data["thickness_mm"], data["refractive_index"])
 
 
 # ------------------------------------------------------------------------------ LED geometry
