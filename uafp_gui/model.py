@@ -1,7 +1,8 @@
 """The domain every layer builds on: LED indices, the nominal optics, the LED geometry, LED positions.
 
-The bottom of the package: no torch, no Qt, no files (numpy only). `Optics` holds the nominal
-microscope fields once; a dataset's metadata (`io.schema.DatasetMeta`), the acquisition's
+The bottom of the package: no Qt, no files, numpy only (torch only when `led_positions_mm` is
+given tensors, which means it is loaded already). `Optics` holds the nominal microscope fields
+once, `Glass` the slide below the sample; a dataset's metadata (`io.schema.DatasetMeta`), the acquisition's
 `MicroscopeDescription` and the simulator's `SimulationSettings` contain one and read its fields
 through `HasOptics`. `led_positions_mm` is the one place an LED's [X, Y] is computed (spec
 section 2); it works on numpy arrays and, differentiably, on torch tensors. The validators raise
