@@ -2,9 +2,9 @@
 
 The bottom of the package: no Qt, no files, numpy only (torch only when `led_positions_mm` is
 given tensors, which means it is loaded already). `Optics` holds the nominal microscope fields
-once, `Glass` the slide below the sample; a dataset's metadata (`io.schema.DatasetMeta`), the acquisition's
-`MicroscopeDescription` and the simulator's `SimulationSettings` contain one and read its fields
-through `HasOptics`. `led_positions_mm` is the one place an LED's [X, Y] is computed (spec
+once, `Glass` the slide below the sample; a dataset's metadata (`io.schema.DatasetMeta`), the
+acquisition's `MicroscopeDescription` and the simulator's `SimulationSettings` contain an Optics
+and read its fields through `HasOptics`. `led_positions_mm` is the one place an LED's [X, Y] is computed (spec
 section 2); it works on numpy arrays and, differentiably, on torch tensors. The validators raise
 `DatasetError` naming the field and the fix; `io` and the settings classes use them.
 """
