@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from uafp_gui.devices.interfaces import LedArray
 
-__all__ = ["TRIGGER_WIRINGS", "FpEngine", "TriggerWiring"]
+__all__ = ["TRIGGER_WIRINGS", "FpEngine", "TriggerWiring", "camera_timeout_of", "trigger_wiring_of"]
 
 
 # How the camera and the LED array's trigger pins are wired (hardware/README.md).
@@ -65,6 +65,32 @@ class TriggerWiring(StrEnum):
 
 TRIGGER_WIRINGS = tuple(TriggerWiring)
 
+
+def trigger_wiring_of(value: str) -> TriggerWiring:
+    """`value` as a `TriggerWiring`; a `ConfigError` naming the choices otherwise."""
+    try:
+        return TriggerWiring(value)
+    except ValueError:
+        raise ConfigError(f"trigger_wiring must be one of {', '.join(TRIGGER_WIRINGS)} (got {value!r})") from None
+
+
+def camera_timeout_of(value: float) -> float:
+    """Seconds allowed on top of the exposure before a frame counts as a camera timeout: (0, 3600]."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 < seconds <= 3600:
+        raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {value!r})")
+    return seconds
+
+
+
+def _led_failure(what: str, error: Exception) -> LedArrayFailure:
+    """`what` failed: our own errors carry their message, anything else also its type."""
+    if isinstance(error, UafpError):
+        return LedArrayFailure(f"{what} failed: {error}")
+    return LedArrayFailure(f"{what} failed ({type(error).__name__}: {error})")
 
 
 def _is_sequenced(event: Any) -> bool:
@@ -142,15 +168,11 @@ class FpEngine:
         led_array: LedArray | None = None,
         led_device: str = LED_DEVICE_LABEL,
     ) -> None:
-        if trigger_wiring not in TRIGGER_WIRINGS:
-            raise ConfigError(f"trigger_wiring must be one of {', '.join(TRIGGER_WIRINGS)} (got {trigger_wiring!r})")
         self.mmcore = core
         self.frames_to_average = int(frames_to_average)
-        self.camera_timeout_s = float(camera_timeout_s)
-        if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
-            raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
+        self.camera_timeout_s = camera_timeout_of(camera_timeout_s)
         self.hardware_triggered = bool(hardware_triggered)
-        self.trigger_wiring = TriggerWiring(trigger_wiring)
+        self.trigger_wiring = trigger_wiring_of(trigger_wiring)
         self.led_array = led_array
         self.led_device = led_device
         self._exposure_ms: float | None = None
@@ -169,7 +191,10 @@ class FpEngine:
         self._exposure_ms = None
         if self._snapper is None or self._snapper.hung:
             self._snapper = _SnapWorker(self.mmcore)
-        return dict(summary_metadata(self.mmcore, mda_sequence=sequence))
+        try:
+            return dict(summary_metadata(self.mmcore, mda_sequence=sequence))
+        except Exception:  # noqa: BLE001 - a courtesy to pymmcore-plus's writers: never fails a run
+            return {}
 
     def event_iterator(self, events: Iterable[useq.MDAEvent]) -> Iterator[useq.MDAEvent]:
         """The frame events: an `fp_sequence`'s time points expanded into its frames, combined into
@@ -184,22 +209,23 @@ class FpEngine:
         if _is_sequenced(event):
             self._setup_sequenced(event)
             return
-        frame = event.metadata.get("uafp_frame", "?")
+        where = f"frame {event.metadata.get('uafp_frame', '?')}"
         for device, prop, value in event.properties or ():
             try:
                 self.mmcore.setProperty(device, prop, value)
-            except UafpError as error:
-                raise LedArrayFailure(f"frame {frame}: setting {device}.{prop} = {value!r} failed: {error}") from error
             except Exception as error:
-                raise LedArrayFailure(
-                    f"frame {frame}: setting {device}.{prop} = {value!r} failed ({type(error).__name__}: {error})"
-                ) from error
-        if event.exposure is not None and event.exposure != self._exposure_ms:
-            try:
-                self.mmcore.setExposure(float(event.exposure))
-            except Exception as error:
-                raise DeviceError(f"frame {frame}: the camera refused exposure {event.exposure} ms: {error}") from error
-            self._exposure_ms = float(event.exposure)
+                raise _led_failure(f"{where}: setting {device}.{prop} = {value!r}", error) from error
+        self._set_exposure(event.exposure, where)
+
+    def _set_exposure(self, exposure_ms: float | None, where: str) -> None:
+        """The event's exposure, when it changes; a typed error naming the frame(s) when refused."""
+        if exposure_ms is None or exposure_ms == self._exposure_ms:
+            return
+        try:
+            self.mmcore.setExposure(float(exposure_ms))
+        except Exception as error:
+            raise DeviceError(f"{where}: the camera refused exposure {exposure_ms} ms: {error}") from error
+        self._exposure_ms = float(exposure_ms)
 
     def exec_event(self, event: useq.MDAEvent) -> Iterator[tuple[np.ndarray, useq.MDAEvent, dict]]:
         if _is_sequenced(event):
@@ -298,22 +324,13 @@ class FpEngine:
         self._array()
         for device, prop, value in event.properties or ():
             self.mmcore.setProperty(device, prop, value)
-        if event.exposure is not None and event.exposure != self._exposure_ms:
-            try:
-                self.mmcore.setExposure(float(event.exposure))
-            except Exception as error:
-                raise DeviceError(f"{where}: the camera refused exposure {event.exposure} ms: {error}") from error
-            self._exposure_ms = float(event.exposure)
+        self._set_exposure(event.exposure, where)
         for (device, prop), values in event.property_sequences.items():
             steps = [value for value in values for _ in range(self.frames_to_average)]
             try:
                 self.mmcore.loadPropertySequence(device, prop, steps)
-            except UafpError as error:
-                raise LedArrayFailure(f"{where}: loading the LED sequence failed: {error}") from error
             except Exception as error:
-                raise LedArrayFailure(
-                    f"{where}: loading the {device}.{prop} sequence failed ({type(error).__name__}: {error})"
-                ) from error
+                raise _led_failure(f"{where}: loading the {device}.{prop} sequence", error) from error
 
     def _start_hardware_sequence(self, event: Any, n_frames: int) -> None:
         core = self.mmcore
