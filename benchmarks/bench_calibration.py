@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.dataset import Dataset
-from uafp_gui.io.result import Calibration
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
 from uafp_gui.recon.common import resolve_device

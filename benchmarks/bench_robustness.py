@@ -178,7 +178,7 @@ def quick_microscope(seed: int) -> refsim.RefMicroscope:
 
 
 def _truth_calibration(simulation):
-    from uafp_gui.io.result import Calibration
+    from uafp_gui.io.calibration import Calibration
 
     return Calibration.from_dict(simulation.calibration_dict())
 

@@ -37,7 +37,7 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
 
     from uafp_gui.gui.napari_widget import ReconstructWidget
-    from uafp_gui.io.dataset import write_dataset
+    from uafp_gui.io.writer import write_dataset
     from uafp_gui.recon.common import save_result
     from uafp_gui.simulate import PRESETS, simulate
 

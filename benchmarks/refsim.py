@@ -341,7 +341,7 @@ class RefSimulation:
     """A reference dataset and its ground truth."""
 
     micro: RefMicroscope
-    meta: object  # uafp_gui.io.dataset.DatasetMeta (nominal geometry, errors hidden)
+    meta: object  # uafp_gui.io.schema.DatasetMeta (nominal geometry, errors hidden)
     frames: np.ndarray  # (N, H, W) uint16 raw counts
     expected_counts: np.ndarray  # (N, H, W) float noise-free counts above the offset
     leds: list[tuple[int, int]]
@@ -393,7 +393,7 @@ class RefSimulation:
 
 def nominal_meta(micro: RefMicroscope, leds: list[tuple[int, int]]):
     """The dataset metadata as the microscope's user knows it (errors hidden)."""
-    from uafp_gui.io.dataset import DatasetMeta
+    from uafp_gui.io.schema import DatasetMeta
 
     return DatasetMeta.from_dict(
         {
@@ -501,8 +501,9 @@ def simulate(micro: RefMicroscope, batch: int = 8) -> RefSimulation:
 
 def write_reference(simulation: RefSimulation, dataset_path: Path) -> Path:
     """Write the dataset (the project's writer) and `<stem>_truth/` (band-limited object, true system)."""
-    from uafp_gui.io.dataset import write_dataset
-    from uafp_gui.io.result import Calibration, write_result
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.result import write_result
+    from uafp_gui.io.writer import write_dataset
 
     dataset_path = Path(dataset_path)
     write_dataset(dataset_path, simulation.meta, simulation.frames)

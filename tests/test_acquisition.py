@@ -21,7 +21,8 @@ from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription, pa
 from uafp_gui.acquisition.runner import Acquisition
 from uafp_gui.acquisition.sequence import frame_events
 from uafp_gui.errors import CameraTimeoutError, ConfigError, DatasetError, DeviceError, LedArrayFailure, WriteFailure
-from uafp_gui.io.dataset import DatasetWriter, PartialDatasetWarning, read_dataset, read_tiff_frames
+from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset, read_tiff_frames
+from uafp_gui.io.writer import DatasetWriter
 from uafp_gui.physics.patterns import spiral_order, square_leds
 from uafp_gui.simulate import PRESETS
 from uafp_gui.simulated.microscope import open_simulated_microscope, simulated_camera

@@ -17,18 +17,10 @@ import pytest
 import tifffile
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io import dataset as dataset_module
-from uafp_gui.io.dataset import (
-    Dataset,
-    DatasetMeta,
-    DatasetWriter,
-    FrameSpec,
-    Glass,
-    PartialDatasetWarning,
-    read_dataset,
-    read_dataset_meta,
-    write_dataset,
-)
+from uafp_gui.io import writer as writer_module
+from uafp_gui.io.dataset import Dataset, PartialDatasetWarning, read_dataset, read_dataset_meta
+from uafp_gui.io.schema import DatasetMeta, FrameSpec, Glass
+from uafp_gui.io.writer import DatasetWriter, write_dataset
 from uafp_gui.model import Optics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +188,7 @@ def test_file_is_a_plain_stack_for_other_readers(tmp_path):
 
 
 def test_bigtiff_used_when_planned_size_is_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset_module, "CLASSIC_TIFF_LIMIT_BYTES", 100)
+    monkeypatch.setattr(writer_module, "CLASSIC_TIFF_LIMIT_BYTES", 100)
     frames = make_frames(3)
     write_dataset(tmp_path / "big.tif", make_meta(3), frames)
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
@@ -432,7 +424,8 @@ _CHILD = """
 import sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-from uafp_gui.io.dataset import DatasetMeta, DatasetWriter, FrameSpec
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
+from uafp_gui.io.writer import DatasetWriter
 from uafp_gui.model import Optics
 meta = DatasetMeta(
     optics=Optics(wavelength_um=0.532, objective_na=0.1, magnification=4.0, camera_pixel_um=3.45,

@@ -11,8 +11,10 @@ import pytest
 import tifffile
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io.dataset import _KNOWN, read_dataset
-from uafp_gui.io.result import _CALIBRATION_FIELDS, Calibration, read_pixel_size_um, write_result
+from uafp_gui.io.calibration import _CALIBRATION_FIELDS, Calibration
+from uafp_gui.io.dataset import read_dataset
+from uafp_gui.io.result import read_pixel_size_um, write_result
+from uafp_gui.io.schema import _KNOWN
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "dataset_format.md"

@@ -65,7 +65,7 @@ class Tally:
 
 
 def make_meta(count: int = 3):
-    from uafp_gui.io.dataset import DatasetMeta, FrameSpec
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
     from uafp_gui.model import Optics
 
     return DatasetMeta(
@@ -88,7 +88,7 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def valid_tiff(tmp_path_factory) -> bytes:
-    from uafp_gui.io.dataset import write_dataset
+    from uafp_gui.io.writer import write_dataset
 
     path = tmp_path_factory.mktemp("fuzz") / "valid.tif"
     frames = np.random.default_rng(1).integers(0, 4000, size=(3, 8, 8)).astype(np.uint16)
@@ -143,7 +143,7 @@ def test_fuzz_dataset_reader(valid_tiff, tmp_path_factory):
 
 
 def test_fuzz_resume_of_a_mutated_file(valid_tiff, tmp_path_factory):
-    from uafp_gui.io.dataset import DatasetWriter
+    from uafp_gui.io.writer import DatasetWriter
 
     tally = Tally("resume (DatasetWriter, in place)")
     folder = tmp_path_factory.mktemp("fuzz_resume")
@@ -170,7 +170,7 @@ def test_fuzz_resume_of_a_mutated_file(valid_tiff, tmp_path_factory):
 
 
 def test_fuzz_dataset_metadata(tmp_path_factory):
-    from uafp_gui.io.dataset import DatasetMeta, _parse_json
+    from uafp_gui.io.schema import DatasetMeta, parse_json
 
     base = make_meta(2).to_dict()
     tally = Tally("dataset metadata JSON")
@@ -185,7 +185,7 @@ def test_fuzz_dataset_metadata(tmp_path_factory):
                 text = json.dumps(data)
             except (ValueError, OverflowError):
                 return
-            tally.run(lambda: DatasetMeta.from_dict(_parse_json(text, "fuzz")))
+            tally.run(lambda: DatasetMeta.from_dict(parse_json(text, "fuzz")))
         else:
             tally.run(DatasetMeta.from_dict, data)
 
@@ -208,7 +208,7 @@ def test_fuzz_json_text(tmp_path_factory):
 
 
 def test_fuzz_calibration_loader(tmp_path_factory):
-    from uafp_gui.io.result import load_calibration
+    from uafp_gui.io.calibration import load_calibration
 
     folder = tmp_path_factory.mktemp("fuzz_calibration")
     base = {"format": "uafp-calibration", "version": 1, "led_geometry": {"height_mm": 90.0},

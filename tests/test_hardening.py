@@ -16,16 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 
+from uafp_gui import limits
 from uafp_gui.errors import DatasetError
-from uafp_gui.io import dataset as dataset_module
-from uafp_gui.io.dataset import (
-    DatasetMeta,
-    DatasetWriter,
-    FrameSpec,
-    PartialDatasetWarning,
-    read_dataset,
-    write_dataset,
-)
+from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
+from uafp_gui.io.writer import DatasetWriter, write_dataset
 from uafp_gui.model import Optics
 
 
@@ -73,7 +68,7 @@ def test_looping_ifd_chain_ends_the_walk(tmp_path, target):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("importer", ["micromanager", "folder"])
 def test_looping_ifd_chain_in_an_imported_tiff_is_a_typed_error(tmp_path, importer):
-    """The importers walk the page chain bounded and loop-checked (uafp_gui.io.dataset._walk_pages)
+    """The importers walk the page chain bounded and loop-checked (uafp_gui.io.tiff.walk_pages)
     before tifffile's own series walk: a mutated OME-TIFF once hung tifffile's series walk in
     tests/test_fuzz.py::test_fuzz_micromanager_importer (7 min, killed by the per-test timeout)."""
     from uafp_gui.io.import_mm import import_micromanager
@@ -157,7 +152,7 @@ def test_huge_compressed_page_is_refused_before_decoding(tmp_path, monkeypatch):
 def test_dataset_memory_limit(tmp_path, monkeypatch):
     path = tmp_path / "big.tif"
     write_dataset(path, make_meta(4), make_frames(4, shape=(64, 64)))
-    monkeypatch.setenv(dataset_module.MAX_DATASET_BYTES_ENV, str(64 * 64 * 2 * 3))
+    monkeypatch.setenv(limits.MAX_DATASET_BYTES_ENV, str(64 * 64 * 2 * 3))
     with pytest.raises(DatasetError, match="GiB limit"):
         read_dataset(path)
 
@@ -231,7 +226,7 @@ def test_write_dataset_failure_leaves_nothing(tmp_path):
 
 
 def _calibration(**changes):
-    from uafp_gui.io.result import Calibration
+    from uafp_gui.io.calibration import Calibration
     from uafp_gui.model import LedGeometry
 
     fields = dict(led_geometry=LedGeometry(0.1, -0.2, 0.5, 80.0), zernike_rad={4: 0.3}, object_pixel_um=0.5)
@@ -565,7 +560,7 @@ def test_hostile_metadata_json_is_one_typed_error(tmp_path, text, message):
     ],
 )
 def test_hostile_calibration_is_one_typed_error(tmp_path, change, message):
-    from uafp_gui.io.result import load_calibration
+    from uafp_gui.io.calibration import load_calibration
 
     data = {"format": "uafp-calibration", "version": 1, "led_geometry": {"height_mm": 90.0}}
     data.update(change)
@@ -576,7 +571,7 @@ def test_hostile_calibration_is_one_typed_error(tmp_path, change, message):
 
 
 def test_a_folder_named_calibration_json_is_a_typed_error(tmp_path):
-    from uafp_gui.io.result import load_calibration
+    from uafp_gui.io.calibration import load_calibration
 
     (tmp_path / "calibration.json").mkdir()
     with pytest.raises(DatasetError, match="is a folder, not a calibration file"):
@@ -584,7 +579,7 @@ def test_a_folder_named_calibration_json_is_a_typed_error(tmp_path):
 
 
 def test_noll_limit_matches_the_physics():
-    from uafp_gui.io.result import MAX_NOLL_INDEX
+    from uafp_gui.io.calibration import MAX_NOLL_INDEX
     from uafp_gui.physics.zernike import MAX_NOLL_INDEX as PHYSICS_MAX
 
     assert MAX_NOLL_INDEX == PHYSICS_MAX
@@ -681,18 +676,18 @@ def test_simulate_refuses_oversized_inputs_before_allocating(capsys, tmp_path, m
 
 def test_the_limits_are_one_set_of_numbers():
     """Readers, plans, the CLI, the physics and the simulator share uafp_gui.limits."""
-    from uafp_gui import limits, model
+    from uafp_gui import model
     from uafp_gui.acquisition import plan
     from uafp_gui.cli import options
     from uafp_gui.devices import illuminate, illuminate_connection
-    from uafp_gui.io import importers, jsontext, result
+    from uafp_gui.io import calibration, importers, jsontext, schema, tiff
     from uafp_gui.recon import common
 
-    assert dataset_module.MAX_FRAME_PIXELS == limits.MAX_FRAME_PIXELS
-    assert dataset_module.MAX_FRAMES == plan.MAX_PLAN_LEDS == limits.MAX_FRAMES
-    assert dataset_module.MAX_LED_ARRAY_SIDE == model.MAX_LED_ARRAY_SIDE == illuminate.MAX_ARRAY_SIDE
+    assert tiff.MAX_FRAME_PIXELS == limits.MAX_FRAME_PIXELS
+    assert schema.MAX_FRAMES == plan.MAX_PLAN_LEDS == limits.MAX_FRAMES
+    assert model.MAX_LED_ARRAY_SIDE == illuminate.MAX_ARRAY_SIDE == limits.MAX_LED_ARRAY_SIDE
     assert common.MAX_UPSAMPLE == limits.MAX_UPSAMPLE and common.check_work_size is limits.check_work_size
-    assert result.MAX_NOLL_INDEX == limits.MAX_NOLL_INDEX
+    assert calibration.MAX_NOLL_INDEX == limits.MAX_NOLL_INDEX
     assert jsontext.MAX_JSON_DEPTH == limits.MAX_JSON_DEPTH and importers.MAX_CSV_LINES == limits.MAX_CSV_LINES
     assert options.MAX_INT_DIGITS == limits.MAX_INT_DIGITS
     assert illuminate_connection.MAX_REPLY_LINES == limits.MAX_REPLY_LINES

@@ -25,7 +25,7 @@ if os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal") or not (
     )
 
 from uafp_gui.gui.napari_widget import AMPLITUDE_LAYER, PHASE_LAYER, ReconstructWidget  # noqa: E402
-from uafp_gui.io.dataset import write_dataset  # noqa: E402
+from uafp_gui.io.writer import write_dataset  # noqa: E402
 from uafp_gui.simulate import PRESETS, simulate  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "uafp_gui" / "napari.yaml"
@@ -48,7 +48,8 @@ def viewer(make_napari_viewer):
 
 
 def test_napari_opens_a_dataset_and_a_result_at_their_physical_scale(viewer, dataset_path, tmp_path):
-    from uafp_gui.io.result import Calibration, write_result
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.result import write_result
     from uafp_gui.model import LedGeometry
 
     [stack] = viewer.open(str(dataset_path), plugin="uafp_gui")

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from uafp_gui.io.dataset import DatasetMeta, FrameSpec, write_dataset
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.napari_reader import get_reader
-from uafp_gui.io.result import Calibration, write_result
+from uafp_gui.io.result import write_result
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
+from uafp_gui.io.writer import write_dataset
 from uafp_gui.model import LedGeometry, Optics
 
 MANIFEST = Path(__file__).resolve().parents[1] / "uafp_gui" / "napari.yaml"

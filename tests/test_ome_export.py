@@ -9,8 +9,9 @@ import pytest
 import tifffile
 
 from uafp_gui.cli import main
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.ome import export_result, pyramid
-from uafp_gui.io.result import Calibration, write_result
+from uafp_gui.io.result import write_result
 from uafp_gui.model import LedGeometry
 
 PIXEL_UM = 0.4625

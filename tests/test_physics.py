@@ -15,7 +15,8 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from uafp_gui.io.dataset import Dataset, DatasetMeta
+from uafp_gui.io.dataset import Dataset
+from uafp_gui.io.schema import DatasetMeta
 from uafp_gui.model import led_positions_mm
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, spectrum_of
 from uafp_gui.physics.geometry import illumination_frequencies, illumination_sines

@@ -9,15 +9,9 @@ import pytest
 import tifffile
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io.result import (
-    Calibration,
-    LedGeometry,
-    load_calibration,
-    read_pixel_size_um,
-    read_result,
-    save_calibration,
-    write_result,
-)
+from uafp_gui.io.calibration import Calibration, load_calibration, save_calibration
+from uafp_gui.io.result import read_pixel_size_um, read_result, write_result
+from uafp_gui.model import LedGeometry
 
 
 def make_calibration(**changes) -> Calibration:

@@ -23,8 +23,9 @@ from factories import TINY_CASE, TINY_SETTINGS, dataset_of
 
 from uafp_gui.cli import main
 from uafp_gui.errors import ConfigError, ReconstructionError
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.io.dataset import Dataset
-from uafp_gui.io.result import Calibration, read_result
+from uafp_gui.io.result import read_result
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.model import LedGeometry
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver

@@ -13,13 +13,13 @@ import os
 
 from uafp_gui.errors import ConfigError
 
-# Datasets (uafp_gui.io.dataset).
+# Datasets (uafp_gui.io.schema, uafp_gui.io.tiff).
 MAX_FRAME_PIXELS = 2**26  # 64 Mpx: 8192 x 8192
 MAX_FRAMES = 10_000
 MAX_DATASET_BYTES_ENV = "UAFP_MAX_DATASET_BYTES"
 DEFAULT_MAX_DATASET_BYTES = 4 * 2**30  # decoded
 
-# LED arrays and acquisition plans (uafp_gui.io.dataset, uafp_gui.acquisition.plan, uafp_gui.devices).
+# LED arrays and acquisition plans (uafp_gui.model, uafp_gui.acquisition.plan, uafp_gui.devices).
 MAX_LED_ARRAY_SIDE = 1024  # rows and columns of an LED array
 MAX_PLAN_LEDS = MAX_FRAMES  # frames a plan may hold
 
@@ -33,7 +33,7 @@ MIN_SIMULATED_FRAME_SIDE = 16
 MAX_SIMULATED_PIXELS = 2**27
 MAX_PHOTONS_PER_PIXEL = 1e9  # numpy's Poisson sampler refuses means near 1e19
 
-# Aberrations (uafp_gui.physics.zernike, uafp_gui.io.result).
+# Aberrations (uafp_gui.physics.zernike, uafp_gui.io.calibration).
 MAX_NOLL_INDEX = 21
 
 # Text inputs (uafp_gui.io.jsontext, uafp_gui.io.importers, uafp_gui.cli.options).

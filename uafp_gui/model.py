@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -229,10 +229,22 @@ class Optics:
 OPTICS_FIELDS = tuple(f.name for f in dataclasses.fields(Optics))
 
 
+_T = TypeVar("_T", bound="HasOptics")
+
+
 class HasOptics:
-    """Read access to the fields of a contained `optics` under their spec names (`meta.wavelength_um`)."""
+    """For a frozen dataclass holding an `optics` field: its fields read under their spec names
+    (`meta.wavelength_um`), and `replace` that takes them by those names too."""
 
     optics: Optics
+
+    def replace(self: _T, **changes: Any) -> _T:
+        """A validated copy with some fields changed (`dataclasses.replace`); optics fields by
+        their own names (`meta.replace(wavelength_um=0.63)`)."""
+        optics, rest = Optics.split(changes)
+        if optics:
+            rest["optics"] = self.optics.replace(**optics)
+        return dataclasses.replace(self, **rest)  # type: ignore[type-var]
 
     @property
     def wavelength_um(self) -> float:

@@ -9,7 +9,7 @@ pupil and the true calibration); `write_simulation` saves both the way `uafp sim
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from uafp_gui.physics.patterns import spiral_order, square_leds
 if TYPE_CHECKING:
     import torch
 
+    from uafp_gui.io.schema import DatasetMeta
     from uafp_gui.physics.forward import ForwardModel
 
 # torch and the forward model load when a simulation is rendered, not when its settings are read:
@@ -63,13 +64,6 @@ class SimulationSettings(HasOptics):
         if isinstance(self.optics, Mapping):
             object.__setattr__(self, "optics", Optics(**self.optics))
 
-    def replace(self, **changes: Any) -> SimulationSettings:
-        """A copy with some fields changed; optics fields by their own names."""
-        optics, rest = Optics.split(changes)
-        if optics:
-            rest["optics"] = self.optics.replace(**optics)
-        return replace(self, **rest)
-
     def to_dict(self) -> dict[str, Any]:
         """Every field, flat (the optics fields beside the others), as plain JSON values."""
         out: dict[str, Any] = self.optics.to_dict()
@@ -94,7 +88,7 @@ class SimulationSettings(HasOptics):
         (uafp_gui.limits): frame size, upsample, LED grid and array, bit depth, photons."""
         check_simulation_size(
             self.frame_size, self.upsample, self.pixel_integration, self.led_grid,
-            tuple(self.led_array_shape), self.bit_depth, self.photons_per_pixel,
+            self.led_array_shape, self.bit_depth, self.photons_per_pixel,
         )
         leds = square_leds(self.led_grid, self.center_led)
         rows, cols = self.led_array_shape
@@ -136,7 +130,7 @@ PRESETS["lowlight"] = PRESETS["misaligned"].replace(photons_per_pixel=300.0)
 class Simulation:
     """A simulated dataset and its ground truth."""
 
-    meta: object  # uafp_gui.io.dataset.DatasetMeta
+    meta: DatasetMeta
     frames: np.ndarray  # (N, H, W) uint16 camera counts
     object_truth: np.ndarray  # complex (sH, sW)
     pupil_truth: np.ndarray  # complex (H, W)
@@ -197,7 +191,7 @@ def simulate(settings: SimulationSettings, device: str = "cpu") -> Simulation:
 def nominal_meta(settings: SimulationSettings, leds: list[tuple[int, int]]):
     """Dataset metadata of the simulated microscope as its user knows it (nominal, errors hidden):
     one frame per LED of `leds`, in that order."""
-    from uafp_gui.io.dataset import DatasetMeta, FrameSpec
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
 
     s = settings
     return DatasetMeta(
@@ -242,8 +236,9 @@ def truth_folder_for(dataset_path: Path) -> Path:
 
 def write_simulation(simulation: Simulation, dataset_path: Path) -> Path:
     """Write the dataset and its ground-truth result folder; return the truth folder."""
-    from uafp_gui.io.dataset import write_dataset
-    from uafp_gui.io.result import Calibration, write_result
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.result import write_result
+    from uafp_gui.io.writer import write_dataset
 
     dataset_path = Path(dataset_path)
     write_dataset(dataset_path, simulation.meta, simulation.frames)

@@ -12,7 +12,7 @@ import numpy as np
 from uafp_gui._compat import StrEnum
 
 if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.io.dataset import DatasetMeta, FrameSpec
+    from uafp_gui.io.schema import DatasetMeta, FrameSpec
 
 __all__ = [
     "AcquisitionFinished",

@@ -67,6 +67,13 @@ TRIGGER_WIRINGS = tuple(TriggerWiring)
 
 
 
+def _led_failure(what: str, error: Exception) -> LedArrayFailure:
+    """`what` failed: our own errors carry their message, anything else also its type."""
+    if isinstance(error, UafpError):
+        return LedArrayFailure(f"{what} failed: {error}")
+    return LedArrayFailure(f"{what} failed ({type(error).__name__}: {error})")
+
+
 def _is_sequenced(event: Any) -> bool:
     return hasattr(event, "property_sequences") and hasattr(event, "events")
 
@@ -169,7 +176,10 @@ class FpEngine:
         self._exposure_ms = None
         if self._snapper is None or self._snapper.hung:
             self._snapper = _SnapWorker(self.mmcore)
-        return dict(summary_metadata(self.mmcore, mda_sequence=sequence))
+        try:
+            return dict(summary_metadata(self.mmcore, mda_sequence=sequence))
+        except Exception:  # noqa: BLE001 - a courtesy to pymmcore-plus's writers: never fails a run
+            return {}
 
     def event_iterator(self, events: Iterable[useq.MDAEvent]) -> Iterator[useq.MDAEvent]:
         """The frame events: an `fp_sequence`'s time points expanded into its frames, combined into
@@ -184,22 +194,23 @@ class FpEngine:
         if _is_sequenced(event):
             self._setup_sequenced(event)
             return
-        frame = event.metadata.get("uafp_frame", "?")
+        where = f"frame {event.metadata.get('uafp_frame', '?')}"
         for device, prop, value in event.properties or ():
             try:
                 self.mmcore.setProperty(device, prop, value)
-            except UafpError as error:
-                raise LedArrayFailure(f"frame {frame}: setting {device}.{prop} = {value!r} failed: {error}") from error
             except Exception as error:
-                raise LedArrayFailure(
-                    f"frame {frame}: setting {device}.{prop} = {value!r} failed ({type(error).__name__}: {error})"
-                ) from error
-        if event.exposure is not None and event.exposure != self._exposure_ms:
-            try:
-                self.mmcore.setExposure(float(event.exposure))
-            except Exception as error:
-                raise DeviceError(f"frame {frame}: the camera refused exposure {event.exposure} ms: {error}") from error
-            self._exposure_ms = float(event.exposure)
+                raise _led_failure(f"{where}: setting {device}.{prop} = {value!r}", error) from error
+        self._set_exposure(event.exposure, where)
+
+    def _set_exposure(self, exposure_ms: float | None, where: str) -> None:
+        """The event's exposure, when it changes; a typed error naming the frame(s) when refused."""
+        if exposure_ms is None or exposure_ms == self._exposure_ms:
+            return
+        try:
+            self.mmcore.setExposure(float(exposure_ms))
+        except Exception as error:
+            raise DeviceError(f"{where}: the camera refused exposure {exposure_ms} ms: {error}") from error
+        self._exposure_ms = float(exposure_ms)
 
     def exec_event(self, event: useq.MDAEvent) -> Iterator[tuple[np.ndarray, useq.MDAEvent, dict]]:
         if _is_sequenced(event):
@@ -298,22 +309,13 @@ class FpEngine:
         self._array()
         for device, prop, value in event.properties or ():
             self.mmcore.setProperty(device, prop, value)
-        if event.exposure is not None and event.exposure != self._exposure_ms:
-            try:
-                self.mmcore.setExposure(float(event.exposure))
-            except Exception as error:
-                raise DeviceError(f"{where}: the camera refused exposure {event.exposure} ms: {error}") from error
-            self._exposure_ms = float(event.exposure)
+        self._set_exposure(event.exposure, where)
         for (device, prop), values in event.property_sequences.items():
             steps = [value for value in values for _ in range(self.frames_to_average)]
             try:
                 self.mmcore.loadPropertySequence(device, prop, steps)
-            except UafpError as error:
-                raise LedArrayFailure(f"{where}: loading the LED sequence failed: {error}") from error
             except Exception as error:
-                raise LedArrayFailure(
-                    f"{where}: loading the {device}.{prop} sequence failed ({type(error).__name__}: {error})"
-                ) from error
+                raise _led_failure(f"{where}: loading the {device}.{prop} sequence", error) from error
 
     def _start_hardware_sequence(self, event: Any, n_frames: int) -> None:
         core = self.mmcore

@@ -181,7 +181,7 @@ class AcquisitionPlan:
             )
         if self.led_set == "disk":
             na = self.max_illumination_na
-            if not _is_number(na) or not 0 <= na < 1:
+            if na is None or not _is_number(na) or not 0 <= na < 1:
                 raise ConfigError(f"a disk LED set needs max_illumination_na in [0, 1) (got {na!r})")
         if isinstance(self.leds, (str, bytes)) or not isinstance(self.leds, (list, tuple)):
             raise ConfigError(f"leds must be a list of [row, col] pairs (got {str(self.leds)[:40]})")
@@ -245,7 +245,7 @@ class AcquisitionPlan:
                 microscope.led_on_axis,
                 microscope.led_pitch_mm,
                 microscope.led_height_mm,
-                float(self.max_illumination_na),
+                float(self.max_illumination_na or 0.0),  # set: checked on construction
             )
             if not chosen:
                 raise ConfigError(f"no LED lies within illumination NA {self.max_illumination_na}")
@@ -285,7 +285,7 @@ class AcquisitionPlan:
         self, microscope: MicroscopeDescription, ring_exposures_ms: Mapping[int, float] | None = None
     ) -> list:
         """One `FrameSpec` per LED, in order; `ring_exposures_ms` (from metering) overrides."""
-        from uafp_gui.io.dataset import FrameSpec
+        from uafp_gui.io.schema import FrameSpec
 
         specs = []
         for led in self.led_sequence(microscope):
@@ -362,7 +362,7 @@ def dataset_meta(
     extra: Mapping[str, Any] | None = None,
 ):
     """The dataset metadata of a run of `plan` on `microscope` (the plan stored in it)."""
-    from uafp_gui.io.dataset import DatasetMeta, Glass
+    from uafp_gui.io.schema import DatasetMeta, Glass
 
     return DatasetMeta(
         optics=microscope.optics,

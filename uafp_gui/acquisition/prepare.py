@@ -26,7 +26,8 @@ from uafp_gui.errors import DatasetError, DeviceError, UafpError
 
 if TYPE_CHECKING:  # pragma: no cover
     from uafp_gui.devices.interfaces import LedArray
-    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = [
     "Prepared",
@@ -55,7 +56,7 @@ def check_output_path(path: Path, resume: bool) -> None:
 
 
 def default_writer_factory(path: Path, meta: DatasetMeta | None, resume: bool, overwrite: bool) -> DatasetWriter:
-    from uafp_gui.io.dataset import DatasetWriter
+    from uafp_gui.io.writer import DatasetWriter
 
     return DatasetWriter(path, meta, resume=resume, overwrite=overwrite)
 

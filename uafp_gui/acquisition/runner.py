@@ -54,7 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from uafp_gui.acquisition.plan import AcquisitionPlan, MicroscopeDescription
     from uafp_gui.devices.interfaces import LedArray
-    from uafp_gui.io.dataset import DatasetMeta, DatasetWriter
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = ["Acquisition", "describe_ring_exposures", "expected_duration_s", "saturation_level"]
 

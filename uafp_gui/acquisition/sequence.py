@@ -30,7 +30,7 @@ from uafp_gui.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import useq
 
-    from uafp_gui.io.dataset import FrameSpec
+    from uafp_gui.io.schema import FrameSpec
 
 UAFP_KEY = "uafp"
 
@@ -48,12 +48,15 @@ def frame_events(
         if k < start:
             continue
         pattern = format_pattern(spec.leds)
+        # model_validate: useq's typed fields (ReadOnlyDict, PropertyTuple) from plain values
         events.append(
-            useq.MDAEvent(
-                index={"t": k},
-                exposure=spec.exposure_ms,
-                properties=[(led_device, PATTERN_PROPERTY, pattern)],
-                metadata={"uafp_frame": k, "uafp_leds": pattern},
+            useq.MDAEvent.model_validate(
+                {
+                    "index": {"t": k},
+                    "exposure": spec.exposure_ms,
+                    "properties": [(led_device, PATTERN_PROPERTY, pattern)],
+                    "metadata": {"uafp_frame": k, "uafp_leds": pattern},
+                }
             )
         )
     return events
@@ -68,9 +71,11 @@ def sequence_for(meta: Any, led_device: str = LED_DEVICE_LABEL) -> Any:
     """The `useq.MDASequence` acquiring the frames of dataset metadata `meta` (a `DatasetMeta`)."""
     import useq
 
-    return useq.MDASequence(
-        time_plan={"interval": 0, "loops": len(meta.frames)},
-        metadata={UAFP_KEY: {"dataset": meta.to_dict(), "led_device": led_device}},
+    return useq.MDASequence.model_validate(
+        {
+            "time_plan": {"interval": 0, "loops": len(meta.frames)},
+            "metadata": {UAFP_KEY: {"dataset": meta.to_dict(), "led_device": led_device}},
+        }
     )
 
 
@@ -106,7 +111,7 @@ def fp_sequence(
 
 def dataset_meta_of(sequence: Any) -> Any:
     """The `DatasetMeta` a sequence from `fp_sequence` carries (`ConfigError` for other sequences)."""
-    from uafp_gui.io.dataset import DatasetMeta
+    from uafp_gui.io.schema import DatasetMeta
 
     info = (getattr(sequence, "metadata", None) or {}).get(UAFP_KEY)
     if not isinstance(info, dict) or "dataset" not in info:

@@ -26,7 +26,7 @@ from uafp_gui.acquisition.sequence import dataset_meta_of
 from uafp_gui.errors import ConfigError, DatasetError, WriteFailure
 
 if TYPE_CHECKING:  # pragma: no cover
-    from uafp_gui.io.dataset import DatasetWriter
+    from uafp_gui.io.writer import DatasetWriter
 
 __all__ = ["DatasetSink", "FrameWriter", "Publisher", "QueueThread"]
 
@@ -160,7 +160,7 @@ class DatasetSink:
         self.frames_written = 0
 
     def sequenceStarted(self, sequence: Any, *args: Any) -> None:  # noqa: N802 - pymmcore-plus signal names
-        from uafp_gui.io.dataset import DatasetWriter
+        from uafp_gui.io.writer import DatasetWriter
 
         self.error = None
         self.frames_written = 0

@@ -254,8 +254,8 @@ def calibration_summary(result, meta) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # Arguments, paths and files first (numpy and tifffile only); torch loads once they are good.
+    from uafp_gui.io.calibration import load_calibration
     from uafp_gui.io.dataset import read_dataset
-    from uafp_gui.io.result import load_calibration
 
     check_numbers(args)
     out = args.out or args.dataset.with_name(args.dataset.stem + "_result")

@@ -87,8 +87,8 @@ class LedArrayDevice(GenericDevice):
         """The lit LEDs, 'row,col;row,col' in image axes ('' = all off)."""
         return format_pattern(sorted(self._array().lit))
 
-    @Pattern.setter
-    def Pattern(self, value: str) -> None:  # type: ignore[no-redef]  # noqa: N802
+    @Pattern.setter  # type: ignore[no-redef]
+    def Pattern(self, value: str) -> None:  # noqa: N802
         leds = parse_pattern(value)
         array = self._array()
         if leds:
@@ -109,7 +109,7 @@ class LedArrayDevice(GenericDevice):
 
     @Pattern.sequence_starter
     def start_pattern_sequence(self) -> None:
-        self._array().arm_sequence()  # type: ignore[attr-defined]
+        self._array().arm_sequence()
 
     @Pattern.sequence_stopper
     def stop_pattern_sequence(self) -> None:

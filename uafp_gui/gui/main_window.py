@@ -646,14 +646,14 @@ class MainWindow(QMainWindow):
         job = self._idle_job("Cannot save the calibration")
         if job is None:
             return
-        from uafp_gui.io.result import save_calibration
+        from uafp_gui.io.calibration import save_calibration
 
         self.io.submit(lambda: save_calibration(path, job.result().calibration()),
                        lambda saved: self.status(f"Calibration saved to {saved}"),
                        lambda error: self.error("Cannot save the calibration", error))
 
     def load_calibration(self, path: Path) -> None:
-        from uafp_gui.io.result import load_calibration
+        from uafp_gui.io.calibration import load_calibration
 
         def done(calibration: Any) -> None:
             self.calibration = calibration

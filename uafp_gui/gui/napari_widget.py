@@ -38,7 +38,8 @@ PHASE_LAYER = "uafp phase (rad)"
 def dataset_from_layer(layer: Any) -> Any:
     """The `Dataset` behind a layer opened by the uafp reader (its frames and metadata)."""
     from uafp_gui.errors import ConfigError
-    from uafp_gui.io.dataset import Dataset, DatasetMeta
+    from uafp_gui.io.dataset import Dataset
+    from uafp_gui.io.schema import DatasetMeta
 
     info = getattr(layer, "metadata", {}).get("uafp_dataset")
     if info is None:

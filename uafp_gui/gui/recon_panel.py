@@ -362,7 +362,7 @@ class ReconPanel(QWidget):
             self.misalignment_legend.getLabel(self.misalignment_arrows).setText(self._arrow_label(magnify))
 
     def show_calibration(self, calibration) -> None:
-        """The calibration (`uafp_gui.io.result.Calibration`) as text, with `+-` standard errors when it
+        """The calibration (`uafp_gui.io.calibration.Calibration`) as text, with `+-` standard errors when it
         has them and the parameters the data leave undetermined named as such."""
         from uafp_gui.recon.uncertainty import calibration_lines
 

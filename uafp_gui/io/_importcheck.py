@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
+from uafp_gui.io.pixels import FLOAT32, stored_pixels
 from uafp_gui.limits import MAX_DATASET_BYTES_ENV, MAX_FRAME_PIXELS, MAX_FRAMES, max_dataset_bytes
 
 PARSER_ERRORS: tuple[type[BaseException], ...] = (
@@ -70,33 +71,23 @@ def check_stack_size(shape: tuple[int, ...], itemsize: int, name: str, source: A
 
 
 def frame_stack(stack: Any, name: str, source: Any) -> np.ndarray:
-    """An intensity stack: uint8/uint16 (and non-negative integers below 2**16) stay uint16, other
-    real numbers become float32 (never scaled; dark-subtracted stacks may dip below zero). Complex,
+    """An intensity stack in its stored pixel type (`uafp_gui.io.pixels`: uint16 for counts that
+    fit, float32 otherwise, never scaled; dark-subtracted stacks may dip below zero). Complex,
     boolean, text, empty, all-dark or non-finite frames and negative integer counts are refused."""
     stack = np.asarray(stack)
-    kind = stack.dtype.kind
-    if kind == "c":
-        raise DatasetError(f"{name} in {source} is complex: FP frames are real intensities (import |field|^2)")
-    if kind == "b":
-        raise DatasetError(f"{name} in {source} is boolean: FP frames are intensities")
-    if kind not in "uif":
-        raise DatasetError(f"{name} in {source} holds {stack.dtype} values, not numbers")
-    check_stack_size(stack.shape, stack.dtype.itemsize, name, source)
-    if stack.size == 0:
+    if stack.dtype.kind in "uif":  # the size from the shape alone, before any pixel is looked at
+        check_stack_size(stack.shape, stack.dtype.itemsize, name, source)
+    if stack.size == 0 and stack.dtype.kind in "uif":
         raise DatasetError(f"{name} in {source} is empty (shape {stack.shape})")
-    if stack.dtype in (np.uint8, np.uint16):
-        return stack.astype(np.uint16)
-    if kind == "i" and stack.min() < 0:
-        raise DatasetError(f"{name} in {source} holds negative counts (min {stack.min()}): a camera counts photons")
-    if kind in "ui" and stack.max() < 2**16:
-        return stack.astype(np.uint16)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = stack.astype(np.float32)
-    if not np.isfinite(out).all():
-        raise DatasetError(f"{name} in {source} holds NaN/inf pixels (or values beyond float32): replace them")
-    if not (out > 0).any():  # dark-subtracted float stacks may dip below zero; all dark is no data
-        raise DatasetError(f"{name} in {source} holds no positive value: frames are intensities (light)")
-    return out
+    return positive_somewhere(stored_pixels(stack, f"{name} in {source}"), f"{name} in {source}")
+
+
+def positive_somewhere(frames: np.ndarray, what: str) -> np.ndarray:
+    """`frames`, unless they are float and nowhere positive: all dark is no data (dark-subtracted
+    frames may dip below zero, but not everywhere)."""
+    if frames.dtype == FLOAT32 and not (frames > 0).any():
+        raise DatasetError(f"{what} holds no positive value: frames are intensities (light), not a background")
+    return frames
 
 
 def numbers(value: Any, name: str, source: Any) -> np.ndarray:

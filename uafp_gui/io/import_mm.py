@@ -33,8 +33,9 @@ import numpy as np
 
 from uafp_gui.errors import DatasetError
 from uafp_gui.io._importcheck import PARSER_ERRORS, check_stack_size, frame_stack, one_line
-from uafp_gui.io.dataset import FORMAT_NAME, FORMAT_VERSION, SOFTWARE_NAME, DatasetMeta, write_dataset
 from uafp_gui.io.jsontext import parse_json
+from uafp_gui.io.schema import FORMAT_NAME, FORMAT_VERSION, SOFTWARE_NAME, DatasetMeta
+from uafp_gui.io.writer import write_dataset
 
 DEFAULT_LED_PROPERTY = "LEDArray-Pattern"
 MM_METADATA_TAG = 51123  # MicroManagerMetadata: per-image JSON in MMStack files
@@ -117,7 +118,7 @@ def _ome_details(xml: str | None) -> tuple[list[float | None], float | None, dic
             unit = element.get("PhysicalSizeXUnit", "\u00b5m")
             scale = {"\u00b5m": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
             if scale is not None:
-                pixel_um = float(element.get("PhysicalSizeX")) * scale
+                pixel_um = float(element.get("PhysicalSizeX", "")) * scale
         elif name == "Plane":
             value = element.get("ExposureTime")
             unit = element.get("ExposureTimeUnit", "s")
@@ -138,7 +139,7 @@ def read_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
     size (um) and pymmcore-plus's summary metadata of an OME-TIFF acquisition."""
     import tifffile
 
-    from uafp_gui.io.dataset import _walk_pages, quiet_tifffile
+    from uafp_gui.io.tiff import quiet_tifffile, walk_pages
     from uafp_gui.limits import MAX_FRAMES
 
     path = find_acquisition(path)
@@ -146,7 +147,7 @@ def read_acquisition(path: str | os.PathLike[str]) -> dict[str, Any]:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             # the page chain, bounded and loop-checked, before tifffile's own series walk (which a
             # chain looping back would never end)
-            pages, broken, more = _walk_pages(tif, path, path.stat().st_size, MAX_FRAMES)
+            pages, broken, more = walk_pages(tif, path, path.stat().st_size, MAX_FRAMES)
             if broken:
                 raise DatasetError(f"{path}: the TIFF's page chain is broken after page {len(pages)} (a corrupt file)")
             if more:

@@ -45,7 +45,8 @@ from uafp_gui.io._importcheck import (
     numbers,
     one_line,
 )
-from uafp_gui.io.dataset import SOFTWARE_NAME, DatasetMeta, FrameSpec, write_dataset
+from uafp_gui.io.schema import SOFTWARE_NAME, DatasetMeta, FrameSpec
+from uafp_gui.io.writer import write_dataset
 from uafp_gui.model import Optics
 
 FPM_MAT_FRAMES = ("I_low", "imlow")
@@ -272,7 +273,7 @@ def import_fpm_mat(
 # ------------------------------------------------------------------------------- PtyLab FPM
 
 
-def _apply_orientation(frames: np.ndarray, orientation: int) -> np.ndarray:
+def _apply_orientation(frames: np.ndarray, orientation: float) -> np.ndarray:
     """PtyLab's orientation code (ptypy convention): 1 flip columns, 2 flip rows, 3 both, 4 transpose,
     5 transpose + flip columns, 6 transpose + flip rows, 7 transpose + both; 0 nothing."""
     if orientation not in range(8) or orientation != int(orientation):

@@ -21,16 +21,17 @@ from typing import Any
 import numpy as np
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io._importcheck import MAT_READER_ERRORS, PARSER_ERRORS, check_stack_size, frame_stack, one_line
-from uafp_gui.io.dataset import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    SOFTWARE_NAME,
-    DatasetMeta,
-    FrameSpec,
-    Glass,
-    write_dataset,
+from uafp_gui.io._importcheck import (
+    MAT_READER_ERRORS,
+    PARSER_ERRORS,
+    check_stack_size,
+    frame_stack,
+    one_line,
+    positive_somewhere,
 )
+from uafp_gui.io.pixels import common_dtype, stored_pixels
+from uafp_gui.io.schema import FORMAT_NAME, FORMAT_VERSION, SOFTWARE_NAME, DatasetMeta, FrameSpec, Glass
+from uafp_gui.io.writer import write_dataset
 from uafp_gui.limits import MAX_CSV_LINES
 from uafp_gui.model import Optics
 
@@ -116,9 +117,9 @@ def import_zheng_mat(
             f"cannot read {mat_path} as a MATLAB v5 file ({one_line(error)}): save it with `save(..., '-v7')` in MATLAB"
         ) from None
     if "imlow_HDR" not in mat:
-        variables = sorted(k for k in mat if not k.startswith("__"))
+        names = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(
-            f"{mat_path} has no variable imlow_HDR (it has {variables}): is it the Zheng blood-smear file?"
+            f"{mat_path} has no variable imlow_HDR (it has {names}): is it the Zheng blood-smear file?"
         )
     stack = np.asarray(mat["imlow_HDR"])
     if stack.ndim != 3 or not 1 <= stack.shape[2] <= 225:
@@ -149,10 +150,11 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            from uafp_gui.io.dataset import MAX_FRAME_PIXELS, _walk_pages, quiet_tifffile
+            from uafp_gui.io.tiff import quiet_tifffile, walk_pages
+            from uafp_gui.limits import MAX_FRAME_PIXELS
 
             with quiet_tifffile(), tifffile.TiffFile(path) as tif:
-                pages, broken, more = _walk_pages(tif, path, path.stat().st_size, 1)  # bounded, loop-checked
+                pages, broken, more = walk_pages(tif, path, path.stat().st_size, 1)  # bounded, loop-checked
                 if more:
                     raise DatasetError(
                         f"{path} holds several pages: a folder import takes one frame "
@@ -170,7 +172,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         elif suffix == ".png":
             from PIL import Image
 
-            from uafp_gui.io.dataset import MAX_FRAME_PIXELS
+            from uafp_gui.limits import MAX_FRAME_PIXELS
 
             with Image.open(path) as png:
                 if png.width * png.height > MAX_FRAME_PIXELS:
@@ -178,8 +180,6 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
                 if png.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
                     raise DatasetError(f"{path} is a {png.mode} PNG: frames must be grey-level (8 or 16 bit)")
                 image = np.array(png)
-                if png.mode.startswith("I;16") or (png.mode == "I" and image.max(initial=0) < 2**16):
-                    image = image.astype(np.uint16)
         else:
             raise DatasetError(f"{path}: unsupported image type {suffix!r}; use TIFF or PNG")
     except DatasetError:
@@ -196,21 +196,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _check_intensities(image: np.ndarray, path: Path) -> np.ndarray:
-    """Frames are measured intensities: real, numeric, not negative counts, not NaN."""
-    if np.iscomplexobj(image):
-        raise DatasetError(f"{path} holds complex values ({image.dtype}): frames are real intensities; store |field|^2")
-    if image.dtype.kind not in "uif":
-        raise DatasetError(f"{path} holds {image.dtype} values: frames are grey-level intensities (8/16-bit or float)")
-    if image.size == 0:
+    """Frames are measured intensities, in their stored pixel type (`uafp_gui.io.pixels`)."""
+    if image.size == 0 and image.dtype.kind in "uif":
         raise DatasetError(f"{path} is an empty image")
-    if image.dtype.kind == "i" and image.min() < 0:
-        raise DatasetError(f"{path} holds negative counts (min {image.min()}): a camera frame counts photons, >= 0")
-    if image.dtype.kind == "f":
-        if not np.isfinite(image).all():
-            raise DatasetError(f"{path} holds NaN/inf pixels: replace them (e.g. with the dark level)")
-        if image.max() <= 0:
-            raise DatasetError(f"{path} holds no positive value: frames are intensities (light), not a background")
-    return image
+    return positive_somewhere(stored_pixels(image, str(path)), str(path))
 
 
 def _load_mapping(path: Path) -> dict[str, Any]:
@@ -360,7 +349,7 @@ def import_folder(
     frame_settings: list[tuple[float, float]] = []
     by_file: dict[str, int] = {}
     for record in rows:
-        led = (_csv_number(record, "row", led_csv, True), _csv_number(record, "col", led_csv, True))
+        led = (int(_csv_number(record, "row", led_csv, True)), int(_csv_number(record, "col", led_csv, True)))
         if record.get("exposure_ms"):
             exposure = _csv_number(record, "exposure_ms", led_csv)
         elif default_exposure is not None:
@@ -423,8 +412,5 @@ def import_folder(
                 f"{path} has shape {frame.shape} but {frame_files[0].name} has "
                 f"{frames[0].shape}: all frames must be the same size"
             )
-    fits_uint16 = all(
-        frame.dtype.kind in "ui" and (frame.size == 0 or (frame.min() >= 0 and frame.max() < 2**16)) for frame in frames
-    )
-    stack = np.stack(frames).astype(np.uint16 if fits_uint16 else np.float32)
+    stack = np.stack(frames).astype(common_dtype(frame.dtype for frame in frames))
     return write_dataset(out_tif, meta, stack, overwrite=overwrite)

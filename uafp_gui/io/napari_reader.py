@@ -54,7 +54,7 @@ def is_dataset(path: str | os.PathLike[str]) -> bool:
     try:
         import tifffile
 
-        from uafp_gui.io.dataset import quiet_tifffile
+        from uafp_gui.io.tiff import quiet_tifffile
 
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             description = tif.pages.first.description or ""

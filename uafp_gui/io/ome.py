@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,7 @@ def write_ome_tiff(
         metadata["Description"] = description
     big = stack.nbytes * 4 // 3 > 2**31
     tiled = min(stack.shape[-2:]) >= 512
-    options = {"photometric": "minisblack", "resolutionunit": "CENTIMETER"}
+    options: dict[str, Any] = {"photometric": "minisblack", "resolutionunit": "CENTIMETER"}
     if tiled:
         options["tile"] = (256, 256)
     with tifffile.TiffWriter(out, bigtiff=big, ome=True) as tif:

@@ -48,7 +48,7 @@ class OpticalSetup:
     def from_meta(
         cls, meta, frame_shape: tuple[int, int], upsample: int = 4, pixel_integration: int = 1
     ) -> OpticalSetup:
-        """Build from a `uafp_gui.io.dataset.DatasetMeta` and the (rows, cols) of its frames."""
+        """Build from a `uafp_gui.io.schema.DatasetMeta` and the (rows, cols) of its frames."""
         glass = getattr(meta, "glass", None)
         return cls(
             wavelength_um=float(meta.wavelength_um),

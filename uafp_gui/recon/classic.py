@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from uafp_gui.errors import ConfigError, ReconstructionError
-from uafp_gui.io.result import Calibration
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.recon.choices import Device, parse_device
 from uafp_gui.recon.common import (
     ReconstructionResult,

@@ -16,7 +16,8 @@ import torch
 
 from uafp_gui import __version__
 from uafp_gui.errors import ConfigError, ReconstructionError
-from uafp_gui.io.result import Calibration, write_result
+from uafp_gui.io.calibration import Calibration
+from uafp_gui.io.result import write_result
 from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
 from uafp_gui.recon.choices import Device, parse_device

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from uafp_gui.errors import ConfigError, ReconstructionError, UafpError
-from uafp_gui.io.result import Calibration
+from uafp_gui.io.calibration import Calibration
 from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
 from uafp_gui.recon.choices import Device, Loss, StopReason, parse_device

@@ -25,8 +25,9 @@ from uafp_gui.errors import ReconstructionError
 from uafp_gui.recon.choices import StopReason
 
 if TYPE_CHECKING:
-    from uafp_gui.io.dataset import Dataset, DatasetMeta
-    from uafp_gui.io.result import Calibration
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.dataset import Dataset
+    from uafp_gui.io.schema import DatasetMeta
     from uafp_gui.recon.common import ReconstructionResult
     from uafp_gui.recon.uafp import ReconstructionUpdate, UafpReconstruction, UafpSettings
 

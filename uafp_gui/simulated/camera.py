@@ -52,6 +52,11 @@ TRIGGER_MODES = ("Internal", "External")
 DEFAULT_EXPOSURE_MS = 10.0  # the camera's exposure before anyone sets one (the plans' and live view's default)
 
 
+def _row_col(led: Iterable[int]) -> RowCol:
+    row, col = led
+    return (int(row), int(col))
+
+
 def default_simulation_settings() -> SimulationSettings:
     """The simulated microscope's defaults: the `misaligned` preset."""
     from uafp_gui.simulate import PRESETS
@@ -88,8 +93,8 @@ class FpRenderer:
         )
         self._cache: dict[RowCol, np.ndarray | None] = {}
         self._lock = threading.Lock()
-        self._model = None
-        self._spectrum = None
+        self._model: Any = None  # the true forward model and sample spectrum, built on first use
+        self._spectrum: Any = None
         self._frame_of: dict[RowCol, int] = {}
 
     @property
@@ -137,7 +142,7 @@ class FpRenderer:
     def expected_counts_per_ms(self, leds: Iterable[RowCol]) -> np.ndarray | None:
         total = None
         for led in leds:
-            image = self.single(tuple(led))
+            image = self.single(_row_col(led))
             if image is None:
                 continue
             total = image.copy() if total is None else total + image
@@ -150,7 +155,7 @@ class FpRenderer:
         with self._lock:
             if self._model is None:
                 self._build()
-            missing = [tuple(led) for led in dict.fromkeys(tuple(led) for led in leds) if tuple(led) not in self._cache]
+            missing = [led for led in dict.fromkeys(_row_col(led) for led in leds) if led not in self._cache]
             unknown = [led for led in missing if led not in self._frame_of]
             if unknown:
                 raise DeviceError(f"LED {unknown[0]} is outside the simulated {self.settings.led_array_shape} array")
@@ -247,8 +252,8 @@ class SimulatedFpCamera(SimpleCameraDevice):
         """Internal: free-running sequences; External: each sequence frame waits for a trigger pulse."""
         return self._trigger_mode
 
-    @TriggerMode.setter
-    def TriggerMode(self, value: str) -> None:  # type: ignore[no-redef]  # noqa: N802
+    @TriggerMode.setter  # type: ignore[no-redef]
+    def TriggerMode(self, value: str) -> None:  # noqa: N802
         if value not in TRIGGER_MODES:
             raise ValueError(f"TriggerMode must be one of {TRIGGER_MODES}, got {value!r}")
         self._trigger_mode = str(value)
@@ -306,6 +311,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
             else:
                 x, y, w, h = roi
                 out = get_buffer(self.shape(), dtype)
+                assert full is not None  # allocated with the ROI
                 meta = self.snap(full)
                 out[:] = full[y : y + h, x : x + w]
             yield meta
@@ -352,7 +358,7 @@ class SimulatedFpCamera(SimpleCameraDevice):
         if source is None:
             return []
         if callable(source):
-            return [tuple(led) for led in source()]
+            return [_row_col(led) for led in source()]
         return sorted(lit_leds_of(source))
 
     def snap(self, buffer: np.ndarray) -> Mapping:

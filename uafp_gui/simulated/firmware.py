@@ -392,7 +392,7 @@ class LoopbackPort:
 
     def __init__(self, model: IlluminateFirmwareModel, timeout: float = 0.05) -> None:
         self.model = model
-        self.timeout = timeout
+        self.timeout: float | None = timeout  # pyserial's attribute (None: block)
         self.is_open = True
         self.plugged_in = True
         self._rx = bytearray()
@@ -465,5 +465,5 @@ class LoopbackPort:
                 return chunk
         # Nothing will arrive without a write from this same thread: behave like a
         # real port and wait out the timeout.
-        time.sleep(self.timeout)
+        time.sleep(self.timeout or 0.0)
         return b""

@@ -40,7 +40,9 @@ def open_simulated_microscope(
     settings = settings or default_simulation_settings()
     if led_array is None:
         led_array = SimulatedLedArray(
-            tuple(settings.led_array_shape), settings.led_pitch_mm, height_mm=settings.led_height_mm
+            (int(settings.led_array_shape[0]), int(settings.led_array_shape[1])),
+            settings.led_pitch_mm,
+            height_mm=settings.led_height_mm,
         )
     if tuple(led_array.shape) != tuple(settings.led_array_shape):
         raise ConfigError(
