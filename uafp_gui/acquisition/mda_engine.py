@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from uafp_gui.devices.interfaces import LedArray
 
-__all__ = ["TRIGGER_WIRINGS", "FpEngine", "TriggerWiring"]
+__all__ = ["TRIGGER_WIRINGS", "FpEngine", "TriggerWiring", "camera_timeout_of", "trigger_wiring_of"]
 
 
 # How the camera and the LED array's trigger pins are wired (hardware/README.md).
@@ -64,6 +64,25 @@ class TriggerWiring(StrEnum):
 
 
 TRIGGER_WIRINGS = tuple(TriggerWiring)
+
+
+def trigger_wiring_of(value: str) -> TriggerWiring:
+    """`value` as a `TriggerWiring`; a `ConfigError` naming the choices otherwise."""
+    try:
+        return TriggerWiring(value)
+    except ValueError:
+        raise ConfigError(f"trigger_wiring must be one of {', '.join(TRIGGER_WIRINGS)} (got {value!r})") from None
+
+
+def camera_timeout_of(value: float) -> float:
+    """Seconds allowed on top of the exposure before a frame counts as a camera timeout: (0, 3600]."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 < seconds <= 3600:
+        raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {value!r})")
+    return seconds
 
 
 
@@ -149,15 +168,11 @@ class FpEngine:
         led_array: LedArray | None = None,
         led_device: str = LED_DEVICE_LABEL,
     ) -> None:
-        if trigger_wiring not in TRIGGER_WIRINGS:
-            raise ConfigError(f"trigger_wiring must be one of {', '.join(TRIGGER_WIRINGS)} (got {trigger_wiring!r})")
         self.mmcore = core
         self.frames_to_average = int(frames_to_average)
-        self.camera_timeout_s = float(camera_timeout_s)
-        if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
-            raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
+        self.camera_timeout_s = camera_timeout_of(camera_timeout_s)
         self.hardware_triggered = bool(hardware_triggered)
-        self.trigger_wiring = TriggerWiring(trigger_wiring)
+        self.trigger_wiring = trigger_wiring_of(trigger_wiring)
         self.led_array = led_array
         self.led_device = led_device
         self._exposure_ms: float | None = None

@@ -20,7 +20,6 @@ every frame acquired before the failure is on disk.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -42,12 +41,12 @@ from uafp_gui.acquisition.events import (
     FrameMessage,
     ProgressEvent,
 )
-from uafp_gui.acquisition.mda_engine import TRIGGER_WIRINGS, FpEngine
+from uafp_gui.acquisition.mda_engine import FpEngine, camera_timeout_of, trigger_wiring_of
 from uafp_gui.acquisition.prepare import RunRequest, check_output_path, default_writer_factory, prepare
 from uafp_gui.acquisition.sequence import frame_events
 from uafp_gui.acquisition.sinks import FrameWriter, Publisher
 from uafp_gui.devices.mm_led import LED_DEVICE_LABEL
-from uafp_gui.errors import ConfigError, DeviceError, UafpError, WriteFailure
+from uafp_gui.errors import DeviceError, UafpError, WriteFailure
 
 if TYPE_CHECKING:  # pragma: no cover
     import useq
@@ -205,9 +204,7 @@ class Acquisition:
         writer_factory: Callable[..., DatasetWriter] = default_writer_factory,
         trigger_wiring: str = "closed_loop",
     ) -> None:
-        if trigger_wiring not in TRIGGER_WIRINGS:
-            raise ConfigError(f"trigger_wiring must be one of {TRIGGER_WIRINGS} (got {trigger_wiring!r})")
-        self.trigger_wiring = trigger_wiring
+        self.trigger_wiring = trigger_wiring_of(trigger_wiring)
         self.core = core
         self.led_array = led_array
         self.plan = plan
@@ -217,9 +214,7 @@ class Acquisition:
         self.overwrite = bool(overwrite)
         self.led_device = led_device
         self.camera_offset = camera_offset
-        self.camera_timeout_s = float(camera_timeout_s)
-        if not math.isfinite(self.camera_timeout_s) or not 0 < self.camera_timeout_s <= 3600:
-            raise ConfigError(f"camera_timeout_s must be a number of seconds in (0, 3600] (got {camera_timeout_s!r})")
+        self.camera_timeout_s = camera_timeout_of(camera_timeout_s)
         self.notes = notes
         self.extra_meta = dict(extra_meta or {})
         self._writer_factory = writer_factory
