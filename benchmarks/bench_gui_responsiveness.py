@@ -35,12 +35,11 @@ def main() -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
     import numpy as np
-    from gui_probe import DrawProbe
+    from gui_probe import DrawProbe, EventLoopMonitor
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from uafp_gui.gui.main_window import MainWindow
-    from uafp_gui.gui.workers import EventLoopMonitor
     from uafp_gui.simulate import PRESETS
 
     app = QApplication.instance() or QApplication(sys.argv[:1])

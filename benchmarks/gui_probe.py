@@ -1,6 +1,7 @@
 """Measuring a running `MainWindow` from outside, for tests and benchmarks (none of it is in the
-app): how many reconstruction updates it drew, and how long each frame took from its arrival to
-the first drawn update that used it (frame -> display lag).
+app): how many reconstruction updates it drew, how long each frame took from its arrival to the
+first drawn update that used it (frame -> display lag), and how long the UI event loop stalls
+(`EventLoopMonitor`).
 
     probe = DrawProbe(window)   # before the reconstruction starts
     ...
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+from PySide6.QtCore import QObject, QTimer, Slot
 
 
 class DrawProbe:
@@ -50,3 +52,39 @@ class DrawProbe:
     def frame_lag_s(self) -> np.ndarray:
         """Seconds from each frame's arrival to the first drawn update that used it."""
         return np.asarray(self.frame_lags_s, dtype=float)
+
+
+class EventLoopMonitor(QObject):
+    """Measures UI event-loop stalls: a timer asks to fire every `interval_ms`; the excess of
+    each real gap over the interval is how long the loop was busy with something else."""
+
+    def __init__(self, interval_ms: int = 5, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.interval_ms = interval_ms
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+        self._last: float | None = None
+        self.gaps_ms: list[float] = []
+
+    def start(self) -> None:
+        self.gaps_ms.clear()
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    @Slot()
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps_ms.append((now - self._last) * 1000.0)
+        self._last = now
+
+    def stall_ms(self) -> tuple[float, float]:
+        """(max, p99) of the gaps beyond the timer interval, in ms."""
+        if not self.gaps_ms:
+            return 0.0, 0.0
+        stalls = np.maximum(np.asarray(self.gaps_ms) - self.interval_ms, 0.0)
+        return float(stalls.max()), float(np.percentile(stalls, 99))

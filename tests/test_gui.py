@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from factories import GUI_SIMULATION
-from gui_probe import DrawProbe
+from gui_probe import DrawProbe, EventLoopMonitor
 
 pytest.importorskip("pytestqt")
 pytest.importorskip("PySide6")
@@ -18,7 +18,6 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from uafp_gui.gui.dialogs import shown_errors  # noqa: E402
 from uafp_gui.gui.main_window import MainWindow  # noqa: E402
-from uafp_gui.gui.workers import EventLoopMonitor  # noqa: E402
 
 SIMULATION = GUI_SIMULATION
 FROZEN_UI_MS = 1500  # an event-loop stall this long is a frozen UI, whatever else the machine runs

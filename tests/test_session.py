@@ -99,3 +99,18 @@ def test_progress_eta_and_autosave_folder(tmp_path):
     assert JobProgress("iterating", 0, 10, 0.0).eta_s(1.0) is None
     assert autosave_folder_for(tmp_path / "run.tif", tmp_path / "fallback") == tmp_path / "run_autosave"
     assert autosave_folder_for(None, tmp_path / "fallback") == tmp_path / "fallback" / "reconstruction_autosave"
+
+
+@pytest.mark.slow  # end to end through the CLI: an acquisition with UA-FP reconstructing live
+def test_cli_acquire_reconstructs_live_through_the_session(tmp_path, capsys):
+    from uafp_gui.cli import main
+    from uafp_gui.io.result import read_result
+
+    out = tmp_path / "run.tif"
+    code = main(["acquire", "--simulate", "--out", str(out), "--leds", "5x5", "--sim-no-wait", "--reconstruct",
+                 "--iterations", "2", "--device", "cpu", "--seed", "3"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "live reconstruction" in printed and "wrote" in printed
+    result = read_result(tmp_path / "run_result")
+    assert result.calibration.iterations >= 2 and np.isfinite(result.amplitude).all()

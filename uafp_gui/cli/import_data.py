@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from uafp_gui.errors import ConfigError
@@ -158,62 +159,66 @@ def _summary(out: Path) -> None:
     )
 
 
+def _imported(args: argparse.Namespace, write: Callable[[], object]) -> int:
+    """Check --out, `write` the dataset there, print what was written."""
+    _check_out(args.out, args.overwrite)
+    write()
+    _summary(args.out)
+    return 0
+
+
 def run_zheng(args: argparse.Namespace) -> int:
     from uafp_gui.io.importers import import_zheng_mat
 
-    _check_out(args.out, args.overwrite)
-    import_zheng_mat(args.mat, args.out, overwrite=args.overwrite)
-    _summary(args.out)
-    return 0
+    return _imported(args, lambda: import_zheng_mat(args.mat, args.out, overwrite=args.overwrite))
 
 
 def run_folder(args: argparse.Namespace) -> int:
     from uafp_gui.io.importers import import_folder
 
-    _check_out(args.out, args.overwrite)
-    import_folder(args.folder, args.leds, args.geometry, args.out, overwrite=args.overwrite)
-    _summary(args.out)
-    return 0
+    return _imported(
+        args, lambda: import_folder(args.folder, args.leds, args.geometry, args.out, overwrite=args.overwrite)
+    )
 
 
 def run_fpm_mat(args: argparse.Namespace) -> int:
     from uafp_gui.io.import_public import import_fpm_mat
 
-    _check_out(args.out, args.overwrite)
-    import_fpm_mat(
-        args.mat,
-        args.out,
-        wavelength_um=args.wavelength_um,
-        led_pitch_mm=args.led_pitch_mm,
-        led_height_mm=args.led_height_mm,
-        overwrite=args.overwrite,
+    return _imported(
+        args,
+        lambda: import_fpm_mat(
+            args.mat,
+            args.out,
+            wavelength_um=args.wavelength_um,
+            led_pitch_mm=args.led_pitch_mm,
+            led_height_mm=args.led_height_mm,
+            overwrite=args.overwrite,
+        ),
     )
-    _summary(args.out)
-    return 0
 
 
 def run_ptylab(args: argparse.Namespace) -> int:
     from uafp_gui.io.import_public import import_ptylab_hdf5
 
-    _check_out(args.out, args.overwrite)
-    import_ptylab_hdf5(
-        args.h5, args.out, objective_na=args.objective_na, led_pitch_mm=args.led_pitch_mm, overwrite=args.overwrite
+    return _imported(
+        args,
+        lambda: import_ptylab_hdf5(
+            args.h5, args.out, objective_na=args.objective_na, led_pitch_mm=args.led_pitch_mm, overwrite=args.overwrite
+        ),
     )
-    _summary(args.out)
-    return 0
 
 
 def run_micromanager(args: argparse.Namespace) -> int:
     from uafp_gui.io.import_mm import import_micromanager
 
-    _check_out(args.out, args.overwrite)
-    import_micromanager(
-        args.source,
-        args.out,
-        geometry=args.geometry,
-        leds_csv=args.leds,
-        led_property=args.led_property,
-        overwrite=args.overwrite,
+    return _imported(
+        args,
+        lambda: import_micromanager(
+            args.source,
+            args.out,
+            geometry=args.geometry,
+            leds_csv=args.leds,
+            led_property=args.led_property,
+            overwrite=args.overwrite,
+        ),
     )
-    _summary(args.out)
-    return 0

@@ -8,7 +8,6 @@ when it must finish cleanly; `background=True` runs it at a lower CPU priority (
 on a machine with few cores the UI thread must still get the CPU to draw). `TaskRunner` runs
 short blocking calls (device commands, file reading and writing) on a single background
 thread and calls back on the UI thread.
-`EventLoopMonitor` measures how long the UI event loop stalls.
 
 Teardown: a signal emitted from a worker thread while the UI thread destroys a widget can
 deadlock (the emitter holds the GIL and wants Qt's connection lock; the destroyer holds that
@@ -30,10 +29,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-__all__ = ["EventLoopMonitor", "GeneratorWorker", "TaskRunner"]
+__all__ = ["GeneratorWorker", "TaskRunner"]
 
 BACKGROUND_NICE = 10  # about a tenth of the CPU share of a normal thread when both want it
 
@@ -233,39 +231,3 @@ class TaskRunner(QObject):
         self._executor.submit(done.set)
         self._executor.shutdown(wait=False, cancel_futures=False)
         return done.wait(timeout_s)
-
-
-class EventLoopMonitor(QObject):
-    """Measures UI event-loop stalls: a timer asks to fire every `interval_ms`; the excess of
-    each real gap over the interval is how long the loop was busy with something else."""
-
-    def __init__(self, interval_ms: int = 5, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.interval_ms = interval_ms
-        self._timer = QTimer(self)
-        self._timer.setInterval(interval_ms)
-        self._timer.timeout.connect(self._tick)
-        self._last: float | None = None
-        self.gaps_ms: list[float] = []
-
-    def start(self) -> None:
-        self.gaps_ms.clear()
-        self._last = time.perf_counter()
-        self._timer.start()
-
-    def stop(self) -> None:
-        self._timer.stop()
-
-    @Slot()
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            self.gaps_ms.append((now - self._last) * 1000.0)
-        self._last = now
-
-    def stall_ms(self) -> tuple[float, float]:
-        """(max, p99) of the gaps beyond the timer interval, in ms."""
-        if not self.gaps_ms:
-            return 0.0, 0.0
-        stalls = np.maximum(np.asarray(self.gaps_ms) - self.interval_ms, 0.0)
-        return float(stalls.max()), float(np.percentile(stalls, 99))
