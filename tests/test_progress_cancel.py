@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from uafp_gui.recon.uafp import PHASE_START_GEOMETRY, PHASE_START_SEARCH, UafpReconstruction, UafpSettings
+from uafp_gui.recon.start import PHASE_START_GEOMETRY, PHASE_START_SEARCH
+from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
 from uafp_gui.simulate import PRESETS, simulate
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -28,6 +28,7 @@ from uafp_gui.io.dataset import Dataset
 from uafp_gui.io.result import read_result
 from uafp_gui.metrics import lowpass, score
 from uafp_gui.model import LedGeometry
+from uafp_gui.recon import start as start_geometry
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver
 from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, search_start_geometry
 from uafp_gui.recon.uafp import ReconstructionUpdate, UafpReconstruction, UafpSettings, reconstruct_dataset
@@ -212,13 +213,13 @@ def test_start_search_on_large_frames_probes_their_centred_crop(tiny, monkeypatc
     settings = TINY_SETTINGS.replace(start_search_residual_px=0.0, start_search_evaluations=6, start_search_crop_px=32)
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), settings)
     probes = []
-    original = UafpReconstruction._probe_reconstruction
+    original = start_geometry.probe_reconstruction
 
-    def spy(self):
-        probes.append(original(self))
+    def spy(reconstruction):
+        probes.append(original(reconstruction))
         return probes[-1]
 
-    monkeypatch.setattr(UafpReconstruction, "_probe_reconstruction", spy)
+    monkeypatch.setattr(start_geometry, "probe_reconstruction", spy)
     run_all(recon, 1)
     (probe,) = probes
     assert probe is not recon and probe.model.setup.frame_shape == (32, 32)
@@ -680,7 +681,7 @@ def test_the_rim_fit_starts_a_small_frame_run_where_the_circle_fit_cannot():
     recon._take_pending()
     recon._initialise()
     truth = LedGeometry(**micro.true_geometry_dict())
-    assert recon.circle_fit is None and recon.rim_fit is not None and recon._rim_fit_taken()
+    assert recon.circle_fit is None and recon.rim_fit is not None and start_geometry.rim_fit_taken(recon)
     fit, rim = recon.rim_fit, recon.start_geometry
     print(f"rim fit {rim}, truth {truth}, rim response {fit.rim_response:.2f} (boundary {fit.start_rim_response:.2f})")
     assert abs(rim.rotation_deg - truth.rotation_deg) < 0.75  # measured 0.44 deg

@@ -180,7 +180,7 @@ def progress_text(job: LiveReconstruction, now: float | None = None) -> str:
             return f"Iteration {job.iterations_done} (refining while frames arrive)"
         text = f"Iteration {job.iterations_done} of {job.run_target}"
     else:
-        from uafp_gui.recon.uafp import PHASE_START_SEARCH
+        from uafp_gui.recon.start import PHASE_START_SEARCH
 
         at_most = "at most " if progress.phase == PHASE_START_SEARCH and progress.total > 5 else ""
         text = f"{progress.phase[:1].upper()}{progress.phase[1:]}: {progress.done} of {at_most}{progress.total}"

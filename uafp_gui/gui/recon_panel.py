@@ -199,7 +199,7 @@ class ReconPanel(QWidget):
     def show_settings(self, settings) -> None:
         self._defaults_shown = True
         self.upsample.setValue(settings.upsample)
-        from uafp_gui.recon.uafp import default_iterations
+        from uafp_gui.recon.settings import default_iterations
 
         self.iterations.setValue(settings.iterations or default_iterations(225))
         self.device.setCurrentText(settings.device)

@@ -22,9 +22,9 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from uafp_gui.errors import ConfigError, ReconstructionError, UafpError
 from uafp_gui.io.calibration import Calibration
 from uafp_gui.model import LedGeometry
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, object_of, spectrum_of
-from uafp_gui.recon.choices import Device, Loss, StopReason, parse_device
+from uafp_gui.recon.choices import Loss, StopReason
 from uafp_gui.recon.common import (
     ReconstructionResult,
     amplitude_misfit_terms,
@@ -43,133 +43,18 @@ from uafp_gui.recon.common import (
     upsampled_amplitude,
 )
 from uafp_gui.recon.report import nominal_frame_positions_mm
+from uafp_gui.recon.settings import UafpSettings, default_iterations
+from uafp_gui.recon.start import PHASE_START_GEOMETRY, fit_start, rim_fit_taken, search_start, start_search_due
+from uafp_gui.recon.state import load_state, save_state
 
-# Phases a run reports through `UafpReconstruction.on_phase(phase, done, total)` before its first iteration.
-PHASE_START_GEOMETRY = "fitting the start geometry"
-PHASE_START_SEARCH = "searching the start geometry"
+if TYPE_CHECKING:
+    from uafp_gui.recon.selfcal import CircleFit, RimFit  # scipy: imported when a start is fitted
 
-LOSSES = tuple(Loss)
 # The engine's short names for the reasons.
 STOP_COMPLETED, STOP_CONVERGED, STOP_CANCELLED = StopReason.COMPLETED, StopReason.CONVERGED, StopReason.CANCELLED
 STOP_INTERRUPTED, STOP_DIVERGED = StopReason.INTERRUPTED, StopReason.DIVERGED
 STOP_ENGINE_ERROR, STOP_ERROR = StopReason.ENGINE_ERROR, StopReason.ERROR
 STOP_REASONS = tuple(StopReason)
-
-
-@dataclass(frozen=True)
-class UafpSettings:
-    """Everything a user may tune; the defaults are meant to work from the dataset alone."""
-
-    upsample: int = 4
-    iterations: int | None = None  # None: 40 passes for 225 frames, more for fewer frames (same work)
-    batch_size: int | None = None  # None: ~5 mini-batches per pass over the frames, at most 45 frames each
-    device: Device = Device.AUTO
-    loss: Loss = Loss.AMPLITUDE
-    tv_weight: float = 0.0
-    pixel_integration: int = 2
-    learn_geometry: bool = True
-    learn_zernike: bool = True
-    zernike_min_index: int = 4  # Z2/Z3 (tilt) equal a translation of the object: degenerate
-    learn_freeform: bool = False
-    learn_led_residuals: bool = False
-    learn_gains: bool = True
-    learn_background: bool = False
-    # Pixels at the camera's full scale (2**bit_depth - 1, when the dataset records its bit depth) are
-    # clipped: their true value is unknown, only that it is at least the full scale. They leave the
-    # data term as measurements (amplitude loss: kept as that lower bound only; Poisson: left out).
-    mask_saturated: bool = True
-    freeze_system: bool = False
-    init_geometry_from_data: bool = True
-    # When the bright-field circles scatter about their rigid fit by more than this (LEDs off their
-    # grid: the few central circles then leave the start uncertain), the start geometry is searched
-    # within that uncertainty by short frozen-geometry reconstructions of the inner frames.
-    start_search_residual_px: float = 0.5
-    start_search_evaluations: int = 40
-    start_search_iterations: int = 3
-    start_search_extra_na: float = 0.1
-    start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
-    # Larger frames are searched on their centred crop of this side (0: whole frames): see `_probe_reconstruction`.
-    start_search_crop_px: int = 128
-    # When the circle fit fails, the rim fit's start is taken when its bright-field rims are visible: a mean
-    # response of at least this many noise units at its geometry (0: the rim fit is not tried).
-    start_rim_min_response: float = 1.0
-    warmup_iterations: int = 2
-    growth_fraction: float = 0.2
-    geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
-    lr_object: float = 0.05
-    lr_shift_mm: float = 0.05
-    # None: the step that moves the outermost LED as far as `lr_shift_mm` moves every LED (a fixed
-    # step in degrees is a small fraction of that on a large array: the rotation then stays near its start).
-    lr_rotation_deg: float | None = None
-    lr_height_mm: float = 0.3
-    lr_zernike_rad: float = 0.03
-    lr_freeform_rad: float = 0.01
-    lr_led_residual_mm: float = 0.01
-    lr_gain: float = 0.01
-    lr_background: float = 0.001
-    final_lr_fraction: float = 0.05
-    # A run ends (partial, last good state kept) after this many roll-backs in a row.
-    max_consecutive_rollbacks: int = 4
-    # The iteration count is a cap: a run ends `converged` once every frame is in, the geometry has had its
-    # iterations, and the misfit fell by less than `convergence_tolerance` (relative, per iteration) over the
-    # last `convergence_window` iterations. A window of 0 always runs to the cap.
-    convergence_window: int = 3
-    convergence_tolerance: float = 0.005
-    update_every: int = 1
-    # Gauss-Newton steps on the system (and the object along its most coupled modes) after the last
-    # iteration, each kept only if it lowers the data misfit (`uafp_gui.recon.uncertainty`).
-    polish_steps: int = 2
-    # Gauss-Newton steps on the LED geometry alone during the run: the first when the geometry joins
-    # (`geometry_start_fraction`), then one every `geometry_newton_every` iterations (0 steps: none).
-    geometry_newton_steps: int = 4
-    geometry_newton_every: int = 2
-    uncertainty: bool = True  # standard errors of the calibration at the end of a run (recon.uncertainty)
-    preview_size: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.validate()
-        # Plain strings ("poisson", "cpu") are taken and kept as their enum members.
-        object.__setattr__(self, "loss", Loss(self.loss))
-        object.__setattr__(self, "device", parse_device(self.device))
-
-    def replace(self, **changes) -> UafpSettings:
-        return replace(self, **changes)
-
-    def validate(self) -> None:
-        """Every field checked (type, finite, range): `ConfigError` names the first bad one.
-        Runs on construction (and on `replace`): a `UafpSettings` that exists is valid."""
-        from uafp_gui.recon.common import MAX_UPSAMPLE
-
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {', '.join(LOSSES)} (got {self.loss!r})")
-        parse_device(self.device)
-        for name, low, high in (
-            ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
-            ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("polish_steps", 0, 1000),
-            ("geometry_newton_steps", 0, 1000), ("geometry_newton_every", 1, 1000),
-            ("start_search_evaluations", 0, 10_000),
-            ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
-            ("convergence_window", 0, 1_000_000), ("start_search_crop_px", 0, 1_000_000),
-            ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
-        ):
-            value = getattr(self, name)
-            if value is None and name in ("iterations", "batch_size"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number {low} to {high} (got {value!r})")
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{item.name} must be a finite number (got {value!r})")
-            if isinstance(value, float) and value < 0:
-                raise ConfigError(f"{item.name} must be >= 0 (got {value!r})")
-
-
-def default_iterations(n_frames: int) -> int:
-    """Iterations (passes over the frames) for a dataset of `n_frames`: 40 for the usual 15 x 15 LEDs,
-    proportionally more for sparser acquisitions so the optimiser does the same number of frame visits."""
-    return int(min(120, max(40, round(40 * 225 / max(n_frames, 1)))))
 
 
 @dataclass(frozen=True)
@@ -252,8 +137,8 @@ class UafpReconstruction:
         self.polished_steps = 0
         self.geometry_newton_kept = 0
         self.start_geometry: LedGeometry | None = None
-        self.circle_fit = None
-        self.rim_fit = None
+        self.circle_fit: CircleFit | None = None
+        self.rim_fit: RimFit | None = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
         self._searching = False
         self.optimisers: dict[str, torch.optim.Optimizer] = {}
@@ -356,200 +241,14 @@ class UafpReconstruction:
 
                 self._report(PHASE_START_GEOMETRY, 0, 1)
                 try:
-                    self._fit_start_geometry(bright)
+                    fit_start(self, bright)
                 except Cancelled:  # stopped: the fit runs again when the run continues
                     self._build_optimisers()
                     return
                 self._report(PHASE_START_GEOMETRY, 1, 1)
-            if self._start_search_due():
-                self._search_start_geometry()
+            if start_search_due(self):
+                search_start(self)
         self._build_optimisers()
-
-    def _fit_start_geometry(self, bright: np.ndarray) -> None:
-        from uafp_gui.recon.selfcal import fit_geometry_from_boundary, fit_geometry_from_circles, within_search_range
-
-        available = torch.nonzero(self.available).squeeze(1)
-        cancelled = self._cancel_requested
-        boundary = fit_geometry_from_boundary(
-            self.model, self.measurements, available, cancelled=cancelled,
-            progress=lambda done, total: self._report(PHASE_START_GEOMETRY, done, total + 1),  # + the circle fit
-        )
-        saved = self.model.system.led_geometry()
-        self.model.system.set_geometry(boundary.geometry)
-        try:
-            circles = fit_geometry_from_circles(self.model, self.measurements, bright, cancelled=cancelled)
-        except Exception:
-            self.model.system.set_geometry(saved)
-            raise
-        self.circle_fit = None
-        self.rim_fit = None
-        if (
-            circles is not None
-            and circles.residual_px < 2.0
-            and within_search_range(circles.geometry, self.model.setup.led_height_mm)
-        ):
-            self.model.system.set_geometry(circles.geometry)
-            self.circle_fit = circles
-        elif self.settings.start_rim_min_response > 0:
-            self._fit_start_from_rims(bright, available, boundary.geometry)
-        self._keep_system_physical()
-        self.start_geometry = self.model.system.led_geometry()
-        self._geometry_initialised_with = len(bright)
-
-    def _fit_start_from_rims(self, bright: np.ndarray, available: torch.Tensor, boundary: LedGeometry) -> None:
-        """Where no circle fit holds (small frames, low light), the geometry whose pupil circles match the
-        bright-field spectra's rims best (`selfcal.fit_geometry_from_rims`), when those rims are visible
-        (`start_rim_min_response`) and it matches them better than the boundary start does.
-        The short probe reconstructions of the start search cannot make this choice: on a small field the
-        object turns with the LEDs and a 4-degree error costs them nothing (measured: a probe preferred a
-        start 3.9 deg off to the truth)."""
-        from uafp_gui.recon.selfcal import fit_geometry_from_rims
-
-        rim = fit_geometry_from_rims(
-            self.model, self.measurements, bright, available, boundary, cancelled=self._cancel_requested
-        )
-        self.rim_fit = rim
-        if self._rim_fit_taken():
-            self.model.system.set_geometry(rim.geometry)
-
-    def _rim_fit_taken(self) -> bool:
-        rim = self.rim_fit
-        return (
-            rim is not None
-            and rim.rim_response >= self.settings.start_rim_min_response
-            and rim.rim_response - rim.mismatched_frames > rim.start_rim_response - rim.start_mismatched_frames
-        )
-
-    def _probe_frames(self) -> torch.Tensor:
-        """The frames a start-search probe reconstructs: bright field and the first dark-field rings."""
-        with torch.no_grad():
-            frame_na = self.model.frame_illumination_na().cpu()
-        return torch.nonzero(frame_na <= self.model.setup.objective_na + self.settings.start_search_extra_na).squeeze(1)
-
-    def _start_search_due(self) -> bool:
-        circles = self.circle_fit
-        return (
-            self.start_search is None
-            and self.settings.start_search_evaluations > 0
-            and circles is not None
-            and circles.residual_px > self.settings.start_search_residual_px
-            and bool(np.all(np.isfinite(circles.uncertainty)))
-            and bool(self.available[self._probe_frames()].all())
-        )
-
-    def _probe_loss(self, progress: Callable[[int], None] | None = None):
-        """A function geometry -> misfit of a short frozen-geometry reconstruction of the probe frames
-        (bright field and the first dark-field rings, see `_probe_frames`), each from the same start;
-        and a function that puts the probe back to that start. Stop raises `selfcal.Cancelled`."""
-        from uafp_gui.recon.selfcal import Cancelled
-
-        self._build_optimisers()
-        frames = self._probe_frames().to(self.device)
-        probe = self._probe_reconstruction()
-        probe._cancel_requested = self._cancel_requested
-        snapshot = probe._snapshot()
-        system = probe.model.system
-        evaluations = 0
-
-        def probe_loss(geometry: LedGeometry) -> float:
-            nonlocal evaluations
-            if progress is not None:
-                progress(evaluations)
-            if self._cancel_requested():
-                raise Cancelled
-            evaluations += 1
-            probe._restore(snapshot)
-            system.set_geometry(geometry)
-            generator = torch.Generator().manual_seed(self.settings.seed)
-            for _ in range(self.settings.start_search_iterations):
-                for phase in ("system", "object"):
-                    if phase in probe.optimisers:
-                        order = frames[torch.randperm(len(frames), generator=generator).to(self.device)]
-                        probe._step_batches(phase, order, freeze_geometry=True)
-            with torch.no_grad():
-                total = sum(float(probe.loss(batch)) * len(batch) for batch in torch.split(frames, probe.batch_size()))
-            return total / len(frames)
-
-        def reset(geometry: LedGeometry) -> None:
-            probe._restore(snapshot)
-            system.set_geometry(geometry)
-
-        return probe_loss, reset
-
-    def _search_start_geometry(self) -> None:
-        """Search the start geometry within the circle fit's uncertainty (see `selfcal.search_start_geometry`)."""
-        from uafp_gui.recon.selfcal import Cancelled, search_start_geometry
-
-        limit = self.settings.start_search_evaluations
-        first_simplex = 5  # selfcal.search_start_geometry stops after it unless a vertex gains
-        evaluations = 0
-
-        def progress(done: int) -> None:
-            nonlocal evaluations
-            evaluations = done
-            self._report(PHASE_START_SEARCH, done, first_simplex if done < first_simplex else limit)
-
-        probe_loss, reset = self._probe_loss(progress)
-        started = time.perf_counter()
-        start = self.circle_fit.geometry
-        self._searching = True
-        try:
-            geometry, start_loss, loss = search_start_geometry(
-                probe_loss,
-                start,
-                self.circle_fit.uncertainty,
-                self.settings.start_search_evaluations,
-                self.settings.start_search_min_gain,
-            )
-        except Cancelled:  # back to the circle fit; the search runs again when the run continues
-            reset(start)
-            self.model.system.set_geometry(start)
-            return
-        finally:
-            self._searching = False
-        evaluations += 1
-        self._report(PHASE_START_SEARCH, evaluations, evaluations)
-        reset(geometry)
-        self.model.system.set_geometry(geometry)
-        self._keep_system_physical()
-        geometry = self.start_geometry = self.model.system.led_geometry()
-        self.start_search = {
-            "from": start,
-            "to": geometry,
-            "probe_loss_from": start_loss,
-            "probe_loss_to": loss,
-            "evaluations": evaluations,
-            "seconds": time.perf_counter() - started,
-        }
-
-    def _probe_reconstruction(self) -> UafpReconstruction:
-        """What the start search's probes reconstruct: this reconstruction, or, for frames larger than
-        `start_search_crop_px`, a reconstruction of the frames' centred crops (same tile centre, so the
-        same illumination angles: the geometry is a property of the microscope, not of the field of view;
-        a 260 px frame costs 4x a 128 px crop). It starts from this one's scale and system."""
-        side = self.settings.start_search_crop_px
-        rows, cols = self.model.setup.frame_shape
-        if side <= 0 or (rows <= side and cols <= side):
-            return self
-        crop_rows, crop_cols = min(rows, side), min(cols, side)
-        top, left = rows // 2 - crop_rows // 2, cols // 2 - crop_cols // 2
-        window = (slice(top, top + crop_rows), slice(left, left + crop_cols))
-        settings = self.settings.replace(
-            init_geometry_from_data=False, start_search_evaluations=0, uncertainty=False, device=str(self.device)
-        )
-        probe = UafpReconstruction(self.meta, (crop_rows, crop_cols), settings, source_dataset=self.source_dataset)
-        probe.measurements = self.measurements[:, window[0], window[1]].clone()
-        probe.available = self.available.clone()
-        probe.scale = self.scale
-        probe.unsaturated = {k: mask[window] for k, mask in self.unsaturated.items()}
-        mine, theirs = self.model.system, probe.model.system
-        with torch.no_grad():
-            for name, parameter in mine.named_parameters():
-                target = getattr(theirs, name)
-                if target.shape == parameter.shape:  # not the per-pixel pupil maps (zero at the start)
-                    target.copy_(parameter)
-        probe._initialise()  # the object from the cropped bright-field frames, the optimisers
-        return probe
 
     def _report(self, phase: str, done: int, total: int) -> None:
         if self.on_phase is not None:
@@ -1157,7 +856,7 @@ class UafpReconstruction:
                 "geometry": rim.geometry.to_dict(),
                 "rim_response": rim.rim_response,
                 "mismatched_frames": rim.mismatched_frames,
-                "taken": self._rim_fit_taken(),
+                "taken": rim_fit_taken(self),
                 "bright_field_frames": len(rim.frames),
             }
         return result
@@ -1180,81 +879,12 @@ class UafpReconstruction:
 
     # ----------------------------------------------------------- save / load
     def save_state(self, path: str | Path) -> Path:
-        path = Path(path)
-        torch.save(
-            _plain_values(
-                {
-                    "settings": self.settings.__dict__,
-                    "iteration": self.iteration,
-                    "loss_history": self.loss_history,
-                    "elapsed_s": self.elapsed_s,
-                    "scale": self.scale,
-                    "available": self.available.cpu(),
-                    "learning_rate_factor": self.learning_rate_factor,
-                    # Both shape the continuation: the geometry's late start and the mini-batch order.
-                    "start_geometry": self.start_geometry.to_dict() if self.start_geometry else None,
-                    "generator": self._generator.get_state(),
-                    **self._snapshot(),
-                }
-            ),
-            path,
-        )
-        return path
+        """Write this reconstruction's state (`recon.state`): `load_state` continues from it."""
+        return save_state(self, path)
 
     def load_state(self, path: str | Path) -> None:
-        """Continue from a saved state (frames must be added again from the dataset).
-
-        Only tensors and plain containers are unpickled (`weights_only=True`): a crafted state file
-        cannot run code; anything else in it is a `ReconstructionError`."""
-        import pickle
-
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except FileNotFoundError:
-            raise ReconstructionError(f"state file not found: {path}: check the path") from None
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as error:
-            raise ReconstructionError(
-                f"{path} is not a uafp reconstruction state, or holds more than tensors and plain values "
-                f"(refused, nothing of it was run): {str(error).splitlines()[0][:160]}"
-            ) from None
-        if not isinstance(state, dict) or not {"object", "system", "optimisers", "scale"} <= set(state):
-            raise ReconstructionError(f"{path} is not a uafp reconstruction state (fields missing)")
-        self._take_pending()
-        self.scale = state["scale"]
-        self.object = torch.nn.Parameter(state["object"].to(self.device))
-        self.model.system.load_state_dict(state["system"])
-        self.optimisers = {}
-        self.iteration = state["iteration"]
-        self.loss_history = list(state["loss_history"])
-        self.elapsed_s = state["elapsed_s"]
-        self.learning_rate_factor = state["learning_rate_factor"]
-        self._geometry_initialised_with = 10**9
-        self.start_search = self.start_search or {}
-        if state.get("start_geometry"):
-            self.start_geometry = LedGeometry(**state["start_geometry"])
-        if "generator" in state:
-            self._generator.set_state(state["generator"].cpu())
-        self._build_optimisers()
-        for name, optimiser_state in state["optimisers"].items():
-            if name in self.optimisers:
-                self.optimisers[name].load_state_dict(optimiser_state)
-
-
-def _plain_values(value: Any) -> Any:
-    """Tensors and plain Python values only (numpy scalars become floats/ints), so that
-    `load_state` can read the file with `torch.load(weights_only=True)`."""
-    if isinstance(value, dict):
-        return {key: _plain_values(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain_values(item) for item in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value.copy())
-    if isinstance(value, str):
-        return str(value)  # an enum member (Loss, Device) as its plain string
-    return value
+        """Continue from a saved state (frames must be added again from the dataset), see `recon.state`."""
+        load_state(self, path)
 
 
 def reconstruct_dataset(
