@@ -19,9 +19,9 @@ import tifffile
 from uafp_gui.errors import DatasetError
 from uafp_gui.io import writer as writer_module
 from uafp_gui.io.dataset import Dataset, PartialDatasetWarning, read_dataset, read_dataset_meta
-from uafp_gui.io.schema import DatasetMeta, FrameSpec, Glass
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
 from uafp_gui.io.writer import DatasetWriter, write_dataset
-from uafp_gui.model import Optics
+from uafp_gui.model import Glass, Optics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,10 @@
 """The domain every layer builds on: LED indices, the nominal optics, the LED geometry, LED positions.
 
-The bottom of the package: no torch, no Qt, no files (numpy only). `Optics` holds the nominal
-microscope fields once; a dataset's metadata (`io.schema.DatasetMeta`), the acquisition's
-`MicroscopeDescription` and the simulator's `SimulationSettings` contain one and read its fields
-through `HasOptics`. `led_positions_mm` is the one place an LED's [X, Y] is computed (spec
+The bottom of the package: no Qt, no files, numpy only (torch only when `led_positions_mm` is
+given tensors, which means it is loaded already). `Optics` holds the nominal microscope fields
+once, `Glass` the slide below the sample; a dataset's metadata (`io.schema.DatasetMeta`), the
+acquisition's `MicroscopeDescription` and the simulator's `SimulationSettings` contain an Optics
+and read its fields through `HasOptics`. `led_positions_mm` is the one place an LED's [X, Y] is computed (spec
 section 2); it works on numpy arrays and, differentiably, on torch tensors. The validators raise
 `DatasetError` naming the field and the fix; `io` and the settings classes use them.
 """
@@ -27,6 +28,7 @@ RowCol = tuple[int, int]
 __all__ = [
     "MAXIMA",
     "OPTICS_FIELDS",
+    "Glass",
     "HasOptics",
     "LedGeometry",
     "Optics",
@@ -293,6 +295,46 @@ class HasOptics:
 
     def is_brightfield(self, led: RowCol) -> bool:
         return self.optics.is_brightfield(led)
+
+
+@dataclass(frozen=True)
+class Glass:
+    """A slide between the LED array and the sample; it refracts the illumination."""
+
+    thickness_mm: float
+    refractive_index: float
+
+    def __post_init__(self) -> None:
+        thickness = number(self.thickness_mm, "glass.thickness_mm", "slide thickness in mm")
+        if thickness < 0:
+            raise DatasetError(
+                f"glass.thickness_mm must be >= 0 (got {self.thickness_mm!r}): "
+                "give the slide thickness in millimetres, e.g. 1.0"
+            )
+        index = number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
+        if index < 1:
+            raise DatasetError(
+                f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): typical slide glass is 1.52"
+            )
+        object.__setattr__(self, "thickness_mm", thickness)
+        object.__setattr__(self, "refractive_index", index)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"thickness_mm": self.thickness_mm, "refractive_index": self.refractive_index}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Glass:
+        if not isinstance(data, Mapping):
+            raise DatasetError(f"glass must be an object {{'thickness_mm': t, 'refractive_index': n}} (got {data!r})")
+        for key in ("thickness_mm", "refractive_index"):
+            if key not in data:
+                raise DatasetError(f"glass.{key} is missing: glass needs thickness_mm and refractive_index")
+        unknown = set(data) - {"thickness_mm", "refractive_index"}
+        if unknown:
+            raise DatasetError(
+                f"glass has unknown fields {sorted(unknown)}: only thickness_mm and refractive_index are allowed"
+            )
+        return cls(data["thickness_mm"], data["refractive_index"])
 
 
 # ------------------------------------------------------------------------------ LED geometry

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from uafp_gui.errors import ConfigError, DatasetError
-from uafp_gui.model import OPTICS_FIELDS, HasOptics, Optics, RowCol
+from uafp_gui.model import OPTICS_FIELDS, Glass, HasOptics, Optics, RowCol
 from uafp_gui.physics.patterns import disk_leds, spiral_order, square_leds
 
 __all__ = [
@@ -60,7 +60,7 @@ class MicroscopeDescription(HasOptics):
     """
 
     optics: Optics = field(default_factory=Optics)
-    glass: dict[str, float] | None = None
+    glass: Glass | None = None
     sample: str = ""
 
     def __post_init__(self) -> None:
@@ -68,8 +68,11 @@ class MicroscopeDescription(HasOptics):
             object.__setattr__(self, "optics", _optics(self.optics))
         elif not isinstance(self.optics, Optics):
             raise ConfigError(f"optics must be an Optics (got {type(self.optics).__name__})")
-        if self.glass is not None and not isinstance(self.glass, dict):
-            raise ConfigError(f"glass must be an object {{thickness_mm, refractive_index}} (got {self.glass!r})")
+        if self.glass is not None and not isinstance(self.glass, Glass):
+            try:
+                object.__setattr__(self, "glass", Glass.from_dict(self.glass))
+            except DatasetError as error:
+                raise ConfigError(str(error)) from None
         if not isinstance(self.sample, str):
             raise ConfigError(f"sample must be a string (got {self.sample!r})")
 
@@ -93,7 +96,8 @@ class MicroscopeDescription(HasOptics):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.optics.to_dict(), "glass": self.glass, "sample": self.sample}
+        glass = self.glass.to_dict() if self.glass is not None else None
+        return {**self.optics.to_dict(), "glass": glass, "sample": self.sample}
 
 
 def _optics(values: Mapping[str, Any]) -> Optics:
@@ -362,7 +366,7 @@ def dataset_meta(
     extra: Mapping[str, Any] | None = None,
 ):
     """The dataset metadata of a run of `plan` on `microscope` (the plan stored in it)."""
-    from uafp_gui.io.schema import DatasetMeta, Glass
+    from uafp_gui.io.schema import DatasetMeta
 
     return DatasetMeta(
         optics=microscope.optics,
@@ -370,7 +374,7 @@ def dataset_meta(
         tile_center_um=tile_center_um,
         camera_offset=float(camera_offset),
         bit_depth=bit_depth,
-        glass=Glass.from_dict(microscope.glass) if microscope.glass else None,
+        glass=microscope.glass,
         sample=microscope.sample,
         notes=notes,
         extra={PLAN_KEY: plan.to_dict(), "microscope": microscope.to_dict(), **(extra or {})},

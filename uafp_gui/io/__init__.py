@@ -6,7 +6,7 @@ Pure numpy/tifffile/scipy; no torch and no Qt, so every layer (GUI, CLI, scripts
 from uafp_gui.io.calibration import Calibration, load_calibration, save_calibration
 from uafp_gui.io.dataset import Dataset, PartialDatasetWarning, read_dataset, read_dataset_meta
 from uafp_gui.io.result import Result, read_result, write_result
-from uafp_gui.io.schema import DatasetMeta, FrameSpec, Glass
+from uafp_gui.io.schema import DatasetMeta, FrameSpec
 from uafp_gui.io.writer import DatasetWriter, write_dataset
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "DatasetMeta",
     "DatasetWriter",
     "FrameSpec",
-    "Glass",
     "PartialDatasetWarning",
     "Result",
     "load_calibration",

@@ -30,10 +30,10 @@ from uafp_gui.io._importcheck import (
     positive_somewhere,
 )
 from uafp_gui.io.pixels import common_dtype, stored_pixels
-from uafp_gui.io.schema import FORMAT_NAME, FORMAT_VERSION, SOFTWARE_NAME, DatasetMeta, FrameSpec, Glass
+from uafp_gui.io.schema import FORMAT_NAME, FORMAT_VERSION, SOFTWARE_NAME, DatasetMeta, FrameSpec
 from uafp_gui.io.writer import write_dataset
 from uafp_gui.limits import MAX_CSV_LINES
-from uafp_gui.model import Optics
+from uafp_gui.model import Glass, Optics
 
 # --------------------------------------------------------------------- Zheng blood smear
 

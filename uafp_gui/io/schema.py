@@ -1,11 +1,11 @@
-"""The dataset's metadata (docs/dataset_format.md section 1): `DatasetMeta`, `FrameSpec`, `Glass`.
+"""The dataset's metadata (docs/dataset_format.md section 1): `DatasetMeta` and its `FrameSpec`s.
 
 A dataset is one multi-page TIFF of N frames, shape (N, H, W), uint16 or float32, plus one JSON
 object of metadata. That object is `DatasetMeta`: the nominal microscope (`uafp_gui.model.Optics`,
 flat top-level fields in the JSON), one `FrameSpec` per planned frame (the LEDs lit, exposure,
-LED drive) and the optional fields. Constructing any of them validates it: a `DatasetError` names
-the bad field and the fix. Where the JSON lives in the file is the reader's and the writer's
-business (`uafp_gui.io.dataset`, `uafp_gui.io.writer`).
+LED drive) and the optional fields (the slide's `uafp_gui.model.Glass`, ...). Constructing any of
+them validates it: a `DatasetError` names the bad field and the fix. Where the JSON lives in the
+file is the reader's and the writer's business (`uafp_gui.io.dataset`, `uafp_gui.io.writer`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from uafp_gui.model import (
     HINTS,
     MAXIMA,
     OPTICS_FIELDS,
+    Glass,
     HasOptics,
     Optics,
     RowCol,
@@ -41,46 +42,6 @@ from uafp_gui.model import (
 FORMAT_NAME = "uafp-dataset"
 FORMAT_VERSION = 1
 SOFTWARE_NAME = f"uafp_gui {__version__}"
-
-
-@dataclass(frozen=True)
-class Glass:
-    """A slide between the LED array and the sample; it refracts the illumination."""
-
-    thickness_mm: float
-    refractive_index: float
-
-    def __post_init__(self) -> None:
-        thickness = number(self.thickness_mm, "glass.thickness_mm", "slide thickness in mm")
-        if thickness < 0:
-            raise DatasetError(
-                f"glass.thickness_mm must be >= 0 (got {self.thickness_mm!r}): "
-                "give the slide thickness in millimetres, e.g. 1.0"
-            )
-        index = number(self.refractive_index, "glass.refractive_index", "e.g. 1.52")
-        if index < 1:
-            raise DatasetError(
-                f"glass.refractive_index must be >= 1 (got {self.refractive_index!r}): typical slide glass is 1.52"
-            )
-        object.__setattr__(self, "thickness_mm", thickness)
-        object.__setattr__(self, "refractive_index", index)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"thickness_mm": self.thickness_mm, "refractive_index": self.refractive_index}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Glass:
-        if not isinstance(data, Mapping):
-            raise DatasetError(f"glass must be an object {{'thickness_mm': t, 'refractive_index': n}} (got {data!r})")
-        for key in ("thickness_mm", "refractive_index"):
-            if key not in data:
-                raise DatasetError(f"glass.{key} is missing: glass needs thickness_mm and refractive_index")
-        unknown = set(data) - {"thickness_mm", "refractive_index"}
-        if unknown:
-            raise DatasetError(
-                f"glass has unknown fields {sorted(unknown)}: only thickness_mm and refractive_index are allowed"
-            )
-        return cls(data["thickness_mm"], data["refractive_index"])
 
 
 @dataclass(frozen=True)
