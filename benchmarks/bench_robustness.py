@@ -229,7 +229,10 @@ def _coverage(calibration: dict, truth: dict, prefix: str = "") -> dict[str, boo
     return covered
 
 
-def run_draw(micro: refsim.RefMicroscope, draw: int, iterations: int | None = None, classic: bool = True) -> dict:
+def run_draw(
+    micro: refsim.RefMicroscope, draw: int, iterations: int | None = None, classic: bool = True,
+    overrides: dict | None = None,
+) -> dict:
     """Simulate one microscope and reconstruct it three ways; never raises."""
     import torch
 
@@ -257,6 +260,8 @@ def run_draw(micro: refsim.RefMicroscope, draw: int, iterations: int | None = No
     settings = UafpSettings(device="cpu", upsample=upsample)
     if iterations is not None:
         settings = settings.replace(iterations=iterations)
+    if overrides:
+        settings = settings.replace(**overrides)
 
     # UA-FP from the nominal geometry.
     started = time.perf_counter()
@@ -444,6 +449,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="2 small draws (64 px, <= 7x7 LEDs, 15 iterations)")
     parser.add_argument("--preset", choices=sorted(refsim.PRESETS), help="one run of a refsim preset instead of draws")
     parser.add_argument("--no-classic", action="store_true")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="an engine setting for every UA-FP run (VALUE as JSON, e.g. start_rim_min_response=0): A/B runs",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_robustness"), help="writes OUT.json and OUT.csv")
     args = parser.parse_args(argv)
     if args.preset:
@@ -453,7 +462,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.iterations = args.iterations or 15
     else:
         micros = [draw_microscope(args.seed + k, args.max_frame, args.max_leds) for k in range(args.draws)]
-    jobs = [(micro, k, args.iterations, not args.no_classic) for k, micro in enumerate(micros)]
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name.strip()] = json.loads(value)
+    jobs = [(micro, k, args.iterations, not args.no_classic, overrides) for k, micro in enumerate(micros)]
     rows: list[dict] = []
 
     def finished(row: dict) -> None:

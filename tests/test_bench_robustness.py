@@ -63,7 +63,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path, capsys):
 def test_each_draw_is_written_as_soon_as_it_finishes(tmp_path, monkeypatch):
     """A long run stopped half-way (Ctrl-C, a killed job) keeps every draw it finished."""
 
-    def fake_run_draw(micro, draw, iterations=None, classic=True):
+    def fake_run_draw(micro, draw, iterations=None, classic=True, overrides=None):
         if draw == 1:
             raise KeyboardInterrupt
         return {"draw": draw, "seed": micro.seed, "outcome": "ok", "uafp_s": 1.0, "no_crash": True}
@@ -76,3 +76,20 @@ def test_each_draw_is_written_as_soon_as_it_finishes(tmp_path, monkeypatch):
     assert data["summary"]["draws"] == 1 and data["summary"]["planned_draws"] == 3
     assert data["summary"]["seeds"] == [5] and data["draws"][0]["microscope"]["seed"] == 5
     assert (tmp_path / "run.csv").read_text().count("\n") == 2
+
+
+def test_engine_settings_can_be_set_for_an_a_b_run(tmp_path, monkeypatch):
+    """`--set NAME=VALUE` reaches every draw's engine settings (VALUE read as JSON)."""
+    seen = []
+
+    def fake_run_draw(micro, draw, iterations=None, classic=True, overrides=None):
+        seen.append(overrides)
+        return {"draw": draw, "seed": micro.seed, "outcome": "ok", "uafp_s": 1.0, "no_crash": True}
+
+    monkeypatch.setattr(bench_robustness, "run_draw", fake_run_draw)
+    monkeypatch.setattr(bench_robustness, "print_table", lambda rows: None)
+    bench_robustness.main(
+        ["--draws", "2", "--max-frame", "64", "--set", "start_rim_min_response=0", "--set", "polish_steps=1",
+         "--out", str(tmp_path / "run")]
+    )
+    assert seen == [{"start_rim_min_response": 0, "polish_steps": 1}] * 2

@@ -641,3 +641,55 @@ def test_geometry_newton_steps_follow_the_geometry_join(tiny):
     list(frozen.run(iterations=1))
     assert not frozen._geometry_newton_due()
     assert UafpSettings().polish_steps > 0 and UafpSettings().geometry_newton_steps > 0  # on by default
+
+
+@pytest.mark.slow
+def test_the_start_covers_a_height_error_in_proportion_to_a_tall_stand():
+    """A 180 mm stand read 10 % short (true 198 mm): the boundary start once stopped 12 mm from the
+    nominal height whatever the stand, so every height error beyond it started at the range's edge.
+    Reference simulator (not the engine's model), 48 px frames, 7 x 7 LEDs at 6 mm pitch."""
+    import refsim
+
+    micro = replace(
+        refsim.MISALIGNED, frame_size=48, led_grid=7, led_pitch_mm=6.0, led_height_mm=180.0,
+        height_error_mm=18.0, shift_x_mm=0.5, shift_y_mm=-0.3, rotation_deg=1.0,
+    )
+    simulation = refsim.simulate(micro)
+    recon = UafpReconstruction.from_dataset(simulation.dataset(), UafpSettings(upsample=3, device="cpu"))
+    recon._take_pending()
+    available = torch.nonzero(recon.available).squeeze(1)
+    boundary = fit_geometry_from_boundary(recon.model, recon.measurements, available)
+    print(f"boundary start height {boundary.geometry.height_mm:.1f} mm (true {micro.true_height_mm:.1f})")
+    assert abs(boundary.geometry.height_mm - micro.true_height_mm) < 4.0  # the 12 mm range: 192 mm or below
+
+
+@pytest.mark.slow
+def test_the_rim_fit_starts_a_small_frame_run_where_the_circle_fit_cannot():
+    """64 px frames, 2x/0.1 (the bright-field circles wrap round the spectrum): the circle fit finds
+    no usable circles and the boundary start leaves a 4-degree rotation; the rim fit scores whole
+    geometries against every bright-field spectrum at once. Reference simulator, not the engine's model."""
+    import refsim
+
+    micro = replace(
+        refsim.MISALIGNED, frame_size=64, led_grid=7, led_pitch_mm=3.0, led_height_mm=70.0,
+        shift_x_mm=0.7, shift_y_mm=0.4, rotation_deg=-4.0, height_error_mm=-2.0, led_position_error_mm=0.05,
+        zernike_rad={4: 1.0, 5: 0.3, 7: -0.2}, photons_per_pixel=5000.0, seed=4,
+    )
+    simulation = refsim.simulate(micro)
+    recon = UafpReconstruction.from_dataset(simulation.dataset(), UafpSettings(upsample=3, device="cpu"))
+    recon._take_pending()
+    recon._initialise()
+    truth = LedGeometry(**micro.true_geometry_dict())
+    assert recon.circle_fit is None and recon.rim_fit is not None and recon._rim_fit_taken()
+    fit, rim = recon.rim_fit, recon.start_geometry
+    print(f"rim fit {rim}, truth {truth}, rim response {fit.rim_response:.2f} (boundary {fit.start_rim_response:.2f})")
+    assert abs(rim.rotation_deg - truth.rotation_deg) < 0.75  # measured 0.44 deg
+    assert max(abs(rim.shift_x_mm - truth.shift_x_mm), abs(rim.shift_y_mm - truth.shift_y_mm)) < 0.2  # 0.10 mm
+    assert abs(rim.height_mm - truth.height_mm) < 0.05 * truth.height_mm  # 0.8 mm of 68
+    without = UafpReconstruction.from_dataset(
+        simulation.dataset(), UafpSettings(upsample=3, device="cpu", start_rim_min_response=0.0)
+    )
+    without._take_pending()
+    without._initialise()
+    print(f"without the rim fit: {without.start_geometry}")
+    assert abs(without.start_geometry.rotation_deg - truth.rotation_deg) > 2.0  # the boundary grid alone

@@ -90,6 +90,9 @@ class UafpSettings:
     start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
     # Larger frames are searched on their centred crop of this side (0: whole frames): see `_probe_reconstruction`.
     start_search_crop_px: int = 128
+    # When the circle fit fails, the rim fit's start is taken when its bright-field rims are visible: a mean
+    # response of at least this many noise units at its geometry (0: the rim fit is not tried).
+    start_rim_min_response: float = 1.0
     warmup_iterations: int = 2
     growth_fraction: float = 0.2
     geometry_start_fraction: float = 0.5  # geometry joins once object and pupil have settled
@@ -250,6 +253,7 @@ class UafpReconstruction:
         self.geometry_newton_kept = 0
         self.start_geometry: LedGeometry | None = None
         self.circle_fit = None
+        self.rim_fit = None
         self.start_search: dict | None = None  # outcome of the start search, when one ran
         self._searching = False
         self.optimisers: dict[str, torch.optim.Optimizer] = {}
@@ -378,6 +382,7 @@ class UafpReconstruction:
             self.model.system.set_geometry(saved)
             raise
         self.circle_fit = None
+        self.rim_fit = None
         if (
             circles is not None
             and circles.residual_px < 2.0
@@ -385,9 +390,35 @@ class UafpReconstruction:
         ):
             self.model.system.set_geometry(circles.geometry)
             self.circle_fit = circles
+        elif self.settings.start_rim_min_response > 0:
+            self._fit_start_from_rims(bright, available, boundary.geometry)
         self._keep_system_physical()
         self.start_geometry = self.model.system.led_geometry()
         self._geometry_initialised_with = len(bright)
+
+    def _fit_start_from_rims(self, bright: np.ndarray, available: torch.Tensor, boundary: LedGeometry) -> None:
+        """Where no circle fit holds (small frames, low light), the geometry whose pupil circles match the
+        bright-field spectra's rims best (`selfcal.fit_geometry_from_rims`), when those rims are visible
+        (`start_rim_min_response`) and it matches them better than the boundary start does.
+        The short probe reconstructions of the start search cannot make this choice: on a small field the
+        object turns with the LEDs and a 4-degree error costs them nothing (measured: a probe preferred a
+        start 3.9 deg off to the truth)."""
+        from uafp_gui.recon.selfcal import fit_geometry_from_rims
+
+        rim = fit_geometry_from_rims(
+            self.model, self.measurements, bright, available, boundary, cancelled=self._cancel_requested
+        )
+        self.rim_fit = rim
+        if self._rim_fit_taken():
+            self.model.system.set_geometry(rim.geometry)
+
+    def _rim_fit_taken(self) -> bool:
+        rim = self.rim_fit
+        return (
+            rim is not None
+            and rim.rim_response >= self.settings.start_rim_min_response
+            and rim.rim_response - rim.mismatched_frames > rim.start_rim_response - rim.start_mismatched_frames
+        )
 
     def _probe_frames(self) -> torch.Tensor:
         """The frames a start-search probe reconstructs: bright field and the first dark-field rings."""
@@ -406,23 +437,24 @@ class UafpReconstruction:
             and bool(self.available[self._probe_frames()].all())
         )
 
-    def _search_start_geometry(self) -> None:
-        """Search the start geometry within the circle fit's uncertainty (see `selfcal.search_start_geometry`)."""
-        from uafp_gui.recon.selfcal import Cancelled, search_start_geometry
+    def _probe_loss(self, progress: Callable[[int], None] | None = None):
+        """A function geometry -> misfit of a short frozen-geometry reconstruction of the probe frames
+        (bright field and the first dark-field rings, see `_probe_frames`), each from the same start;
+        and a function that puts the probe back to that start. Stop raises `selfcal.Cancelled`."""
+        from uafp_gui.recon.selfcal import Cancelled
 
         self._build_optimisers()
         frames = self._probe_frames().to(self.device)
         probe = self._probe_reconstruction()
+        probe._cancel_requested = self._cancel_requested
         snapshot = probe._snapshot()
         system = probe.model.system
         evaluations = 0
 
-        limit = self.settings.start_search_evaluations
-        first_simplex = 5  # selfcal.search_start_geometry stops after it unless a vertex gains
-
         def probe_loss(geometry: LedGeometry) -> float:
             nonlocal evaluations
-            self._report(PHASE_START_SEARCH, evaluations, first_simplex if evaluations < first_simplex else limit)
+            if progress is not None:
+                progress(evaluations)
             if self._cancel_requested():
                 raise Cancelled
             evaluations += 1
@@ -438,9 +470,28 @@ class UafpReconstruction:
                 total = sum(float(probe.loss(batch)) * len(batch) for batch in torch.split(frames, probe.batch_size()))
             return total / len(frames)
 
+        def reset(geometry: LedGeometry) -> None:
+            probe._restore(snapshot)
+            system.set_geometry(geometry)
+
+        return probe_loss, reset
+
+    def _search_start_geometry(self) -> None:
+        """Search the start geometry within the circle fit's uncertainty (see `selfcal.search_start_geometry`)."""
+        from uafp_gui.recon.selfcal import Cancelled, search_start_geometry
+
+        limit = self.settings.start_search_evaluations
+        first_simplex = 5  # selfcal.search_start_geometry stops after it unless a vertex gains
+        evaluations = 0
+
+        def progress(done: int) -> None:
+            nonlocal evaluations
+            evaluations = done
+            self._report(PHASE_START_SEARCH, done, first_simplex if done < first_simplex else limit)
+
+        probe_loss, reset = self._probe_loss(progress)
         started = time.perf_counter()
         start = self.circle_fit.geometry
-        probe._cancel_requested = self._cancel_requested
         self._searching = True
         try:
             geometry, start_loss, loss = search_start_geometry(
@@ -451,14 +502,14 @@ class UafpReconstruction:
                 self.settings.start_search_min_gain,
             )
         except Cancelled:  # back to the circle fit; the search runs again when the run continues
-            probe._restore(snapshot)
-            system.set_geometry(start)
+            reset(start)
             self.model.system.set_geometry(start)
             return
         finally:
             self._searching = False
+        evaluations += 1
         self._report(PHASE_START_SEARCH, evaluations, evaluations)
-        probe._restore(snapshot)
+        reset(geometry)
         self.model.system.set_geometry(geometry)
         self._keep_system_physical()
         geometry = self.start_geometry = self.model.system.led_geometry()
@@ -1099,6 +1150,15 @@ class UafpReconstruction:
                 "from": search["from"].to_dict(),
                 "to": search["to"].to_dict(),
                 "circle_residual_px": self.circle_fit.residual_px if self.circle_fit else float("nan"),
+            }
+        if self.rim_fit is not None:
+            rim = self.rim_fit
+            result.extra["start_rim_fit"] = {
+                "geometry": rim.geometry.to_dict(),
+                "rim_response": rim.rim_response,
+                "mismatched_frames": rim.mismatched_frames,
+                "taken": self._rim_fit_taken(),
+                "bright_field_frames": len(rim.frames),
             }
         return result
 
