@@ -262,6 +262,7 @@ def test_layout_and_settings_are_remembered(qtbot, tmp_path):
     second.close()
 
 
+@pytest.mark.slow  # end to end in the GUI: the slow lane
 def test_closing_mid_acquisition_stops_workers_and_keeps_frames(qtbot, tmp_path):
     from uafp_gui.io.dataset import read_dataset
 

@@ -37,6 +37,7 @@ def test_pyramid_halves_by_block_means():
     assert levels[1][0, 0, 0] == pytest.approx(image[0, :2, :2].mean())
 
 
+@pytest.mark.slow  # a pyramidal OME-TIFF written and read back: the slow lane
 def test_ome_tiff_read_back_by_tifffile_and_ome_types(result_folder, capsys):
     folder, amplitude, phase = result_folder
     assert main(["export", str(folder), "--format", "ome-tiff"]) == 0

@@ -57,6 +57,7 @@ def test_a_completed_run_says_it_is_not_partial(tiny):
     assert extra["partial"] is False and extra["stop_reason"] == "completed"
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_cancel_mid_run_autosaves_a_complete_partial_result(tiny, tmp_path):
     """The GUI's Stop (and quit, which stops the worker) end `LiveReconstruction.run`: the state is written."""
     job = LiveReconstruction(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
@@ -75,6 +76,7 @@ def test_cancel_mid_run_autosaves_a_complete_partial_result(tiny, tmp_path):
     assert json.loads((job.autosaved / "calibration.json").read_text())["partial"] is False
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_closing_the_run_generator_still_saves(tiny, tmp_path):
     """Quit while the worker is suspended between updates: the generator is closed, the state still saved."""
     job = LiveReconstruction(TINY_SETTINGS.replace(iterations=500), dataset=dataset_of(tiny))
@@ -128,6 +130,7 @@ def test_a_loss_that_keeps_turning_nan_ends_the_run_with_the_last_good_state(tin
     assert (out / "report.png").is_file()
 
 
+@pytest.mark.slow  # numerical run: the slow lane
 def test_an_engine_exception_is_rolled_back_and_reported_as_the_engines(tiny, tmp_path, monkeypatch):
     recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(iterations=30))
     list(recon.run(2))

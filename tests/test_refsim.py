@@ -129,6 +129,7 @@ def test_reference_dataset_and_truth_on_disk(tmp_path):
     assert spectrum[radius < simulation.synthetic_na * 0.9].max() > 0
 
 
+@pytest.mark.slow  # numerical: the slow lane
 def test_reference_led_errors_order_and_camera():
     micro = replace(SMALL, led_position_error_mm=0.12, order="row", photons_per_pixel=20000, bit_depth=12)
     simulation = refsim.simulate(micro)

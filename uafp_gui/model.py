@@ -409,8 +409,8 @@ def led_positions_mm(
         else:
             cos, sin = np.cos(theta), np.sin(theta)
         x, y = x * cos - y * sin + shift_x_mm, x * sin + y * cos + shift_y_mm
-    if isinstance(x, (np.ndarray, np.generic)):
-        return np.stack([x, y], axis=-1)
+    if isinstance(x, (np.ndarray, np.generic)) and isinstance(y, (np.ndarray, np.generic)):
+        return np.stack(np.broadcast_arrays(x, y), axis=-1)
     import torch  # a tensor was given: torch is loaded already
 
-    return torch.stack([x, y], dim=-1)
+    return torch.stack(torch.broadcast_tensors(torch.as_tensor(x), torch.as_tensor(y)), dim=-1)

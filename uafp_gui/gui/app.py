@@ -91,7 +91,9 @@ def closing_on_signals(window):
     from PySide6.QtCore import QTimer
 
     def close(signum, frame) -> None:
-        window.close()
+        # From the event loop, not here: a signal that arrives before `app.exec()` runs would close
+        # the window before the loop starts, and the loop would then wait forever for a last window.
+        QTimer.singleShot(0, window.close)
 
     numbers = (signal.SIGINT, signal.SIGTERM)
     previous = {number: signal.signal(number, close) for number in numbers}
