@@ -404,6 +404,11 @@ def test_pipeline_with_an_injected_executor(stack, monkeypatch):
     assert [p.stage for p in progress if p.result is not None] == ["calibration"] * 2 + ["tiles"] * 4
     assert progress[-1].stage == "done"
     assert result.pixel_um == pytest.approx(_meta().sample_pixel_um / upsample)
+    # calibration.json: a valid calibration whose own pupil is the lens's at the field centre (x = 0 here)
+    from uafp_gui.io.calibration import Calibration
+
+    assert Calibration.from_dict(result.calibration).zernike_rad[4] == pytest.approx(0.2, abs=1e-9)
+    assert Calibration.from_dict(result.calibration).extra["field_aberrations"]["summary"]["max_rms_rad"] > 0
     # A given calibration skips stage 1.
     seen.clear()
     pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,

@@ -234,7 +234,10 @@ def field_aberrations(
 
 def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Aberration map") -> Path:
     """The lens-inspection picture (PNG): wavefront RMS (waves) with the Marechal contour, Strehl, the
-    dominant term's coefficient over the field, and the tiles' own values."""
+    dominant term's coefficient over the field, and the tiles' own values. `aberrations`: the
+    `field_aberrations` dict, or a whole calibration dict holding it."""
+    if "field_aberrations" in aberrations:
+        aberrations = aberrations["field_aberrations"]
     import matplotlib
 
     matplotlib.use("Agg")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uafp_gui.fullfield.aberration import field_aberrations
+from uafp_gui.fullfield.aberration import evaluate_model, field_aberrations
 from uafp_gui.fullfield.calibrate import (
     choose_calibration_tiles,
     combine_calibrations,
@@ -132,6 +132,7 @@ def reconstruct_tile(task: TileTask) -> TileResult:
         data_misfit=float(result.extra.get("data_misfit", float("nan"))),
         stop_reason=str(recon.stop_reason),
         wall_s=time.perf_counter() - started,
+        pupil=np.stack([np.abs(result.pupil), np.angle(result.pupil)]).astype(np.float32),
     )
 
 
@@ -211,6 +212,9 @@ def reconstruct_full_field(
         max_order=aberration_order,
     )
     out = shared.to_dict()
+    # The calibration's own pupil is the lens's at the field centre (the model's); the field dependence is extra.
+    centre = evaluate_model(aberrations["model"], np.array((cx,)), np.array((cy,)))
+    out["zernike_rad"] = {str(j): float(v[0]) for j, v in sorted(centre.items())}
     out["object_pixel_um"] = pixel_um / upsample
     out["field_aberrations"] = aberrations
     out["fullfield"] = {
