@@ -424,3 +424,57 @@ def test_tile_tasks_pickle_and_settings_round_trip():
     assert pipeline.UafpSettings(**plain) == settings
     task = pipeline.TileTask("x.tif", Tile(0, 0, 0, 0, 0, 8, 8, (1.0, 2.0)), plain, None)
     assert pickle.loads(pickle.dumps(task)) == task
+
+
+# --------------------------------------------------------------------- the full-field reference simulator
+
+
+def _refsim():
+    import refsim  # benchmarks/ is on the tests' path (pyproject's pythonpath)
+
+    return refsim
+
+
+def test_field_object_is_the_same_however_the_field_is_cut():
+    refsim = _refsim()
+    rng = np.random.default_rng(0)
+    obj = refsim.FieldObject((-200, 200, -200, 200), 1.2, rng)
+    assert obj.cells and obj.bars
+    xs = np.arange(-150, 150, 0.5)
+    whole = obj.render(xs, xs)
+    part = obj.render(xs[100:300], xs[250:400])
+    np.testing.assert_allclose(part, whole[250:400, 100:300], atol=1e-9)
+
+
+def test_field_zernikes_follow_their_polynomials():
+    refsim = _refsim()
+    spec = refsim.FIELD_PRESETS["field256"]
+    half = spec.half_width_um
+    centre, corner = spec.zernike_at(0.0, 0.0), spec.zernike_at(half, half)
+    assert centre[4] == pytest.approx(0.3) and corner[4] == pytest.approx(1.3)
+    assert centre[8] == pytest.approx(0.0) and corner[8] == pytest.approx(0.3)
+    assert spec.zernike_at(-half, 0.0)[8] == pytest.approx(-0.3)  # coma grows with x, sign with x
+
+
+def test_field_simulation_is_consistent_across_patches():
+    """With a lens the same everywhere, the frames do not depend on how the field is cut into patches
+    (the blend is seamless and each patch's spherical illumination continues its neighbour's)."""
+    refsim = _refsim()
+    micro = dataclasses.replace(refsim.FIELD_MICROSCOPE, frame_size=64, led_grid=3, vignetting=0.0,
+                                led_brightness_spread=0.0, read_noise_e=0.0, photons_per_pixel=1e9, bit_depth=16,
+                                seed=2)
+    flat = {4: (0.4,), 6: (0.2,)}
+    spec = refsim.RefField(micro=micro, field_zernike_rad=flat, patch_px=64, patch_overlap_px=0, extra_margin_px=12)
+    one = refsim.simulate_field(spec)
+    many = refsim.simulate_field(dataclasses.replace(spec, patch_px=32, patch_overlap_px=12))
+    assert one.frames.shape == many.frames.shape == (9, 64, 64)
+    a = one.frames.astype(float) - micro.camera_offset
+    b = many.frames.astype(float) - micro.camera_offset
+    seams = [16, 32, 47, 48]  # the patches' overlaps: 16..32, 32..48
+    for k in range(9):
+        difference = np.abs(a[k] - b[k])
+        # The windows differ in the object around them (the pupil's sinc tails reach it): ~1-2 %, never a seam.
+        assert difference.mean() < 0.03 * a[k].mean(), k
+        assert difference[:, seams].mean() < 2 * difference.mean() + 0.002 * a[k].mean(), k
+    truth = one.truth(2)
+    assert truth.shape == (128, 128) and 0.5 < np.abs(truth).mean() < 1.0
