@@ -344,6 +344,7 @@ def test_aberration_model_recovers_a_quadratic_field_dependence():
     assert out["summary"]["center"]["dominant"][0]["name"] == "defocus"
     assert 0 < out["summary"]["diffraction_limited_fraction"] < 1  # the corners are worse (0.7 rad defocus)
     assert aberration.choose_order(4) == 1 and aberration.choose_order(2) == 0
+    assert aberration.choose_terms(4) == ("1", "x", "y", "xy") and aberration.choose_terms(3) == ("1", "x", "y")
 
 
 def test_aberration_map_picture(tmp_path):
@@ -478,3 +479,44 @@ def test_field_simulation_is_consistent_across_patches():
         assert difference[:, seams].mean() < 2 * difference.mean() + 0.002 * a[k].mean(), k
     truth = one.truth(2)
     assert truth.shape == (128, 128) and 0.5 < np.abs(truth).mean() < 1.0
+
+
+# ------------------------------------------------------------------------ end to end on the reference field
+
+
+@pytest.mark.slow
+def test_full_field_on_the_reference_simulator(tmp_path):
+    """A 192^2 field, 37 frames (LEDs within illumination NA 0.15), 4 tiles: the global geometry within tolerance, the field-dependent Zernikes
+    recovered, the stitched mosaic as good as its tiles (benchmarks/fullfield_acceptance.py measures the
+    same on the larger presets)."""
+    refsim = _refsim()
+    from fullfield_acceptance import geometry_errors, quality
+
+    spec = refsim.FIELD_PRESETS["field256"]
+    micro = dataclasses.replace(spec.micro, frame_size=192, led_disk_na=0.15, subsamples=4)
+    simulation = refsim.simulate_field(dataclasses.replace(spec, micro=micro))
+    path = tmp_path / "field.tif"
+    write_dataset(path, simulation.meta, simulation.frames)
+    settings = pipeline.UafpSettings(upsample=2, iterations=15, device="cpu", uncertainty=False)
+    result = pipeline.reconstruct_full_field(path, tile_size=112, overlap=32, settings=settings, calibration_tiles=2)
+    assert len(result.tiles) == 4 and len(simulation.leds) == 37
+    print(result.calibration["led_geometry"], result.calibration["field_aberrations"]["model"])
+    geometry = geometry_errors(result.calibration["led_geometry"], simulation.micro)
+    assert all(geometry["within"].values()), geometry
+    # The field dependence: 4 tiles fit 1, x, y, xy; at the tile centres the model is the lens's pupil there.
+    model = result.calibration["field_aberrations"]["model"]
+    assert model["terms"] == ["1", "x", "y", "xy"]
+    for tile_result in result.tiles:
+        x, y = tile_result.tile.center_um
+        fitted = aberration.evaluate_model(model, np.array([x]), np.array([y]))
+        truth = simulation.zernike_at(x, y)
+        error = math.sqrt(sum((float(fitted.get(j, [0.0])[0]) - float(truth.get(j, 0.0))) ** 2 for j in range(4, 12)))
+        assert error < 0.25, (tile_result.tile.index, error)
+    coefficients = {int(j): dict(zip(model["terms"], c, strict=True)) for j, c in model["coefficients_rad"].items()}
+    # coma grows with x (Z8) and y (Z7), astigmatism Z5 with xy (refsim.FIELD_ZERNIKE_RAD); the tile centres sit at
+    # x, y = +-0.42 of the half-width, so the slopes are measured over a lever arm of 0.84
+    assert coefficients[8]["x"] == pytest.approx(0.3, abs=0.12) and abs(coefficients[8]["y"]) < 0.12
+    assert coefficients[7]["y"] == pytest.approx(0.3, abs=0.12) and abs(coefficients[7]["x"]) < 0.12
+    assert coefficients[5]["xy"] == pytest.approx(0.5, abs=0.3)
+    figures, _ = quality(result, simulation, 2)
+    assert figures["stitched_psnr_db"] >= figures["mean_tile_psnr_db"] - 0.5, figures

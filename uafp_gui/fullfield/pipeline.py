@@ -27,6 +27,7 @@ import numpy as np
 
 from uafp_gui.fullfield.aberration import evaluate_model, field_aberrations
 from uafp_gui.fullfield.calibrate import (
+    boundary_frames,
     choose_calibration_tiles,
     combine_calibrations,
     fixed_system_settings,
@@ -222,6 +223,8 @@ def reconstruct_full_field(
         "tile_size": [tiles[0].height, tiles[0].width],
         "tiles": [dataclasses.asdict(t) for t in tiles],
         "calibration_tiles": [r.tile.index for r in calibration_results],
+        # frames whose LED is bright field in part of the tile and dark field in the rest (nominal geometry)
+        "boundary_frames": [boundary_frames(meta, t) for t in tiles],
         "calibration_given": calibration is not None,
         "stitching": {
             "reference_tile": int(alignment.reference),
