@@ -15,7 +15,8 @@ def progress_bar(total: int, description: str, unit: str = "it", initial: int = 
 
 class PhaseProgress:
     """A reconstruction's progress, one bar per phase with its own ETA: the start-geometry fit, the
-    start search (`UafpReconstruction.on_phase`), then the iterations (`iteration(update)`).
+    start search (`UafpReconstruction.on_phase`), the iterations (`iteration(update)`), and after the
+    last one the polish and the error bars (`on_phase` again).
 
     Each bar starts when its phase does, so an ETA is never computed from the time another phase
     took (a search of minutes before the first iteration must not read as hours for the rest).
@@ -37,19 +38,22 @@ class PhaseProgress:
 
     def on_phase(self, phase: str, done: int, total: int) -> None:
         """`UafpReconstruction.on_phase` callback (runs on the reconstruction's thread)."""
-        bar = self._switch(phase, total, "step" if "fitting" in phase else "probe")
+        unit = "step" if "fitting" in phase else "probe" if "search" in phase else "batch"
+        bar = self._switch(phase, total, unit)
         if bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
 
     def iteration(self, update) -> None:
         """Show a `ReconstructionUpdate` (the bar counts this run's iterations: `update.iteration` is cumulative)."""
-        if self.phase != self.description:
+        if self.first_iteration is None:
             self.first_iteration = update.iteration - 1  # the iterations before this run's first
-            bar = self._switch(self.description, self.iterations, "iter", initial=1)
+        done = update.iteration - self.first_iteration
+        if self.phase != self.description:  # the first iteration, or the last one's update after its polish
+            bar = self._switch(self.description, self.iterations, "iter", initial=done)
         else:
             bar = self._switch(self.description, self.iterations, "iter")  # the current bar
-            bar.update(update.iteration - (self.first_iteration or 0) - bar.n)
+            bar.update(done - bar.n)
         bar.set_postfix(loss=f"{update.loss:.4g}", refresh=False)
 
     def close(self) -> None:
