@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from uafp_gui.recon.start import PHASE_START_GEOMETRY, PHASE_START_SEARCH
 from uafp_gui.recon.choices import StopReason
+from uafp_gui.recon.start import PHASE_START_GEOMETRY, PHASE_START_SEARCH
 from uafp_gui.recon.uafp import PHASE_ERROR_BARS, PHASE_POLISH, UafpReconstruction, UafpSettings
 from uafp_gui.simulate import PRESETS, simulate
 
