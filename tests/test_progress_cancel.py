@@ -92,6 +92,15 @@ def test_cli_bars_start_with_their_phase(capsys):
         for iteration in (11, 12, 13):  # a continued run: 10 iterations were made before
             progress.iteration(SimpleNamespace(iteration=iteration, loss=0.1))
         assert progress.phase == "UA-FP" and progress.bar.n == 3 and progress.bar.total == 3
+    with PhaseProgress(3) as progress:  # the last iteration's polish and error bars come before its update
+        progress.iteration(SimpleNamespace(iteration=1, loss=0.1))
+        progress.iteration(SimpleNamespace(iteration=2, loss=0.1))
+        progress.on_phase(PHASE_POLISH, 0, 8)
+        progress.on_phase(PHASE_POLISH, 8, 8)
+        assert progress.bar.unit == "batch"
+        progress.on_phase(PHASE_ERROR_BARS, 4, 4)
+        progress.iteration(SimpleNamespace(iteration=3, loss=0.1))
+        assert progress.phase == "UA-FP" and progress.bar.n == 3
 
 
 @pytest.mark.slow  # numerical run: the slow lane
@@ -108,11 +117,11 @@ def test_polish_and_error_bars_report_progress_and_stop_between_batches(small_mi
     def on_phase(name: str, done: int, total: int) -> None:
         seen.append((name, done, total))
         if name == phase and done == 1:
-            cancel.set()
+            cancel.set()  # Stop during the second batch
 
     recon.on_phase = on_phase
     updates = list(recon.run(cancel=cancel))
-    assert [name for name, _, _ in seen][:1] == [PHASE_POLISH] and seen[-1][:2] == (phase, 1)
+    assert seen[0][:2] == (PHASE_POLISH, 0) and seen[-1][:2] == (phase, 1)
     assert all(total == seen[0][2] > 1 for name, _, total in seen if name == PHASE_POLISH)
     assert recon.stop_reason is StopReason.CANCELLED and updates[-1].stop_reason is StopReason.CANCELLED
     assert recon.iteration == 3 and torch.equal(recon.object.detach(), recon._last_good["object"])

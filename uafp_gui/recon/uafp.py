@@ -701,11 +701,13 @@ class UafpReconstruction:
         """Up to `steps` Gauss-Newton steps (`uncertainty.calibration_uncertainty` with `restrict`), each
         halved until it lowers the data misfit of all frames, or dropped (and the rest with it).
         Reports as `phase` (when given) and stops between frame batches (`Cancelled`)."""
-        from uafp_gui.recon.uncertainty import apply_gauss_newton_step, calibration_uncertainty
+        from uafp_gui.recon.uncertainty import BATCH_FRAMES, apply_gauss_newton_step, calibration_uncertainty
 
         kept = 0
         self._uncertainty = None
-        passes = [0, 1]  # passes made, batches per pass
+        passes = [0, -(-int(self.available.sum()) // BATCH_FRAMES)]  # passes made, batches per pass
+        if phase is not None:
+            self._report(phase, 0, steps * passes[1])
 
         def progress(done: int, total: int) -> None:
             passes[1] = total
@@ -839,6 +841,9 @@ class UafpReconstruction:
 
             hooks = {}
             if report:
+                from uafp_gui.recon.uncertainty import BATCH_FRAMES
+
+                self._report(PHASE_ERROR_BARS, 0, -(-int(self.available.sum()) // BATCH_FRAMES))
                 hooks = {"progress": lambda done, total: self._report(PHASE_ERROR_BARS, done, total),
                          "cancelled": self._cancel_requested}
             try:

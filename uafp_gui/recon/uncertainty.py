@@ -76,6 +76,7 @@ from uafp_gui.physics.forward import spectrum_of
 from uafp_gui.physics.zernike import zernike_basis
 
 GEOMETRY = ("shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm")
+BATCH_FRAMES = 8  # frames per batch of the Jacobian (float64 columns: memory)
 FLAT_EIGENVALUE = 1e-9
 UNDETERMINED_FRACTION = 0.5  # a standard error above half the meaningful range says nothing
 INFLATION = 6.0  # measured: see "Calibration of the error bars" above
@@ -210,7 +211,7 @@ def _object_modes(shape: tuple[int, int], object_pixel_um: float, synthetic_cuto
 
 def calibration_uncertainty(
     recon,
-    batch_frames: int = 8,
+    batch_frames: int = BATCH_FRAMES,
     system_names: tuple[str, ...] | None = None,
     spectral_modes: bool = True,
     gains: bool = True,
