@@ -512,7 +512,8 @@ class UafpReconstruction:
             self.object.copy_(snapshot["object"])
         self.model.system.load_state_dict(snapshot["system"])
         for name, state in snapshot["optimisers"].items():
-            self.optimisers[name].load_state_dict(state)
+            # a copy: the optimiser takes the state's tensors as its own and steps them in place
+            self.optimisers[name].load_state_dict(copy.deepcopy(state))
 
     # ------------------------------------------------------------------- run
     def run(
