@@ -355,9 +355,10 @@ def calibration_uncertainty(
             amplitude = torch.sqrt(predicted + 1e-8)
             residual = amplitude - measured
             dense = dense.reshape(len(batch), n_system + n_modes, -1)  # (B, p, pixels)
-            gains = system.frame_gain[batch.to(system.frame_gain.device)].double()
-            gain_column = ((predicted - system.background.double()) / (2 * gains[:, None, None] * amplitude))
-            gain_column = gain_column.reshape(len(batch), -1)
+            if learn_gains:
+                gains = system.frame_gain[batch.to(system.frame_gain.device)].double()
+                gain_column = ((predicted - system.background.double()) / (2 * gains[:, None, None] * amplitude))
+                gain_column = gain_column.reshape(len(batch), -1)
             blocks = []
             flat_residual = residual.reshape(len(batch), -1)
             for b, frame in enumerate(batch.tolist()):
@@ -496,10 +497,9 @@ def _object_support_pixels(model) -> int:
         whole_y, whole_x, _ = model.crop_plan(frequencies)
         index_y, index_x = model.crop_indices(whole_y, whole_x)
         covered = torch.zeros(model.setup.object_shape, dtype=torch.bool, device=model.device)
-        support = model.support > 0.5
-        for e in range(len(whole_y)):
-            block = covered[index_y[e][:, None], index_x[e][None, :]]
-            covered[index_y[e][:, None], index_x[e][None, :]] = block | support
+        support = (model.support > 0.5).expand(len(whole_y), -1, -1)
+        # every entry's pupil support placed at its crop, all entries in one indexed write
+        covered[index_y[:, :, None].expand_as(support)[support], index_x[:, None, :].expand_as(support)[support]] = True
     return int(covered.sum())
 
 
