@@ -7,9 +7,9 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(total: int, description: str, unit: str = "it", initial: int = 0) -> tqdm:
-    """A bar with ETA; appears only once the job has run for a second (`delay=1`)."""
-    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, delay=1.0, dynamic_ncols=True,
+def progress_bar(total: int, description: str, unit: str = "it", initial: int = 0, delay_s: float = 1.0) -> tqdm:
+    """A bar with ETA; appears only once the job has run for `delay_s` (a second by default)."""
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, delay=delay_s, dynamic_ncols=True,
                 initial=initial)
 
 
@@ -29,11 +29,11 @@ class PhaseProgress:
         self.phase: str | None = None
         self.first_iteration: int | None = None
 
-    def _switch(self, phase: str, total: int, unit: str, initial: int = 0) -> tqdm:
+    def _switch(self, phase: str, total: int, unit: str, initial: int = 0, delay_s: float = 1.0) -> tqdm:
         if self.phase != phase or self.bar is None:
             self.close()
             self.phase = phase
-            self.bar = progress_bar(total, phase, unit, initial)
+            self.bar = progress_bar(total, phase, unit, initial, delay_s)
         return self.bar
 
     def on_phase(self, phase: str, done: int, total: int) -> None:
@@ -50,7 +50,9 @@ class PhaseProgress:
             self.first_iteration = update.iteration - 1  # the iterations before this run's first
         done = update.iteration - self.first_iteration
         if self.phase != self.description:  # the first iteration, or the last one's update after its polish
-            bar = self._switch(self.description, self.iterations, "iter", initial=done)
+            # back after the polish and error bars: shown at once (the run ends now), not after a second
+            delay_s = 0.0 if done > 1 else 1.0
+            bar = self._switch(self.description, self.iterations, "iter", initial=done, delay_s=delay_s)
         else:
             bar = self._switch(self.description, self.iterations, "iter")  # the current bar
             bar.update(done - bar.n)
