@@ -16,6 +16,7 @@ import threading
 import time
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
@@ -168,3 +169,312 @@ def test_local_runner_starts_its_own_processes_and_sets_torch_threads():
         assert all(s.torch_threads == max(1, (os.cpu_count() or 1) // 2) for s in runner.stats)
         assert all(s.peak_rss_mb > 0 for s in runner.stats)
     assert runner.client is None and runner.cluster is None
+
+
+# ------------------------------------------------------------------------------------ the result folder
+
+
+PIXEL_UM = 0.4625
+
+
+def _full_field_result(upsample: int = 2):
+    """A FullFieldResult of 4 tiles (2 x 2) cut from one random field, with an aberration model and map."""
+    from uafp_gui.fullfield.aberration import field_aberrations
+    from uafp_gui.fullfield.pipeline import FullFieldResult
+    from uafp_gui.fullfield.tiles import Tile, TileResult
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.model import LedGeometry
+
+    rng = np.random.default_rng(5)
+    rows, cols = 80, 88
+    amplitude = (0.5 + rng.random((rows * upsample, cols * upsample))).astype(np.float32)
+    phase = rng.uniform(-np.pi, np.pi, amplitude.shape).astype(np.float32)
+    geometry = LedGeometry(0.1, -0.2, 0.5, 88.0)
+    results = []
+    for k, (y0, x0) in enumerate([(0, 0), (0, 40), (32, 0), (32, 40)]):
+        tile = Tile(k, k // 2, k % 2, y0, x0, 48, 48, ((x0 + 24 - cols / 2) * 4.0, (y0 + 24 - rows / 2) * 4.0))
+        box = (slice(y0 * upsample, (y0 + 48) * upsample), slice(x0 * upsample, (x0 + 48) * upsample))
+        calibration = Calibration(led_geometry=geometry, zernike_rad={4: 0.1 * k, 5: 0.05}, frame_gain=(1.0, 0.9),
+                                  led_positions_mm=((0.0, 0.0), (4.0, 0.0)), object_pixel_um=PIXEL_UM)
+        pupil = np.stack([np.ones((16, 16)), np.full((16, 16), 0.1 * k)]).astype(np.float32)
+        results.append(TileResult(tile, amplitude[box], phase[box], calibration.to_dict(), 0.01 * k, "converged",
+                                  1.5, pupil) if _has_pupil() else
+                       TileResult(tile, amplitude[box], phase[box], calibration.to_dict(), 0.01 * k, "converged", 1.5))
+    aberrations = field_aberrations(
+        [r.tile.center_um for r in results], [{4: 0.1 * k, 5: 0.05} for k in range(4)], None,
+        field_extent_um=(-176.0, 176.0, -160.0, 160.0), led_geometry=geometry.to_dict(),
+    )
+    calibration = Calibration(led_geometry=geometry, zernike_rad={4: 0.15, 5: 0.05}, frame_gain=(1.0, 0.9),
+                              led_positions_mm=((0.0, 0.0), (4.0, 0.0))).to_dict()
+    calibration["field_aberrations"] = aberrations
+    calibration["fullfield"] = {"frame_shape": [rows, cols]}
+    return FullFieldResult(amplitude, phase, PIXEL_UM, results, calibration, frame_shape=(rows, cols),
+                           upsample=upsample, dataset_path="field.tif")
+
+
+def _has_pupil() -> bool:
+    from uafp_gui.fullfield.tiles import TileResult
+
+    return "pupil" in {f.name for f in __import__("dataclasses").fields(TileResult)}
+
+
+@pytest.fixture
+def written(tmp_path):
+    from uafp_gui.fullfield.output import write_full_field
+
+    result = _full_field_result()
+    folder = write_full_field(tmp_path / "field_result", result, source_dataset="field.tif", min_size=32)
+    return folder, result
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_full_field_folder_is_one_complete_result_with_its_tiles(written):
+    import json
+
+    from uafp_gui.io.result import read_result, verify_result_folder
+
+    folder, result = written
+    names = {p.name for p in folder.iterdir()}
+    assert {"amplitude.tif", "phase.tif", "pupil.tif", "calibration.json", "manifest.json", "tiles", "tiles.json",
+            "mosaic.ome.zarr", "mosaic.ome.tif", "aberration_map.png"} <= names
+    verify_result_folder(folder)  # the manifest lists the sub-folders' files too
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "tiles/r01_c01/amplitude.tif" in manifest["files"] and "mosaic.ome.zarr/zarr.json" in manifest["files"]
+    mosaic = read_result(folder, require_manifest=True)
+    np.testing.assert_array_equal(mosaic.amplitude, result.amplitude)
+    assert mosaic.object_pixel_um == pytest.approx(PIXEL_UM)
+    assert mosaic.extra_images == {}  # the OME-TIFF mosaic is not read as an extra image
+    calibration = mosaic.calibration
+    assert calibration.led_geometry.height_mm == 88.0 and calibration.zernike_rad == {4: 0.15, 5: 0.05}
+    assert calibration.extra["field_aberrations"]["model"] == result.calibration["field_aberrations"]["model"]
+    assert calibration.source_dataset == "field.tif"
+    table = json.loads((folder / "tiles.json").read_text())
+    assert [row["folder"] for row in table["tiles"]] == ["tiles/r00_c00", "tiles/r00_c01", "tiles/r01_c00",
+                                                          "tiles/r01_c01"]
+    assert table["partial"] is False
+    for tile_result in result.tiles:
+        tile = read_result(folder / "tiles" / f"r{tile_result.tile.grid_row:02d}_c{tile_result.tile.grid_col:02d}")
+        np.testing.assert_array_equal(tile.phase, tile_result.phase)
+        assert tile.calibration.zernike_rad[4] == pytest.approx(0.1 * tile_result.tile.index)
+        assert tile.object_pixel_um == pytest.approx(PIXEL_UM)
+    assert (folder / "aberration_map.png").stat().st_size > 10_000
+    # a second write replaces the folder whole (it holds only result files and folders)
+    from uafp_gui.fullfield.output import write_full_field
+
+    write_full_field(folder, result, min_size=32)
+    verify_result_folder(folder)
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_mosaic_ome_zarr_opens_in_napari_and_validates(written):
+    zarr = pytest.importorskip("zarr")
+    folder, result = written
+    path = folder / "mosaic.ome.zarr"
+    group = zarr.open_group(path, mode="r")
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    shapes = [group[d["path"]].shape for d in multiscale["datasets"]]
+    assert shapes == [(2, 160, 176), (2, 80, 88), (2, 40, 44)]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in multiscale["datasets"]]
+    assert scales[1] == pytest.approx([1.0, 2 * PIXEL_UM, 2 * PIXEL_UM])
+    np.testing.assert_array_equal(group["0"][1], result.phase)
+    pytest.importorskip("yaozarrs").validate_zarr_store(str(path))
+    reader = pytest.importorskip("napari_ome_zarr._reader")  # the reader napari uses for OME-Zarr
+    read = reader.napari_get_reader(str(path))
+    assert read is not None
+    layers = read(str(path))
+    data, kwargs = layers[0][0], layers[0][1]
+    levels = data if isinstance(data, list) else [data]
+    assert [tuple(level.shape) for level in levels][0] in {(2, 160, 176), (160, 176)}
+    scale = kwargs.get("scale")
+    assert scale is not None and scale[-1] == pytest.approx(PIXEL_UM)
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_mosaic_ome_tiff_is_a_pyramid_with_its_pixel_size(written):
+    import tifffile
+
+    folder, result = written
+    with tifffile.TiffFile(folder / "mosaic.ome.tif") as tif:
+        assert tif.is_ome
+        series = tif.series[0]
+        assert [level.shape for level in series.levels] == [(2, 160, 176), (2, 80, 88), (2, 40, 44)]
+        np.testing.assert_array_equal(series.levels[0].asarray()[0], result.amplitude)
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        assert pixels["PhysicalSizeX"] == pytest.approx(PIXEL_UM)
+        assert pixels["PhysicalSizeY"] == pytest.approx(PIXEL_UM)
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_a_stopped_runs_finished_tiles_are_written(tmp_path):
+    import json
+
+    from uafp_gui.fullfield.output import write_finished_tiles
+    from uafp_gui.io.result import read_result, verify_result_folder
+
+    result = _full_field_result()
+    folder = write_finished_tiles(tmp_path / "stopped", result.tiles[:3], PIXEL_UM, planned=4,
+                                  calibration=result.calibration)
+    verify_result_folder(folder)
+    table = json.loads((folder / "tiles.json").read_text())
+    assert table["partial"] is True and table["planned"] == 4 and len(table["tiles"]) == 3
+    assert read_result(folder / "tiles" / "r01_c00").amplitude.shape == (96, 96)
+
+
+# ----------------------------------------------------------------------- end to end, a worker killed
+
+
+@pytest.fixture(scope="module")
+def small_field(tmp_path_factory):
+    """A simulated 256 x 256 field of 25 frames (5 x 5 LEDs)."""
+    from uafp_gui.simulate import SimulationSettings, simulate, write_simulation
+
+    folder = tmp_path_factory.mktemp("field")
+    simulation = simulate(SimulationSettings(frame_size=256, led_grid=5, upsample=2, pixel_integration=1, seed=1))
+    write_simulation(simulation, folder / "field.tif")
+    return folder / "field.tif", simulation
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_full_field_end_to_end_on_dask_with_a_worker_killed(cluster, small_field, tmp_path):
+    """4 tiles (144 px, 32 px overlap) through the real pipeline on the 2-worker cluster; one worker is
+    killed while it runs a tile of the second stage; every tile still comes back, and the folder is written."""
+    from uafp_gui.fullfield.output import write_full_field
+    from uafp_gui.fullfield.pipeline import UafpSettings, reconstruct_full_field
+    from uafp_gui.io.result import read_result
+
+    path, simulation = small_field
+    killed: dict[str, object] = {}
+    stages: list[tuple[str, int]] = []
+    with make_runner(cluster.scheduler_address, retries=1) as runner:
+        client = runner.start().client
+
+        def progress(update) -> None:
+            if update.result is None:
+                return
+            stages.append((update.stage, update.tile.index))
+            if update.stage == "tiles" and not killed:
+                busy = {worker: keys for worker, keys in client.processing().items() if keys}
+                if busy:
+                    worker = sorted(busy)[0]
+                    pid = client.run(os.getpid, workers=[worker])[worker]
+                    killed.update(pid=pid, keys=list(busy[worker]))
+                    os.kill(pid, signal.SIGKILL)
+
+        settings = UafpSettings(upsample=2, iterations=3, device="cpu", pixel_integration=1)
+        result = reconstruct_full_field(path, tile_size=144, overlap=32, settings=settings, run_tasks=runner,
+                                        progress=progress, calibration_tiles=1)
+    assert killed, "no tile was running when the first tile of the second stage finished"
+    assert sorted(index for stage, index in stages if stage == "tiles") == [0, 1, 2, 3]
+    assert [t.tile.index for t in result.tiles] == [0, 1, 2, 3]
+    assert result.amplitude.shape == (512, 512) and np.isfinite(result.amplitude).all()
+    # the mosaic is the sample: its amplitude correlates with the truth's
+    truth = np.abs(simulation.object_truth)
+    assert np.corrcoef(truth.ravel(), result.amplitude.ravel())[0, 1] > 0.85  # 0.94 serially, 3 iterations
+    folder = write_full_field(tmp_path / "field_result", result, source_dataset=path.name)
+    assert read_result(folder, require_manifest=True).amplitude.shape == (512, 512)
+    assert len(list((folder / "tiles").iterdir())) == 4
+
+
+# ------------------------------------------------------------------------- the CLI (a stand-in runner)
+
+
+class StandInRunner:
+    """A RunTasks that makes each tile's result itself (a flat object, the tile's own Zernikes) in this
+    process, and can raise KeyboardInterrupt (Ctrl-C) in the second stage after `interrupt_after` tiles."""
+
+    description = "stand-in runner"
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.interrupt_after = interrupt_after
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def __call__(self, fn, tasks, on_done):
+        from uafp_gui.fullfield.tiles import TileResult
+
+        results = []
+        for position, task in enumerate(tasks):
+            if task.calibration is not None and position == self.interrupt_after:
+                raise KeyboardInterrupt
+            tile, upsample = task.tile, task.settings["upsample"]
+            shape = (tile.height * upsample, tile.width * upsample)
+            calibration = {
+                "format": "uafp-calibration", "version": 1,
+                "led_geometry": {"shift_x_mm": 0.1, "shift_y_mm": -0.1, "rotation_deg": 0.2, "height_mm": 90.5},
+                "zernike_rad": {"4": 0.2 + tile.center_um[0] / 1e4, "5": 0.05}, "frame_gain": [1.0] * 5,
+                "led_positions_mm": [[0.0, 0.0]] * 5,
+            }
+            result = TileResult(tile, np.ones(shape, np.float32), np.zeros(shape, np.float32), calibration, 0.01,
+                                "converged", 0.1)
+            on_done(position, result)
+            results.append(result)
+        return results
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import write_dataset
+    from uafp_gui.model import Optics
+
+    leds = [[16, 16], [16, 17], [17, 16], [15, 16], [16, 15]]
+    meta = DatasetMeta(optics=Optics(), frames=tuple({"leds": [led], "exposure_ms": 10.0} for led in leds))
+    frames = np.random.default_rng(3).integers(0, 4095, size=(5, 96, 112)).astype(np.uint16)
+    path = tmp_path / "field.tif"
+    write_dataset(path, meta, frames)
+    return path
+
+
+def test_cli_checks_full_field_options_before_any_work(small_dataset, capsys):
+    from uafp_gui.cli import main
+
+    cases = [
+        (["--overlap", "8"], "add --tiles auto"),
+        (["--tiles", "auto", "--scheduler", "http://host:80"], "not a Dask scheduler address"),
+        (["--tiles", "auto", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "has its own workers"),
+        (["--tiles", "64", "--overlap", "64"], "overlap must be 0 to 63"),
+        (["--tiles", "8"], "at least 32 camera pixels"),
+        (["--tiles", "auto", "--method", "classic"], "drop --method classic"),
+        (["--tiles", "auto", "--workers", "0"], "1 or more worker processes"),
+    ]
+    for flags, message in cases:
+        assert main(["reconstruct", str(small_dataset), *flags]) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    with pytest.raises(SystemExit):
+        main(["reconstruct", str(small_dataset), "--tiles", "big"])
+    assert "give auto or a tile size" in capsys.readouterr().err
+    assert not small_dataset.with_name("field_result").exists()
+
+
+@pytest.mark.slow  # stitching, the aberration map and the OME writers for real: seconds
+def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, monkeypatch, capsys):
+    import json
+
+    from uafp_gui.cli import main
+    from uafp_gui.fullfield import execute
+    from uafp_gui.io.result import read_result
+
+    flags = ["--tiles", "64", "--overlap", "16", "--upsample", "2", "--calibration-tiles", "1"]
+    out = small_dataset.with_name("field_result")
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(2))
+    assert main(["reconstruct", str(small_dataset), *flags]) == 130
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopped; the 2 finished of 4 tiles are written" in err
+    table = json.loads((out / "tiles.json").read_text())
+    assert table["partial"] is True and [row["index"] for row in table["tiles"]] == [0, 1]
+    assert read_result(out / "tiles" / "r00_c01").amplitude.shape == (128, 128)
+
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner())
+    assert main(["reconstruct", str(small_dataset), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "full field: 4 tiles" in printed and "mosaic 224x192" in printed
+    assert "calibration (shared): LED shift +0.100, -0.100 mm" in printed
+    mosaic = read_result(out, require_manifest=True)  # the partial folder was replaced whole
+    assert mosaic.amplitude.shape == (192, 224)
+    assert json.loads((out / "tiles.json").read_text())["partial"] is False
+    assert (out / "mosaic.ome.zarr").is_dir() and (out / "aberration_map.png").is_file()

@@ -35,6 +35,8 @@ from uafp_gui.io.result import write_folder_atomically, write_result
 
 __all__ = [
     "ABERRATION_MAP",
+    "draw_aberration_picture",
+    "field_aberrations_of",
     "MOSAIC_TIFF",
     "MOSAIC_ZARR",
     "TILES",
@@ -67,7 +69,10 @@ _CALIBRATION_KEYS = (
 
 
 def plain(value: Any) -> Any:
-    """JSON-ready: numpy arrays and scalars as lists and numbers, tuples as lists, keys as strings."""
+    """JSON-ready: numpy arrays and scalars as lists and numbers, tuples as lists, keys as strings, a
+    non-finite number as null (JSON has none; e.g. the spread of a value estimated from one tile)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -75,7 +80,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return plain(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return plain(value.item())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return plain(dataclasses.asdict(value))
     return value
@@ -190,16 +195,20 @@ def _json_writer(data: dict) -> Callable[[Path], None]:
     return write
 
 
-def _aberration_drawer() -> Callable[[dict, Path], None] | None:
-    try:
-        from uafp_gui.fullfield import aberration
-    except ImportError:
+def field_aberrations_of(calibration: dict) -> dict | None:
+    """The calibration's field-dependent aberrations (model, map, summary), when it has a map."""
+    aberrations = calibration.get("field_aberrations")
+    return aberrations if isinstance(aberrations, dict) and aberrations.get("map") else None
+
+
+def draw_aberration_picture(calibration: dict, path: str | os.PathLike[str]) -> Path | None:
+    """aberration_map.png from a full-field calibration (None when it has no map)."""
+    from uafp_gui.fullfield.aberration import draw_aberration_map
+
+    aberrations = field_aberrations_of(calibration)
+    if aberrations is None:
         return None
-    return getattr(aberration, "draw_aberration_map", None)
-
-
-def has_aberration_map(calibration: dict) -> bool:
-    return bool(calibration.get("aberration_map"))
+    return draw_aberration_map(aberrations, Path(path))
 
 
 def write_full_field(
@@ -235,9 +244,8 @@ def write_full_field(
         MOSAIC_ZARR: zarr,
         MOSAIC_TIFF: tiff,
     }
-    draw = _aberration_drawer()
-    if draw is not None and has_aberration_map(calibration_dict):
-        extra_files[ABERRATION_MAP] = lambda path: draw(calibration_dict, path)
+    if field_aberrations_of(calibration_dict) is not None:
+        extra_files[ABERRATION_MAP] = lambda path: draw_aberration_picture(calibration_dict, path)
     return write_result(folder, amplitude, phase, pupil_amplitude, pupil_phase, calibration, extra_files=extra_files)
 
 
