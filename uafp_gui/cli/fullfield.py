@@ -14,10 +14,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from uafp_gui.cli.options import whole_number
 from uafp_gui.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from uafp_gui.fullfield.pipeline import FullFieldProgress, RunTasks, TileTask
+    from uafp_gui.fullfield.region import FieldInfo
+    from uafp_gui.fullfield.tiles import TileResult
 
 AUTO = "auto"
 
@@ -91,17 +98,22 @@ def check_options(args: argparse.Namespace) -> None:
 class RecordingRunner:
     """Wraps a `RunTasks`: keeps each stage's finished results (what Ctrl-C writes) and its start calibration."""
 
-    def __init__(self, runner: Callable[..., list]) -> None:
+    def __init__(self, runner: RunTasks) -> None:
         self.runner = runner
-        self.finished: list[Any] = []
+        self.finished: list[TileResult] = []
         self.planned = 0
         self.calibration: dict | None = None
 
-    def __call__(self, fn: Callable, tasks: Sequence[Any], on_done: Callable[[int, Any], None]) -> list:
+    def __call__(
+        self,
+        fn: Callable[[TileTask], TileResult],
+        tasks: Sequence[TileTask],
+        on_done: Callable[[int, TileResult], None],
+    ) -> list[TileResult]:
         self.finished, self.planned = [], len(tasks)
         self.calibration = tasks[0].calibration if tasks else None
 
-        def done(position: int, result: Any) -> None:
+        def done(position: int, result: TileResult) -> None:
             self.finished.append(result)
             on_done(position, result)
 
@@ -114,10 +126,10 @@ class StageBars:
     NAMES = {"calibration": "calibration tiles", "tiles": "tiles"}
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar: tqdm | None = None
         self.stage = ""
 
-    def __call__(self, update: Any) -> None:
+    def __call__(self, update: FullFieldProgress) -> None:
         from uafp_gui.cli.progress import progress_bar
 
         if update.stage not in self.NAMES:
@@ -126,7 +138,7 @@ class StageBars:
             self.close()
             self.stage = update.stage
             self.bar = progress_bar(update.total, self.NAMES[update.stage], "tile")
-        if update.result is not None:
+        if update.result is not None and self.bar is not None and update.tile is not None:
             self.bar.update(update.done - self.bar.n)
             self.bar.set_postfix(tile=update.tile.index, misfit=f"{update.result.data_misfit:.3g}", refresh=False)
 
@@ -219,7 +231,7 @@ def summary_lines(calibration: dict) -> list[str]:
 class _PartialView:
     """`check_partial`'s view of a `FieldInfo` (no pixels read)."""
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: FieldInfo) -> None:
         self.path = info.path
         self.complete = info.complete
         self.frame_count = info.meta.frame_count

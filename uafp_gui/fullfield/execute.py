@@ -31,9 +31,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
 
 __all__ = ["RunCancelled", "TaskStats", "TileRunner", "check_scheduler_address", "make_runner"]
 
@@ -96,7 +99,9 @@ def _set_torch_threads(threads: int) -> int | None:
     return int(torch.get_num_threads())
 
 
-def run_one(fn: Callable[[Any], Any], task: Any, position: int, torch_threads: int | None) -> tuple[Any, TaskStats]:
+def run_one(
+    fn: Callable[[Task], Result], task: Task, position: int, torch_threads: int | None
+) -> tuple[Result, TaskStats]:
     """What a worker runs for one task (top-level, so it pickles by reference)."""
     import socket
 
@@ -158,8 +163,8 @@ class TileRunner:
         self.gpu = gpu
         self.quiet = quiet
         self.stats: list[TaskStats] = []  # one per finished task, in finishing order (every run)
-        self.cluster: Any = None
-        self.client: Any = None
+        self.cluster: LocalCluster | None = None
+        self.client: Client | None = None
         self.torch_threads: int | None = None
         self._lock = threading.Lock()
 
@@ -211,19 +216,26 @@ class TileRunner:
             self.workers = workers
             return self
 
+    @property
+    def connected_client(self) -> Client:
+        if self.client is None:
+            raise ReconstructionError("the tile runner is not started (or closed): call start() first")
+        return self.client
+
     def _check_workers(self) -> None:
         from uafp_gui import __version__
 
-        if not self.client.scheduler_info().get("workers"):
+        client = self.connected_client
+        if not client.scheduler_info().get("workers"):
             try:
-                self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+                client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
             except TimeoutError:
                 raise ConfigError(
                     f"the Dask cluster at {self.scheduler} has no workers (none joined within "
                     f"{CONNECT_TIMEOUT_S:.0f} s): start some with `dask worker {self.scheduler}`"
                 ) from None
         try:
-            versions = self.client.run(_installed_version)
+            versions = client.run(_installed_version)
         except ImportError as error:
             raise ConfigError(
                 f"a worker of the Dask cluster at {self.scheduler} cannot import uafp_gui ({error}): install "
@@ -267,10 +279,9 @@ class TileRunner:
             return []
         if self.cancel_event.is_set():
             raise RunCancelled(f"cancelled before any of {len(tasks)} tiles started")
-        self.start()
+        client = self.start().connected_client
         from distributed import as_completed
 
-        client = self.client
         tag = uuid.uuid4().hex[:8]
         futures = {}
         try:
@@ -320,7 +331,7 @@ class TileRunner:
         return [results[k] for k in range(len(tasks))]
 
 
-def _failure(future: Any) -> BaseException:
+def _failure(future: Future) -> BaseException:
     try:
         error = future.exception(timeout=CONNECT_TIMEOUT_S)
     except BaseException as raised:  # noqa: BLE001 - cancelled by the scheduler: that is the failure

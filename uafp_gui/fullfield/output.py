@@ -25,13 +25,17 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from uafp_gui.io.calibration import CALIBRATION_FORMAT, Calibration, save_calibration
 from uafp_gui.io.ome import DEFAULT_MIN_SIZE, write_ome_tiff, write_ome_zarr
 from uafp_gui.io.result import write_folder_atomically, write_result
+
+if TYPE_CHECKING:
+    from uafp_gui.fullfield.pipeline import FullFieldResult
+    from uafp_gui.fullfield.tiles import Tile, TileResult
 
 __all__ = [
     "ABERRATION_MAP",
@@ -68,7 +72,7 @@ _CALIBRATION_KEYS = (
 )
 
 
-def plain(value: Any) -> Any:
+def plain(value: object) -> object:
     """JSON-ready: numpy arrays and scalars as lists and numbers, tuples as lists, keys as strings, a
     non-finite number as null (JSON has none; e.g. the spread of a value estimated from one tile)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -87,7 +91,7 @@ def plain(value: Any) -> Any:
 
 
 def _calibration(data: dict, pixel_um: float, source_dataset: str = "") -> Calibration:
-    data = plain(dict(data))
+    data = dict(plain(dict(data)))  # type: ignore[call-overload]
     if data.get("format") == CALIBRATION_FORMAT:
         calibration = Calibration.from_dict(data)
     else:
@@ -101,12 +105,12 @@ def _calibration(data: dict, pixel_um: float, source_dataset: str = "") -> Calib
     )
 
 
-def mosaic_calibration(result: Any, source_dataset: str = "") -> Calibration:
+def mosaic_calibration(result: FullFieldResult, source_dataset: str = "") -> Calibration:
     """The full field's `Calibration` (global system + field-dependent extras) at the mosaic's pixel size."""
     return _calibration(result.calibration, result.pixel_um, source_dataset)
 
 
-def tile_folder_name(tile: Any) -> str:
+def tile_folder_name(tile: Tile) -> str:
     return f"r{int(tile.grid_row):02d}_c{int(tile.grid_col):02d}"
 
 
@@ -130,7 +134,7 @@ def _stand_in_pupil(zernike_rad: dict, size: int = PUPIL_STAND_IN_SIZE) -> tuple
     return amplitude, (phase * inside).to(torch.float32).numpy()
 
 
-def _pupil_of(tile_result: Any, calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+def _pupil_of(tile_result: TileResult | None, calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
     pupil = getattr(tile_result, "pupil", None) if tile_result is not None else None
     if pupil is not None:
         pupil = np.asarray(pupil)
@@ -140,13 +144,13 @@ def _pupil_of(tile_result: Any, calibration: Calibration) -> tuple[np.ndarray, n
     return _stand_in_pupil(calibration.zernike_rad)
 
 
-def _centre_tile(tiles: Sequence[Any]) -> Any:
+def _centre_tile(tiles: Sequence[TileResult]) -> TileResult | None:
     if not tiles:
         return None
     return min(tiles, key=lambda t: math.hypot(*t.tile.center_um))
 
 
-def tile_table(tiles: Sequence[Any], *, planned: int | None = None) -> dict:
+def tile_table(tiles: Sequence[TileResult], *, planned: int | None = None) -> dict:
     rows = []
     for result in sorted(tiles, key=lambda r: r.tile.index):
         tile = result.tile
@@ -166,14 +170,14 @@ def tile_table(tiles: Sequence[Any], *, planned: int | None = None) -> dict:
                 "wall_s": float(result.wall_s),
             }
         )
-    table: dict[str, Any] = {"format": "uafp-tiles", "version": 1, "tiles": rows}
+    table: dict[str, object] = {"format": "uafp-tiles", "version": 1, "tiles": rows}
     if planned is not None:
         table["planned"] = int(planned)
         table["partial"] = len(rows) < planned
     return table
 
 
-def _write_tiles(folder: Path, tiles: Sequence[Any], pixel_um: float, source_dataset: str) -> None:
+def _write_tiles(folder: Path, tiles: Sequence[TileResult], pixel_um: float, source_dataset: str) -> None:
     folder.mkdir()
     for result in tiles:
         calibration = _calibration(result.calibration, pixel_um, source_dataset)
@@ -213,7 +217,7 @@ def draw_aberration_picture(calibration: dict, path: str | os.PathLike[str]) -> 
 
 def write_full_field(
     folder: str | os.PathLike[str],
-    result: Any,
+    result: FullFieldResult,
     *,
     source_dataset: str = "",
     min_size: int = DEFAULT_MIN_SIZE,
@@ -238,7 +242,7 @@ def write_full_field(
         description = json.dumps({"calibration": calibration_dict}, allow_nan=False)
         write_ome_tiff(path, stack, pixel_um, name=name, description=description, min_size=min_size)
 
-    extra_files: dict[str, Callable[[Path], Any]] = {
+    extra_files: dict[str, Callable[[Path], object]] = {
         TILE_TABLE: _json_writer(tile_table(result.tiles, planned=len(result.tiles))),
         TILES: lambda path: _write_tiles(path, result.tiles, pixel_um, source_dataset),
         MOSAIC_ZARR: zarr,
@@ -251,7 +255,7 @@ def write_full_field(
 
 def write_finished_tiles(
     folder: str | os.PathLike[str],
-    tiles: Sequence[Any],
+    tiles: Sequence[TileResult],
     pixel_um: float,
     *,
     planned: int,
