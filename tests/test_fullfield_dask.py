@@ -478,3 +478,80 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     assert mosaic.amplitude.shape == (192, 224)
     assert json.loads((out / "tiles.json").read_text())["partial"] is False
     assert (out / "mosaic.ome.zarr").is_dir() and (out / "aberration_map.png").is_file()
+
+
+# ------------------------------------------------------------------- the session layer and the GUI
+
+
+def test_crop_region_moves_the_illumination_centre_and_the_canvas_fills_tile_by_tile(small_dataset):
+    from uafp_gui.fullfield.tiles import Tile, TileResult, tile_center_um
+    from uafp_gui.io.dataset import read_dataset
+    from uafp_gui.session.fullfield import MosaicCanvas, crop_region
+
+    dataset = read_dataset(small_dataset)
+    region = crop_region(dataset, 16, 40, 64, 48)
+    np.testing.assert_array_equal(region.frames, dataset.frames[:, 16:80, 40:88])
+    assert region.meta.tile_center_um == tile_center_um(dataset.meta, (96, 112), 16, 40, 64, 48)
+    assert region.meta.tile_center_um[0] > 0  # right of the centre: x grows with the column
+    with pytest.raises(ConfigError, match="not inside"):
+        crop_region(dataset, 60, 0, 64, 48)
+
+    canvas = MosaicCanvas((96, 112), upsample=2, max_side=112)  # decimated by 2 for the view
+    assert canvas.step == 2 and canvas.amplitude.shape == (96, 112) and np.isnan(canvas.amplitude).all()
+    tile = Tile(3, 1, 1, 32, 48, 64, 64, (0.0, 0.0))
+    values = np.arange(128 * 128, dtype=np.float32).reshape(128, 128)
+    canvas.paste(TileResult(tile, values, -values, {}, 0.0, "converged", 0.0))
+    np.testing.assert_array_equal(canvas.amplitude[32:96, 48:112], values[::2, ::2])
+    assert np.isnan(canvas.amplitude[:32]).all() and canvas.tiles_done == [3]
+
+
+@pytest.mark.slow  # a window, the engine loaded, stitching and the writers
+@pytest.mark.timeout(300)
+def test_gui_full_field_fills_the_mosaic_and_shows_the_aberration_map(small_dataset, tmp_path, monkeypatch, qtbot):
+    pytest.importorskip("PySide6")
+    import functools
+
+    from factories import GUI_SIMULATION
+    from PySide6.QtCore import QSettings
+
+    from uafp_gui.gui import main_window
+    from uafp_gui.gui.dialogs import shown_errors
+    from uafp_gui.session.fullfield import FullFieldJob
+
+    monkeypatch.setattr(main_window, "FullFieldJob", functools.partial(FullFieldJob, runner=StandInRunner()))
+    settings = QSettings(str(tmp_path / "uafp-gui.ini"), QSettings.Format.IniFormat)
+    window = main_window.MainWindow(settings, simulation=GUI_SIMULATION, probe_hardware=False,
+                                    connect_on_start=False)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        qtbot.waitUntil(lambda: window.engine_ready, timeout=180000)
+        window.open_path(small_dataset)
+        qtbot.waitUntil(lambda: window.dataset is not None, timeout=20000)
+        panel = window.recon_panel
+        # a region: typed numbers move the rectangle on the live view, and a drawn one fills the numbers
+        panel.set_mode("region")
+        assert window.live_view.region.isVisible()
+        panel.region_spins["x"].setValue(20)
+        assert tuple(window.live_view.region.pos()) == (20, 0)
+        window.live_view.region.setPos((8, 12))  # as a drag would (emits sigRegionChangeFinished)
+        assert panel.region()[:2] == (8, 12)
+        # the full field
+        panel.set_mode("tiles")
+        assert not window.live_view.region.isVisible()
+        panel.upsample.setValue(2)
+        panel.tile_px.setValue(64)
+        panel.overlap_px.setValue(16)
+        window.start_reconstruction()
+        qtbot.waitUntil(lambda: window.field_worker is not None and window.field_worker.isFinished(), timeout=120000)
+        qtbot.waitUntil(lambda: "aberration map" in panel.spectrum.titleLabel.text, timeout=20000)
+        assert not shown_errors, [box.text() for box in shown_errors]
+        assert window.mosaic is not None and set(window.mosaic.tiles_done) == {0, 1, 2, 3}  # (+ calibration tiles)
+        assert "4 tiles stitched" in panel.status.text()
+        assert "diffraction-limited" in panel.calibration.text()
+        folder = small_dataset.with_name("field_fullfield")
+        assert (folder / "mosaic.ome.zarr").is_dir() and (folder / "aberration_map.png").is_file()
+    finally:
+        window.close()
+        for box in list(shown_errors):
+            box.close()
