@@ -302,6 +302,12 @@ def test_combined_calibration_agrees_with_the_tiles_and_gains_are_relative():
     assert np.ptp(ratio) < 1e-9  # the relative gains are the tiles' own, whatever each tile's level
     details = shared.extra["fullfield_calibration"]["geometry"]["shift_x_mm"]
     assert 3 not in details["used"]
+    # One calibration tile without error bars: no NaN anywhere (calibration.json refuses it).
+    import json
+
+    single = calibrate.combine_calibrations(results[:1])
+    json.dumps(single.to_dict(), allow_nan=False)
+    assert single.led_geometry.shift_x_mm == pytest.approx(results[0].calibration["led_geometry"]["shift_x_mm"])
 
 
 def test_calibration_tiles_are_central_and_least_crossed_by_the_brightfield_boundary():
@@ -486,9 +492,9 @@ def test_field_simulation_is_consistent_across_patches():
 
 @pytest.mark.slow
 def test_full_field_on_the_reference_simulator(tmp_path):
-    """A 192^2 field, 37 frames (LEDs within illumination NA 0.15), 4 tiles: the global geometry within tolerance, the field-dependent Zernikes
-    recovered, the stitched mosaic as good as its tiles (benchmarks/fullfield_acceptance.py measures the
-    same on the larger presets)."""
+    """A 192^2 field, 37 frames (LEDs within illumination NA 0.15), 4 tiles: the global geometry within
+    tolerance, the field-dependent Zernikes recovered, the stitched mosaic as good as its tiles
+    (benchmarks/fullfield_acceptance.py measures the same on the larger presets)."""
     refsim = _refsim()
     from fullfield_acceptance import geometry_errors, quality
 
