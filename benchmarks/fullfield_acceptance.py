@@ -163,12 +163,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--calibration-tiles", type=int, default=3)
     parser.add_argument("--no-uncertainty", action="store_true", help="skip the error bars (faster)")
+    parser.add_argument("--frame-size", type=int, default=None, help="the sensor's side (default: the preset's)")
+    parser.add_argument("--led-disk-na", type=float, default=None,
+                        help="light only the LEDs within this nominal illumination NA (default: the preset's grid)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from dataclasses import replace
 
     spec = refsim.FIELD_PRESETS[args.preset]
-    spec = replace(spec, micro=replace(spec.micro, seed=args.seed))
+    micro = replace(spec.micro, seed=args.seed, led_disk_na=args.led_disk_na)
+    if args.frame_size is not None:
+        micro = replace(micro, frame_size=args.frame_size)
+    spec = replace(spec, micro=micro)
     started = time.perf_counter()
     simulation = refsim.simulate_field(spec)
     simulated_s = time.perf_counter() - started
