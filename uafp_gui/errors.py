@@ -23,6 +23,7 @@ __all__ = [
     "LedArraySequenceError",
     "LedArrayTimeout",
     "ReconstructionError",
+    "RunCancelled",
     "TriggerMismatchError",
     "UafpError",
     "WriteFailure",
@@ -68,6 +69,15 @@ class DeviceError(UafpError):
 
 class ReconstructionError(UafpError):
     """A reconstruction could not start or continue."""
+
+
+class RunCancelled(ReconstructionError):
+    """A tiled (full-field) run stopped on request (Stop, Ctrl-C): `tiles_done` tiles had finished and
+    were delivered before it stopped."""
+
+    def __init__(self, message: str = "", *, tiles_done: int = 0) -> None:
+        super().__init__(message)
+        self.tiles_done = tiles_done
 
 
 # ------------------------------------------------------------------------------- devices

@@ -78,6 +78,9 @@ def register(subparsers) -> None:
         ("background", "a background offset"),
     ]:
         uafp.add_argument(f"--learn-{name}", action="store_true", help=f"also learn {text}")
+    from uafp_gui.cli import fullfield
+
+    fullfield.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -254,12 +257,18 @@ def calibration_summary(result, meta) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # Arguments, paths and files first (numpy and tifffile only); torch loads once they are good.
+    from uafp_gui.cli import fullfield
     from uafp_gui.io.calibration import load_calibration
     from uafp_gui.io.dataset import read_dataset
 
     check_numbers(args)
+    tiled = fullfield.wanted(args)
+    if tiled:
+        fullfield.check_options(args)
     out = args.out or args.dataset.with_name(args.dataset.stem + "_result")
     check_output_folder(out)
+    if tiled:
+        return fullfield.run(args, out)
     dataset = read_dataset(args.dataset)
     check_partial(dataset, args.allow_partial)
     calibration = load_calibration(args.calibration) if args.calibration else None

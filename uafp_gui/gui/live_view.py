@@ -1,5 +1,6 @@
 """Live view: the camera stream (or the frames of a running acquisition) with exposure
-control, a histogram and a saturation warning.
+control, a histogram and a saturation warning; and, when the reconstruction runs on a region,
+that region as a rectangle to drag and resize (`region_drawn`, camera pixels).
 
 It draws `jobs.FramePreview`s: the display copy, histogram and statistics are computed on the
 worker thread, so the UI thread never scans a full frame (the histogram widget's own
@@ -30,6 +31,7 @@ __all__ = ["LiveViewPanel"]
 class LiveViewPanel(QWidget):
     live_toggled = Signal(bool)
     exposure_changed = Signal(float)
+    region_drawn = Signal(int, int, int, int)  # x, y, width, height in camera pixels
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -42,6 +44,12 @@ class LiveViewPanel(QWidget):
         self.saturation = pg.ImageItem()  # clipped pixels in red over the frame (FramePreview.overlay)
         self.saturation.setZValue(1)
         self.view.addItem(self.saturation)
+        self.region = pg.RectROI([0, 0], [128, 128], pen=pg.mkPen((255, 200, 0), width=2), snapSize=1.0,
+                                 translateSnap=True, scaleSnap=True)
+        self.region.setZValue(2)
+        self.region.setVisible(False)
+        self.region.sigRegionChangeFinished.connect(self._region_moved)
+        self.view.addItem(self.region)
         self.histogram = pg.HistogramLUTWidget(image=self.image)
         # The histogram comes with each preview (worker side), not from the image on every change.
         self.image.sigImageChanged.disconnect(self.histogram.item.imageChanged)
@@ -75,6 +83,21 @@ class LiveViewPanel(QWidget):
         layout.addWidget(self.info)
         self.full_scale = 65535
         self._first = True
+
+    def show_region(self, visible: bool) -> None:
+        self.region.setVisible(visible)
+
+    def set_region(self, x: int, y: int, width: int, height: int) -> None:
+        """Move the rectangle (typed values) without echoing them back as drawn."""
+        self.region.blockSignals(True)
+        self.region.setPos((x, y))
+        self.region.setSize((width, height))
+        self.region.blockSignals(False)
+
+    def _region_moved(self) -> None:
+        x, y = self.region.pos()
+        width, height = self.region.size()
+        self.region_drawn.emit(int(round(x)), int(round(y)), int(round(width)), int(round(height)))
 
     def _toggled(self, on: bool) -> None:
         self.live_button.setText("Stop live" if on else "Start live")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths, Qt, QTimer
@@ -38,6 +38,13 @@ from uafp_gui.gui.recon_panel import ReconPanel
 from uafp_gui.gui.workers import GeneratorWorker, TaskRunner
 from uafp_gui.recon.choices import StopReason
 from uafp_gui.session.acquisition import AcquisitionSession
+from uafp_gui.session.fullfield import (
+    FullFieldJob,
+    MosaicCanvas,
+    crop_region,
+    full_field_folder_for,
+    local_workers_beside_a_ui,
+)
 from uafp_gui.session.microscope import OpenedMicroscope, open_microscope, pattern_leds
 from uafp_gui.session.reconstruction import (
     LiveReconstruction,
@@ -45,6 +52,9 @@ from uafp_gui.session.reconstruction import (
     threads_beside_a_ui,
     warm_up_solver,
 )
+
+if TYPE_CHECKING:
+    from uafp_gui.recon.settings import UafpSettings
 
 __all__ = ["MainWindow"]
 
@@ -90,6 +100,9 @@ class MainWindow(QMainWindow):
         self.acq_worker: GeneratorWorker | None = None
         self.recon_job: LiveReconstruction | None = None
         self.recon_worker: GeneratorWorker | None = None
+        self.field_worker: GeneratorWorker | None = None  # a full-field (tiled) run
+        self.field_job: FullFieldJob | None = None
+        self.mosaic: MosaicCanvas | None = None
         self._recon_ended_worker: GeneratorWorker | None = None  # the last worker whose end the window handled
         self.live_worker: GeneratorWorker | None = None
         self.live_exposure_ms = [10.0]
@@ -210,6 +223,10 @@ class MainWindow(QMainWindow):
         self.acquisition_panel.cancel_requested.connect(self.cancel_acquisition)
         self.acquisition_panel.plan_changed.connect(self._show_plan)
         self.recon_panel.start_requested.connect(self.start_reconstruction)
+        self.recon_panel.field_mode.currentIndexChanged.connect(
+            lambda _=0: self.live_view.show_region(self.recon_panel.mode() == "region"))
+        self.recon_panel.region_changed.connect(self.live_view.set_region)
+        self.live_view.region_drawn.connect(self.recon_panel.set_region)
         self.recon_panel.stop_requested.connect(self.stop_reconstruction)
         self.export_panel.export_requested.connect(self.export_result)
         self.export_panel.save_calibration_requested.connect(self.save_calibration)
@@ -501,8 +518,11 @@ class MainWindow(QMainWindow):
         return True
 
     def start_reconstruction(self) -> None:
-        """Start UA-FP on the opened dataset, or continue the current reconstruction."""
+        """Start UA-FP on the opened dataset (the whole frame, a region of it, or the full field in
+        tiles), or continue the current one-field reconstruction."""
         if self.recon_worker is not None and self.recon_worker.isRunning():
+            return
+        if self.field_worker is not None and self.field_worker.isRunning():
             return
         if self._engine_loading(self.start_reconstruction):
             return
@@ -511,14 +531,26 @@ class MainWindow(QMainWindow):
         except UafpError as error:
             self.error("Invalid reconstruction settings", error)
             return
+        mode = self.recon_panel.mode()
+        if mode == "tiles":
+            self.start_full_field(settings)
+            return
         job = self.recon_job
         if job is None or job.iterations_done == 0:  # nothing made yet: a new run, with the settings shown
             if self.dataset is None:
                 self.error("Nothing to reconstruct", ConfigError(
                     "acquire a dataset (Acquisition panel) or open one (File > Open) first"))
                 return
+            dataset = self.dataset
+            if mode == "region":
+                x, y, width, height = self.recon_panel.region()
+                try:
+                    dataset = crop_region(self.dataset, y, x, height, width)
+                except UafpError as error:
+                    self.error("Invalid region", error)
+                    return
             job = LiveReconstruction(
-                settings, dataset=self.dataset, calibration=self.calibration, torch_threads=threads_beside_a_ui()
+                settings, dataset=dataset, calibration=self.calibration, torch_threads=threads_beside_a_ui()
             )
             job.autosave_folder = self.autosave_folder(self.dataset.path)
             self._set_recon_job(job)
@@ -535,9 +567,78 @@ class MainWindow(QMainWindow):
         worker.start()
 
     def stop_reconstruction(self) -> None:
-        if self.recon_worker is not None and self.recon_worker.isRunning():
-            self.recon_worker.stop()
-            self.recon_panel.set_stopping()
+        for worker in (self.recon_worker, self.field_worker):
+            if worker is not None and worker.isRunning():
+                worker.stop()
+                self.recon_panel.set_stopping()
+
+    # ------------------------------------------------------------------ the full field, in tiles
+    def start_full_field(self, settings: UafpSettings) -> None:
+        """Reconstruct the opened dataset's whole field in tiles on worker processes (or a Dask cluster):
+        the mosaic fills tile by tile, then the stitched field and its aberration map are shown."""
+        if self.dataset is None or self.dataset.path is None:
+            self.error("Nothing to reconstruct", ConfigError(
+                "the full field runs from a dataset file: open one (File > Open), or acquire one to a file first"))
+            return
+        options = self.recon_panel.tile_options()
+        if options["workers"] is None and options["scheduler"] is None:
+            options["workers"] = local_workers_beside_a_ui()
+        fallback = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
+        out = full_field_folder_for(self.dataset.path, Path(fallback or Path.home() / ".uafp"))
+        try:
+            job = FullFieldJob(self.dataset.path, settings, calibration=self.calibration, out_folder=out, **options)
+        except UafpError as error:
+            self.error("Invalid full-field settings", error)
+            return
+        self.field_job = job
+        self.mosaic = MosaicCanvas(job.info.frame_shape, settings.upsample)
+        self.recon_panel.clear(f"Full field: {job.description}")
+        worker = GeneratorWorker(job.run, name="uafp-fullfield", keep_all=True, on_stop=job.stop, parent=self)
+        worker.failed.connect(lambda error: self.error("Full-field reconstruction failed", error))
+        worker.ended.connect(self._field_ended)
+        self.field_worker = worker
+        self.recon_panel.set_running(True, has_state=False)
+        self.recon_panel.show_status(f"Starting: {job.description}...")
+        worker.start()
+
+    def _draw_field(self) -> None:
+        worker, mosaic, job = self.field_worker, self.mosaic, self.field_job
+        if worker is None or mosaic is None or job is None:
+            return
+        updates = worker.take()
+        if not updates:
+            return
+        for update in updates:
+            if update.result is not None:
+                mosaic.paste(update.result)
+        last = updates[-1]
+        stage = {"calibration": "calibration tiles", "tiles": "tiles"}.get(last.stage, last.stage)
+        progress = f"Full field: {stage} {last.done} of {last.total}" + (f" · {last.message}" if last.message else "")
+        self.recon_panel.show_mosaic(mosaic.amplitude, mosaic.phase, progress,
+                                     f"{len(mosaic.tiles_done)} tiles on screen · {job.description}")
+
+    def _field_ended(self) -> None:
+        self._draw_field()
+        job = self.field_job
+        self.recon_panel.set_running(False, has_state=False)
+        if job is None:
+            return
+        if job.result is not None:
+            result, step = job.result, self.mosaic.step if self.mosaic is not None else 1
+            self.recon_panel.show_mosaic(
+                result.amplitude[::step, ::step], result.phase[::step, ::step],
+                f"Full field: {len(result.tiles)} tiles stitched, {result.amplitude.shape[1]} x "
+                f"{result.amplitude.shape[0]} px at {result.pixel_um:.3g} um",
+                f"written to {job.written}" if job.written else "",
+            )
+            self.recon_panel.show_aberration_map(result.calibration.get("field_aberrations"))
+        elif job.stopped:
+            where = f"; the {len(job.finished_tiles)} finished tiles are in {job.written}" if job.written else ""
+            self.recon_panel.show_status(f"Full field stopped{where}.")
+        if job.write_error is not None:
+            self.error("Could not write the full-field result", job.write_error)
+        elif job.written is not None:
+            self.status(f"Full field written to {job.written}", 15000)
 
     @staticmethod
     def autosave_folder(dataset_path: Path | None) -> Path:
@@ -608,6 +709,7 @@ class MainWindow(QMainWindow):
     def refresh(self) -> None:
         self._drain_acquisition()
         self._draw_recon()
+        self._draw_field()
         if self.live_worker is not None:
             preview, fresh = self.live_worker.latest()
             if fresh and preview is not None:
@@ -791,6 +893,7 @@ class MainWindow(QMainWindow):
                              Qt.Orientation.Horizontal)
         for panel in (self.acquisition_panel, self.devices_panel, self.export_panel):
             panel.restore_settings(s)
+        self.recon_panel.scheduler.setText(str(s.value("fullfield/scheduler", "") or ""))
         self._show_recent()
 
     def _save_settings(self) -> None:
@@ -799,6 +902,7 @@ class MainWindow(QMainWindow):
         s.setValue("window/state", self.saveState(STATE_VERSION))
         for panel in (self.acquisition_panel, self.devices_panel, self.export_panel):
             panel.save_settings(s)
+        s.setValue("fullfield/scheduler", self.recon_panel.scheduler.text().strip())
         s.sync()
 
     # ------------------------------------------------------------------ shutdown
@@ -817,7 +921,8 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.timer.stop()
-        workers = [w for w in (self.acq_worker, self.recon_worker, self.live_worker) if w is not None]
+        workers = [w for w in (self.acq_worker, self.recon_worker, self.field_worker, self.live_worker)
+                   if w is not None]
         for worker in workers:
             if worker.isRunning():
                 worker.stop()

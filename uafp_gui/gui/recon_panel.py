@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSizePolicy,
     QSpinBox,
@@ -36,6 +37,12 @@ if TYPE_CHECKING:
     from uafp_gui.recon.uafp import ReconstructionUpdate
 
 __all__ = ["ReconPanel"]
+
+FIELD_MODES = (  # what Reconstruct runs on: mode -> label
+    ("frame", "the whole frame as one field"),
+    ("tiles", "full field: tiles in parallel, stitched"),
+    ("region", "a region (drawn on the live view, or typed)"),
+)
 
 LEARNABLE = (  # UafpSettings field -> label
     ("learn_geometry", "LED geometry"),
@@ -183,8 +190,121 @@ class ReconPanel(QWidget):
         self._state_text = ""
         self._fixed_magnify: float | None = None
         layout.addWidget(settings)
+        layout.addWidget(self._build_field_settings())
         self.set_running(False, has_state=False)
         self.show_status("Loading the reconstruction engine...")
+
+    # ---- the field: whole frame, tiles or a region ---------------------------------------------
+    def _build_field_settings(self) -> QGroupBox:
+        box = QGroupBox("Field of view")
+        grid = QGridLayout(box)
+        self.field_mode = QComboBox()
+        self.field_mode.setObjectName("fieldMode")
+        for mode, label in FIELD_MODES:
+            self.field_mode.addItem(label, mode)
+        grid.addWidget(self.field_mode, 0, 0, 1, 4)
+        self.tile_px = QSpinBox()
+        self.tile_px.setRange(0, 4096)
+        self.tile_px.setSpecialValueText("auto")  # 0: from the optics
+        self.tile_px.setSuffix(" px")
+        self.overlap_px = QSpinBox()
+        self.overlap_px.setRange(-1, 2048)
+        self.overlap_px.setValue(-1)
+        self.overlap_px.setSpecialValueText("auto")
+        self.overlap_px.setSuffix(" px")
+        self.workers = QSpinBox()
+        self.workers.setRange(0, 256)
+        self.workers.setSpecialValueText("auto")  # all cores but one (the UI's)
+        self.scheduler = QLineEdit()
+        self.scheduler.setObjectName("schedulerAddress")
+        self.scheduler.setPlaceholderText("this computer (or a Dask scheduler: tcp://host:8786)")
+        self.tile_widgets: list[QWidget] = []
+        for col, (label, widget) in enumerate((("Tile", self.tile_px), ("Overlap", self.overlap_px),
+                                               ("Workers", self.workers))):
+            grid.addWidget(QLabel(label), 1, 2 * col)
+            grid.addWidget(widget, 1, 2 * col + 1)
+            self.tile_widgets.append(widget)
+        grid.addWidget(QLabel("Scheduler"), 2, 0)
+        grid.addWidget(self.scheduler, 2, 1, 1, 5)
+        self.tile_widgets.append(self.scheduler)
+        self.region_spins: dict[str, QSpinBox] = {}
+        for col, name in enumerate(("x", "y", "width", "height")):
+            spin = QSpinBox()
+            spin.setRange(0 if name in ("x", "y") else 8, 100000)
+            spin.setValue(0 if name in ("x", "y") else 128)
+            spin.setSuffix(" px")
+            spin.valueChanged.connect(self._region_typed)
+            self.region_spins[name] = spin
+            grid.addWidget(QLabel(f"Region {name}" if col == 0 else name), 3, 2 * col)
+            grid.addWidget(spin, 3, 2 * col + 1)
+        self.field_mode.currentIndexChanged.connect(self._mode_changed)
+        self._mode_changed()
+        return box
+
+    region_changed = Signal(int, int, int, int)  # x, y, width, height typed (camera pixels)
+
+    def _mode_changed(self) -> None:
+        mode = self.mode()
+        for widget in self.tile_widgets:
+            widget.setEnabled(mode == "tiles")
+        for spin in self.region_spins.values():
+            spin.setEnabled(mode == "region")
+
+    def mode(self) -> str:
+        """"frame", "tiles" or "region"."""
+        return str(self.field_mode.currentData())
+
+    def set_mode(self, mode: str) -> None:
+        self.field_mode.setCurrentIndex(max(0, self.field_mode.findData(mode)))
+
+    def region(self) -> tuple[int, int, int, int]:
+        """(x, y, width, height) in camera pixels."""
+        s = self.region_spins
+        return s["x"].value(), s["y"].value(), s["width"].value(), s["height"].value()
+
+    def set_region(self, x: int, y: int, width: int, height: int) -> None:
+        """Show a region (drawn on the live view) in the spin boxes, without echoing it back."""
+        for name, value in zip(("x", "y", "width", "height"), (x, y, width, height), strict=True):
+            spin = self.region_spins[name]
+            spin.blockSignals(True)
+            spin.setValue(int(value))
+            spin.blockSignals(False)
+
+    def _region_typed(self) -> None:
+        self.region_changed.emit(*self.region())
+
+    def tile_options(self) -> dict:
+        """`FullFieldJob` keyword arguments from the controls (None: from the optics / all cores but one)."""
+        scheduler = self.scheduler.text().strip() or None
+        return {
+            "tile_size": self.tile_px.value() or None,
+            "overlap": None if self.overlap_px.value() < 0 else self.overlap_px.value(),
+            "scheduler": scheduler,
+            "workers": None if scheduler else (self.workers.value() or None),
+        }
+
+    def show_mosaic(self, amplitude: np.ndarray, phase: np.ndarray, progress: str, state: str | None = None) -> None:
+        """A mosaic being filled (NaN where no tile has arrived yet, shown as 0)."""
+        self.amplitude.show_array(np.nan_to_num(amplitude, nan=0.0))
+        self.phase.show_phase(phase_view(np.nan_to_num(phase, nan=0.0)))
+        self.show_status(progress, state)
+
+    def show_aberration_map(self, aberrations: dict | None) -> None:
+        """The field's wavefront RMS (waves) in the spectrum's cell, the summary under the views."""
+        if not aberrations or not aberrations.get("map"):
+            return
+        rms = np.asarray(aberrations["map"]["rms_waves"], dtype=np.float32)
+        self.spectrum.setTitle("aberration map: RMS (waves)", size="9pt")
+        self.spectrum.show_array(rms)
+        summary = aberrations.get("summary", {})
+        if summary:
+            centre = summary.get("center", {}).get("dominant", [])
+            names = ", ".join(f"Z{d['noll']} {d.get('name', '')}".strip() for d in centre[:3])
+            self.calibration.setText(
+                f"Aberrations across the field: max RMS {summary['max_rms_waves']:.3f} waves, min Strehl "
+                f"{summary['min_strehl']:.2f}, {100 * summary['diffraction_limited_fraction']:.0f} % "
+                f"diffraction-limited (Marechal)" + (f"; dominant at the centre: {names}" if names else "")
+            )
 
     # ---- settings --------------------------------------------------------------------------
     def engine_loaded(self) -> None:
@@ -273,6 +393,7 @@ class ReconPanel(QWidget):
         """Empty every view: nothing on screen belongs to a dataset or result that is not open."""
         for plot in (self.amplitude, self.phase, self.spectrum, self.pupil_amplitude, self.pupil_phase):
             plot.clear_image()
+        self.spectrum.setTitle("log spectrum", size="9pt")
         for item in (self.nominal_points, self.estimated_points):
             item.setData(pos=np.empty((0, 2)))
         self.misalignment_arrows.setData([], [])

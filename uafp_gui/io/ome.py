@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -86,8 +86,12 @@ def write_ome_zarr(
     attributes: dict | None = None,
     min_size: int = DEFAULT_MIN_SIZE,
     overwrite: bool = False,
+    chunks: tuple[int, ...] | Literal["auto"] | None = "auto",
 ) -> Path:
-    """Write a (C, H, W) stack as a multiscale OME-Zarr v0.5 image; returns the group path."""
+    """Write a (C, H, W) stack as a multiscale OME-Zarr v0.5 image; returns the group path.
+
+    `chunks`: yaozarrs's ("auto": about 4 MB, one channel each; a tuple (1, 1024, 1024) for a large
+    mosaic read tile by tile)."""
     from yaozarrs import v05
     from yaozarrs.write.v05 import write_image
 
@@ -136,6 +140,7 @@ def write_ome_zarr(
             extra_attributes={"uafp": attributes} if attributes else None,
             writer="zarr",
             overwrite=overwrite,
+            chunks=chunks,
         )
     except ImportError as error:
         raise ConfigError(f"writing OME-Zarr needs zarr-python: `pip install zarr` ({error})") from None

@@ -149,10 +149,13 @@ def write_result(
 
 
 def _check_extra_file_names(extra_files: Mapping[str, Any], extras: Mapping[str, Any]) -> None:
+    # a plain file name ("report.png", "mosaic.ome.tif"), or a folder's ("tiles", "mosaic.ome.zarr")
     taken = set(RESULT_FILES) | {MANIFEST_NAME} | {f"{name}.tif" for name in extras}
     for name in extra_files:
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9]+", name) or name in taken:
-            raise DatasetError(f"extra file name {name!r} is not allowed: a plain file name, none of {sorted(taken)}")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9]+)*", name) or name in taken:
+            raise DatasetError(
+                f"extra file name {name!r} is not allowed: a plain file or folder name, none of {sorted(taken)}"
+            )
 
 
 MANIFEST_NAME = "manifest.json"
@@ -207,9 +210,9 @@ def write_folder_atomically(folder: str | os.PathLike[str], write: Any) -> Path:
     old: Path | None = None
     try:
         write(staging)
-        files = {}
-        for path in sorted(staging.iterdir()):
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
+        files = {}  # every file, in sub-folders too ("tiles/r00_c00/amplitude.tif", an OME-Zarr's chunks)
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            files[path.relative_to(staging).as_posix()] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": 1,
@@ -275,7 +278,7 @@ def verify_result_folder(folder: str | os.PathLike[str], *, require_manifest: bo
                 "written with; reconstruct again into a new folder"
             )
     for path in folder.iterdir():
-        if (path.name in RESULT_FILES or path.suffix == ".tif") and path.name not in files:
+        if (path.name in RESULT_FILES or path.suffix == ".tif") and path.is_file() and path.name not in files:
             raise DatasetError(f"{folder} mixes files from different runs: {path.name} is not in its manifest")
 
 
@@ -355,8 +358,8 @@ def read_result(folder: str | os.PathLike[str], *, require_manifest: bool = Fals
             '"object_pixel_um" to calibration.json'
         )
     extras = {}
-    for path in sorted(folder.glob("*.tif")):
-        if path.stem not in _RESERVED_IMAGE_NAMES:
+    for path in sorted(folder.glob("*.tif")):  # not an OME-TIFF export beside them (a full field's mosaic pyramid)
+        if path.stem not in _RESERVED_IMAGE_NAMES and not path.name.endswith(".ome.tif"):
             extras[path.stem] = _read_image(path)
     return Result(
         amplitude=amplitude,

@@ -1,0 +1,421 @@
+"""The full-field core (uafp_gui.fullfield): tiling, region reads, one shared calibration, the aberration
+model, stitching, and the pipeline with an injected executor. Seeded; the end-to-end run on the
+reference simulator's field preset is in the slow lane."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from uafp_gui.errors import ConfigError, DatasetError
+from uafp_gui.fullfield import aberration, calibrate, pipeline, region, stitch, tiles
+from uafp_gui.fullfield.tiles import Tile, TileResult
+from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
+from uafp_gui.io.schema import DatasetMeta
+from uafp_gui.io.writer import write_dataset
+from uafp_gui.model import Optics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _meta(n_frames: int = 3, **changes) -> DatasetMeta:
+    leds = [[16, 16], [16, 17], [17, 16], [15, 16], [16, 15], [17, 17], [15, 15], [20, 20], [12, 12]]
+    meta = DatasetMeta(
+        optics=Optics(),
+        frames=tuple({"leds": [leds[k % len(leds)]], "exposure_ms": 10.0} for k in range(n_frames)),
+        camera_offset=100.0,
+        bit_depth=12,
+    )
+    return meta.replace(**changes) if changes else meta
+
+
+# ------------------------------------------------------------------------------------------- tiling
+
+
+@pytest.mark.parametrize("shape,size,overlap", [((256, 256), 144, 32), ((1024, 1024), None, None),
+                                                 ((300, 517), 128, 20), ((100, 90), 128, 16)])
+def test_tiles_cover_the_frame_with_the_overlap_and_edges_flush(shape, size, overlap):
+    meta = _meta()
+    plan = tiles.plan_tiles(shape, meta, size, overlap)
+    covered = np.zeros(shape, dtype=int)
+    for k, tile in enumerate(plan):
+        assert tile.index == k
+        covered[tile.rows, tile.cols] += 1
+        assert 0 <= tile.y0 and tile.y1 <= shape[0] and 0 <= tile.x0 and tile.x1 <= shape[1]
+    assert covered.min() >= 1
+    expected_overlap = overlap if overlap is not None else tiles.default_overlap(plan[0].height, meta)
+    rows, cols = tiles.grid_shape(plan)
+    assert len(plan) == rows * cols
+    for tile in plan:
+        if tile.grid_col == cols - 1:
+            assert tile.x1 == shape[1]  # the last tile of a row is flush with the frame's edge
+        else:
+            right = plan[tile.index + 1]
+            assert tile.x1 - right.x0 >= min(expected_overlap, tile.width)
+        if tile.grid_row == rows - 1:
+            assert tile.y1 == shape[0]
+    assert plan[0].y0 == 0 and plan[0].x0 == 0
+
+
+def test_tile_count_and_defaults_from_the_optics():
+    meta = _meta()
+    assert len(tiles.plan_tiles((256, 256), meta, 144, 32)) == 4
+    plan = tiles.plan_tiles((1024, 1024), meta)
+    assert plan[0].height == 256  # default for a 1024 frame
+    overlap = tiles.default_overlap(256, meta)
+    # >= 10 % of the tile and >= the pupil's blur width (lambda / NA / pixel = 2.9 px; x 4)
+    assert overlap >= 0.1 * 256 and overlap >= tiles.blur_width_px(meta) >= 11
+    # A very close LED array limits the tile: the angle of one LED changes by a quarter of a pitch angle at most.
+    close = _meta().replace(led_pitch_mm=0.2)
+    assert tiles.default_tile_size((1024, 1024), close) < 256
+    with pytest.raises(ConfigError):
+        tiles.plan_tiles((256, 256), meta, 64, 64)
+
+
+def test_tile_centres_follow_the_convention():
+    meta = _meta().replace(tile_center_um=(100.0, -50.0))
+    plan = tiles.plan_tiles((200, 300), meta, 128, 16)
+    pixel = meta.camera_pixel_um / meta.magnification
+    for tile in plan:
+        x = 100.0 + (tile.x0 + tile.width / 2 - 150) * pixel
+        y = -50.0 + (tile.y0 + tile.height / 2 - 100) * pixel
+        assert tile.center_um == pytest.approx((x, y), abs=1e-9)
+    # x grows with the column, y with the row (spec section 2)
+    assert plan[1].center_um[0] > plan[0].center_um[0]
+    assert plan[-1].center_um[1] > plan[0].center_um[1]
+    whole = tiles.plan_tiles((200, 300), meta, 400, 0)
+    assert len(whole) == 1 and whole[0].center_um == pytest.approx((100.0, -50.0))
+
+
+# ------------------------------------------------------------------------------------- region reads
+
+
+@pytest.fixture
+def stack(tmp_path):
+    rng = np.random.default_rng(3)
+    meta = _meta(5)
+    frames = rng.integers(0, 4095, size=(5, 96, 112)).astype(np.uint16)
+    path = tmp_path / "field.tif"
+    write_dataset(path, meta, frames)
+    return path, frames, meta
+
+
+def test_region_reads_equal_full_reads(stack):
+    path, frames, _ = stack
+    full = read_dataset(path)
+    plan = tiles.plan_tiles(full.frame_shape, full.meta, 64, 16)
+    assert len(plan) == 4
+    for tile in plan:
+        region_frames, meta = region.read_region(path, tile)
+        assert region_frames.dtype == full.frames.dtype
+        np.testing.assert_array_equal(region_frames, full.frames[:, tile.rows, tile.cols])
+        assert meta.tile_center_um == tile.center_um
+        assert meta.frames == full.meta.frames
+    info = region.field_info(path)
+    assert info.frame_shape == (96, 112) and info.complete and info.meta.frame_count == 5
+
+
+def test_region_reads_compressed_pages_through_zarr_and_the_sidecar_wins(tmp_path):
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 4095, size=(3, 80, 64)).astype(np.uint16)
+    path = tmp_path / "compressed.tif"
+    tifffile.imwrite(path, frames, compression="zlib", rowsperstrip=8, photometric="minisblack")
+    meta = _meta(3).replace(tile_center_um=(10.0, 20.0))
+    path.with_suffix(".json").write_text(meta.to_json())
+    tile = tiles.plan_tiles((80, 64), meta, 48, 16)[3]
+    region_frames, region_meta = region.read_region(path, tile)
+    np.testing.assert_array_equal(region_frames, frames[:, tile.rows, tile.cols])
+    assert region_meta.tile_center_um == tile.center_um and region_meta.camera_offset == 100.0
+
+
+def test_region_reads_never_decode_a_whole_page(stack, monkeypatch):
+    path, frames, _ = stack
+    tile = Tile(0, 0, 0, 40, 50, 30, 40, (0.0, 0.0))
+
+    def whole_page(*args, **kwargs):
+        raise AssertionError("a whole page was decoded")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", whole_page)
+    region_frames, _ = region.read_region(path, tile)
+    np.testing.assert_array_equal(region_frames, frames[:, 40:70, 50:90])
+
+
+def test_region_read_memory_is_the_regions_not_the_stacks(tmp_path):
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 4095, size=(9, 512, 512)).astype(np.uint16)  # 4.7 MB on disk
+    path = tmp_path / "big.tif"
+    write_dataset(path, _meta(9), frames)
+    tile = Tile(0, 0, 0, 200, 300, 32, 32, (0.0, 0.0))
+    tracemalloc.start()
+    region_frames, _ = region.read_region(path, tile)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(region_frames, frames[:, 200:232, 300:332])
+    assert peak < 0.25 * frames.nbytes, peak  # a whole-page read would hold at least one 512 KB page per frame
+
+
+def test_region_of_a_partial_dataset_and_a_tile_outside(stack):
+    path, frames, meta = stack
+    data = path.read_bytes()
+    # Cut the file inside the last page's pixels: 4 complete frames remain.
+    cut = path.with_name("cut.tif")
+    with tifffile.TiffFile(path) as tif:
+        last = tif.pages[4].dataoffsets[0]
+    cut.write_bytes(data[: last + 100])
+    tile = Tile(0, 0, 0, 10, 10, 20, 20, (0.0, 0.0))
+    with pytest.warns(PartialDatasetWarning):
+        region_frames, region_meta = region.read_region(cut, tile)
+    assert region_frames.shape == (4, 20, 20) and region_meta.frame_count == 4
+    np.testing.assert_array_equal(region_frames, frames[:4, 10:30, 10:30])
+    with pytest.raises(DatasetError, match="outside"):
+        region.read_region(path, Tile(0, 0, 0, 90, 0, 20, 20, (0.0, 0.0)))
+
+
+# ---------------------------------------------------------------------------------------- stitching
+
+
+def _field(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    amplitude = 0.4 + ndimage.gaussian_filter(rng.random(shape), 2.0) * 1.2
+    phase = 5.0 * ndimage.gaussian_filter(rng.standard_normal(shape), 6.0) + 0.015 * np.arange(shape[1])[None, :]
+    return amplitude, phase
+
+
+def _cut(plan, amplitude, phase, upsample, rng, scales=True):
+    amplitudes, phases = [], []
+    for tile in plan:
+        region_ = (slice(tile.y0 * upsample, tile.y1 * upsample), slice(tile.x0 * upsample, tile.x1 * upsample))
+        yy, xx = np.mgrid[0 : tile.height * upsample, 0 : tile.width * upsample]
+        offset = rng.uniform(-math.pi, math.pi)
+        gy, gx = rng.normal(0.0, 0.03, 2)
+        amplitudes.append(amplitude[region_] * (rng.uniform(0.7, 1.4) if scales else 1.0))
+        phases.append(np.angle(np.exp(1j * (phase[region_] + offset + gy * yy + gx * xx))).astype(np.float32))
+    return amplitudes, phases
+
+
+def _phase_error(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Wrapped difference after the best global plane (the mosaic's own offset and ramp are free)."""
+    z = np.exp(1j * (estimate - truth))
+    gy = np.angle(np.sum(z[1:] * np.conj(z[:-1])))
+    gx = np.angle(np.sum(z[:, 1:] * np.conj(z[:, :-1])))
+    yy, xx = np.mgrid[0 : z.shape[0], 0 : z.shape[1]]
+    z = z * np.exp(-1j * (gy * yy + gx * xx))
+    return np.angle(z * np.exp(-1j * np.angle(z.sum())))
+
+
+def test_stitching_tiles_with_random_offsets_ramps_and_scales_reproduces_the_image():
+    rng = np.random.default_rng(11)
+    shape, upsample = (200, 260), 2
+    plan = tiles.plan_tiles(shape, _meta(), 96, 24)
+    assert len(plan) == 12
+    amplitude, phase = _field((shape[0] * upsample, shape[1] * upsample), 1)
+    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng)
+    mosaic_amplitude, mosaic_phase, alignment = stitch.stitch(plan, amplitudes, phases, shape, upsample)
+    scale = float((amplitude * mosaic_amplitude).sum() / (mosaic_amplitude**2).sum())
+    assert np.abs(scale * mosaic_amplitude - amplitude).max() < 1e-4 * amplitude.max()
+    assert np.abs(_phase_error(mosaic_phase, phase)).max() < 1e-3
+    assert max(alignment.pair_residual_rad.values()) < 1e-3
+    # Without the alignment the same tiles leave seams: the test can fail.
+    _, raw_phase, _ = stitch.stitch(plan, amplitudes, phases, shape, upsample, align=False)
+    assert np.abs(_phase_error(raw_phase, phase)).max() > 0.5
+
+
+def test_feather_weights_are_a_partition_of_unity_and_vanish_at_inner_edges():
+    plan = tiles.plan_tiles((150, 170), _meta(), 80, 24)
+    upsample = 2
+    total = np.zeros((300, 340))
+    for k, tile in enumerate(plan):
+        weight = stitch.feather_weights(plan, k, upsample)
+        total[tile.y0 * 2 : tile.y1 * 2, tile.x0 * 2 : tile.x1 * 2] += weight
+        if tile.x1 < 170:
+            assert weight[:, -1].max() == 0.0  # an inner edge weighs nothing
+        else:
+            assert weight[weight.shape[0] // 2, -1] > 0.99  # the frame's edge keeps its weight
+        assert np.abs(np.diff(weight, axis=1)).max() < 0.2  # smooth
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+
+
+def test_noisy_tiles_stitch_without_seams():
+    """Each tile a noisy estimate of the same field: the mosaic's error is no worse than the tiles' (no seams)."""
+    rng = np.random.default_rng(12)
+    shape, upsample = (160, 160), 2
+    plan = tiles.plan_tiles(shape, _meta(), 96, 32)
+    amplitude, phase = _field((320, 320), 2)
+    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng)
+    amplitudes = [a + 0.02 * rng.standard_normal(a.shape) for a in amplitudes]
+    phases = [p + 0.05 * rng.standard_normal(p.shape) for p in phases]
+    mosaic_amplitude, mosaic_phase, _ = stitch.stitch(plan, amplitudes, phases, shape, upsample)
+    error = np.abs(_phase_error(mosaic_phase, phase))
+    assert np.sqrt(np.mean(error**2)) < 0.06
+    # No seam: the error along the overlaps' centre lines is like the error elsewhere.
+    seam_columns = [int((plan[0].x1 + plan[1].x0) / 2 * upsample)]
+    assert error[:, seam_columns].mean() < 1.5 * error.mean()
+
+
+# ------------------------------------------------------------------------- calibration and aberrations
+
+
+def test_robust_combination_weights_by_error_bars_and_drops_outliers():
+    combined = calibrate.robust_combine([1.0, 1.1, 0.9, 5.0], [0.1, 0.1, 0.1, 0.1])
+    assert combined["used"] == [0, 1, 2] and combined["value"] == pytest.approx(1.0)
+    weighted = calibrate.robust_combine([1.0, 2.0], [0.1, 1.0])
+    assert weighted["value"] == pytest.approx((1.0 / 0.01 + 2.0) / (1 / 0.01 + 1))
+    plain = calibrate.robust_combine([1.0, 2.0, 3.0], [None, 0.1, 0.1])
+    assert plain["value"] == pytest.approx(2.0) and plain["std"] == pytest.approx(1 / math.sqrt(3))
+
+
+def _tile_result(tile: Tile, geometry: dict, zernike: dict, gains, std=None, shape=(8, 8)) -> TileResult:
+    calibration = {
+        "format": "uafp-calibration", "version": 1, "led_geometry": geometry,
+        "zernike_rad": {str(j): v for j, v in zernike.items()}, "frame_gain": list(gains),
+        "led_positions_mm": [[0.0, 0.0]] * len(gains),
+    }
+    if std is not None:
+        calibration["led_geometry_std"] = std
+    ones, zeros = np.ones(shape, np.float32), np.zeros(shape, np.float32)
+    return TileResult(tile, ones, zeros, calibration, 0.01, "converged", 1.0)
+
+
+def test_combined_calibration_agrees_with_the_tiles_and_gains_are_relative():
+    plan = tiles.plan_tiles((256, 256), _meta(), 144, 32)
+    truth = {"shift_x_mm": 1.2, "shift_y_mm": -0.8, "rotation_deg": 2.5, "height_mm": 94.0}
+    rng = np.random.default_rng(2)
+    gains = rng.uniform(0.8, 1.2, 5)
+    results = []
+    for k, tile in enumerate(plan):
+        geometry = {name: value + (3.0 if k == 3 and name == "shift_x_mm" else 0.01 * rng.standard_normal())
+                    for name, value in truth.items()}
+        std = {name: 0.02 for name in truth}
+        results.append(_tile_result(tile, geometry, {4: 0.5 + 0.1 * k}, gains * (k + 1), std))
+    shared = calibrate.combine_calibrations(results)
+    geometry = shared.led_geometry.to_dict()
+    for name, value in truth.items():
+        assert geometry[name] == pytest.approx(value, abs=0.05), name
+    ratio = np.asarray(shared.frame_gain) / gains
+    assert np.ptp(ratio) < 1e-9  # the relative gains are the tiles' own, whatever each tile's level
+    details = shared.extra["fullfield_calibration"]["geometry"]["shift_x_mm"]
+    assert 3 not in details["used"]
+
+
+def test_calibration_tiles_are_central_and_least_crossed_by_the_brightfield_boundary():
+    meta = _meta(9)
+    plan = tiles.plan_tiles((1024, 1024), meta, 256, 32)
+    chosen = calibrate.choose_calibration_tiles(plan, meta, 3)
+    distances = sorted(math.hypot(*t.center_um) for t in plan)
+    assert all(math.hypot(*plan[k].center_um) <= distances[5] + 1e-9 for k in chosen)
+    # An LED on the bright/dark-field boundary at some tile: counted there.
+    edge_meta = _meta(1).replace(
+        frames=({"leds": [[16, 18]], "exposure_ms": 10.0},), led_height_mm=8.0 / math.tan(math.asin(0.1))
+    )
+    counts = [calibrate.boundary_frames(edge_meta, t) for t in plan]
+    assert max(counts) == 1 and min(counts) == 0
+
+
+def test_aberration_model_recovers_a_quadratic_field_dependence():
+    rng = np.random.default_rng(7)
+    centres = [(x, y) for y in np.linspace(-800, 800, 4) for x in np.linspace(-800, 800, 4)]
+
+    def truth(x, y):
+        u, v = x / 1000.0, y / 1000.0
+        return {4: 0.3 + 0.4 * (u * u + v * v), 5: 0.2 * u * v, 6: 0.15 * (u * u - v * v), 8: 0.1 * u, 7: 0.1 * v}
+
+    zernikes = [{j: c + 0.01 * rng.standard_normal() for j, c in truth(x, y).items()} for x, y in centres]
+    stds = [{j: 0.01 for j in z} for z in zernikes]
+    out = aberration.field_aberrations(centres, zernikes, stds, field_extent_um=(-1000, 1000, -1000, 1000),
+                                       led_geometry={"shift_x_mm": 0.1}, wavelength_um=0.532)
+    assert out["model"]["order"] == 2
+    xs, ys = np.meshgrid(np.linspace(-1000, 1000, 7), np.linspace(-1000, 1000, 7))
+    fitted = aberration.evaluate_model(out["model"], xs, ys)
+    for j in (4, 5, 6, 7, 8):
+        expected = np.vectorize(lambda x, y, j=j: truth(x, y)[j])(xs, ys)
+        assert np.abs(fitted[j] - expected).max() < 0.03, j
+    rms = np.asarray(out["map"]["rms_rad"])
+    assert rms.shape == (9, 9)
+    strehl = np.asarray(out["map"]["strehl"])
+    np.testing.assert_allclose(strehl, np.exp(-(rms**2)))
+    assert np.array_equal(np.asarray(out["map"]["diffraction_limited"]), strehl >= 0.8)
+    assert out["summary"]["center"]["dominant"][0]["name"] == "defocus"
+    assert 0 < out["summary"]["diffraction_limited_fraction"] < 1  # the corners are worse (0.7 rad defocus)
+    assert aberration.choose_order(4) == 1 and aberration.choose_order(2) == 0
+
+
+def test_aberration_map_picture(tmp_path):
+    centres = [(x, y) for y in (-500, 0, 500) for x in (-500, 0, 500)]
+    zernikes = [{4: 0.2 + 0.5 * (x * x + y * y) / 500**2, 6: 0.1} for x, y in centres]
+    out = aberration.field_aberrations(centres, zernikes, None, field_extent_um=(-600, 600, -600, 600),
+                                       led_geometry={"shift_x_mm": 0.1, "shift_y_mm": 0, "rotation_deg": 0,
+                                                     "height_mm": 90})
+    path = aberration.draw_aberration_map(out, tmp_path / "aberration_map.png")
+    assert path.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------- the pipeline's logic
+
+
+def test_pipeline_with_an_injected_executor(stack, monkeypatch):
+    """Stage 1 on the chosen tiles, stage 2 on every tile with geometry and gains held, stitched mosaic."""
+    path, _, _ = stack
+    seen: list[tuple[str, int, dict | None]] = []
+    progress = []
+    upsample = 2
+    geometry = {"shift_x_mm": 0.3, "shift_y_mm": -0.2, "rotation_deg": 0.5, "height_mm": 91.0}
+    amplitude, phase = _field((96 * upsample, 112 * upsample), 3)
+
+    def fake_reconstruct(task):
+        t = task.tile
+        seen.append(("fixed" if not task.settings["learn_geometry"] else "calibrate", t.index, task.calibration))
+        region_ = (slice(t.y0 * upsample, t.y1 * upsample), slice(t.x0 * upsample, t.x1 * upsample))
+        x, y = t.center_um
+        result = _tile_result(t, geometry, {4: 0.2 + x / 1000.0, 5: 0.1}, [1.0] * 5,
+                              shape=(t.height * upsample, t.width * upsample))
+        return dataclasses.replace(result, amplitude=amplitude[region_].astype(np.float32),
+                                   phase=np.angle(np.exp(1j * (phase[region_] + t.index))).astype(np.float32))
+
+    def run_tasks(fn, tasks, on_done):
+        assert fn is pipeline.reconstruct_tile
+        out = []
+        for k in reversed(range(len(tasks))):  # finishing out of order must not matter
+            result = fake_reconstruct(tasks[k])
+            on_done(k, result)
+            out.append(result)
+        return out[::-1]
+
+    settings = pipeline.UafpSettings(upsample=upsample, iterations=2)
+    result = pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,
+                                             progress=progress.append, calibration_tiles=2)
+    stages = [s for s, _, _ in seen]
+    assert stages == ["calibrate"] * 2 + ["fixed"] * 4
+    assert all(c is None for s, _, c in seen if s == "calibrate")
+    fixed_starts = [c for s, _, c in seen if s == "fixed"]
+    assert all(c["led_geometry"] == pytest.approx(geometry) for c in fixed_starts)
+    assert result.amplitude.shape == (192, 224) and result.amplitude.dtype == np.float32
+    assert np.abs(_phase_error(result.phase, phase)).max() < 1e-3
+    assert result.calibration["led_geometry"] == pytest.approx(geometry)
+    model = result.calibration["field_aberrations"]["model"]
+    assert model["order"] == 1 and model["coefficients_rad"]["4"][1] == pytest.approx(
+        model["field_half_width_um"] / 1000.0, rel=1e-6)
+    assert [p.stage for p in progress if p.result is not None] == ["calibration"] * 2 + ["tiles"] * 4
+    assert progress[-1].stage == "done"
+    assert result.pixel_um == pytest.approx(_meta().sample_pixel_um / upsample)
+    # A given calibration skips stage 1.
+    seen.clear()
+    pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,
+                                    calibration=result.calibration)
+    assert [s for s, _, _ in seen] == ["fixed"] * 4
+
+
+def test_tile_tasks_pickle_and_settings_round_trip():
+    import pickle
+
+    settings = pipeline.UafpSettings(upsample=2, loss="poisson", device="cpu")
+    plain = pipeline.settings_to_dict(settings)
+    assert pipeline.UafpSettings(**plain) == settings
+    task = pipeline.TileTask("x.tif", Tile(0, 0, 0, 0, 0, 8, 8, (1.0, 2.0)), plain, None)
+    assert pickle.loads(pickle.dumps(task)) == task

@@ -1,0 +1,557 @@
+"""Full-field execution on Dask (fullfield.execute) and the mosaic outputs (fullfield.output).
+
+The cluster tests run a real LocalCluster of worker processes on 127.0.0.1 (no dashboard, no
+network), 2 workers of 1 thread, with a timeout on every wait; they are in the slow lane (a
+cluster takes seconds to start). One of them kills a worker process in the middle of a run: the
+run must still complete with every tile, through Dask's rescheduling of the lost work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
+from uafp_gui.fullfield.execute import LOCAL_HTTP, check_scheduler_address, make_runner
+
+# The toy tasks below run in worker processes that cannot import this test module: ship it by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CLUSTER_WAIT_S = 60
+
+
+def slow_square(x: int) -> tuple[int, int]:
+    time.sleep(0.6)
+    return x * x, os.getpid()
+
+
+def fails_first_time(marker: str) -> str:
+    """Raises on the first try (leaves a marker file), succeeds on the next."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first try fails")
+    return marker
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs=LOCAL_HTTP,
+        silence_logs=logging.ERROR,
+    ) as local:
+        distributed.Client(local, timeout=CLUSTER_WAIT_S).wait_for_workers(2, timeout=CLUSTER_WAIT_S)
+        yield local
+
+
+def test_scheduler_addresses_are_checked_before_anything_starts():
+    assert check_scheduler_address("tcp://10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+    assert check_scheduler_address("localhost:8786") == "tcp://localhost:8786"
+    for bad in ("", "http://host:8786", "tcp://", "host port", "tcp://a b:1"):
+        with pytest.raises(ConfigError, match="not a Dask scheduler address"):
+            check_scheduler_address(bad)
+    with pytest.raises(ConfigError, match="1 or more"):
+        make_runner(workers=0)
+    with pytest.raises(ConfigError, match="0 or more"):
+        make_runner(retries=-1)
+    with pytest.raises(ConfigError, match="local cluster only"):
+        make_runner("tcp://127.0.0.1:8786", workers=2)
+
+
+def test_no_scheduler_there_is_a_config_error_not_a_hang(monkeypatch):
+    import socket
+
+    from uafp_gui.fullfield import execute
+
+    monkeypatch.setattr(execute, "CONNECT_TIMEOUT_S", 2.0)
+    with socket.socket() as probe:  # a free port with nothing listening on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = make_runner(f"tcp://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="no Dask scheduler answered"):
+        runner.start()
+    assert time.monotonic() - started < 30
+
+
+def test_nothing_to_run_starts_no_cluster():
+    runner = make_runner(workers=1)
+    assert runner([].append, [], None) == []
+    assert runner.client is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_worker_killed_mid_run_costs_only_its_tiles(cluster):
+    killed: dict[str, object] = {}
+
+    with make_runner(cluster.scheduler_address, retries=1) as runner:
+        client = runner.start().client
+        done: list[int] = []
+
+        def on_done(position: int, result: tuple[int, int]) -> None:
+            done.append(position)
+            if killed:
+                return
+            busy = {worker: keys for worker, keys in client.processing().items() if keys}
+            assert busy, "no worker was running a tile after the first one finished"
+            worker = sorted(busy)[0]
+            pid = client.run(os.getpid, workers=[worker])[worker]
+            killed.update(worker=worker, pid=pid, keys=list(busy[worker]))
+            os.kill(pid, signal.SIGKILL)
+
+        tasks = list(range(8))
+        results = runner(slow_square, tasks, on_done)
+
+    assert killed, "the test did not kill a worker"
+    assert [value for value, _ in results] == [x * x for x in tasks]
+    assert sorted(done) == tasks  # every tile delivered once, as it finished
+    # the tile it was running was run again elsewhere: no result comes from the dead process
+    lost_positions = {int(str(key).split("-")[2]) for key in killed["keys"]}
+    assert lost_positions
+    assert all(results[p][1] != killed["pid"] for p in lost_positions)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_failing_tile_is_retried_then_reported(cluster, tmp_path):
+    with make_runner(cluster.scheduler_address, retries=1) as runner:
+        marker = str(tmp_path / "tried")
+        assert runner(fails_first_time, [marker]) == [marker]
+    with make_runner(cluster.scheduler_address, retries=0) as runner:
+        marker = str(tmp_path / "tried-again")
+        with pytest.raises(ReconstructionError, match="1 of 2 tiles failed.*RuntimeError: first try fails"):
+            runner(fails_first_time, [marker, str(tmp_path / "tried")])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_cancel_stops_the_run_and_keeps_the_finished_tiles(cluster):
+    with make_runner(cluster.scheduler_address) as runner:
+        delivered: list[int] = []
+
+        def on_done(position: int, result: object) -> None:
+            delivered.append(position)
+            threading.Timer(0.05, runner.cancel).start()  # the Stop button, from another thread
+
+        started = time.monotonic()
+        with pytest.raises(RunCancelled) as stopped:
+            runner(slow_square, list(range(20)), on_done)
+        assert time.monotonic() - started < 20 * 0.6 / 2  # well before all 20 would have run
+        assert stopped.value.tiles_done == len(delivered) >= 1
+        deadline = time.monotonic() + CLUSTER_WAIT_S
+        while any(runner.client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(runner.client.processing().values()), "cancelled tiles still running"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_local_runner_starts_its_own_processes_and_sets_torch_threads():
+    with make_runner(workers=2) as runner:
+        results = runner(slow_square, [1, 2, 3, 4])
+        assert [value for value, _ in results] == [1, 4, 9, 16]
+        assert runner.cluster is not None and len(runner.client.scheduler_info()["workers"]) == 2
+        assert {pid for _, pid in results} != {os.getpid()}
+        assert all(s.torch_threads == max(1, (os.cpu_count() or 1) // 2) for s in runner.stats)
+        assert all(s.peak_rss_mb > 0 for s in runner.stats)
+    assert runner.client is None and runner.cluster is None
+
+
+# ------------------------------------------------------------------------------------ the result folder
+
+
+PIXEL_UM = 0.4625
+
+
+def _full_field_result(upsample: int = 2):
+    """A FullFieldResult of 4 tiles (2 x 2) cut from one random field, with an aberration model and map."""
+    from uafp_gui.fullfield.aberration import field_aberrations
+    from uafp_gui.fullfield.pipeline import FullFieldResult
+    from uafp_gui.fullfield.tiles import Tile, TileResult
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.model import LedGeometry
+
+    rng = np.random.default_rng(5)
+    rows, cols = 80, 88
+    amplitude = (0.5 + rng.random((rows * upsample, cols * upsample))).astype(np.float32)
+    phase = rng.uniform(-np.pi, np.pi, amplitude.shape).astype(np.float32)
+    geometry = LedGeometry(0.1, -0.2, 0.5, 88.0)
+    results = []
+    for k, (y0, x0) in enumerate([(0, 0), (0, 40), (32, 0), (32, 40)]):
+        tile = Tile(k, k // 2, k % 2, y0, x0, 48, 48, ((x0 + 24 - cols / 2) * 4.0, (y0 + 24 - rows / 2) * 4.0))
+        box = (slice(y0 * upsample, (y0 + 48) * upsample), slice(x0 * upsample, (x0 + 48) * upsample))
+        calibration = Calibration(led_geometry=geometry, zernike_rad={4: 0.1 * k, 5: 0.05}, frame_gain=(1.0, 0.9),
+                                  led_positions_mm=((0.0, 0.0), (4.0, 0.0)), object_pixel_um=PIXEL_UM)
+        pupil = np.stack([np.ones((16, 16)), np.full((16, 16), 0.1 * k)]).astype(np.float32)
+        results.append(TileResult(tile, amplitude[box], phase[box], calibration.to_dict(), 0.01 * k, "converged",
+                                  1.5, pupil) if _has_pupil() else
+                       TileResult(tile, amplitude[box], phase[box], calibration.to_dict(), 0.01 * k, "converged", 1.5))
+    aberrations = field_aberrations(
+        [r.tile.center_um for r in results], [{4: 0.1 * k, 5: 0.05} for k in range(4)], None,
+        field_extent_um=(-176.0, 176.0, -160.0, 160.0), led_geometry=geometry.to_dict(),
+    )
+    calibration = Calibration(led_geometry=geometry, zernike_rad={4: 0.15, 5: 0.05}, frame_gain=(1.0, 0.9),
+                              led_positions_mm=((0.0, 0.0), (4.0, 0.0))).to_dict()
+    calibration["field_aberrations"] = aberrations
+    calibration["fullfield"] = {"frame_shape": [rows, cols]}
+    return FullFieldResult(amplitude, phase, PIXEL_UM, results, calibration, frame_shape=(rows, cols),
+                           upsample=upsample, dataset_path="field.tif")
+
+
+def _has_pupil() -> bool:
+    from uafp_gui.fullfield.tiles import TileResult
+
+    return "pupil" in {f.name for f in __import__("dataclasses").fields(TileResult)}
+
+
+@pytest.fixture
+def written(tmp_path):
+    from uafp_gui.fullfield.output import write_full_field
+
+    result = _full_field_result()
+    folder = write_full_field(tmp_path / "field_result", result, source_dataset="field.tif", min_size=32)
+    return folder, result
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_full_field_folder_is_one_complete_result_with_its_tiles(written):
+    import json
+
+    from uafp_gui.io.result import read_result, verify_result_folder
+
+    folder, result = written
+    names = {p.name for p in folder.iterdir()}
+    assert {"amplitude.tif", "phase.tif", "pupil.tif", "calibration.json", "manifest.json", "tiles", "tiles.json",
+            "mosaic.ome.zarr", "mosaic.ome.tif", "aberration_map.png"} <= names
+    verify_result_folder(folder)  # the manifest lists the sub-folders' files too
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "tiles/r01_c01/amplitude.tif" in manifest["files"] and "mosaic.ome.zarr/zarr.json" in manifest["files"]
+    mosaic = read_result(folder, require_manifest=True)
+    np.testing.assert_array_equal(mosaic.amplitude, result.amplitude)
+    assert mosaic.object_pixel_um == pytest.approx(PIXEL_UM)
+    assert mosaic.extra_images == {}  # the OME-TIFF mosaic is not read as an extra image
+    calibration = mosaic.calibration
+    assert calibration.led_geometry.height_mm == 88.0 and calibration.zernike_rad == {4: 0.15, 5: 0.05}
+    assert calibration.extra["field_aberrations"]["model"] == result.calibration["field_aberrations"]["model"]
+    assert calibration.source_dataset == "field.tif"
+    table = json.loads((folder / "tiles.json").read_text())
+    assert [row["folder"] for row in table["tiles"]] == ["tiles/r00_c00", "tiles/r00_c01", "tiles/r01_c00",
+                                                          "tiles/r01_c01"]
+    assert table["partial"] is False
+    for tile_result in result.tiles:
+        tile = read_result(folder / "tiles" / f"r{tile_result.tile.grid_row:02d}_c{tile_result.tile.grid_col:02d}")
+        np.testing.assert_array_equal(tile.phase, tile_result.phase)
+        assert tile.calibration.zernike_rad[4] == pytest.approx(0.1 * tile_result.tile.index)
+        assert tile.object_pixel_um == pytest.approx(PIXEL_UM)
+    assert (folder / "aberration_map.png").stat().st_size > 10_000
+    # a second write replaces the folder whole (it holds only result files and folders)
+    from uafp_gui.fullfield.output import write_full_field
+
+    write_full_field(folder, result, min_size=32)
+    verify_result_folder(folder)
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_mosaic_ome_zarr_opens_in_napari_and_validates(written):
+    zarr = pytest.importorskip("zarr")
+    folder, result = written
+    path = folder / "mosaic.ome.zarr"
+    group = zarr.open_group(path, mode="r")
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    shapes = [group[d["path"]].shape for d in multiscale["datasets"]]
+    assert shapes == [(2, 160, 176), (2, 80, 88), (2, 40, 44)]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in multiscale["datasets"]]
+    assert scales[1] == pytest.approx([1.0, 2 * PIXEL_UM, 2 * PIXEL_UM])
+    np.testing.assert_array_equal(group["0"][1], result.phase)
+    pytest.importorskip("yaozarrs").validate_zarr_store(str(path))
+    reader = pytest.importorskip("napari_ome_zarr._reader")  # the reader napari uses for OME-Zarr
+    read = reader.napari_get_reader(str(path))
+    assert read is not None
+    layers = read(str(path))
+    data, kwargs = layers[0][0], layers[0][1]
+    levels = data if isinstance(data, list) else [data]
+    assert [tuple(level.shape) for level in levels][0] in {(2, 160, 176), (160, 176)}
+    scale = kwargs.get("scale")
+    assert scale is not None and scale[-1] == pytest.approx(PIXEL_UM)
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_mosaic_ome_tiff_is_a_pyramid_with_its_pixel_size(written):
+    import tifffile
+
+    folder, result = written
+    with tifffile.TiffFile(folder / "mosaic.ome.tif") as tif:
+        assert tif.is_ome
+        series = tif.series[0]
+        assert [level.shape for level in series.levels] == [(2, 160, 176), (2, 80, 88), (2, 40, 44)]
+        np.testing.assert_array_equal(series.levels[0].asarray()[0], result.amplitude)
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        assert pixels["PhysicalSizeX"] == pytest.approx(PIXEL_UM)
+        assert pixels["PhysicalSizeY"] == pytest.approx(PIXEL_UM)
+
+
+@pytest.mark.slow  # imports torch, matplotlib and zarr, draws the aberration map: seconds
+def test_a_stopped_runs_finished_tiles_are_written(tmp_path):
+    import json
+
+    from uafp_gui.fullfield.output import write_finished_tiles
+    from uafp_gui.io.result import read_result, verify_result_folder
+
+    result = _full_field_result()
+    folder = write_finished_tiles(tmp_path / "stopped", result.tiles[:3], PIXEL_UM, planned=4,
+                                  calibration=result.calibration)
+    verify_result_folder(folder)
+    table = json.loads((folder / "tiles.json").read_text())
+    assert table["partial"] is True and table["planned"] == 4 and len(table["tiles"]) == 3
+    assert read_result(folder / "tiles" / "r01_c00").amplitude.shape == (96, 96)
+
+
+# ----------------------------------------------------------------------- end to end, a worker killed
+
+
+@pytest.fixture(scope="module")
+def small_field(tmp_path_factory):
+    """A simulated 256 x 256 field of 25 frames (5 x 5 LEDs)."""
+    from uafp_gui.simulate import SimulationSettings, simulate, write_simulation
+
+    folder = tmp_path_factory.mktemp("field")
+    simulation = simulate(SimulationSettings(frame_size=256, led_grid=5, upsample=2, pixel_integration=1, seed=1))
+    write_simulation(simulation, folder / "field.tif")
+    return folder / "field.tif", simulation
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_full_field_end_to_end_on_dask_with_a_worker_killed(cluster, small_field, tmp_path):
+    """4 tiles (144 px, 32 px overlap) through the real pipeline on the 2-worker cluster; one worker is
+    killed while it runs a tile of the second stage; every tile still comes back, and the folder is written."""
+    from uafp_gui.fullfield.output import write_full_field
+    from uafp_gui.fullfield.pipeline import UafpSettings, reconstruct_full_field
+    from uafp_gui.io.result import read_result
+
+    path, simulation = small_field
+    killed: dict[str, object] = {}
+    stages: list[tuple[str, int]] = []
+    with make_runner(cluster.scheduler_address, retries=1) as runner:
+        client = runner.start().client
+
+        def progress(update) -> None:
+            if update.result is None:
+                return
+            stages.append((update.stage, update.tile.index))
+            if update.stage == "tiles" and not killed:
+                busy = {worker: keys for worker, keys in client.processing().items() if keys}
+                if busy:
+                    worker = sorted(busy)[0]
+                    pid = client.run(os.getpid, workers=[worker])[worker]
+                    killed.update(pid=pid, keys=list(busy[worker]))
+                    os.kill(pid, signal.SIGKILL)
+
+        settings = UafpSettings(upsample=2, iterations=3, device="cpu", pixel_integration=1)
+        result = reconstruct_full_field(path, tile_size=144, overlap=32, settings=settings, run_tasks=runner,
+                                        progress=progress, calibration_tiles=1)
+    assert killed, "no tile was running when the first tile of the second stage finished"
+    assert sorted(index for stage, index in stages if stage == "tiles") == [0, 1, 2, 3]
+    assert [t.tile.index for t in result.tiles] == [0, 1, 2, 3]
+    assert result.amplitude.shape == (512, 512) and np.isfinite(result.amplitude).all()
+    # the mosaic is the sample: its amplitude correlates with the truth's
+    truth = np.abs(simulation.object_truth)
+    assert np.corrcoef(truth.ravel(), result.amplitude.ravel())[0, 1] > 0.85  # 0.94 serially, 3 iterations
+    folder = write_full_field(tmp_path / "field_result", result, source_dataset=path.name)
+    assert read_result(folder, require_manifest=True).amplitude.shape == (512, 512)
+    assert len(list((folder / "tiles").iterdir())) == 4
+
+
+# ------------------------------------------------------------------------- the CLI (a stand-in runner)
+
+
+class StandInRunner:
+    """A RunTasks that makes each tile's result itself (a flat object, the tile's own Zernikes) in this
+    process, and can raise KeyboardInterrupt (Ctrl-C) in the second stage after `interrupt_after` tiles."""
+
+    description = "stand-in runner"
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.interrupt_after = interrupt_after
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def __call__(self, fn, tasks, on_done):
+        from uafp_gui.fullfield.tiles import TileResult
+
+        results = []
+        for position, task in enumerate(tasks):
+            if task.calibration is not None and position == self.interrupt_after:
+                raise KeyboardInterrupt
+            tile, upsample = task.tile, task.settings["upsample"]
+            shape = (tile.height * upsample, tile.width * upsample)
+            calibration = {
+                "format": "uafp-calibration", "version": 1,
+                "led_geometry": {"shift_x_mm": 0.1, "shift_y_mm": -0.1, "rotation_deg": 0.2, "height_mm": 90.5},
+                "zernike_rad": {"4": 0.2 + tile.center_um[0] / 1e4, "5": 0.05}, "frame_gain": [1.0] * 5,
+                "led_positions_mm": [[0.0, 0.0]] * 5,
+            }
+            result = TileResult(tile, np.ones(shape, np.float32), np.zeros(shape, np.float32), calibration, 0.01,
+                                "converged", 0.1)
+            on_done(position, result)
+            results.append(result)
+        return results
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    from uafp_gui.io.schema import DatasetMeta
+    from uafp_gui.io.writer import write_dataset
+    from uafp_gui.model import Optics
+
+    leds = [[16, 16], [16, 17], [17, 16], [15, 16], [16, 15]]
+    meta = DatasetMeta(optics=Optics(), frames=tuple({"leds": [led], "exposure_ms": 10.0} for led in leds))
+    frames = np.random.default_rng(3).integers(0, 4095, size=(5, 96, 112)).astype(np.uint16)
+    path = tmp_path / "field.tif"
+    write_dataset(path, meta, frames)
+    return path
+
+
+def test_cli_checks_full_field_options_before_any_work(small_dataset, capsys):
+    from uafp_gui.cli import main
+
+    cases = [
+        (["--overlap", "8"], "add --tiles auto"),
+        (["--tiles", "auto", "--scheduler", "http://host:80"], "not a Dask scheduler address"),
+        (["--tiles", "auto", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "has its own workers"),
+        (["--tiles", "64", "--overlap", "64"], "overlap must be 0 to 63"),
+        (["--tiles", "8"], "at least 32 camera pixels"),
+        (["--tiles", "auto", "--method", "classic"], "drop --method classic"),
+        (["--tiles", "auto", "--workers", "0"], "1 or more worker processes"),
+    ]
+    for flags, message in cases:
+        assert main(["reconstruct", str(small_dataset), *flags]) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    with pytest.raises(SystemExit):
+        main(["reconstruct", str(small_dataset), "--tiles", "big"])
+    assert "give auto or a tile size" in capsys.readouterr().err
+    assert not small_dataset.with_name("field_result").exists()
+
+
+@pytest.mark.slow  # stitching, the aberration map and the OME writers for real: seconds
+def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, monkeypatch, capsys):
+    import json
+
+    from uafp_gui.cli import main
+    from uafp_gui.fullfield import execute
+    from uafp_gui.io.result import read_result
+
+    flags = ["--tiles", "64", "--overlap", "16", "--upsample", "2", "--calibration-tiles", "1"]
+    out = small_dataset.with_name("field_result")
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(2))
+    assert main(["reconstruct", str(small_dataset), *flags]) == 130
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopped; the 2 finished of 4 tiles are written" in err
+    table = json.loads((out / "tiles.json").read_text())
+    assert table["partial"] is True and [row["index"] for row in table["tiles"]] == [0, 1]
+    assert read_result(out / "tiles" / "r00_c01").amplitude.shape == (128, 128)
+
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner())
+    assert main(["reconstruct", str(small_dataset), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "full field: 4 tiles" in printed and "mosaic 224x192" in printed
+    assert "calibration (shared): LED shift +0.100, -0.100 mm" in printed
+    mosaic = read_result(out, require_manifest=True)  # the partial folder was replaced whole
+    assert mosaic.amplitude.shape == (192, 224)
+    assert json.loads((out / "tiles.json").read_text())["partial"] is False
+    assert (out / "mosaic.ome.zarr").is_dir() and (out / "aberration_map.png").is_file()
+
+
+# ------------------------------------------------------------------- the session layer and the GUI
+
+
+def test_crop_region_moves_the_illumination_centre_and_the_canvas_fills_tile_by_tile(small_dataset):
+    from uafp_gui.fullfield.tiles import Tile, TileResult, tile_center_um
+    from uafp_gui.io.dataset import read_dataset
+    from uafp_gui.session.fullfield import MosaicCanvas, crop_region
+
+    dataset = read_dataset(small_dataset)
+    region = crop_region(dataset, 16, 40, 64, 48)
+    np.testing.assert_array_equal(region.frames, dataset.frames[:, 16:80, 40:88])
+    assert region.meta.tile_center_um == tile_center_um(dataset.meta, (96, 112), 16, 40, 64, 48)
+    assert region.meta.tile_center_um[0] > 0  # right of the centre: x grows with the column
+    with pytest.raises(ConfigError, match="not inside"):
+        crop_region(dataset, 60, 0, 64, 48)
+
+    canvas = MosaicCanvas((96, 112), upsample=2, max_side=112)  # decimated by 2 for the view
+    assert canvas.step == 2 and canvas.amplitude.shape == (96, 112) and np.isnan(canvas.amplitude).all()
+    tile = Tile(3, 1, 1, 32, 48, 64, 64, (0.0, 0.0))
+    values = np.arange(128 * 128, dtype=np.float32).reshape(128, 128)
+    canvas.paste(TileResult(tile, values, -values, {}, 0.0, "converged", 0.0))
+    np.testing.assert_array_equal(canvas.amplitude[32:96, 48:112], values[::2, ::2])
+    assert np.isnan(canvas.amplitude[:32]).all() and canvas.tiles_done == [3]
+
+
+@pytest.mark.slow  # a window, the engine loaded, stitching and the writers
+@pytest.mark.timeout(300)
+def test_gui_full_field_fills_the_mosaic_and_shows_the_aberration_map(small_dataset, tmp_path, monkeypatch, qtbot):
+    pytest.importorskip("PySide6")
+    import functools
+
+    from factories import GUI_SIMULATION
+    from PySide6.QtCore import QSettings
+
+    from uafp_gui.gui import main_window
+    from uafp_gui.gui.dialogs import shown_errors
+    from uafp_gui.session.fullfield import FullFieldJob
+
+    monkeypatch.setattr(main_window, "FullFieldJob", functools.partial(FullFieldJob, runner=StandInRunner()))
+    settings = QSettings(str(tmp_path / "uafp-gui.ini"), QSettings.Format.IniFormat)
+    window = main_window.MainWindow(settings, simulation=GUI_SIMULATION, probe_hardware=False,
+                                    connect_on_start=False)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        qtbot.waitUntil(lambda: window.engine_ready, timeout=180000)
+        window.open_path(small_dataset)
+        qtbot.waitUntil(lambda: window.dataset is not None, timeout=20000)
+        panel = window.recon_panel
+        # a region: typed numbers move the rectangle on the live view, and a drawn one fills the numbers
+        panel.set_mode("region")
+        assert window.live_view.region.isVisible()
+        panel.region_spins["x"].setValue(20)
+        assert tuple(window.live_view.region.pos()) == (20, 0)
+        window.live_view.region.setPos((8, 12))  # as a drag would (emits sigRegionChangeFinished)
+        assert panel.region()[:2] == (8, 12)
+        # the full field
+        panel.set_mode("tiles")
+        assert not window.live_view.region.isVisible()
+        panel.upsample.setValue(2)
+        panel.tile_px.setValue(64)
+        panel.overlap_px.setValue(16)
+        window.start_reconstruction()
+        qtbot.waitUntil(lambda: window.field_worker is not None and window.field_worker.isFinished(), timeout=120000)
+        qtbot.waitUntil(lambda: "aberration map" in panel.spectrum.titleLabel.text, timeout=20000)
+        assert not shown_errors, [box.text() for box in shown_errors]
+        assert window.mosaic is not None and set(window.mosaic.tiles_done) == {0, 1, 2, 3}  # (+ calibration tiles)
+        assert "4 tiles stitched" in panel.status.text()
+        assert "diffraction-limited" in panel.calibration.text()
+        folder = small_dataset.with_name("field_fullfield")
+        assert (folder / "mosaic.ome.zarr").is_dir() and (folder / "aberration_map.png").is_file()
+    finally:
+        window.close()
+        for box in list(shown_errors):
+            box.close()

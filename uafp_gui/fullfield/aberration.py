@@ -1,0 +1,289 @@
+"""The lens-inspection report: the objective's field-dependent aberrations, apart from LED misalignment.
+
+Every tile's run holds the LED geometry fixed (one global calibration: the LED array is one rigid
+object seen from every tile) and frees its own pupil, so what varies from tile to tile is the lens:
+the field-dependent pupil. Each Zernike coefficient is modelled as a low-order polynomial of the
+field position (up to 2nd order: 1, x, y, x^2, xy, y^2 in field coordinates normalised to the field's
+half-width), fitted across the tiles by weighted least squares (weights 1 / standard error^2 when
+the tiles report error bars). From the model, per field point:
+
+- wavefront RMS sigma = sqrt(sum_{j >= 4} c_j^2) (Noll Zernikes are RMS-normalised; piston and tilt,
+  a translation of the image, are not aberrations of the image quality), in radians and waves;
+- Strehl ratio by the Marechal approximation exp(-sigma^2), and the Marechal criterion:
+  diffraction-limited when Strehl >= 0.8 (sigma <= lambda / 14);
+- the dominant Zernikes (largest |c_j|, by name).
+
+`field_aberrations(...)` gives all of it as a dict for calibration.json; `draw_aberration_map` the picture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+MARECHAL_STREHL = 0.8
+MARECHAL_RMS_RAD = math.sqrt(-math.log(MARECHAL_STREHL))  # 0.472 rad = lambda / 13.3
+FIRST_ABERRATION = 4  # Noll index: piston (1) and tilts (2, 3) move the image, they do not blur it
+TERMS = ("1", "x", "y", "x^2", "xy", "y^2")
+STD_FLOOR_RAD = 1e-3
+
+ZERNIKE_NAMES = {
+    1: "piston", 2: "tilt x", 3: "tilt y", 4: "defocus", 5: "oblique astigmatism", 6: "vertical astigmatism",
+    7: "vertical coma", 8: "horizontal coma", 9: "vertical trefoil", 10: "oblique trefoil",
+    11: "primary spherical", 12: "vertical secondary astigmatism", 13: "oblique secondary astigmatism",
+    14: "vertical quadrafoil", 15: "oblique quadrafoil",
+}
+
+
+def zernike_name(j: int) -> str:
+    return ZERNIKE_NAMES.get(int(j), f"Z{int(j)}")
+
+
+def _design(x: np.ndarray, y: np.ndarray, order: int) -> np.ndarray:
+    columns = [np.ones_like(x), x, y, x * x, x * y, y * y]
+    count = {0: 1, 1: 3, 2: 6}[order]
+    return np.stack(columns[:count], axis=-1)
+
+
+def choose_order(tile_count: int, max_order: int = 2) -> int:
+    """The highest polynomial order <= max_order the tiles can fit with a residual degree of freedom
+    (an exact fit when they cannot)."""
+    for order in range(max_order, -1, -1):
+        terms = {0: 1, 1: 3, 2: 6}[order]
+        if tile_count >= terms + 1 or (order == 0 and tile_count >= 1):
+            return order
+    return 0
+
+
+def fit_aberration_model(
+    centers_um: Sequence[tuple[float, float]],
+    zernikes: Sequence[Mapping[int, float]],
+    stds: Sequence[Mapping[int, float | None]] | None = None,
+    *,
+    field_center_um: tuple[float, float] = (0.0, 0.0),
+    field_half_width_um: float | None = None,
+    max_order: int = 2,
+) -> dict:
+    """Weighted least-squares polynomial of each Zernike coefficient over the field (module docstring).
+
+    `centers_um`: each tile's (x, y); `zernikes`: each tile's {Noll j: rad}; `stds`: their standard errors
+    (None or missing: equal weights). Returns the model as a JSON-ready dict.
+    """
+    centers = np.asarray(centers_um, dtype=float).reshape(-1, 2)
+    n = len(centers)
+    if n == 0 or len(zernikes) != n:
+        raise ValueError("one Zernike set per tile centre is needed")
+    if field_half_width_um is None:
+        field_half_width_um = float(max(np.max(np.abs(centers - np.asarray(field_center_um)), initial=0.0), 1.0))
+    x = (centers[:, 0] - field_center_um[0]) / field_half_width_um
+    y = (centers[:, 1] - field_center_um[1]) / field_half_width_um
+    order = choose_order(n, max_order)
+    design = _design(x, y, order)
+    indices = sorted({int(j) for z in zernikes for j in z})
+    coefficients: dict[str, list[float]] = {}
+    residual_rms: dict[str, float] = {}
+    coefficient_std: dict[str, list[float]] = {}
+    for j in indices:
+        values = np.array([float(z.get(j, z.get(str(j), 0.0))) for z in zernikes])  # type: ignore[call-overload]
+        sigma = np.ones(n)
+        if stds is not None:
+            given = [s.get(j, s.get(str(j))) if s else None for s in stds]  # type: ignore[call-overload]
+            if all(g is not None and np.isfinite(g) for g in given):
+                sigma = np.maximum(np.array(given, dtype=float), STD_FLOOR_RAD)
+        weights = 1.0 / sigma
+        solution, *_ = np.linalg.lstsq(design * weights[:, None], values * weights, rcond=None)
+        residual = values - design @ solution
+        coefficients[str(j)] = [float(v) for v in solution]
+        residual_rms[str(j)] = float(np.sqrt(np.mean(residual**2)))
+        try:
+            covariance = np.linalg.pinv((design * weights[:, None] ** 2).T @ design)
+            dof = max(n - design.shape[1], 0)
+            scale = float(np.sum((residual * weights) ** 2) / dof) if dof else 1.0
+            coefficient_std[str(j)] = [float(math.sqrt(max(covariance[k, k] * max(scale, 1.0), 0.0)))
+                                       for k in range(design.shape[1])]
+        except np.linalg.LinAlgError:
+            coefficient_std[str(j)] = [float("nan")] * design.shape[1]
+    return {
+        "order": order,
+        "terms": list(TERMS[: design.shape[1]]),
+        "field_center_um": [float(field_center_um[0]), float(field_center_um[1])],
+        "field_half_width_um": float(field_half_width_um),
+        "coordinates": "x, y = (sample-plane position - field_center_um) / field_half_width_um",
+        "coefficients_rad": coefficients,
+        "coefficients_std_rad": coefficient_std,
+        "residual_rms_rad": residual_rms,
+        "tiles": int(n),
+    }
+
+
+def evaluate_model(model: Mapping, x_um: np.ndarray, y_um: np.ndarray) -> dict[int, np.ndarray]:
+    """{Noll j: coefficient (rad)} of the model at sample-plane positions (arrays of any shape)."""
+    x_um, y_um = np.broadcast_arrays(np.asarray(x_um, dtype=float), np.asarray(y_um, dtype=float))
+    cx, cy = model["field_center_um"]
+    scale = float(model["field_half_width_um"])
+    design = _design((x_um - cx) / scale, (y_um - cy) / scale, int(model["order"]))
+    return {int(j): design @ np.asarray(c, dtype=float) for j, c in model["coefficients_rad"].items()}
+
+
+def wavefront_rms_rad(coefficients: Mapping[int, np.ndarray | float]) -> np.ndarray:
+    """RMS wavefront error (rad) of RMS-normalised Noll coefficients, piston and tilt left out."""
+    terms = [np.asarray(c, dtype=float) ** 2 for j, c in coefficients.items() if int(j) >= FIRST_ABERRATION]
+    if not terms:
+        return np.zeros(np.shape(next(iter(coefficients.values()), 0.0)))
+    return np.sqrt(np.sum(terms, axis=0))
+
+
+def strehl(rms_rad: np.ndarray | float) -> np.ndarray:
+    """Marechal's approximation of the Strehl ratio, exp(-sigma^2)."""
+    return np.exp(-np.asarray(rms_rad, dtype=float) ** 2)
+
+
+def dominant_zernikes(coefficients: Mapping[int, float], count: int = 3) -> list[dict]:
+    """The `count` largest aberration terms (j >= 4) by |c_j|: [{"noll", "name", "rad"}]."""
+    items = sorted(
+        ((int(j), float(c)) for j, c in coefficients.items() if int(j) >= FIRST_ABERRATION),
+        key=lambda item: -abs(item[1]),
+    )
+    return [{"noll": j, "name": zernike_name(j), "rad": c} for j, c in items[:count]]
+
+
+def point_report(coefficients: Mapping[int, float]) -> dict:
+    """Wavefront RMS (rad, waves), Strehl, Marechal verdict and dominant Zernikes of one pupil."""
+    rms = float(wavefront_rms_rad(coefficients))
+    ratio = float(strehl(rms))
+    return {
+        "rms_rad": rms,
+        "rms_waves": rms / (2 * math.pi),
+        "strehl": ratio,
+        "diffraction_limited": bool(ratio >= MARECHAL_STREHL),
+        "dominant": dominant_zernikes(coefficients),
+    }
+
+
+def field_aberrations(
+    centers_um: Sequence[tuple[float, float]],
+    zernikes: Sequence[Mapping[int, float]],
+    stds: Sequence[Mapping[int, float | None]] | None = None,
+    *,
+    field_extent_um: tuple[float, float, float, float],
+    led_geometry: Mapping | None = None,
+    wavelength_um: float | None = None,
+    grid: int = 9,
+    max_order: int = 2,
+) -> dict:
+    """The calibration.json `field_aberrations` entry: the model, a `grid` x `grid` map over the field
+    (`field_extent_um` = x_min, x_max, y_min, y_max of the sample plane), each tile's own pupil
+    report and a summary. `led_geometry` (the global LED misalignment) is recorded beside it: what is
+    not the lens."""
+    x_min, x_max, y_min, y_max = (float(v) for v in field_extent_um)
+    center = ((x_min + x_max) / 2, (y_min + y_max) / 2)
+    half_width = max((x_max - x_min) / 2, (y_max - y_min) / 2, 1e-6)
+    model = fit_aberration_model(
+        centers_um, zernikes, stds, field_center_um=center, field_half_width_um=half_width, max_order=max_order
+    )
+    xs = np.linspace(x_min, x_max, grid)
+    ys = np.linspace(y_min, y_max, grid)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    coefficients = evaluate_model(model, xx, yy)
+    rms = wavefront_rms_rad(coefficients)
+    ratio = strehl(rms)
+    dominant = []
+    for r in range(grid):
+        dominant.append([
+            [d["noll"] for d in dominant_zernikes({j: float(c[r, k]) for j, c in coefficients.items()})]
+            for k in range(grid)
+        ])
+    tiles = []
+    for center_um, z in zip(centers_um, zernikes, strict=True):
+        clean = {int(j): float(v) for j, v in z.items()}
+        tiles.append({"center_um": [float(center_um[0]), float(center_um[1])], "zernike_rad": {
+            str(j): v for j, v in sorted(clean.items())}, **point_report(clean)})
+    at_center = point_report({j: float(c[grid // 2, grid // 2]) for j, c in coefficients.items()})
+    out: dict = {
+        "description": "field-dependent pupil of the objective (lens aberrations), from the tiles' own pupils "
+        "with the LED geometry held at the global calibration; Marechal: Strehl = exp(-rms_rad^2), "
+        f"diffraction-limited when Strehl >= {MARECHAL_STREHL}",
+        "model": model,
+        "map": {
+            "x_um": [float(v) for v in xs],
+            "y_um": [float(v) for v in ys],
+            "rms_rad": rms.tolist(),
+            "rms_waves": (rms / (2 * math.pi)).tolist(),
+            "strehl": ratio.tolist(),
+            "diffraction_limited": (ratio >= MARECHAL_STREHL).tolist(),
+            "dominant_noll": dominant,
+        },
+        "tiles": tiles,
+        "summary": {
+            "center": at_center,
+            "max_rms_rad": float(rms.max()),
+            "max_rms_waves": float(rms.max() / (2 * math.pi)),
+            "min_strehl": float(ratio.min()),
+            "diffraction_limited_fraction": float(np.mean(ratio >= MARECHAL_STREHL)),
+        },
+    }
+    if led_geometry is not None:
+        out["led_geometry"] = dict(led_geometry)
+    if wavelength_um is not None:
+        out["wavelength_um"] = float(wavelength_um)
+    return out
+
+
+def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Aberration map") -> Path:
+    """The lens-inspection picture (PNG): wavefront RMS (waves) with the Marechal contour, Strehl, the
+    dominant term's coefficient over the field, and the tiles' own values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    grid = aberrations["map"]
+    xs, ys = np.asarray(grid["x_um"]) / 1000, np.asarray(grid["y_um"]) / 1000
+    rms_waves = np.asarray(grid["rms_waves"])
+    ratio = np.asarray(grid["strehl"])
+    extent = (xs[0], xs[-1], ys[-1], ys[0])  # y grows downwards, as in the image
+    model = aberrations["model"]
+    yy, xx = np.meshgrid(np.asarray(grid["y_um"]), np.asarray(grid["x_um"]), indexing="ij")
+    coefficients = evaluate_model(model, xx, yy)
+    summary = aberrations["summary"]
+    main = summary["center"]["dominant"][0]["noll"] if summary["center"]["dominant"] else FIRST_ABERRATION
+    tiles = aberrations.get("tiles", [])
+    tx = [t["center_um"][0] / 1000 for t in tiles]
+    ty = [t["center_um"][1] / 1000 for t in tiles]
+
+    figure, axes = plt.subplots(1, 3, figsize=(13.5, 4.3))
+    panels = (
+        (rms_waves, "wavefront RMS (waves)", "viridis"),
+        (ratio, "Strehl (Marechal)", "magma"),
+        (coefficients.get(int(main), np.zeros_like(rms_waves)), f"Z{main} {zernike_name(main)} (rad)", "coolwarm"),
+    )
+    for axis, (values, label, cmap) in zip(axes, panels, strict=True):
+        image = axis.imshow(values, extent=extent, cmap=cmap, interpolation="bilinear")
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        axis.set_title(label)
+        axis.set_xlabel("x (mm)")
+        axis.set_ylabel("y (mm)")
+        axis.plot(tx, ty, "w+", markersize=6)
+    if ratio.min() < MARECHAL_STREHL <= ratio.max():
+        axes[1].contour(xs, ys, ratio, levels=[MARECHAL_STREHL], colors="cyan", linewidths=1.5)
+    geometry = aberrations.get("led_geometry")
+    subtitle = (
+        f"{title}: max RMS {summary['max_rms_waves']:.3f} waves, min Strehl {summary['min_strehl']:.2f}, "
+        f"{100 * summary['diffraction_limited_fraction']:.0f} % of the field diffraction-limited "
+        f"(Strehl >= {MARECHAL_STREHL}, cyan)"
+    )
+    if geometry:
+        subtitle += (
+            f"\nLED misalignment (global, not the lens): shift ({geometry.get('shift_x_mm', 0):.3f}, "
+            f"{geometry.get('shift_y_mm', 0):.3f}) mm, rotation {geometry.get('rotation_deg', 0):.3f} deg, "
+            f"height {geometry.get('height_mm', 0):.2f} mm"
+        )
+    figure.suptitle(subtitle, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path

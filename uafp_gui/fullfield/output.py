@@ -1,0 +1,274 @@
+"""A full-field reconstruction written as one result folder, whole or not at all.
+
+The folder (written by `io.result.write_result`, atomically, with a manifest of every file, the
+sub-folders' too):
+
+- `amplitude.tif`, `phase.tif`, `pupil.tif`, `calibration.json`: spec section 3 for the stitched
+  mosaic (the pupil of the tile nearest the field centre; the calibration is the global one: LED
+  geometry, frame gains, the field centre's Zernikes, and the field-dependent aberrations and
+  aberration map as extra keys),
+- `mosaic.ome.zarr` (multiscale OME-Zarr v0.5, opens in napari) and `mosaic.ome.tif` (pyramidal
+  OME-TIFF, Fiji/QuPath): amplitude and phase as two channels, physical pixel size in um,
+- `tiles/rRR_cCC/`: each tile's own spec-section-3 result; `tiles.json`: the tile table (grid place,
+  camera-pixel box, sample-plane centre, misfit, stop reason, seconds),
+- `aberration_map.png` when the calibration carries an aberration map.
+
+`write_finished_tiles` writes what a stopped run had finished (tiles/ and tiles.json, marked
+partial) so a Ctrl-C never loses finished work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from uafp_gui.io.calibration import CALIBRATION_FORMAT, Calibration, save_calibration
+from uafp_gui.io.ome import DEFAULT_MIN_SIZE, write_ome_tiff, write_ome_zarr
+from uafp_gui.io.result import write_folder_atomically, write_result
+
+if TYPE_CHECKING:
+    from uafp_gui.fullfield.pipeline import FullFieldResult
+    from uafp_gui.fullfield.tiles import Tile, TileResult
+
+__all__ = [
+    "ABERRATION_MAP",
+    "draw_aberration_picture",
+    "field_aberrations_of",
+    "MOSAIC_TIFF",
+    "MOSAIC_ZARR",
+    "TILES",
+    "TILE_TABLE",
+    "mosaic_calibration",
+    "tile_folder_name",
+    "write_finished_tiles",
+    "write_full_field",
+]
+
+MOSAIC_ZARR = "mosaic.ome.zarr"
+MOSAIC_TIFF = "mosaic.ome.tif"
+ABERRATION_MAP = "aberration_map.png"
+TILES = "tiles"
+TILE_TABLE = "tiles.json"
+ZARR_CHUNKS = (1, 1024, 1024)  # one channel, 4 MiB of float32: a viewer reads a large mosaic piece by piece
+PUPIL_STAND_IN_SIZE = 64
+_CALIBRATION_KEYS = (
+    "led_geometry",
+    "zernike_rad",
+    "frame_gain",
+    "led_positions_mm",
+    "object_pixel_um",
+    "final_loss",
+    "iterations",
+    "elapsed_s",
+    "source_dataset",
+    "software",
+)
+
+
+def plain(value: object) -> object:
+    """JSON-ready: numpy arrays and scalars as lists and numbers, tuples as lists, keys as strings, a
+    non-finite number as null (JSON has none; e.g. the spread of a value estimated from one tile)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        return plain(value.item())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    return value
+
+
+def _calibration(data: dict, pixel_um: float, source_dataset: str = "") -> Calibration:
+    data = dict(plain(dict(data)))  # type: ignore[call-overload]
+    if data.get("format") == CALIBRATION_FORMAT:
+        calibration = Calibration.from_dict(data)
+    else:
+        known = {key: data[key] for key in _CALIBRATION_KEYS if key in data}
+        extra = {k: v for k, v in data.items() if k not in known and k not in ("format", "version")}
+        calibration = Calibration(**known, extra=extra)
+    return dataclasses.replace(
+        calibration,
+        object_pixel_um=float(pixel_um),
+        source_dataset=calibration.source_dataset or source_dataset,
+    )
+
+
+def mosaic_calibration(result: FullFieldResult, source_dataset: str = "") -> Calibration:
+    """The full field's `Calibration` (global system + field-dependent extras) at the mosaic's pixel size."""
+    return _calibration(result.calibration, result.pixel_um, source_dataset)
+
+
+def tile_folder_name(tile: Tile) -> str:
+    return f"r{int(tile.grid_row):02d}_c{int(tile.grid_col):02d}"
+
+
+def _stand_in_pupil(zernike_rad: dict, size: int = PUPIL_STAND_IN_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The pupil drawn from Zernike coefficients on a unit-disk grid (when a tile carries no pupil array)."""
+    import torch
+
+    from uafp_gui.physics.zernike import zernike_basis
+
+    axis = torch.linspace(-1.0, 1.0, size, dtype=torch.float64)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    rho, phi = torch.hypot(x, y), torch.atan2(y, x)
+    inside = rho <= 1.0
+    phase = torch.zeros_like(rho)
+    indices = sorted(int(j) for j in zernike_rad)
+    if indices:
+        coefficients = torch.tensor([float(zernike_rad[j] if j in zernike_rad else zernike_rad[str(j)])
+                                     for j in indices], dtype=torch.float64)
+        phase = torch.einsum("j,jyx->yx", coefficients, zernike_basis(indices, rho, phi))
+    amplitude = inside.to(torch.float32).numpy()
+    return amplitude, (phase * inside).to(torch.float32).numpy()
+
+
+def _pupil_of(tile_result: TileResult | None, calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    pupil = getattr(tile_result, "pupil", None) if tile_result is not None else None
+    if pupil is not None:
+        pupil = np.asarray(pupil)
+        if np.iscomplexobj(pupil):
+            return np.abs(pupil).astype(np.float32), np.angle(pupil).astype(np.float32)
+        return pupil[0].astype(np.float32), pupil[1].astype(np.float32)
+    return _stand_in_pupil(calibration.zernike_rad)
+
+
+def _centre_tile(tiles: Sequence[TileResult]) -> TileResult | None:
+    if not tiles:
+        return None
+    return min(tiles, key=lambda t: math.hypot(*t.tile.center_um))
+
+
+def tile_table(tiles: Sequence[TileResult], *, planned: int | None = None) -> dict:
+    rows = []
+    for result in sorted(tiles, key=lambda r: r.tile.index):
+        tile = result.tile
+        rows.append(
+            {
+                "index": int(tile.index),
+                "folder": f"{TILES}/{tile_folder_name(tile)}",
+                "grid_row": int(tile.grid_row),
+                "grid_col": int(tile.grid_col),
+                "y0": int(tile.y0),
+                "x0": int(tile.x0),
+                "height": int(tile.height),
+                "width": int(tile.width),
+                "center_um": [float(c) for c in tile.center_um],
+                "data_misfit": float(result.data_misfit),
+                "stop_reason": str(result.stop_reason),
+                "wall_s": float(result.wall_s),
+            }
+        )
+    table: dict[str, object] = {"format": "uafp-tiles", "version": 1, "tiles": rows}
+    if planned is not None:
+        table["planned"] = int(planned)
+        table["partial"] = len(rows) < planned
+    return table
+
+
+def _write_tiles(folder: Path, tiles: Sequence[TileResult], pixel_um: float, source_dataset: str) -> None:
+    folder.mkdir()
+    for result in tiles:
+        calibration = _calibration(result.calibration, pixel_um, source_dataset)
+        pupil_amplitude, pupil_phase = _pupil_of(result, calibration)
+        write_result(
+            folder / tile_folder_name(result.tile),
+            result.amplitude,
+            result.phase,
+            pupil_amplitude,
+            pupil_phase,
+            calibration,
+        )
+
+
+def _json_writer(data: dict) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(json.dumps(plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+    return write
+
+
+def field_aberrations_of(calibration: dict) -> dict | None:
+    """The calibration's field-dependent aberrations (model, map, summary), when it has a map."""
+    aberrations = calibration.get("field_aberrations")
+    return aberrations if isinstance(aberrations, dict) and aberrations.get("map") else None
+
+
+def draw_aberration_picture(calibration: dict, path: str | os.PathLike[str]) -> Path | None:
+    """aberration_map.png from a full-field calibration (None when it has no map)."""
+    from uafp_gui.fullfield.aberration import draw_aberration_map
+
+    aberrations = field_aberrations_of(calibration)
+    if aberrations is None:
+        return None
+    return draw_aberration_map(aberrations, Path(path))
+
+
+def write_full_field(
+    folder: str | os.PathLike[str],
+    result: FullFieldResult,
+    *,
+    source_dataset: str = "",
+    min_size: int = DEFAULT_MIN_SIZE,
+    zarr_chunks: tuple[int, ...] = ZARR_CHUNKS,
+) -> Path:
+    """Write a `FullFieldResult` as the result folder described in the module docstring; returns it."""
+    folder = Path(folder)
+    calibration = mosaic_calibration(result, source_dataset)
+    calibration_dict = calibration.to_dict()
+    pixel_um = float(result.pixel_um)
+    amplitude = np.asarray(result.amplitude, dtype=np.float32)
+    phase = np.asarray(result.phase, dtype=np.float32)
+    stack = np.stack([amplitude, phase])
+    name = f"{Path(source_dataset).stem or folder.name} (uafp full field)"
+    pupil_amplitude, pupil_phase = _pupil_of(_centre_tile(result.tiles), calibration)
+
+    def zarr(path: Path) -> None:
+        write_ome_zarr(path, stack, pixel_um, name=name, attributes={"calibration": calibration_dict},
+                       min_size=min_size, chunks=zarr_chunks)
+
+    def tiff(path: Path) -> None:
+        description = json.dumps({"calibration": calibration_dict}, allow_nan=False)
+        write_ome_tiff(path, stack, pixel_um, name=name, description=description, min_size=min_size)
+
+    extra_files: dict[str, Callable[[Path], object]] = {
+        TILE_TABLE: _json_writer(tile_table(result.tiles, planned=len(result.tiles))),
+        TILES: lambda path: _write_tiles(path, result.tiles, pixel_um, source_dataset),
+        MOSAIC_ZARR: zarr,
+        MOSAIC_TIFF: tiff,
+    }
+    if field_aberrations_of(calibration_dict) is not None:
+        extra_files[ABERRATION_MAP] = lambda path: draw_aberration_picture(calibration_dict, path)
+    return write_result(folder, amplitude, phase, pupil_amplitude, pupil_phase, calibration, extra_files=extra_files)
+
+
+def write_finished_tiles(
+    folder: str | os.PathLike[str],
+    tiles: Sequence[TileResult],
+    pixel_um: float,
+    *,
+    planned: int,
+    calibration: dict | None = None,
+    source_dataset: str = "",
+) -> Path:
+    """A stopped run's finished tiles: `tiles/`, `tiles.json` (partial, with the planned count) and,
+    when known, the shared `calibration.json`; atomically like a whole result."""
+
+    def write(staging: Path) -> None:
+        _write_tiles(staging / TILES, tiles, pixel_um, source_dataset)
+        _json_writer(tile_table(tiles, planned=planned))(staging / TILE_TABLE)
+        if calibration is not None:
+            save_calibration(staging / "calibration.json", _calibration(calibration, pixel_um, source_dataset))
+
+    return write_folder_atomically(folder, write)

@@ -1,0 +1,250 @@
+"""The whole field of view: calibrate once, reconstruct every tile, fit the lens's aberrations, stitch.
+
+`reconstruct_full_field` runs in stages, each a batch of `TileTask`s handed to an executor
+(`run_tasks`: `run_serially` here; local-parallel and Dask ones in `fullfield.execute`):
+
+1. calibration: the best-conditioned tiles (`calibrate.choose_calibration_tiles`) self-calibrate with
+   the engine's normal run; their LED geometries and gains are combined into one calibration;
+2. tiles: every tile runs with that geometry and those gains held fixed and its own pupil free;
+3. the tiles' pupils give the field-dependent aberration model and map (`aberration`), the tiles are
+   aligned and blended into amplitude and phase mosaics (`stitch`).
+
+`reconstruct_tile` is the one task function: top-level and with picklable arguments, it reads only
+its tile's region of the raw stack (`region.read_region`), so a worker never holds the whole stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from uafp_gui.fullfield.aberration import field_aberrations
+from uafp_gui.fullfield.calibrate import (
+    choose_calibration_tiles,
+    combine_calibrations,
+    fixed_system_settings,
+    tile_start_calibration,
+)
+from uafp_gui.fullfield.region import field_info, read_region
+from uafp_gui.fullfield.stitch import stitch
+from uafp_gui.fullfield.tiles import Tile, TileResult, plan_tiles
+from uafp_gui.io.calibration import Calibration
+from uafp_gui.recon.settings import UafpSettings
+
+DEFAULT_CALIBRATION_TILES = 3
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """One tile's work, picklable: the dataset's path (the worker reads its region), the tile, the engine's
+    settings as plain values, and the shared calibration to start from (or hold fixed), if any."""
+
+    dataset_path: str
+    tile: Tile
+    settings: dict
+    calibration: dict | None = None
+
+
+RunTasks = Callable[
+    [Callable[[TileTask], TileResult], Sequence[TileTask], Callable[[int, TileResult], None]], list[TileResult]
+]
+
+
+@dataclass(frozen=True)
+class FullFieldProgress:
+    """Where a full-field run is: `stage` "calibration" | "tiles" | "stitching" | "done"; `done` of `total`
+    tasks of that stage; the tile just finished and its result (the GUI fills the mosaic from it)."""
+
+    stage: str
+    done: int
+    total: int
+    tile: Tile | None = None
+    result: TileResult | None = None
+    message: str = ""
+
+
+@dataclass
+class FullFieldResult:
+    """The stitched field and everything it came from."""
+
+    amplitude: np.ndarray  # float32 (H * upsample, W * upsample)
+    phase: np.ndarray  # float32, radians (wrapped)
+    pixel_um: float  # mosaic pixel size in the sample plane
+    tiles: list[TileResult]
+    calibration: dict  # global geometry + gains, `field_aberrations`, `fullfield` (tiling, stitching)
+    calibration_tiles: list[TileResult] = field(default_factory=list)  # the stage-1 runs
+    frame_shape: tuple[int, int] = (0, 0)
+    upsample: int = 1
+    dataset_path: str = ""
+
+
+def settings_to_dict(settings: UafpSettings) -> dict:
+    """`UafpSettings` as plain values (enums as their strings): what a `TileTask` carries."""
+    out = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        out[item.name] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+def run_serially(
+    fn: Callable[[TileTask], TileResult], tasks: Sequence[TileTask], on_done: Callable[[int, TileResult], None]
+) -> list[TileResult]:
+    """The plain executor: one task after the other in this process."""
+    results = []
+    for position, task in enumerate(tasks):
+        result = fn(task)
+        on_done(position, result)
+        results.append(result)
+    return results
+
+
+def reconstruct_tile(task: TileTask) -> TileResult:
+    """Reconstruct one tile: its region of the raw frames, the engine's run, numpy results only."""
+    from uafp_gui.recon.uafp import UafpReconstruction
+
+    started = time.perf_counter()
+    frames, meta = read_region(task.dataset_path, task.tile)
+    settings = UafpSettings(**task.settings)
+    calibration = Calibration.from_dict(task.calibration) if task.calibration is not None else None
+    recon = UafpReconstruction(
+        meta, frames.shape[1:], settings, calibration, source_dataset=Path(task.dataset_path).name
+    )
+    recon.add_frames(frames, 0)
+    for _ in recon.run():
+        pass
+    result = recon.result()
+    data = result.calibration().to_dict()
+    data["tile"] = {"index": task.tile.index, "y0": task.tile.y0, "x0": task.tile.x0, "height": task.tile.height,
+                    "width": task.tile.width, "center_um": list(task.tile.center_um)}
+    return TileResult(
+        tile=task.tile,
+        amplitude=np.abs(result.object_field).astype(np.float32),
+        phase=np.angle(result.object_field).astype(np.float32),
+        calibration=data,
+        data_misfit=float(result.extra.get("data_misfit", float("nan"))),
+        stop_reason=str(recon.stop_reason),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _zernike_of(result: TileResult) -> dict[int, float]:
+    return {int(j): float(v) for j, v in result.calibration.get("zernike_rad", {}).items()}
+
+
+def _zernike_std_of(result: TileResult) -> dict[int, float | None]:
+    return {int(j): v for j, v in (result.calibration.get("zernike_rad_std") or {}).items()}
+
+
+def reconstruct_full_field(
+    dataset_path: str | os.PathLike[str],
+    *,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    settings: UafpSettings = UafpSettings(),
+    run_tasks: RunTasks = run_serially,
+    progress: Callable[[FullFieldProgress], None] | None = None,
+    calibration_tiles: int = DEFAULT_CALIBRATION_TILES,
+    calibration: Calibration | dict | None = None,
+    aberration_order: int = 2,
+) -> FullFieldResult:
+    """Reconstruct the whole field of a dataset (module docstring).
+
+    `calibration_tiles`: how many tiles self-calibrate the LED geometry and gains (stage 1);
+    `calibration`: a known calibration (e.g. a previous field's), which skips stage 1.
+    """
+    dataset_path = str(dataset_path)
+    info = field_info(dataset_path)
+    meta = info.meta
+    tiles = plan_tiles(info.frame_shape, meta, tile_size, overlap)
+    report = progress or (lambda _p: None)
+    base = settings_to_dict(settings)
+
+    def on_done_for(stage: str, batch: Sequence[TileTask]) -> Callable[[int, TileResult], None]:
+        count = [0]
+
+        def on_done(position: int, result: TileResult) -> None:
+            count[0] += 1
+            report(FullFieldProgress(stage, count[0], len(batch), batch[position].tile, result))
+
+        return on_done
+
+    calibration_results: list[TileResult] = []
+    if calibration is None:
+        chosen = choose_calibration_tiles(tiles, meta, calibration_tiles)
+        batch = [TileTask(dataset_path, tiles[k], base, None) for k in chosen]
+        report(FullFieldProgress("calibration", 0, len(batch), message=f"self-calibrating on tiles {chosen}"))
+        calibration_results = run_tasks(reconstruct_tile, batch, on_done_for("calibration", batch))
+        shared = combine_calibrations(calibration_results)
+    else:
+        shared = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+
+    fixed = settings_to_dict(fixed_system_settings(settings))
+    start = tile_start_calibration(shared)
+    batch = [TileTask(dataset_path, tile, fixed, start) for tile in tiles]
+    report(FullFieldProgress("tiles", 0, len(batch), message=f"{len(batch)} tiles, geometry and gains fixed"))
+    results = run_tasks(reconstruct_tile, batch, on_done_for("tiles", batch))
+
+    report(FullFieldProgress("stitching", 0, 1, message="aberration model and mosaic"))
+    upsample = int(settings.upsample)
+    amplitude, phase, alignment = stitch(
+        tiles, [r.amplitude for r in results], [r.phase for r in results], info.frame_shape, upsample
+    )
+    pixel_um = meta.camera_pixel_um / meta.magnification
+    rows, cols = info.frame_shape
+    cx, cy = meta.tile_center_um
+    extent = (cx - cols / 2 * pixel_um, cx + cols / 2 * pixel_um, cy - rows / 2 * pixel_um, cy + rows / 2 * pixel_um)
+    aberrations = field_aberrations(
+        [r.tile.center_um for r in results],
+        [_zernike_of(r) for r in results],
+        [_zernike_std_of(r) for r in results],
+        field_extent_um=extent,
+        led_geometry=shared.led_geometry.to_dict(),
+        wavelength_um=meta.wavelength_um,
+        max_order=aberration_order,
+    )
+    out = shared.to_dict()
+    out["object_pixel_um"] = pixel_um / upsample
+    out["field_aberrations"] = aberrations
+    out["fullfield"] = {
+        "frame_shape": [int(rows), int(cols)],
+        "tile_size": [tiles[0].height, tiles[0].width],
+        "tiles": [dataclasses.asdict(t) for t in tiles],
+        "calibration_tiles": [r.tile.index for r in calibration_results],
+        "calibration_given": calibration is not None,
+        "stitching": {
+            "reference_tile": int(alignment.reference),
+            "phase_offset_rad": [float(v) for v in alignment.offset_rad],
+            "phase_ramp_rad_per_px": [[float(a), float(b)] for a, b in alignment.ramp_rad_per_px],
+            "amplitude_scale": [float(v) for v in alignment.amplitude_scale],
+            "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
+        },
+        "tile_stop_reasons": [r.stop_reason for r in results],
+        "tile_data_misfit": [r.data_misfit for r in results],
+        "tile_wall_s": [r.wall_s for r in results],
+    }
+    report(FullFieldProgress("done", 1, 1))
+    return FullFieldResult(
+        amplitude=amplitude,
+        phase=phase,
+        pixel_um=pixel_um / upsample,
+        tiles=list(results),
+        calibration=out,
+        calibration_tiles=list(calibration_results),
+        frame_shape=(int(rows), int(cols)),
+        upsample=upsample,
+        dataset_path=dataset_path,
+    )
+
+
+__all__ = [
+    "FullFieldProgress", "FullFieldResult", "RunTasks", "TileTask", "reconstruct_full_field", "reconstruct_tile",
+    "run_serially", "settings_to_dict",
+]
