@@ -8,7 +8,8 @@ engine's forward model), then reconstructed twice in the same process, on the sa
 - plain EPRY (`uafp_gui.recon.classic`, its defaults), the baseline of the issue.
 
 Printed per case: the UA-FP wall time of the whole call (start fit and search included) and its
-split, seconds per iteration (median over the iterations at the full illumination NA), the ratio
+split (start, iterations with their Gauss-Newton geometry steps, polish, error bars), seconds per
+iteration (median over the iterations at the full illumination NA), the ratio
 of one iteration to the FFTs it must do (every frame forward and back per phase at the
 pixel-integration size, plus the object's FFT, measured in the same process: the floor; a ratio
 is comparable between runs, a time is not on a shared CPU), the time and iteration at which the
@@ -42,7 +43,8 @@ import refsim  # noqa: E402
 from uafp_gui.metrics import score  # noqa: E402
 from uafp_gui.recon.classic import ClassicSettings, ClassicSolver  # noqa: E402
 from uafp_gui.recon.common import resolve_device  # noqa: E402
-from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings  # noqa: E402
+from uafp_gui.recon.start import PHASE_START_GEOMETRY, PHASE_START_SEARCH  # noqa: E402
+from uafp_gui.recon.uafp import PHASE_ERROR_BARS, PHASE_POLISH, UafpReconstruction, UafpSettings  # noqa: E402
 
 CASES = {
     "misaligned": (refsim.MISALIGNED, 4),
@@ -73,16 +75,30 @@ def fft_floor_s(frames: int, frame_size: int, pixel_integration: int, object_siz
 
 def run_uafp(dataset, truth, settings: UafpSettings, device) -> dict:
     recon = UafpReconstruction.from_dataset(dataset, settings)
-    start_end = [time.perf_counter()]
-    recon.on_phase = lambda phase, done, total: start_end.__setitem__(0, time.perf_counter())
+    phases: dict[str, list[float]] = {}  # phase -> perf_counter of its first and last report (`on_phase`)
+    recon.on_phase = lambda phase, done, total: phases.setdefault(phase, []).append(time.perf_counter())
+    newton = [0.0]  # seconds in the in-run Gauss-Newton geometry steps
+    step = recon.geometry_newton_step
+
+    def timed_step() -> int:
+        began = time.perf_counter()
+        try:
+            return step()
+        finally:
+            newton[0] += time.perf_counter() - began
+
+    recon.geometry_newton_step = timed_step
     times, psnrs, scoring = [], [], 0.0
     began = last = time.perf_counter()
-    start_end[0] = began
+
+    def start_end() -> float:
+        return max((phases[p][-1] for p in (PHASE_START_GEOMETRY, PHASE_START_SEARCH) if p in phases), default=began)
+
     for update in recon.run():
         if device.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()
-        times.append(now - max(last, start_end[0]))
+        times.append(now - max(last, start_end()))
         obj = recon.object.detach().cpu().numpy()
         psnrs.append(score(truth, obj.astype(complex)).amplitude_psnr_db)
         print(f"  iteration {update.iteration:3d}  {now - began - scoring:6.1f} s  loss {update.loss:.3e}  "
@@ -90,23 +106,34 @@ def run_uafp(dataset, truth, settings: UafpSettings, device) -> dict:
         last = time.perf_counter()
         scoring += last - now
     ended = time.perf_counter()
-    result = recon.result()  # the engine's end of run (error bars) counts: it is part of the call
+    result = recon.result()  # the engine's end of run counts: it is part of the call (error bars when not done in it)
     wall = time.perf_counter() - began - scoring
     result_s = time.perf_counter() - ended
+    # The last update comes after the polish and the error bars (the run's last phases, see `on_phase`).
+    polish_s = error_bars_s = 0.0
+    if PHASE_POLISH in phases:
+        polish_s = phases.get(PHASE_ERROR_BARS, [ended])[0] - phases[PHASE_POLISH][0]
+    if PHASE_ERROR_BARS in phases:
+        error_bars_s = phases[PHASE_ERROR_BARS][-1] - phases[PHASE_ERROR_BARS][0]
+    if times:  # the last iteration's own time, without its polish and error bars
+        times[-1] -= polish_s + error_bars_s
     final = psnrs[-1]
     reached = next(i for i, p in enumerate(psnrs) if p >= final - 0.5)
     full_na = times[len(times) // 2 :] if len(times) >= 4 else times
     return {
         "wall_s": wall,
-        "start_s": start_end[0] - began,
+        "start_s": start_end() - began,
         "result_s": result_s,
+        "polish_s": polish_s,
+        "error_bars_s": error_bars_s,
+        "newton_s": newton[0],
         "iterations": len(psnrs),
         "stop_reason": result.extra.get("stop_reason"),
         "per_iteration_s": float(np.median(full_na)),
         "psnr_db": final,
         "psnr_final_from_result": score(truth, result.object_field.astype(complex)).amplitude_psnr_db,
         "reached_iteration": reached + 1,
-        "reached_s": (start_end[0] - began) + float(np.sum(times[: reached + 1])),
+        "reached_s": (start_end() - began) + float(np.sum(times[: reached + 1])),
         "geometry": recon.model.system.led_geometry(),
     }
 
@@ -138,10 +165,11 @@ def bench_case(name: str, device, iterations: int | None, seed: int) -> None:
     floor = 0.5 * (floor_before + floor_after)
     g = uafp["geometry"]
     print(f"-- {name}: {frames} x {size} px -> {size * upsample} px on {describe(device)}")
-    iterating = uafp["wall_s"] - uafp["start_s"] - uafp["result_s"]
+    iterating = uafp["wall_s"] - uafp["start_s"] - uafp["result_s"] - uafp["polish_s"] - uafp["error_bars_s"]
     print(f"UA-FP wall time (whole call): {uafp['wall_s']:.1f} s = start fit/search {uafp['start_s']:.1f} s "
-          f"+ {uafp['iterations']} iterations {iterating:.1f} s (stop: {uafp['stop_reason']}) "
-          f"+ result with error bars {uafp['result_s']:.1f} s")
+          f"+ {uafp['iterations']} iterations {iterating:.1f} s (stop: {uafp['stop_reason']}; of which Gauss-Newton "
+          f"geometry steps {uafp['newton_s']:.1f} s) + polish {uafp['polish_s']:.1f} s + error bars "
+          f"{uafp['error_bars_s']:.1f} s + result {uafp['result_s']:.1f} s")
     print(f"seconds per iteration (median, full NA): {uafp['per_iteration_s']:.3f}")
     print(f"FFT floor per iteration: {floor:.3f} s (before {floor_before:.3f}, after {floor_after:.3f}); "
           f"iteration / floor = {uafp['per_iteration_s'] / floor:.2f}x")

@@ -503,6 +503,41 @@ def test_kept_illumination_frequencies_follow_every_change_of_the_geometry():
     assert model.illumination_frequencies().requires_grad
 
 
+def test_kept_pupils_are_the_computed_ones_and_follow_every_change_of_the_system():
+    """While the system takes no gradient the model keeps each entry's crop and shifted pupil (computed
+    once per entry, not per batch): the same numbers as computing them, after any change of what they
+    depend on (geometry, Zernikes, the pupil maps), and never kept when the system takes a gradient."""
+    from uafp_gui.physics import forward
+
+    model = make_model(make_setup([(1, 2), (0, -3), (2, 0)]))
+    spectrum = spectrum_of(torch.as_tensor(np.exp(0.3j * np.random.default_rng(4).normal(size=(FINE, FINE)))))
+    system = model.system
+
+    def computed(entries: torch.Tensor) -> torch.Tensor:
+        kept, forward.KEPT_PUPILS_BYTES = forward.KEPT_PUPILS_BYTES, 0
+        try:
+            return model.field_spectra(spectrum, entries)
+        finally:
+            forward.KEPT_PUPILS_BYTES = kept
+
+    def check(*batches) -> None:
+        for entries in batches:
+            assert torch.equal(model.field_spectra(spectrum, torch.tensor(entries)), computed(torch.tensor(entries)))
+
+    with torch.no_grad():
+        check([0, 2], [1], [2, 1, 0])
+        assert model.__dict__["_pupil_cache"][1].all()  # every entry kept once seen
+        system.zernike_rad[4] += 0.5
+        check([2], [0, 1])
+        system.rotation_deg.data = system.rotation_deg.data + 3.0
+        check([1, 2])
+        system.log_pupil_amplitude[3, 4] = 0.2
+        system.freeform_phase[5, 5] = -0.4
+        check([0], [0, 1, 2])
+    system.requires_grad_(True)  # a gradient wanted: computed, with its graph
+    assert model.field_spectra(spectrum, torch.tensor([0, 1])).requires_grad
+
+
 def test_gain_and_background_enter_linearly():
     rng = np.random.default_rng(21)
     obj = np.exp(0.5j * rng.normal(size=(FINE, FINE)))

@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
+from uafp_gui.recon.choices import StopReason
 from uafp_gui.recon.start import PHASE_START_GEOMETRY, PHASE_START_SEARCH
-from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
+from uafp_gui.recon.uafp import PHASE_ERROR_BARS, PHASE_POLISH, UafpReconstruction, UafpSettings
 from uafp_gui.simulate import PRESETS, simulate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -90,3 +92,55 @@ def test_cli_bars_start_with_their_phase(capsys):
         for iteration in (11, 12, 13):  # a continued run: 10 iterations were made before
             progress.iteration(SimpleNamespace(iteration=iteration, loss=0.1))
         assert progress.phase == "UA-FP" and progress.bar.n == 3 and progress.bar.total == 3
+    with PhaseProgress(3) as progress:  # the last iteration's polish and error bars come before its update
+        progress.iteration(SimpleNamespace(iteration=1, loss=0.1))
+        progress.iteration(SimpleNamespace(iteration=2, loss=0.1))
+        progress.on_phase(PHASE_POLISH, 0, 8)
+        progress.on_phase(PHASE_POLISH, 8, 8)
+        assert progress.bar.unit == "batch"
+        progress.on_phase(PHASE_ERROR_BARS, 4, 4)
+        progress.iteration(SimpleNamespace(iteration=3, loss=0.1))
+        assert progress.phase == "UA-FP" and progress.bar.n == 3
+
+
+@pytest.mark.slow  # numerical run: the slow lane
+@pytest.mark.parametrize("phase", [PHASE_POLISH, PHASE_ERROR_BARS])
+def test_polish_and_error_bars_report_progress_and_stop_between_batches(small_misaligned, phase):
+    """After the last iteration the Gauss-Newton polish and the error bars report their progress as
+    phases; a Stop during either ends the run cancelled at the last iteration's state, without error bars."""
+    settings = UafpSettings(upsample=2, iterations=3, init_geometry_from_data=False, polish_steps=1,
+                            convergence_window=0)
+    recon = UafpReconstruction.from_dataset(small_misaligned, settings)
+    cancel = threading.Event()
+    seen: list[tuple[str, int, int]] = []
+
+    def on_phase(name: str, done: int, total: int) -> None:
+        seen.append((name, done, total))
+        if name == phase and done == 1:
+            cancel.set()  # Stop during the second batch
+
+    recon.on_phase = on_phase
+    updates = list(recon.run(cancel=cancel))
+    assert seen[0][:2] == (PHASE_POLISH, 0) and seen[-1][:2] == (phase, 1)
+    assert all(total == seen[0][2] > 1 for name, _, total in seen if name == PHASE_POLISH)
+    assert recon.stop_reason is StopReason.CANCELLED and updates[-1].stop_reason is StopReason.CANCELLED
+    assert recon.iteration == 3 and torch.equal(recon.object.detach(), recon._last_good["object"])
+    assert recon.calibration_uncertainty() is None and "led_geometry_std" not in recon.result().extra
+
+
+@pytest.mark.slow  # numerical run: the slow lane
+def test_a_run_to_its_end_reports_polish_and_error_bars_once(small_misaligned):
+    settings = UafpSettings(upsample=2, iterations=3, init_geometry_from_data=False, polish_steps=1,
+                            convergence_window=0)
+    recon = UafpReconstruction.from_dataset(small_misaligned, settings)
+    seen: list[tuple[str, int, int]] = []
+    recon.on_phase = lambda name, done, total: seen.append((name, done, total))
+    list(recon.run())
+    polish = [entry for entry in seen if entry[0] == PHASE_POLISH]
+    bars = [entry for entry in seen if entry[0] == PHASE_ERROR_BARS]
+    assert polish[-1][1] == polish[-1][2] and [done for _, done, _ in polish] == sorted(done for _, done, _ in polish)
+    # the error bars: computed in the run once (their own pass, or the polish's last pass when its step was dropped)
+    assert (bars and bars[-1][1] == bars[-1][2]) or recon.polished_steps == 0
+    assert recon._uncertainty is not None and recon._uncertainty[0] == 3
+    before = len(seen)
+    assert "led_geometry_std" in recon.result().extra and len(seen) == before  # result() reuses them

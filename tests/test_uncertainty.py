@@ -3,17 +3,20 @@ reported as undetermined, and covering the truth."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from factories import TINY_CASE, dataset_of
 from factories import TINY_SETTINGS as BASE_TINY_SETTINGS
 
 from uafp_gui.cli import main
 from uafp_gui.io.result import read_result
+from uafp_gui.physics.forward import spectrum_of
 from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
 from uafp_gui.recon.uncertainty import GEOMETRY, INFLATION, calibration_uncertainty, format_value
 from uafp_gui.simulate import PRESETS, simulate, write_simulation
@@ -40,6 +43,37 @@ def test_a_single_on_axis_led_leaves_the_led_geometry_undetermined():
     fields = uncertainty.to_calibration_fields()
     assert fields["led_geometry_std"]["rotation_deg"] is None and "rotation_deg" in fields["undetermined"]
     json.dumps(fields, allow_nan=False)  # undetermined is null, never NaN, in calibration.json
+
+
+def test_the_geometry_columns_are_derivatives_of_the_whole_forward_model():
+    """The Jacobian's geometry columns (analytic: through each LED's sub-pixel pupil remainder) against
+    central differences of the whole forward model, with steps small enough to miss the soft pupil
+    support's kinks: J^T r for each geometry parameter is d(|r|^2 / 2)/d parameter."""
+    simulation = simulate(replace(PRESETS["misaligned"], frame_size=32, led_grid=3), device="cpu")
+    settings = UafpSettings(upsample=2, iterations=2, device="cpu", init_geometry_from_data=False,
+                            polish_steps=0, geometry_newton_steps=0, uncertainty=False)
+    recon = UafpReconstruction.from_dataset(dataset_of(simulation), settings)
+    list(recon.run())
+    uncertainty = calibration_uncertainty(recon, system_names=GEOMETRY, spectral_modes=False, gains=False)
+    names, gradient = uncertainty.extra["layout"][0], uncertainty.extra["gradient"]
+    model = copy.deepcopy(recon.model).double().requires_grad_(False)
+    spectrum = spectrum_of(recon.object.detach().to(torch.complex128))
+    measured = torch.sqrt(recon.measurements.double() / recon.scale)
+
+    def half_misfit() -> float:
+        amplitude = torch.sqrt(model(spectrum).clamp(min=0) + 1e-8)
+        return 0.5 * float((amplitude - measured).square().sum())
+
+    assert names == list(GEOMETRY)
+    for i, name in enumerate(names):
+        parameter, h = getattr(model.system, name), 1e-5
+        original = parameter.detach().clone()
+        parameter.data = original + h
+        plus = half_misfit()
+        parameter.data = original - h
+        minus = half_misfit()
+        parameter.data = original
+        assert gradient[i] == pytest.approx((plus - minus) / (2 * h), rel=1e-4, abs=1e-9), name
 
 
 @pytest.mark.slow  # numerical run: the slow lane

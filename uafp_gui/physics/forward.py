@@ -21,6 +21,8 @@ from uafp_gui.physics.geometry import illumination_frequencies
 from uafp_gui.physics.zernike import MAX_NOLL_INDEX, zernike_basis
 
 LedList = tuple[tuple[float, float], ...]
+# Memory for the per-entry pupils kept while the system is a constant (`ForwardModel._kept_pupils`).
+KEPT_PUPILS_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -398,11 +400,56 @@ class ForwardModel(torch.nn.Module):
 
     def field_spectra(self, object_spectrum: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
         """(E, H, W) centred spectra of the low-resolution fields, one per entry."""
-        frequencies = self.illumination_frequencies()[self.entry_led[entries]]
-        whole_y, whole_x, remainder = self.crop_plan(frequencies)
-        index_y, index_x = self.crop_indices(whole_y, whole_x)
+        kept = self._kept_pupils(entries)
+        if kept is not None:
+            index_y, index_x, pupils = kept
+        else:
+            frequencies = self.illumination_frequencies()[self.entry_led[entries]]
+            whole_y, whole_x, remainder = self.crop_plan(frequencies)
+            index_y, index_x = self.crop_indices(whole_y, whole_x)
+            pupils = self.shifted_pupils(remainder)
         crops = object_spectrum[index_y[:, :, None], index_x[:, None, :]]
-        return crops * self.shifted_pupils(remainder)
+        return crops * pupils
+
+    def _kept_pupils(self, entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The entries' crop indices and shifted pupils, kept per entry while the system is a constant (no
+        gradient wanted, parameters unchanged: every mini-batch of the object phase, the misfit of all
+        frames), so each entry's pupil is interpolated once, not once per batch. None when the system
+        takes a gradient, or when the kept pupils of all entries would exceed `KEPT_PUPILS_BYTES`."""
+        s = self.system
+        inputs = (s.shift_x_mm, s.shift_y_mm, s.rotation_deg, s.height_mm, s.led_offsets_mm, s.zernike_rad,
+                  s.freeform_phase, s.log_pupil_amplitude)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in inputs):
+            return None
+        rows, cols = self.setup.frame_shape
+        n_entries = self.entry_frame.numel()
+        complex_type = torch.complex64 if self.grid_fx.dtype == torch.float32 else torch.complex128
+        if n_entries * rows * cols * complex_type.itemsize > KEPT_PUPILS_BYTES:
+            return None
+        kept = self.__dict__.get("_pupil_cache")
+        if kept is None or not all(
+            a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(kept[0], inputs, strict=True)
+        ):
+            kept = (
+                tuple(p.detach().clone() for p in inputs),
+                torch.zeros(n_entries, dtype=torch.bool, device=self.device),  # computed yet
+                torch.empty(n_entries, rows, cols, dtype=complex_type, device=self.device),
+                torch.empty(n_entries, rows, dtype=torch.long, device=self.device),
+                torch.empty(n_entries, cols, dtype=torch.long, device=self.device),
+            )
+            self._pupil_cache = kept
+        _, computed, pupils, index_y, index_x = kept
+        entries = entries.to(self.device)
+        missing = entries[~computed[entries]]
+        if missing.numel():
+            with torch.no_grad():
+                frequencies = self.illumination_frequencies()[self.entry_led[missing]]
+                whole_y, whole_x, remainder = self.crop_plan(frequencies)
+                index_y[missing], index_x[missing] = self.crop_indices(whole_y, whole_x)
+                pupils[missing] = self.shifted_pupils(remainder)
+                computed[missing] = True
+        return index_y[entries], index_x[entries], pupils[entries]
 
     def intensity_of(self, spectra: torch.Tensor) -> torch.Tensor:
         """|field|^2 on the camera grid, integrated over each pixel when enabled.

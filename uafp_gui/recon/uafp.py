@@ -50,6 +50,10 @@ from uafp_gui.recon.state import load_state, save_state
 if TYPE_CHECKING:
     from uafp_gui.recon.selfcal import CircleFit, RimFit  # scipy: imported when a start is fitted
 
+# Phases a run reports through `on_phase(phase, done, total)` after its last iteration (the start's: `recon.start`).
+PHASE_POLISH = "polishing the calibration"
+PHASE_ERROR_BARS = "computing the error bars"
+
 # The engine's short names for the reasons.
 STOP_COMPLETED, STOP_CONVERGED, STOP_CANCELLED = StopReason.COMPLETED, StopReason.CONVERGED, StopReason.CANCELLED
 STOP_INTERRUPTED, STOP_DIVERGED = StopReason.INTERRUPTED, StopReason.DIVERGED
@@ -508,7 +512,8 @@ class UafpReconstruction:
             self.object.copy_(snapshot["object"])
         self.model.system.load_state_dict(snapshot["system"])
         for name, state in snapshot["optimisers"].items():
-            self.optimisers[name].load_state_dict(state)
+            # a copy: the optimiser takes the state's tensors as its own and steps them in place
+            self.optimisers[name].load_state_dict(copy.deepcopy(state))
 
     # ------------------------------------------------------------------- run
     def run(
@@ -616,15 +621,15 @@ class UafpReconstruction:
             converged = not rolled_back and self._converged()
             if done % self.settings.update_every == 0 or done == target or converged:
                 if converged or done == target:
-                    if (converged or self.iteration >= self.settings.iterations) and self.settings.polish_steps > 0:
-                        self.polish()
-                    if converged:
-                        self._end(STOP_CONVERGED, self._convergence_detail())
-                    else:
-                        self._end(STOP_COMPLETED)
+                    try:
+                        self._finish(converged)
+                    except Cancelled:  # Stop while polishing or computing the error bars: the last iteration's state
+                        self._restore_last_good()
+                        self._end(STOP_CANCELLED, f"stopped after iteration {self.iteration}, before its polish "
+                                  "and error bars")
                 last_yielded = done
                 yield self.update(rolled_back)
-                if converged:
+                if converged or self.stop_reason is STOP_CANCELLED:
                     return
         if self.stop_reason is None:
             if done < target:
@@ -668,6 +673,20 @@ class UafpReconstruction:
         self._restore_last_good()
         self._end(STOP_INTERRUPTED, detail)
 
+    def _finish(self, converged: bool) -> None:
+        """The end of a run's last iteration: at the end of the schedule (converged, or the iteration cap
+        reached) the Gauss-Newton polish and the error bars, each reporting its progress (`on_phase`)
+        and stopping between frame batches (`Cancelled`); then the stop reason."""
+        at_the_end = converged or self.iteration >= self.settings.iterations
+        if at_the_end and self.settings.polish_steps > 0:
+            self.polish()
+        if converged:
+            self._end(STOP_CONVERGED, self._convergence_detail())
+        else:
+            self._end(STOP_COMPLETED)
+        if at_the_end:
+            self.calibration_uncertainty(report=True)  # cached: `result()` reuses them
+
     def polish(self) -> int:
         """Gauss-Newton steps on the system parameters, the gains and the object's most coupled modes
         (the first-order optimiser stops short of the optimum on these few, stiff directions). A step
@@ -676,18 +695,30 @@ class UafpReconstruction:
         if self.settings.freeze_system or self.object is None:
             self.polished_steps = 0
             return 0
-        self.polished_steps = self._gauss_newton_steps(self.settings.polish_steps)
+        self.polished_steps = self._gauss_newton_steps(self.settings.polish_steps, PHASE_POLISH)
         return self.polished_steps
 
-    def _gauss_newton_steps(self, steps: int, **restrict) -> int:
+    def _gauss_newton_steps(self, steps: int, phase: str | None = None, **restrict) -> int:
         """Up to `steps` Gauss-Newton steps (`uncertainty.calibration_uncertainty` with `restrict`), each
-        halved until it lowers the data misfit of all frames, or dropped (and the rest with it)."""
-        from uafp_gui.recon.uncertainty import apply_gauss_newton_step, calibration_uncertainty
+        halved until it lowers the data misfit of all frames, or dropped (and the rest with it).
+        Reports as `phase` (when given) and stops between frame batches (`Cancelled`)."""
+        from uafp_gui.recon.uncertainty import BATCH_FRAMES, apply_gauss_newton_step, calibration_uncertainty
 
         kept = 0
+        self._uncertainty = None
+        passes = [0, -(-int(self.available.sum()) // BATCH_FRAMES)]  # passes made, batches per pass
+        if phase is not None:
+            self._report(phase, 0, steps * passes[1])
+
+        def progress(done: int, total: int) -> None:
+            passes[1] = total
+            if phase is not None:
+                self._report(phase, passes[0] * total + done, steps * total)
+
         for _ in range(steps):
             before = self.data_misfit()
-            uncertainty = calibration_uncertainty(self, **restrict)
+            uncertainty = calibration_uncertainty(self, progress=progress, cancelled=self._cancel_requested, **restrict)
+            passes[0] += 1
             snapshot = self._snapshot()
             for fraction in (1.0, 0.5, 0.25):
                 apply_gauss_newton_step(self, uncertainty, fraction)
@@ -697,8 +728,12 @@ class UafpReconstruction:
                     break
                 self._restore(snapshot)
             else:
+                # Dropped: the state is the one this pass was computed at. A full pass is the error bars there.
+                if not restrict and self.settings.uncertainty:
+                    self._uncertainty = (self.iteration, uncertainty)
                 break
-        self._uncertainty = None
+        if phase is not None:
+            self._report(phase, passes[0] * passes[1], passes[0] * passes[1])
         return kept
 
     def _geometry_newton_due(self) -> bool:
@@ -726,7 +761,7 @@ class UafpReconstruction:
         in the run. A second-order step on the whole data set moves it most of the way at once."""
         from uafp_gui.recon.uncertainty import GEOMETRY
 
-        kept = self._gauss_newton_steps(1, system_names=GEOMETRY, spectral_modes=False, gains=False)
+        kept = self._gauss_newton_steps(1, None, system_names=GEOMETRY, spectral_modes=False, gains=False)
         self.geometry_newton_kept += kept
         return kept
 
@@ -795,16 +830,27 @@ class UafpReconstruction:
                 stop_reason=self.stop_reason,
             )
 
-    def calibration_uncertainty(self):
+    def calibration_uncertainty(self, report: bool = False):
         """Standard errors of the calibration at the current state (`uafp_gui.recon.uncertainty`), cached
-        per iteration; None when not asked for, or when the run did not reach a solution (partial)."""
+        per iteration; None when not asked for, or when the run did not reach a solution (partial).
+        `report`: as the run's last phase (`PHASE_ERROR_BARS` progress, `Cancelled` on Stop)."""
         if not self.settings.uncertainty or self.partial or self.stop_reason is None or self.object is None:
             return None
         if self._uncertainty is None or self._uncertainty[0] != self.iteration:
+            from uafp_gui.recon.selfcal import Cancelled
             from uafp_gui.recon.uncertainty import calibration_uncertainty
 
+            hooks = {}
+            if report:
+                from uafp_gui.recon.uncertainty import BATCH_FRAMES
+
+                self._report(PHASE_ERROR_BARS, 0, -(-int(self.available.sum()) // BATCH_FRAMES))
+                hooks = {"progress": lambda done, total: self._report(PHASE_ERROR_BARS, done, total),
+                         "cancelled": self._cancel_requested}
             try:
-                self._uncertainty = (self.iteration, calibration_uncertainty(self))
+                self._uncertainty = (self.iteration, calibration_uncertainty(self, **hooks))
+            except Cancelled:
+                raise
             except Exception as error:  # noqa: BLE001 - error bars must never cost the result itself
                 message = f"the calibration's error bars could not be computed ({type(error).__name__}: {error})"
                 warnings.warn(message, stacklevel=2)

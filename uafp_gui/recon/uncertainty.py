@@ -31,13 +31,17 @@ A = sum_k J_k^T J_k (k: frames). Three pieces make the reported standard error:
 3. distance to the optimum: the Gauss-Newton step -A^-1 J^T r, in quadrature. The engine stops
    (fixed iteration count, stochastic mini-batches) before its state is at the optimum.
 
-J is computed in float64, frame batch by frame batch. The geometry's columns are central finite
-differences of the whole forward model (the geometry moves the crops and the bilinear pupil
-interpolation, which has no forward-mode derivative in torch): two forward passes each. The Zernikes'
-and the object modes' columns are analytic: each multiplies the batch's field spectra S by
-exp(i c map), so dI = pool(2 Re(conj(psi) F^-1{i map S})) with the base fields psi kept, one inverse
-FFT per column (agreeing with central differences to ~1e-6 relative, their truncation error). The
-gains' columns are analytic too (dr/dg_k = I_k / (2 g_k sqrt(I_k)) on frame k only).
+J is computed in float64, frame batch by frame batch, analytically: every column is the derivative
+of the camera intensity along a change dS of the batch's field spectra, dI = pool(2 Re(conj(psi)
+F^-1{dS})) with the base fields psi kept (`ForwardModel.intensity_derivative`, one inverse FFT),
+through gain, clamp and square root. A Zernike or object-mode coefficient c multiplies S by
+exp(i c map), so dS = i map S. The geometry moves each LED's illumination frequency u; for a small
+move the integer crop stays and the pupil is evaluated at a new sub-pixel remainder, so dS =
+crop x (dP/du_x du_x/dtheta + dP/du_y du_y/dtheta): two inverse FFTs per batch serve all four
+geometry columns (dP/du by a central difference of the interpolated pupil, du/dtheta by a central
+difference of the illumination frequencies: neither needs an FFT). The gains' columns are analytic
+too (dr/dg_k = I_k / (2 g_k sqrt(I_k)) on frame k only). They agree with central differences of
+the whole forward model to ~1e-6 relative (the differences' truncation error).
 
 Undetermined parameters
 -----------------------
@@ -62,6 +66,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,12 +76,15 @@ from uafp_gui.physics.forward import spectrum_of
 from uafp_gui.physics.zernike import zernike_basis
 
 GEOMETRY = ("shift_x_mm", "shift_y_mm", "rotation_deg", "height_mm")
+BATCH_FRAMES = 8  # frames per batch of the Jacobian (float64 columns: memory)
 FLAT_EIGENVALUE = 1e-9
 UNDETERMINED_FRACTION = 0.5  # a standard error above half the meaningful range says nothing
 INFLATION = 6.0  # measured: see "Calibration of the error bars" above
 STEP_WEIGHT = 1.0
 OBJECT_SPECTRAL_MODES = tuple(range(2, 12))  # Noll 2..11 over the synthetic aperture
-FD_STEP = {"shift_x_mm": 1e-3, "shift_y_mm": 1e-3, "rotation_deg": 1e-3, "height_mm": 1e-2}  # geometry columns
+# Central-difference steps of the illumination frequencies in the geometry (no FFT: cheap and smooth).
+FD_STEP = {"shift_x_mm": 1e-3, "shift_y_mm": 1e-3, "rotation_deg": 1e-3, "height_mm": 1e-2}
+PUPIL_STEP = 1e-6  # of a spectrum pixel: the central difference of the interpolated pupil in u
 
 
 def meaningful_range(name: str, led_pitch_mm: float, led_height_mm: float) -> float:
@@ -182,13 +190,18 @@ def calibration_lines(geometry, zernike_rad: dict, extra: dict, max_zernike: int
     return lines
 
 
-def _object_modes(shape: tuple[int, int], object_pixel_um: float, synthetic_cutoff: float, step: tuple):
+def _object_modes(
+    shape: tuple[int, int], object_pixel_um: float, synthetic_cutoff: float, step: tuple, spectral: bool = True
+):
     """Phase maps of the object's reduced basis: ('real', map) multiply exp(i c map) on the object,
-    ('spectral', map) multiply exp(i c map) on its spectrum. Scaled so c = 1 is about 1 rad at the edge."""
+    ('spectral', map) multiply exp(i c map) on its spectrum (`spectral=False`: none of these).
+    Scaled so c = 1 is about 1 rad at the edge."""
     rows, cols = shape
     y = (torch.arange(rows, dtype=torch.float64) - rows // 2) / (rows / 2)
     x = (torch.arange(cols, dtype=torch.float64) - cols // 2) / (cols / 2)
     modes = [("real", x[None, :].expand(rows, cols)), ("real", y[:, None].expand(rows, cols))]
+    if not spectral:
+        return modes
     df_y, df_x = step
     fy = (torch.arange(rows, dtype=torch.float64) - rows // 2) * df_y
     fx = (torch.arange(cols, dtype=torch.float64) - cols // 2) * df_x
@@ -203,16 +216,20 @@ def _object_modes(shape: tuple[int, int], object_pixel_um: float, synthetic_cuto
 
 def calibration_uncertainty(
     recon,
-    batch_frames: int = 8,
+    batch_frames: int = BATCH_FRAMES,
     system_names: tuple[str, ...] | None = None,
     spectral_modes: bool = True,
     gains: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> CalibrationUncertainty:
     """Standard errors of `recon`'s learned system parameters (a `UafpReconstruction` after a run).
 
     `system_names` (GEOMETRY names, "zernike_<j>") restricts the system parameters to those of them
     that are learned; `spectral_modes=False` moves the object along its phase ramps only, and
-    `gains=False` leaves the gains out: a cheaper Jacobian for a Gauss-Newton step on a few of them."""
+    `gains=False` leaves the gains out: a cheaper Jacobian for a Gauss-Newton step on a few of them.
+    `progress(done, total)` is told after every frame batch; `cancelled()` is checked before each
+    (`selfcal.Cancelled` is raised when it says so)."""
     settings = recon.settings
     if recon.object is None:
         raise ValueError("the reconstruction has not run yet")
@@ -237,25 +254,24 @@ def calibration_uncertainty(
     with torch.no_grad():
         synthetic_cutoff = setup.pupil_cutoff + float(model.illumination_frequencies().norm(dim=-1).max())
     df_y, df_x = setup.frequency_step
-    modes = _object_modes(setup.object_shape, setup.object_pixel_um, synthetic_cutoff, (df_y, df_x))
-    if not spectral_modes:
-        modes = [mode for mode in modes if mode[0] == "real"]
+    modes = _object_modes(setup.object_shape, setup.object_pixel_um, synthetic_cutoff, (df_y, df_x), spectral_modes)
     n_system, n_modes = len(names), len(modes)
     available = torch.nonzero(recon.available).squeeze(1).to(model.device)
     frame_slot = {int(k): i for i, k in enumerate(available.tolist())}
     n_gains = len(frame_slot) if learn_gains else 0
     n_total = n_system + n_modes + n_gains
 
-    def moved_geometry(name: str, delta: float):
-        """A restore callable after moving geometry parameter `name` by `delta`."""
+    geometry_names = [name for name in names if name in GEOMETRY]
+    frequency_derivatives = {}  # name -> (L, 2) d u / d name of every distinct LED
+    for name in geometry_names:
         parameter = getattr(system, name)
         original = parameter.detach().clone()
-        parameter.data = original + delta
-
-        def restore() -> None:
-            parameter.data = original
-
-        return restore
+        moved = []
+        for sign in (1.0, -1.0):
+            parameter.data = original + sign * FD_STEP[name]
+            moved.append(model.illumination_frequencies())
+        parameter.data = original
+        frequency_derivatives[name] = (moved[0] - moved[1]) / (2 * FD_STEP[name])
 
     # A phase ramp's derivative of the object spectrum, spectrum_of(i x map x object): once for every batch.
     real_derivatives = {
@@ -263,14 +279,8 @@ def calibration_uncertainty(
     }
 
     def batch_columns(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predicted frames, Jacobian columns of the amplitudes (B, p, H, W)) of one frame batch.
-
-        Only the geometry moves the illumination (new crops and pupil shifts): its columns are central
-        differences of the whole forward model. A Zernike or object-mode coefficient c multiplies the
-        batch's field spectra S by exp(i c map) (a Zernike's map interpolated as the pupil is; bilinear
-        interpolation is linear): its column is analytic, the derivative of the camera intensity along
-        dS = i map S (one inverse FFT, `ForwardModel.intensity_derivative`), through the gain and the
-        amplitude's square root."""
+        """(predicted frames, Jacobian columns of the amplitudes (B, p, H, W)) of one frame batch
+        (see the module docstring: every column is one directional derivative of the intensity)."""
         entries, position = model.entries_for(batch)
         frequencies = model.illumination_frequencies()[model.entry_led[entries]]
         whole_y, whole_x, remainder = model.crop_plan(frequencies)
@@ -288,20 +298,29 @@ def calibration_uncertainty(
         # d sqrt(max(I, 0) + 1e-8) / dI, zero where the clamp holds.
         chain = (unclamped > 0) / (2 * torch.sqrt(predicted + 1e-8))
 
-        def analytic(spectra_derivative: torch.Tensor) -> torch.Tensor:
-            change = model.intensity_derivative(fields, spectra_derivative)
+        def column(change: torch.Tensor) -> torch.Tensor:
             return chain * gain * model.sum_entries(change, batch, position)
+
+        def analytic(spectra_derivative: torch.Tensor) -> torch.Tensor:
+            return column(model.intensity_derivative(fields, spectra_derivative))
+
+        if geometry_names:
+            # dP/du_x, dP/du_y at each entry's remainder (the integer crop does not move for a small step).
+            df_y, df_x = setup.frequency_step
+            h = remainder.new_tensor([[PUPIL_STEP * df_x, 0.0], [0.0, PUPIL_STEP * df_y]])
+            offsets = torch.cat([remainder + h[0], remainder - h[0], remainder + h[1], remainder - h[1]])
+            moved = model.shifted_pupils(offsets)
+            moved = moved.view(4, len(remainder), *moved.shape[1:])
+            crops = crop(spectrum)
+            change_x = model.intensity_derivative(fields, crops * ((moved[0] - moved[1]) / (2 * h[0, 0])))
+            change_y = model.intensity_derivative(fields, crops * ((moved[2] - moved[3]) / (2 * h[1, 1])))
+            entry_led = model.entry_led[entries]
 
         columns = []
         for index in range(n_system + n_modes):
             if index < n_system and names[index] in GEOMETRY:
-                h = FD_STEP[names[index]]
-                values = []
-                for sign in (1.0, -1.0):
-                    restore = moved_geometry(names[index], sign * h)
-                    values.append(torch.sqrt(model(spectrum, batch).clamp(min=0) + 1e-8))
-                    restore()
-                columns.append((values[0] - values[1]) / (2 * h))
+                du = frequency_derivatives[names[index]][entry_led]  # (E, 2)
+                columns.append(column(du[:, 0, None, None] * change_x + du[:, 1, None, None] * change_y))
             elif index < n_system:
                 j = int(names[index].split("_")[1])
                 if j < 2:  # the piston does not enter the pupil phase
@@ -327,16 +346,22 @@ def calibration_uncertainty(
     pixels_per_frame = setup.frame_shape[0] * setup.frame_shape[1]
     frame_terms = []  # per batch: (frames, per-frame J^T J blocks) to weight once s_k is known
     scale = float(recon.scale or 1.0)
+    batches = torch.split(available, batch_frames)
     with torch.no_grad():
-        for batch in torch.split(available, batch_frames):
+        for done, batch in enumerate(batches):
+            if cancelled is not None and cancelled():
+                from uafp_gui.recon.selfcal import Cancelled
+
+                raise Cancelled
             measured = torch.sqrt(recon.measurements[batch].double() / scale)
             predicted, dense = batch_columns(batch)
             amplitude = torch.sqrt(predicted + 1e-8)
             residual = amplitude - measured
             dense = dense.reshape(len(batch), n_system + n_modes, -1)  # (B, p, pixels)
-            gains = system.frame_gain[batch.to(system.frame_gain.device)].double()
-            gain_column = ((predicted - system.background.double()) / (2 * gains[:, None, None] * amplitude))
-            gain_column = gain_column.reshape(len(batch), -1)
+            if learn_gains:
+                gains = system.frame_gain[batch.to(system.frame_gain.device)].double()
+                gain_column = ((predicted - system.background.double()) / (2 * gains[:, None, None] * amplitude))
+                gain_column = gain_column.reshape(len(batch), -1)
             blocks = []
             flat_residual = residual.reshape(len(batch), -1)
             for b, frame in enumerate(batch.tolist()):
@@ -359,6 +384,8 @@ def calibration_uncertainty(
                     block[g, g] = float(gain_column[b].square().sum())
                 blocks.append((k, block))
             frame_terms.extend(blocks)
+            if progress is not None:
+                progress(done + 1, len(batches))
 
     # Residual variance per frame, corrected for the object's degrees of freedom.
     data_pixels = len(available) * pixels_per_frame
@@ -412,6 +439,7 @@ def calibration_uncertainty(
         object_modes=n_modes,
         extra={
             "step_vector": step,  # every parameter: system, object modes, gains (`apply_gauss_newton_step`)
+            "gradient": gradient,  # J^T r, every parameter: d(|r|^2 / 2)/dp
             "layout": (names, modes, frame_slot),
             "gauss_newton_step": {name: float(step[i]) for i, name in enumerate(names)},
             "noise_std": {name: float(noise_std[i]) for i, name in enumerate(names)},
@@ -472,10 +500,9 @@ def _object_support_pixels(model) -> int:
         whole_y, whole_x, _ = model.crop_plan(frequencies)
         index_y, index_x = model.crop_indices(whole_y, whole_x)
         covered = torch.zeros(model.setup.object_shape, dtype=torch.bool, device=model.device)
-        support = model.support > 0.5
-        for e in range(len(whole_y)):
-            block = covered[index_y[e][:, None], index_x[e][None, :]]
-            covered[index_y[e][:, None], index_x[e][None, :]] = block | support
+        support = (model.support > 0.5).expand(len(whole_y), -1, -1)
+        # every entry's pupil support placed at its crop, all entries in one indexed write
+        covered[index_y[:, :, None].expand_as(support)[support], index_x[:, None, :].expand_as(support)[support]] = True
     return int(covered.sum())
 
 
