@@ -190,13 +190,18 @@ def calibration_lines(geometry, zernike_rad: dict, extra: dict, max_zernike: int
     return lines
 
 
-def _object_modes(shape: tuple[int, int], object_pixel_um: float, synthetic_cutoff: float, step: tuple):
+def _object_modes(
+    shape: tuple[int, int], object_pixel_um: float, synthetic_cutoff: float, step: tuple, spectral: bool = True
+):
     """Phase maps of the object's reduced basis: ('real', map) multiply exp(i c map) on the object,
-    ('spectral', map) multiply exp(i c map) on its spectrum. Scaled so c = 1 is about 1 rad at the edge."""
+    ('spectral', map) multiply exp(i c map) on its spectrum (`spectral=False`: none of these).
+    Scaled so c = 1 is about 1 rad at the edge."""
     rows, cols = shape
     y = (torch.arange(rows, dtype=torch.float64) - rows // 2) / (rows / 2)
     x = (torch.arange(cols, dtype=torch.float64) - cols // 2) / (cols / 2)
     modes = [("real", x[None, :].expand(rows, cols)), ("real", y[:, None].expand(rows, cols))]
+    if not spectral:
+        return modes
     df_y, df_x = step
     fy = (torch.arange(rows, dtype=torch.float64) - rows // 2) * df_y
     fx = (torch.arange(cols, dtype=torch.float64) - cols // 2) * df_x
@@ -249,9 +254,7 @@ def calibration_uncertainty(
     with torch.no_grad():
         synthetic_cutoff = setup.pupil_cutoff + float(model.illumination_frequencies().norm(dim=-1).max())
     df_y, df_x = setup.frequency_step
-    modes = _object_modes(setup.object_shape, setup.object_pixel_um, synthetic_cutoff, (df_y, df_x))
-    if not spectral_modes:
-        modes = [mode for mode in modes if mode[0] == "real"]
+    modes = _object_modes(setup.object_shape, setup.object_pixel_um, synthetic_cutoff, (df_y, df_x), spectral_modes)
     n_system, n_modes = len(names), len(modes)
     available = torch.nonzero(recon.available).squeeze(1).to(model.device)
     frame_slot = {int(k): i for i, k in enumerate(available.tolist())}
