@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from uafp_gui.errors import ConfigError, DatasetError
+from uafp_gui.errors import ConfigError, DatasetError, ReconstructionError
 from uafp_gui.fullfield import aberration, calibrate, pipeline, region, stitch, tiles
 from uafp_gui.fullfield.tiles import Tile, TileResult
 from uafp_gui.io.dataset import PartialDatasetWarning, read_dataset
@@ -385,11 +385,14 @@ def test_pipeline_with_an_injected_executor(stack, monkeypatch):
         return dataclasses.replace(result, amplitude=amplitude[region_].astype(np.float32),
                                    phase=np.angle(np.exp(1j * (phase[region_] + t.index))).astype(np.float32))
 
+    monkeypatch.setattr(pipeline, "reconstruct_tile", fake_reconstruct)
+    functions = []
+
     def run_tasks(fn, tasks, on_done):
-        assert fn is pipeline.reconstruct_tile
+        functions.append(fn)
         out = []
         for k in reversed(range(len(tasks))):  # finishing out of order must not matter
-            result = fake_reconstruct(tasks[k])
+            result = fn(tasks[k])
             on_done(k, result)
             out.append(result)
         return out[::-1]
@@ -399,6 +402,7 @@ def test_pipeline_with_an_injected_executor(stack, monkeypatch):
                                              progress=progress.append, calibration_tiles=2)
     stages = [s for s, _, _ in seen]
     assert stages == ["calibrate"] * 2 + ["fixed"] * 4
+    assert functions == [pipeline.calibrate_tile, fake_reconstruct]
     assert all(c is None for s, _, c in seen if s == "calibrate")
     fixed_starts = [c for s, _, c in seen if s == "fixed"]
     assert all(c["led_geometry"] == pytest.approx(geometry) for c in fixed_starts)
@@ -421,6 +425,22 @@ def test_pipeline_with_an_injected_executor(stack, monkeypatch):
     pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,
                                     calibration=result.calibration)
     assert [s for s, _, _ in seen] == ["fixed"] * 4
+
+    # A calibration tile whose run fails does not count; when none is left the error says what to do.
+    def failing(task):
+        if task.settings["learn_geometry"] and task.tile.index == 0:
+            raise ReconstructionError("an LED illuminates beyond the reconstructed bandwidth")
+        return fake_reconstruct(task)
+
+    monkeypatch.setattr(pipeline, "reconstruct_tile", failing)
+    result = pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,
+                                             calibration_tiles=2)
+    assert result.calibration["fullfield_calibration"]["rejected_tiles"] == [0]
+    assert [r.stop_reason for r in result.calibration_tiles].count("engine_error") == 1
+    assert result.calibration["led_geometry"] == pytest.approx(geometry)
+    with pytest.raises(ReconstructionError, match="no calibration tile"):
+        pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,
+                                        calibration_tiles=1)
 
 
 def test_tile_tasks_pickle_and_settings_round_trip():

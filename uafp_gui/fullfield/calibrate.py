@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from uafp_gui.errors import ReconstructionError
 from uafp_gui.fullfield.tiles import Tile, TileResult
 from uafp_gui.io.calibration import Calibration
 from uafp_gui.model import LedGeometry, led_positions_mm
@@ -103,7 +104,7 @@ def _finite(value):
 def usable(result: TileResult) -> bool:
     """A calibration tile whose geometry can be trusted: the run ended normally, nothing at a bound."""
     bounded = result.calibration.get("at_bounds") or []
-    return str(result.stop_reason) not in FAILED_STOPS and not any(
+    return "error" not in result.calibration and str(result.stop_reason) not in FAILED_STOPS and not any(
         str(name).startswith(("shift", "rotation", "height", "led_geometry")) for name in bounded
     )
 
@@ -115,9 +116,13 @@ def combine_calibrations(results: Sequence[TileResult]) -> Calibration:
     the per-frame median across tiles, times the median tile level; Zernikes (only a start for every
     tile's own pupil): the mean. `extra["fullfield_calibration"]` records every tile's estimate.
     """
-    good = [r for r in results if usable(r)] or list(results)
+    good = [r for r in results if usable(r)]
     if not good:
-        raise ValueError("no calibration tile to combine")
+        reasons = "; ".join(f"tile {r.tile.index}: {r.calibration.get('error') or r.stop_reason}" for r in results)
+        raise ReconstructionError(
+            f"no calibration tile gave a usable LED geometry ({reasons or 'none ran'}): give a calibration "
+            "(e.g. a previous field's calibration.json), more calibration tiles, or a larger upsample"
+        )
     calibrations = [Calibration.from_dict(r.calibration) for r in good]
     geometry: dict[str, float] = {}
     geometry_std: dict[str, float | None] = {}
@@ -154,7 +159,7 @@ def combine_calibrations(results: Sequence[TileResult]) -> Calibration:
                 "method": "robust combination of the calibration tiles' self-calibrations (median, > 3 robust "
                 "sigmas out, 1/std^2-weighted mean); gains: per-frame median of relative gains",
                 "tiles": [int(r.tile.index) for r in good],
-                "rejected_tiles": [int(r.tile.index) for r in results if r not in good],
+                "rejected_tiles": [int(r.tile.index) for r in results if not any(r is g for g in good)],
                 "tile_centers_um": [list(r.tile.center_um) for r in good],
                 "geometry": details,
             },

@@ -137,6 +137,20 @@ def reconstruct_tile(task: TileTask) -> TileResult:
     )
 
 
+def calibrate_tile(task: TileTask) -> TileResult:
+    """Stage 1's task: `reconstruct_tile`, but a tile whose run fails (the engine's or a setting's error) comes
+    back as a result with stop_reason "engine_error" (and empty images) so the other calibration tiles still count."""
+    from uafp_gui.errors import ConfigError, ReconstructionError
+
+    started = time.perf_counter()
+    try:
+        return reconstruct_tile(task)
+    except (ReconstructionError, ConfigError) as error:
+        empty = np.zeros((0, 0), dtype=np.float32)
+        return TileResult(task.tile, empty, empty, {"error": str(error)}, float("nan"), "engine_error",
+                          time.perf_counter() - started)
+
+
 def _zernike_of(result: TileResult) -> dict[int, float]:
     return {int(j): float(v) for j, v in result.calibration.get("zernike_rad", {}).items()}
 
@@ -183,7 +197,7 @@ def reconstruct_full_field(
         chosen = choose_calibration_tiles(tiles, meta, calibration_tiles)
         batch = [TileTask(dataset_path, tiles[k], base, None) for k in chosen]
         report(FullFieldProgress("calibration", 0, len(batch), message=f"self-calibrating on tiles {chosen}"))
-        calibration_results = run_tasks(reconstruct_tile, batch, on_done_for("calibration", batch))
+        calibration_results = run_tasks(calibrate_tile, batch, on_done_for("calibration", batch))
         shared = combine_calibrations(calibration_results)
     else:
         shared = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
@@ -252,6 +266,7 @@ def reconstruct_full_field(
 
 
 __all__ = [
-    "FullFieldProgress", "FullFieldResult", "RunTasks", "TileTask", "reconstruct_full_field", "reconstruct_tile",
+    "FullFieldProgress", "FullFieldResult", "RunTasks", "TileTask", "calibrate_tile", "reconstruct_full_field",
+    "reconstruct_tile",
     "run_serially", "settings_to_dict",
 ]
