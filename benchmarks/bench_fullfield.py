@@ -13,8 +13,10 @@ then every tile, then the aberration model and the stitching) through:
 
 Printed per configuration: wall time (and cluster start-up time apart), the tile stage's time,
 seconds per tile, the peak resident memory of each worker process (its `ru_maxrss` after its last
-tile), then the speed-up local-1 -> local-2 and the Dask/local ratio. A time is comparable only
-within one run on an otherwise idle machine; ratios are what to compare between machines.
+tile), the workers' CPU seconds, then the speed-up local-1 -> local-2 and the Dask/local ratio. A
+time is comparable only within one run on an otherwise idle machine; on a shared machine the CPU
+seconds / wall seconds ratio says how many cores the run really had (two processes get twice one's
+share of an oversubscribed machine, which inflates a speed-up).
 
     python benchmarks/bench_fullfield.py                         # 2048^2 x 225 frames (long on a CPU)
     python benchmarks/bench_fullfield.py --size 512 --iterations 5 --led-grid 9   # minutes
@@ -58,7 +60,7 @@ def simulate(size: int, led_grid: int, folder: Path, seed: int) -> Path:
         from uafp_gui.simulate import PRESETS, write_simulation
         from uafp_gui.simulate import simulate as render
 
-        settings = PRESETS["misaligned"].replace(frame_size=size, led_grid=led_grid, upsample=2, seed=seed)
+        settings = PRESETS["misaligned"].replace(frame_size=size, led_grid=led_grid, upsample=4, seed=seed)
         write_simulation(render(settings), path)
         source = "uafp_gui.simulate misaligned preset"
     print(f"simulated {size}x{size} x {led_grid ** 2} frames ({source}) in {time.perf_counter() - started:.1f} s")
@@ -94,10 +96,13 @@ def run(name: str, path: Path, runner, args) -> dict:
 
         peaks[os.getpid()] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tiles_s = marks.get("tiles_end", 0.0) - marks.get("tiles_start", 0.0)
-    figure = {"name": name, "wall_s": wall, "startup_s": startup, "tiles_s": tiles_s, "tiles": len(result.tiles),
-              "peak_mb": sorted(peaks.values(), reverse=True), "shape": result.amplitude.shape}
+    cpu_s = sum(s.cpu_s for s in getattr(runner, "stats", []))
+    figure = {"name": name, "wall_s": wall, "cpu_s": cpu_s, "startup_s": startup, "tiles_s": tiles_s,
+              "tiles": len(result.tiles), "peak_mb": sorted(peaks.values(), reverse=True),
+              "shape": result.amplitude.shape}
     print(f"{name:8s} wall {wall:8.1f} s (start-up {startup:5.1f} s), tile stage {tiles_s:8.1f} s = "
-          f"{tiles_s / max(1, len(result.tiles)):6.1f} s/tile over {len(result.tiles)} tiles; peak RSS per worker "
+          f"{tiles_s / max(1, len(result.tiles)):6.1f} s/tile over {len(result.tiles)} tiles; workers' CPU "
+          f"{cpu_s:7.1f} s; peak RSS per worker "
           f"{', '.join(f'{p:.0f}' for p in figure['peak_mb'])} MB; mosaic {result.amplitude.shape}", flush=True)
     return figure
 
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2048, help="camera pixels a side (default 2048)")
     parser.add_argument("--led-grid", type=int, default=15, help="LEDs a side (default 15 = 225 frames)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per tile (default: engine's)")
-    parser.add_argument("--upsample", type=int, default=2)
+    parser.add_argument("--upsample", type=int, default=4, help="object pixels per camera pixel (default 4)")
     parser.add_argument("--tile", type=int, default=None, help="tile size (default: from the optics)")
     parser.add_argument("--overlap", type=int, default=None)
     parser.add_argument("--calibration-tiles", type=int, default=2)
@@ -148,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         two, dask = figures["local-2"], figures["dask-2"]
         print(f"2-worker Dask LocalCluster (by address) / 2 local workers: wall {dask['wall_s'] / two['wall_s']:.2f}, "
               f"tile stage {dask['tiles_s'] / max(two['tiles_s'], 1e-9):.2f}")
+    for name, figure in figures.items():
+        if figure["cpu_s"] > 0:  # under load a process's CPU share, not the cores, limits: this ratio tells
+            print(f"{name}: workers' CPU seconds / wall seconds = {figure['cpu_s'] / figure['wall_s']:.2f} "
+                  f"(the cores the run actually got)")
     peak = max((p for f in figures.values() for p in f["peak_mb"]), default=float("nan"))
     print(f"largest worker peak RSS: {peak:.0f} MB")
     return 0

@@ -30,7 +30,10 @@ groups (amplitude and phase) spanning the synthetic resolution, and cell-like ph
 with nuclei. The ground truth (`RefSimulation`) holds the object band-limited to the synthetic
 aperture on the fine grid, the true geometry, per-LED offsets, Zernikes and frame gains.
 
-    python benchmarks/refsim.py OUT.tif [--preset misaligned] [--seed 0]
+The full-field presets (`FIELD_PRESETS`: field1024, field2048, field256) simulate a whole sensor with
+field-dependent aberrations patch by patch (`simulate_field`, section "the whole field of view" below).
+
+    python benchmarks/refsim.py OUT.tif [--preset misaligned|field1024|...] [--seed 0]
 """
 
 from __future__ import annotations
@@ -525,12 +528,414 @@ def write_reference(simulation: RefSimulation, dataset_path: Path) -> Path:
     return truth_folder
 
 
+
+
+# ----------------------------------------------------------------------------- the whole field of view
+#
+# A full sensor (1024^2, 2048^2) seen through a lens whose aberrations vary over the field. The frames
+# are simulated patch by patch (a space-variant PSF, piecewise constant over patches of `patch_px`
+# camera pixels, blended smoothly): in each patch the pupil is the lens's at the patch centre, and the
+# illumination is each LED's exact spherical wave (its direction changes across the patch and across
+# the field, so a bright/dark-field boundary can cross the field where it really does). The object is
+# a list of features (cells, bar groups) drawn only where a window needs them, so no array ever spans
+# the whole field on the fine grid.
+
+FIELD_TERMS = ("1", "x", "y", "x^2", "xy", "y^2")
+
+
+def field_zernike(field_zernike_rad: dict[int, tuple[float, ...]], u: np.ndarray | float, v: np.ndarray | float):
+    """{Noll j: c_j} at normalised field position (u, v) = (x, y) / field half-width, from the
+    polynomial coefficients (1, u, v, u^2, uv, v^2) of each j."""
+    out = {}
+    for j, coefficients in field_zernike_rad.items():
+        c = tuple(coefficients) + (0.0,) * (6 - len(coefficients))
+        out[int(j)] = c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
+    return out
+
+
+# Field curvature (defocus growing as r^2), astigmatism and coma growing off axis, a little spherical.
+FIELD_ZERNIKE_RAD: dict[int, tuple[float, ...]] = {
+    4: (0.3, 0.0, 0.0, 0.5, 0.0, 0.5),
+    5: (0.0, 0.0, 0.0, 0.0, 0.5, 0.0),
+    6: (0.1, 0.0, 0.0, 0.3, 0.0, -0.3),
+    7: (0.0, 0.0, 0.3, 0.0, 0.0, 0.0),
+    8: (0.0, 0.3, 0.0, 0.0, 0.0, 0.0),
+    11: (0.1, 0.0, 0.0, 0.0, 0.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class RefField:
+    """A full-field acquisition: the microscope (its `frame_size` is the sensor's side, its
+    `zernike_rad` ignored), the lens's field-dependent Zernikes, the simulation's patch size."""
+
+    micro: RefMicroscope = field(default_factory=lambda: FIELD_MICROSCOPE)
+    field_zernike_rad: dict[int, tuple[float, ...]] = field(default_factory=lambda: dict(FIELD_ZERNIKE_RAD))
+    patch_px: int = 128
+    patch_overlap_px: int = 32
+    # Camera pixels of object simulated around each patch beyond the aberrations' blur (the hard pupil's
+    # sinc tails reach further: frames simulated in different patches differ by ~1-2 % mean, most for
+    # LEDs near the pupil's edge; ~14 extra px about halve that).
+    extra_margin_px: int = 0
+
+    @property
+    def half_width_um(self) -> float:
+        return self.micro.frame_size * self.micro.sample_pixel_um / 2
+
+    def zernike_at(self, x_um, y_um) -> dict[int, np.ndarray | float]:
+        """The lens's Zernikes (rad) at sample-plane positions relative to the optical axis (field centre)."""
+        return field_zernike(self.field_zernike_rad, np.asarray(x_um) / self.half_width_um,
+                             np.asarray(y_um) / self.half_width_um)
+
+    def max_abs_zernike(self) -> float:
+        """The largest sum of |c_j| (j >= 4) over the field (corners included): sets the margins."""
+        grid = np.linspace(-1, 1, 9)
+        uu, vv = np.meshgrid(grid, grid)
+        values = field_zernike(self.field_zernike_rad, uu, vv)
+        return float(np.max(sum(np.abs(v) for j, v in values.items() if j >= 4)))
+
+
+FIELD_MICROSCOPE = RefMicroscope(
+    frame_size=1024,
+    shift_x_mm=0.6,
+    shift_y_mm=-0.4,
+    rotation_deg=1.0,
+    height_error_mm=2.0,
+    led_brightness_spread=0.1,
+    photons_per_pixel=5000.0,
+    read_noise_e=2.0,
+    bit_depth=12,
+    vignetting=0.3,
+)
+FIELD_PRESETS = {
+    "field1024": RefField(),
+    "field2048": RefField(micro=replace(FIELD_MICROSCOPE, frame_size=2048), patch_px=256, patch_overlap_px=48),
+    # the test field: 256^2, 81 frames
+    "field256": RefField(micro=replace(FIELD_MICROSCOPE, frame_size=256, led_grid=9), patch_px=64,
+                         patch_overlap_px=16),
+}
+
+
+class FieldObject:
+    """A large test object as a list of features (cells with nuclei, USAF-like bar groups), drawn on any
+    window of any grid: the same object however the field is cut. Densities as `make_object`'s."""
+
+    def __init__(self, extent_um: tuple[float, float, float, float], resolution_um: float,
+                 rng: np.random.Generator, kind: str = "mixed"):
+        if kind not in ("cells", "mixed", "usaf", "blank"):
+            raise ValueError(f"object kind must be 'usaf', 'cells', 'mixed' or 'blank' (got {kind!r})")
+        x0, x1, y0, y1 = extent_um
+        area = (x1 - x0) * (y1 - y0)
+        fov = 128 * 1.845  # make_object's frame: 10-22 cells and one set of bar groups per fov^2
+        self.resolution_um = resolution_um
+        self.cells: list[tuple] = []
+        self.bars: list[tuple] = []
+        if kind in ("cells", "mixed"):
+            for _ in range(int(rng.poisson(16 * area / fov**2))):
+                radius = rng.uniform(0.04, 0.10) * fov
+                self.cells.append((
+                    rng.uniform(x0, x1), rng.uniform(y0, y1), radius * rng.uniform(0.7, 1.0),
+                    radius * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), rng.uniform(0.4, 1.4),
+                    rng.uniform(0.85, 0.98), rng.uniform(0.2, 0.6), rng.uniform(0.6, 0.85),
+                ))
+        if kind in ("usaf", "mixed"):
+            periods = resolution_um * np.geomspace(0.8, 8.0, 9)
+            periods = periods[periods * 5 < 0.3 * fov]
+            for _ in range(max(1, int(round(area / fov**2)))):
+                for period in periods:
+                    self.bars.append((rng.uniform(x0, x1), rng.uniform(y0, y1), float(period), bool(rng.integers(2))))
+
+    def render(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+        """The complex object at sample centres `x_um` (columns) x `y_um` (rows): evenly spaced 1-D arrays."""
+        dx = float(x_um[1] - x_um[0]) if len(x_um) > 1 else 1.0
+        sigma = 0.15 * self.resolution_um / dx
+        pad = int(math.ceil(4 * sigma)) + 1
+        xs = x_um[0] + (np.arange(-pad, len(x_um) + pad)) * dx
+        ys = y_um[0] + (np.arange(-pad, len(y_um) + pad)) * dx
+        amplitude = np.full((len(ys), len(xs)), 0.92)
+        phase = np.zeros((len(ys), len(xs)))
+
+        def window(cx: float, cy: float, reach: float):
+            c0, c1 = np.searchsorted(xs, [cx - reach, cx + reach])
+            r0, r1 = np.searchsorted(ys, [cy - reach, cy + reach])
+            if c1 <= c0 or r1 <= r0:
+                return None
+            return slice(r0, r1), slice(c0, c1)
+
+        for cx, cy, a, b, angle, cell_phase, cell_amp, nucleus_phase, nucleus_amp in self.cells:
+            region = window(cx, cy, max(a, b))
+            if region is None:
+                continue
+            dx_, dy_ = np.meshgrid(xs[region[1]] - cx, ys[region[0]] - cy)
+            u = (dx_ * np.cos(angle) + dy_ * np.sin(angle)) / a
+            v = (-dx_ * np.sin(angle) + dy_ * np.cos(angle)) / b
+            d2 = u * u + v * v
+            phase[region] += cell_phase * np.sqrt(np.clip(1 - d2, 0, None))
+            phase[region] += nucleus_phase * np.sqrt(np.clip(1 - 9 * d2, 0, None))
+            amplitude[region] *= np.where(d2 < 1, cell_amp, 1.0) * np.where(9 * d2 < 1, nucleus_amp, 1.0)
+        for cx, cy, period, is_amplitude in self.bars:
+            length = 5 * period
+            region = window(cx, cy, length + 3 * period)
+            if region is None:
+                continue
+            x, y = np.meshgrid(xs[region[1]] - cx, ys[region[0]] - cy)
+            in_h = (np.abs(y) < length / 2) & (x >= 0) & (x < 2.5 * period) & ((x / period) % 1.0 < 0.5)
+            in_v = (np.abs(x + length / 2 + period) < length / 2) & (y >= 0) & (y < 2.5 * period) & (
+                (y / period) % 1.0 < 0.5)
+            bars = in_h | in_v
+            if is_amplitude:
+                amplitude[region] = np.where(bars, amplitude[region] * 0.35, amplitude[region])
+            else:
+                phase[region] = phase[region] + 0.9 * bars
+        amplitude = ndimage.gaussian_filter(np.clip(amplitude, 0.05, 1.0), sigma)[pad:-pad, pad:-pad]
+        phase = ndimage.gaussian_filter(phase, sigma)[pad:-pad, pad:-pad]
+        return amplitude * np.exp(1j * phase)
+
+
+def _blend_weights(length: int, starts: list[int], size: int) -> list[np.ndarray]:
+    """1-D weights of patches [s, s + size) covering 0..length: a partition of unity, raised cosine over overlaps."""
+    weights = []
+    for k, start in enumerate(starts):
+        x = np.arange(start, start + size) + 0.5
+        weight = np.ones(size)
+        if k > 0 and starts[k - 1] + size > start:
+            a, b = start, starts[k - 1] + size
+            weight *= np.sin(0.5 * np.pi * np.clip((x - a) / (b - a), 0, 1)) ** 2
+        if k + 1 < len(starts) and start + size > starts[k + 1]:
+            a, b = starts[k + 1], start + size
+            t = np.clip((x - a) / (b - a), 0, 1)
+            weight *= np.where(t >= 1, 0.0, np.cos(0.5 * np.pi * t) ** 2)
+        weights.append(weight)
+    return weights
+
+
+def _starts(length: int, size: int, overlap: int) -> list[int]:
+    if size >= length:
+        return [0]
+    count = max(2, math.ceil((length - overlap) / (size - overlap)))
+    return [int(round(k * (length - size) / (count - 1))) for k in range(count)]
+
+
+@dataclass
+class RefFieldSimulation:
+    """A full-field reference dataset and its ground truth."""
+
+    spec: RefField
+    meta: object  # DatasetMeta (nominal geometry, errors hidden)
+    frames: np.ndarray  # (N, H, W) uint16
+    leds: list[tuple[int, int]]
+    led_positions_mm: np.ndarray  # (N, 2) true positions
+    frame_gain: np.ndarray  # (N,) true gains at the field centre (engine units)
+    vignetting: np.ndarray  # (H, W) relative intensity of the field
+    object: FieldObject
+    synthetic_na: float
+    subsamples: int
+    seconds: float
+
+    @property
+    def micro(self) -> RefMicroscope:
+        return self.spec.micro
+
+    def pixel_centres_um(self, upsample: int = 1) -> np.ndarray:
+        """Sample-plane coordinates (relative to the optical axis) of a grid `upsample` x finer than the camera's."""
+        n, p = self.micro.frame_size, self.micro.sample_pixel_um
+        return (np.arange(n * upsample) + 0.5) * p / upsample - n * p / 2
+
+    def truth(self, upsample: int = 4, region: tuple[slice, slice] | None = None) -> np.ndarray:
+        """The object band-limited to the synthetic aperture (at the field centre) on the camera grid times
+        `upsample`, the whole field or the camera-pixel `region` (rows, cols) of it."""
+        coordinates = self.pixel_centres_um(upsample)
+        rows, cols = (slice(None), slice(None)) if region is None else region
+        ys = coordinates[slice(*(None if v is None else v * upsample for v in (rows.start, rows.stop)))]
+        xs = coordinates[slice(*(None if v is None else v * upsample for v in (cols.start, cols.stop)))]
+        p = self.micro.sample_pixel_um / upsample
+        pad = int(math.ceil(8 * self.micro.wavelength_um / self.synthetic_na / p)) + 8
+        xs_pad = xs[0] + np.arange(-pad, len(xs) + pad) * p
+        ys_pad = ys[0] + np.arange(-pad, len(ys) + pad) * p
+        obj = self.object.render(xs_pad, ys_pad)
+        band = lowpass_fine(obj, p, self.synthetic_na / self.micro.wavelength_um)
+        return band[pad:-pad, pad:-pad]
+
+    def zernike_at(self, x_um, y_um):
+        return self.spec.zernike_at(x_um, y_um)
+
+    def calibration_dict(self) -> dict:
+        micro = self.micro
+        return {
+            "format": "uafp-calibration",
+            "version": 1,
+            "led_geometry": micro.true_geometry_dict(),
+            "zernike_rad": {str(j): float(v) for j, v in self.zernike_at(0.0, 0.0).items()},
+            "frame_gain": [float(g) for g in self.frame_gain],
+            "led_positions_mm": self.led_positions_mm.tolist(),
+            "software": "benchmarks/refsim.py (field)",
+            "ground_truth": True,
+            "synthetic_aperture_na": self.synthetic_na,
+            "field_zernike_rad": {str(j): list(c) for j, c in self.spec.field_zernike_rad.items()},
+            "field_half_width_um": self.spec.half_width_um,
+            "field_zernike_terms": list(FIELD_TERMS),
+        }
+
+
+def simulate_field(spec: RefField, batch: int = 8, progress=None) -> RefFieldSimulation:
+    """Simulate a full-field acquisition patch by patch (module section above) and keep the ground truth."""
+    import time
+
+    started = time.perf_counter()
+    micro = spec.micro
+    rng = np.random.default_rng(micro.seed)
+    leds = led_list(micro)
+    positions, _ = true_led_positions_mm(micro, leds, rng)
+    height = micro.true_height_mm
+    frequencies = illumination_frequencies(positions, height, micro.wavelength_um)
+    largest = float(np.linalg.norm(frequencies, axis=1).max()) + spec.half_width_um * math.sqrt(2) / (
+        height * 1000 * micro.wavelength_um)
+    q = choose_subsamples(micro, largest)
+    n, p = micro.frame_size, micro.sample_pixel_um
+    dx = p / q
+    wavelength = micro.wavelength_um
+    cutoff = micro.objective_na / wavelength
+    synthetic_na = micro.objective_na + float(np.linalg.norm(frequencies, axis=1).max()) * wavelength
+    blur_micro = replace(micro, zernike_rad={4: spec.max_abs_zernike()})
+    margin = int(math.ceil(1.5 * defocus_blur_px(blur_micro) + 8)) + spec.extra_margin_px
+    taper = edge_taper_px(blur_micro, margin - spec.extra_margin_px)
+    half = n * p / 2
+    obj = FieldObject((-half - margin * p, half + margin * p, -half - margin * p, half + margin * p),
+                      wavelength / synthetic_na, rng, micro.object_kind)
+
+    brightness = np.clip(1 + micro.led_brightness_spread * rng.standard_normal(len(leds)), 0.2, None)
+    starts = _starts(n, spec.patch_px, spec.patch_overlap_px)
+    size = min(spec.patch_px, n)
+    weights = _blend_weights(n, starts, size)
+    window = size + 2 * margin
+    window += (-window) % 8
+    margin_px = (window - size) // 2
+    grid = window * q
+    f = np.fft.fftfreq(grid, d=dx)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    rho, phi = np.sqrt(fx**2 + fy**2) / cutoff, np.arctan2(fy, fx)
+    leds_um = positions * 1000.0
+    height_um = height * 1000.0
+    intensities = np.zeros((len(leds), n, n), dtype=np.float32)
+    total = len(starts) ** 2
+    done = 0
+    for row, y_start in enumerate(starts):
+        for col, x_start in enumerate(starts):
+            xc = (x_start + size / 2) * p - half
+            yc = (y_start + size / 2) * p - half
+            zernike = {j: float(v) for j, v in spec.zernike_at(xc, yc).items()}
+            pupil = np.where(rho <= 1.0, np.exp(1j * wavefront_rad(zernike, rho, phi)), 0.0)
+            pupil_t = torch.as_tensor(pupil, dtype=torch.complex64)
+            # fine sample centres of the window (camera pixels x_start - margin_px ...)
+            xs = (x_start - margin_px) * p - half + (np.arange(grid) + 0.5) * dx
+            ys = (y_start - margin_px) * p - half + (np.arange(grid) + 0.5) * dx
+            background, rest = split_background(obj.render(xs, ys), margin_px * q, taper * q)
+            rest_t = torch.as_tensor(rest, dtype=torch.complex64)
+            # the background's pupil response at each camera pixel's local illumination direction
+            coarse_x = xs.reshape(window, q).mean(axis=1)
+            coarse_y = ys.reshape(window, q).mean(axis=1)
+            crop = slice(margin_px * q, (margin_px + size) * q)
+            weight = (weights[row][:, None] * weights[col][None, :]).astype(np.float32)
+            for start in range(0, len(leds), batch):
+                chunk = slice(start, min(start + batch, len(leds)))
+                dxl = xs[None, None, :] - leds_um[chunk, 0, None, None]
+                dyl = ys[None, :, None] - leds_um[chunk, 1, None, None]
+                r = np.sqrt(dxl**2 + dyl**2 + height_um**2)
+                r_c = np.sqrt((xc - leds_um[chunk, 0]) ** 2 + (yc - leds_um[chunk, 1]) ** 2 + height_um**2)
+                wave = np.exp(2j * np.pi / wavelength * (r - r_c[:, None, None])).astype(np.complex64)
+                wave_t = torch.as_tensor(wave)
+                with torch.no_grad():
+                    field_ = torch.fft.ifft2(torch.fft.fft2(rest_t[None] * wave_t) * pupil_t[None])
+                # local direction of each camera pixel of the window: the background's passed fraction
+                cdx = coarse_x[None, None, :] - leds_um[chunk, 0, None, None]
+                cdy = coarse_y[None, :, None] - leds_um[chunk, 1, None, None]
+                cr = np.sqrt(cdx**2 + cdy**2 + height_um**2)
+                u_rho = np.sqrt((cdx / cr) ** 2 + (cdy / cr) ** 2) / wavelength / cutoff
+                u_phi = np.arctan2(cdy, cdx)
+                passed = np.where(u_rho <= 1.0, np.exp(1j * wavefront_rad(zernike, u_rho, u_phi)), 0.0)
+                passed = np.repeat(np.repeat(passed, q, axis=1), q, axis=2)
+                field_ = field_ + torch.as_tensor(background * passed, dtype=torch.complex64) * wave_t
+                intensity = (field_.real**2 + field_.imag**2)[:, crop, crop]
+                pixels = intensity.reshape(-1, size, q, size, q).mean(dim=(2, 4)).numpy()
+                intensities[chunk, y_start : y_start + size, x_start : x_start + size] += pixels * weight[None]
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    cos_theta = height / np.sqrt((positions**2).sum(axis=1) + height**2)
+    brightness = brightness * cos_theta**3
+    yy, xx = np.mgrid[0:n, 0:n]
+    r2 = ((yy - (n - 1) / 2) ** 2 + (xx - (n - 1) / 2) ** 2) / (2 * ((n - 1) / 2) ** 2)
+    vignette = 1 - micro.vignetting * r2
+    electrons_per_count = max(1.0, 2.5 * micro.photons_per_pixel / 2**micro.bit_depth)
+    frames = np.empty((len(leds), n, n), dtype=np.uint16)
+    for k in range(len(leds)):  # frame by frame: no (N, H, W) float64 array
+        expected = micro.photons_per_pixel * brightness[k] * vignette * intensities[k]
+        electrons = rng.poisson(np.clip(expected, 0, None)).astype(float)
+        electrons += micro.read_noise_e * rng.standard_normal(electrons.shape)
+        counts = np.round(electrons / electrons_per_count + micro.camera_offset)
+        frames[k] = np.clip(counts, 0, 2**micro.bit_depth - 1).astype(np.uint16)
+    frame_gain = micro.photons_per_pixel * brightness / (electrons_per_count * micro.exposure_ms)
+    return RefFieldSimulation(
+        spec=spec,
+        meta=nominal_meta(micro, leds),
+        frames=frames,
+        leds=leds,
+        led_positions_mm=positions,
+        frame_gain=frame_gain,
+        vignetting=vignette,
+        object=obj,
+        synthetic_na=float(synthetic_na),
+        subsamples=q,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def write_field_reference(simulation: RefFieldSimulation, dataset_path: Path, truth_upsample: int = 2) -> Path:
+    """Write the dataset and `<stem>_truth/`: the band-limited object (at `truth_upsample` x the camera grid,
+    times the square root of the vignetting, as a reconstruction with global gains sees it) and the true
+    system with the field-dependent Zernikes (`field_zernike_rad`, polynomials in x, y / field half-width)."""
+    from uafp_gui.io.calibration import Calibration
+    from uafp_gui.io.result import write_result
+    from uafp_gui.io.writer import write_dataset
+
+    dataset_path = Path(dataset_path)
+    write_dataset(dataset_path, simulation.meta, simulation.frames)
+    truth_folder = dataset_path.with_name(dataset_path.stem + "_truth")
+    vignette = np.sqrt(np.repeat(np.repeat(simulation.vignetting, truth_upsample, 0), truth_upsample, 1))
+    truth = simulation.truth(truth_upsample) * vignette
+    micro = simulation.micro
+    size = 128
+    grid = (np.arange(size) - size // 2) / (size * micro.sample_pixel_um)
+    fy, fx = np.meshgrid(grid, grid, indexing="ij")
+    cutoff = micro.objective_na / micro.wavelength_um
+    rho, phi = np.sqrt(fx**2 + fy**2) / cutoff, np.arctan2(fy, fx)
+    centre = {j: float(v) for j, v in simulation.zernike_at(0.0, 0.0).items()}
+    calibration = dict(simulation.calibration_dict(), source_dataset=dataset_path.name,
+                       object_pixel_um=micro.sample_pixel_um / truth_upsample)
+    write_result(
+        truth_folder,
+        amplitude=np.abs(truth).astype(np.float32),
+        phase=np.angle(truth).astype(np.float32),
+        pupil_amplitude=(rho <= 1).astype(np.float32),
+        pupil_phase=np.where(rho <= 1, wavefront_rad(centre, rho, phi), 0).astype(np.float32),
+        calibration=Calibration.from_dict(calibration),
+    )
+    return truth_folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--preset", default="misaligned", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="misaligned", choices=sorted(PRESETS) + sorted(FIELD_PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.preset in FIELD_PRESETS:
+        spec = FIELD_PRESETS[args.preset]
+        field_simulation = simulate_field(replace(spec, micro=replace(spec.micro, seed=args.seed)))
+        truth_path = write_field_reference(field_simulation, args.out)
+        print(f"wrote {args.out} ({field_simulation.frames.shape}, {field_simulation.seconds:.0f} s) and {truth_path}")
+        return
     simulation = simulate(replace(PRESETS[args.preset], seed=args.seed))
     truth = write_reference(simulation, args.out)
     print(f"wrote {args.out} ({len(simulation.frames)} frames, {simulation.subsamples} sub-samples) and {truth}/")

@@ -302,6 +302,12 @@ def test_combined_calibration_agrees_with_the_tiles_and_gains_are_relative():
     assert np.ptp(ratio) < 1e-9  # the relative gains are the tiles' own, whatever each tile's level
     details = shared.extra["fullfield_calibration"]["geometry"]["shift_x_mm"]
     assert 3 not in details["used"]
+    # One calibration tile without error bars: no NaN anywhere (calibration.json refuses it).
+    import json
+
+    single = calibrate.combine_calibrations(results[:1])
+    json.dumps(single.to_dict(), allow_nan=False)
+    assert single.led_geometry.shift_x_mm == pytest.approx(results[0].calibration["led_geometry"]["shift_x_mm"])
 
 
 def test_calibration_tiles_are_central_and_least_crossed_by_the_brightfield_boundary():
@@ -344,6 +350,7 @@ def test_aberration_model_recovers_a_quadratic_field_dependence():
     assert out["summary"]["center"]["dominant"][0]["name"] == "defocus"
     assert 0 < out["summary"]["diffraction_limited_fraction"] < 1  # the corners are worse (0.7 rad defocus)
     assert aberration.choose_order(4) == 1 and aberration.choose_order(2) == 0
+    assert aberration.choose_terms(4) == ("1", "x", "y", "xy") and aberration.choose_terms(3) == ("1", "x", "y")
 
 
 def test_aberration_map_picture(tmp_path):
@@ -404,6 +411,11 @@ def test_pipeline_with_an_injected_executor(stack, monkeypatch):
     assert [p.stage for p in progress if p.result is not None] == ["calibration"] * 2 + ["tiles"] * 4
     assert progress[-1].stage == "done"
     assert result.pixel_um == pytest.approx(_meta().sample_pixel_um / upsample)
+    # calibration.json: a valid calibration whose own pupil is the lens's at the field centre (x = 0 here)
+    from uafp_gui.io.calibration import Calibration
+
+    assert Calibration.from_dict(result.calibration).zernike_rad[4] == pytest.approx(0.2, abs=1e-9)
+    assert Calibration.from_dict(result.calibration).extra["field_aberrations"]["summary"]["max_rms_rad"] > 0
     # A given calibration skips stage 1.
     seen.clear()
     pipeline.reconstruct_full_field(path, tile_size=64, overlap=16, settings=settings, run_tasks=run_tasks,
@@ -419,3 +431,98 @@ def test_tile_tasks_pickle_and_settings_round_trip():
     assert pipeline.UafpSettings(**plain) == settings
     task = pipeline.TileTask("x.tif", Tile(0, 0, 0, 0, 0, 8, 8, (1.0, 2.0)), plain, None)
     assert pickle.loads(pickle.dumps(task)) == task
+
+
+# --------------------------------------------------------------------- the full-field reference simulator
+
+
+def _refsim():
+    import refsim  # benchmarks/ is on the tests' path (pyproject's pythonpath)
+
+    return refsim
+
+
+def test_field_object_is_the_same_however_the_field_is_cut():
+    refsim = _refsim()
+    rng = np.random.default_rng(0)
+    obj = refsim.FieldObject((-200, 200, -200, 200), 1.2, rng)
+    assert obj.cells and obj.bars
+    xs = np.arange(-150, 150, 0.5)
+    whole = obj.render(xs, xs)
+    part = obj.render(xs[100:300], xs[250:400])
+    np.testing.assert_allclose(part, whole[250:400, 100:300], atol=1e-9)
+
+
+def test_field_zernikes_follow_their_polynomials():
+    refsim = _refsim()
+    spec = refsim.FIELD_PRESETS["field256"]
+    half = spec.half_width_um
+    centre, corner = spec.zernike_at(0.0, 0.0), spec.zernike_at(half, half)
+    assert centre[4] == pytest.approx(0.3) and corner[4] == pytest.approx(1.3)
+    assert centre[8] == pytest.approx(0.0) and corner[8] == pytest.approx(0.3)
+    assert spec.zernike_at(-half, 0.0)[8] == pytest.approx(-0.3)  # coma grows with x, sign with x
+
+
+def test_field_simulation_is_consistent_across_patches():
+    """With a lens the same everywhere, the frames do not depend on how the field is cut into patches
+    (the blend is seamless and each patch's spherical illumination continues its neighbour's)."""
+    refsim = _refsim()
+    micro = dataclasses.replace(refsim.FIELD_MICROSCOPE, frame_size=64, led_grid=3, vignetting=0.0,
+                                led_brightness_spread=0.0, read_noise_e=0.0, photons_per_pixel=1e9, bit_depth=16,
+                                seed=2)
+    flat = {4: (0.4,), 6: (0.2,)}
+    spec = refsim.RefField(micro=micro, field_zernike_rad=flat, patch_px=64, patch_overlap_px=0, extra_margin_px=12)
+    one = refsim.simulate_field(spec)
+    many = refsim.simulate_field(dataclasses.replace(spec, patch_px=32, patch_overlap_px=12))
+    assert one.frames.shape == many.frames.shape == (9, 64, 64)
+    a = one.frames.astype(float) - micro.camera_offset
+    b = many.frames.astype(float) - micro.camera_offset
+    seams = [16, 32, 47, 48]  # the patches' overlaps: 16..32, 32..48
+    for k in range(9):
+        difference = np.abs(a[k] - b[k])
+        # The windows differ in the object around them (the pupil's sinc tails reach it): ~1-2 %, never a seam.
+        assert difference.mean() < 0.03 * a[k].mean(), k
+        assert difference[:, seams].mean() < 2 * difference.mean() + 0.002 * a[k].mean(), k
+    truth = one.truth(2)
+    assert truth.shape == (128, 128) and 0.5 < np.abs(truth).mean() < 1.0
+
+
+# ------------------------------------------------------------------------ end to end on the reference field
+
+
+@pytest.mark.slow
+def test_full_field_on_the_reference_simulator(tmp_path):
+    """A 192^2 field, 37 frames (LEDs within illumination NA 0.15), 4 tiles: the global geometry within
+    tolerance, the field-dependent Zernikes recovered, the stitched mosaic as good as its tiles
+    (benchmarks/fullfield_acceptance.py measures the same on the larger presets)."""
+    refsim = _refsim()
+    from fullfield_acceptance import geometry_errors, quality
+
+    spec = refsim.FIELD_PRESETS["field256"]
+    micro = dataclasses.replace(spec.micro, frame_size=192, led_disk_na=0.15, subsamples=4)
+    simulation = refsim.simulate_field(dataclasses.replace(spec, micro=micro))
+    path = tmp_path / "field.tif"
+    write_dataset(path, simulation.meta, simulation.frames)
+    settings = pipeline.UafpSettings(upsample=2, iterations=15, device="cpu", uncertainty=False)
+    result = pipeline.reconstruct_full_field(path, tile_size=112, overlap=32, settings=settings, calibration_tiles=2)
+    assert len(result.tiles) == 4 and len(simulation.leds) == 37
+    print(result.calibration["led_geometry"], result.calibration["field_aberrations"]["model"])
+    geometry = geometry_errors(result.calibration["led_geometry"], simulation.micro)
+    assert all(geometry["within"].values()), geometry
+    # The field dependence: 4 tiles fit 1, x, y, xy; at the tile centres the model is the lens's pupil there.
+    model = result.calibration["field_aberrations"]["model"]
+    assert model["terms"] == ["1", "x", "y", "xy"]
+    for tile_result in result.tiles:
+        x, y = tile_result.tile.center_um
+        fitted = aberration.evaluate_model(model, np.array([x]), np.array([y]))
+        truth = simulation.zernike_at(x, y)
+        error = math.sqrt(sum((float(fitted.get(j, [0.0])[0]) - float(truth.get(j, 0.0))) ** 2 for j in range(4, 12)))
+        assert error < 0.25, (tile_result.tile.index, error)
+    coefficients = {int(j): dict(zip(model["terms"], c, strict=True)) for j, c in model["coefficients_rad"].items()}
+    # coma grows with x (Z8) and y (Z7), astigmatism Z5 with xy (refsim.FIELD_ZERNIKE_RAD); the tile centres sit at
+    # x, y = +-0.42 of the half-width, so the slopes are measured over a lever arm of 0.84
+    assert coefficients[8]["x"] == pytest.approx(0.3, abs=0.12) and abs(coefficients[8]["y"]) < 0.12
+    assert coefficients[7]["y"] == pytest.approx(0.3, abs=0.12) and abs(coefficients[7]["x"]) < 0.12
+    assert coefficients[5]["xy"] == pytest.approx(0.5, abs=0.3)
+    figures, _ = quality(result, simulation, 2)
+    assert figures["stitched_psnr_db"] >= figures["mean_tile_psnr_db"] - 0.5, figures

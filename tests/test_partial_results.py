@@ -204,7 +204,8 @@ def test_a_signal_to_the_cli_leaves_a_complete_partial_result(tiny, tmp_path, si
     dataset_path = tmp_path / "tiny.tif"
     write_simulation(tiny, dataset_path)
     out = tmp_path / "result"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    # PYTHONFAULTHANDLER: a child that does not end after the signal is made to print every thread's stack
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), PYTHONFAULTHANDLER="1")
     child = subprocess.Popen(
         [sys.executable, "-m", "uafp_gui", "reconstruct", str(dataset_path), "--iterations", "5000",
          "--upsample", "2", "--out", str(out)],
@@ -222,7 +223,13 @@ def test_a_signal_to_the_cli_leaves_a_complete_partial_result(tiny, tmp_path, si
             time.sleep(0.05)
         assert child.poll() is None, b"".join(chunks).decode(errors="replace")
         child.send_signal(sig)
-        child.wait(120)
+        try:
+            child.wait(120)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)  # faulthandler prints where it hangs
+            child.wait(30)
+            reader.join(10)
+            pytest.fail(f"no exit within 120 s of {how}; its stacks:\n" + b"".join(chunks).decode(errors="replace"))
     finally:
         if child.poll() is None:
             child.kill()

@@ -4,8 +4,8 @@ Every tile's run holds the LED geometry fixed (one global calibration: the LED a
 object seen from every tile) and frees its own pupil, so what varies from tile to tile is the lens:
 the field-dependent pupil. Each Zernike coefficient is modelled as a low-order polynomial of the
 field position (up to 2nd order: 1, x, y, x^2, xy, y^2 in field coordinates normalised to the field's
-half-width), fitted across the tiles by weighted least squares (weights 1 / standard error^2 when
-the tiles report error bars). From the model, per field point:
+half-width; with 4 to 6 tiles 1, x, y, xy), fitted across the tiles by weighted least squares (weights
+1 / standard error^2 when the tiles report error bars). From the model, per field point:
 
 - wavefront RMS sigma = sqrt(sum_{j >= 4} c_j^2) (Noll Zernikes are RMS-normalised; piston and tilt,
   a translation of the image, are not aberrations of the image quality), in radians and waves;
@@ -42,20 +42,31 @@ def zernike_name(j: int) -> str:
     return ZERNIKE_NAMES.get(int(j), f"Z{int(j)}")
 
 
-def _design(x: np.ndarray, y: np.ndarray, order: int) -> np.ndarray:
-    columns = [np.ones_like(x), x, y, x * x, x * y, y * y]
-    count = {0: 1, 1: 3, 2: 6}[order]
-    return np.stack(columns[:count], axis=-1)
+def _design(x: np.ndarray, y: np.ndarray, terms: Sequence[str]) -> np.ndarray:
+    columns = {"1": np.ones_like(x), "x": x, "y": y, "x^2": x * x, "xy": x * y, "y^2": y * y}
+    return np.stack([columns[t] for t in terms], axis=-1)
 
 
 def choose_order(tile_count: int, max_order: int = 2) -> int:
     """The highest polynomial order <= max_order the tiles can fit with a residual degree of freedom
-    (an exact fit when they cannot)."""
-    for order in range(max_order, -1, -1):
-        terms = {0: 1, 1: 3, 2: 6}[order]
-        if tile_count >= terms + 1 or (order == 0 and tile_count >= 1):
-            return order
+    (order 1 as soon as 3 tiles give its exact fit)."""
+    if max_order >= 2 and tile_count >= 7:
+        return 2
+    if max_order >= 1 and tile_count >= 3:
+        return 1
     return 0
+
+
+def choose_terms(tile_count: int, max_order: int = 2) -> tuple[str, ...]:
+    """The polynomial's terms: all six of order 2 from 7 tiles; from 4 tiles (a 2 x 2 grid) 1, x, y and the
+    bilinear xy (what four tile centres determine: an astigmatism growing as xy shows at them); 1, x, y
+    from 3; the constant below."""
+    order = choose_order(tile_count, max_order)
+    if order == 2:
+        return TERMS
+    if order == 1:
+        return ("1", "x", "y", "xy") if tile_count >= 4 and max_order >= 2 else ("1", "x", "y")
+    return ("1",)
 
 
 def fit_aberration_model(
@@ -81,7 +92,8 @@ def fit_aberration_model(
     x = (centers[:, 0] - field_center_um[0]) / field_half_width_um
     y = (centers[:, 1] - field_center_um[1]) / field_half_width_um
     order = choose_order(n, max_order)
-    design = _design(x, y, order)
+    terms = choose_terms(n, max_order)
+    design = _design(x, y, terms)
     indices = sorted({int(j) for z in zernikes for j in z})
     coefficients: dict[str, list[float]] = {}
     residual_rms: dict[str, float] = {}
@@ -108,7 +120,7 @@ def fit_aberration_model(
             coefficient_std[str(j)] = [float("nan")] * design.shape[1]
     return {
         "order": order,
-        "terms": list(TERMS[: design.shape[1]]),
+        "terms": list(terms),
         "field_center_um": [float(field_center_um[0]), float(field_center_um[1])],
         "field_half_width_um": float(field_half_width_um),
         "coordinates": "x, y = (sample-plane position - field_center_um) / field_half_width_um",
@@ -124,7 +136,7 @@ def evaluate_model(model: Mapping, x_um: np.ndarray, y_um: np.ndarray) -> dict[i
     x_um, y_um = np.broadcast_arrays(np.asarray(x_um, dtype=float), np.asarray(y_um, dtype=float))
     cx, cy = model["field_center_um"]
     scale = float(model["field_half_width_um"])
-    design = _design((x_um - cx) / scale, (y_um - cy) / scale, int(model["order"]))
+    design = _design((x_um - cx) / scale, (y_um - cy) / scale, model["terms"])
     return {int(j): design @ np.asarray(c, dtype=float) for j, c in model["coefficients_rad"].items()}
 
 
@@ -234,7 +246,10 @@ def field_aberrations(
 
 def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Aberration map") -> Path:
     """The lens-inspection picture (PNG): wavefront RMS (waves) with the Marechal contour, Strehl, the
-    dominant term's coefficient over the field, and the tiles' own values."""
+    dominant term's coefficient over the field, and the tiles' own values. `aberrations`: the
+    `field_aberrations` dict, or a whole calibration dict holding it."""
+    if "field_aberrations" in aberrations:
+        aberrations = aberrations["field_aberrations"]
     import matplotlib
 
     matplotlib.use("Agg")

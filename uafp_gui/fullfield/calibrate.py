@@ -89,6 +89,17 @@ def robust_combine(values: Sequence[float], stds: Sequence[float | None] | None 
     return {"value": value, "std": std, "used": [int(k) for k in np.flatnonzero(used)], "spread": spread}
 
 
+def _finite(value):
+    """`value` with every non-finite number as None (calibration.json holds no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def usable(result: TileResult) -> bool:
     """A calibration tile whose geometry can be trusted: the run ended normally, nothing at a bound."""
     bounded = result.calibration.get("at_bounds") or []
@@ -117,7 +128,7 @@ def combine_calibrations(results: Sequence[TileResult]) -> Calibration:
         combined = robust_combine(values, stds)
         geometry[name] = combined["value"]
         geometry_std[name] = combined["std"] if np.isfinite(combined["std"]) else None
-        details[name] = {"per_tile": values, "per_tile_std": stds, **combined}
+        details[name] = _finite({"per_tile": values, "per_tile_std": stds, **combined})
 
     gains = [np.asarray(c.frame_gain, dtype=float) for c in calibrations if len(c.frame_gain)]
     frame_gain: tuple[float, ...] = ()

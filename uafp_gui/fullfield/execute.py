@@ -64,7 +64,8 @@ def check_scheduler_address(address: str) -> str:
 
 @dataclass(frozen=True)
 class TaskStats:
-    """What one task cost on its worker: wall time, the worker process's peak resident memory so far."""
+    """What one task cost on its worker: wall time, CPU time (the worker process's, all its threads), the
+    worker process's peak resident memory so far."""
 
     position: int
     worker_pid: int
@@ -72,6 +73,7 @@ class TaskStats:
     wall_s: float
     peak_rss_mb: float
     torch_threads: int | None
+    cpu_s: float = float("nan")
 
 
 def _peak_rss_mb() -> float:
@@ -106,7 +108,7 @@ def run_one(
     import socket
 
     threads = _set_torch_threads(torch_threads) if torch_threads else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = fn(task)
     stats = TaskStats(
         position=position,
@@ -115,6 +117,7 @@ def run_one(
         wall_s=time.perf_counter() - start,
         peak_rss_mb=_peak_rss_mb(),
         torch_threads=threads,
+        cpu_s=time.process_time() - cpu_start,
     )
     return result, stats
 

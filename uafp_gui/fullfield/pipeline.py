@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from uafp_gui.fullfield.aberration import field_aberrations
+from uafp_gui.fullfield.aberration import evaluate_model, field_aberrations
 from uafp_gui.fullfield.calibrate import (
+    boundary_frames,
     choose_calibration_tiles,
     combine_calibrations,
     fixed_system_settings,
@@ -132,6 +133,7 @@ def reconstruct_tile(task: TileTask) -> TileResult:
         data_misfit=float(result.extra.get("data_misfit", float("nan"))),
         stop_reason=str(recon.stop_reason),
         wall_s=time.perf_counter() - started,
+        pupil=np.stack([np.abs(result.pupil), np.angle(result.pupil)]).astype(np.float32),
     )
 
 
@@ -211,6 +213,9 @@ def reconstruct_full_field(
         max_order=aberration_order,
     )
     out = shared.to_dict()
+    # The calibration's own pupil is the lens's at the field centre (the model's); the field dependence is extra.
+    centre = evaluate_model(aberrations["model"], np.array((cx,)), np.array((cy,)))
+    out["zernike_rad"] = {str(j): float(v[0]) for j, v in sorted(centre.items())}
     out["object_pixel_um"] = pixel_um / upsample
     out["field_aberrations"] = aberrations
     out["fullfield"] = {
@@ -218,6 +223,8 @@ def reconstruct_full_field(
         "tile_size": [tiles[0].height, tiles[0].width],
         "tiles": [dataclasses.asdict(t) for t in tiles],
         "calibration_tiles": [r.tile.index for r in calibration_results],
+        # frames whose LED is bright field in part of the tile and dark field in the rest (nominal geometry)
+        "boundary_frames": [boundary_frames(meta, t) for t in tiles],
         "calibration_given": calibration is not None,
         "stitching": {
             "reference_tile": int(alignment.reference),

@@ -74,6 +74,7 @@ class TileResult:
     data_misfit: float
     stop_reason: str
     wall_s: float
+    pupil: np.ndarray | None = None  # float32 (2, P, P): pupil amplitude and phase (rad), as in pupil.tif
 
 
 def blur_width_px(meta) -> int:
