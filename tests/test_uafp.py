@@ -694,3 +694,25 @@ def test_the_rim_fit_starts_a_small_frame_run_where_the_circle_fit_cannot():
     without._initialise()
     print(f"without the rim fit: {without.start_geometry}")
     assert abs(without.start_geometry.rotation_deg - truth.rotation_deg) > 2.0  # the boundary grid alone
+
+
+def test_a_geometry_that_does_not_move_in_a_system_phase_takes_no_gradient(tiny):
+    """Frozen (the start search's probes) or waiting to join (the first half of a run from a data-driven
+    start), the geometry is a constant of the system phase: no gradient is computed through it (the Adam
+    step is the same: its gradient was dropped after the backward pass before). The flags come back."""
+    recon = UafpReconstruction.from_dataset(dataset_of(tiny), TINY_SETTINGS.replace(init_geometry_from_data=False))
+    recon._take_pending()
+    recon._initialise()
+    system = recon.model.system
+    with recon._gradients_for("system", freeze_geometry=True):
+        assert not system.rotation_deg.requires_grad and not system.shift_x_mm.requires_grad
+        assert system.zernike_rad.requires_grad and not recon.object.requires_grad
+    assert system.rotation_deg.requires_grad and system.shift_x_mm.requires_grad and recon.object.requires_grad
+    with recon._gradients_for("system"):  # a nominal start: the geometry learns from the first system step
+        assert system.height_mm.requires_grad
+    recon.start_geometry = system.led_geometry()  # a start from the data: the geometry waits for half the run
+    with recon._gradients_for("system"):
+        assert not system.height_mm.requires_grad
+    recon.iteration = recon.settings.iterations // 2
+    with recon._gradients_for("system"):
+        assert system.height_mm.requires_grad

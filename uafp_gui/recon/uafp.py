@@ -359,10 +359,17 @@ class UafpReconstruction:
         system = self.model.system
         if system.zernike_rad.grad is not None:
             system.zernike_rad.grad.mul_(self._zernike_mask())
-        geometry_from_data = self.start_geometry is not None
-        if geometry_from_data and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations:
+        if self._geometry_waits():
             for parameter in (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm):
                 parameter.grad = None
+
+    def _geometry_waits(self) -> bool:
+        """Whether the geometry (started from the data) waits for object and pupil to settle: see
+        `_mask_system_gradients`."""
+        return (
+            self.start_geometry is not None
+            and self.iteration < self.settings.geometry_start_fraction * self.settings.iterations
+        )
 
     def _set_learning_rates(self) -> None:
         total = max(self.settings.iterations, 1)
@@ -417,7 +424,7 @@ class UafpReconstruction:
 
         optimiser = self.optimisers[phase]
         total = 0.0
-        with self._gradients_for(phase):
+        with self._gradients_for(phase, freeze_geometry):
             for batch in torch.split(order, self.batch_size()):
                 if self._cancel_requested():  # Stop acts within one mini-batch, not one iteration or search
                     raise Cancelled
@@ -425,12 +432,19 @@ class UafpReconstruction:
         return total
 
     @contextlib.contextmanager
-    def _gradients_for(self, phase: str) -> Iterator[None]:
+    def _gradients_for(self, phase: str, freeze_geometry: bool = False) -> Iterator[None]:
         """Autograd through this phase's own parameters only: the other side is a constant of the phase,
         so its gradients (the pupil interpolation's backward, the object's FFT) are never computed, and
-        the system phase transforms the object once for all its mini-batches (`loss`)."""
+        the system phase transforms the object once for all its mini-batches (`loss`). A geometry that
+        does not move in this phase (frozen, or waiting to join: `_geometry_waits`) is a constant too:
+        no gradient through the LED frequencies, the pupil support and the interpolation grid."""
         system = self.model.system
         others = [self.object] if phase == "system" else [p for p in system.parameters() if p.requires_grad]
+        if phase == "system" and (freeze_geometry or self._geometry_waits()):
+            geometry = [system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm]
+            learned = [p for p in system.parameters() if p.requires_grad and all(p is not g for g in geometry)]
+            if learned:  # something else takes the step (else the phase runs as before: nothing moves)
+                others += [p for p in geometry if p.requires_grad]
         for parameter in others:
             parameter.requires_grad_(False)
         if phase == "system":
