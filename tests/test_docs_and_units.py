@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from uafp_gui.errors import DatasetError
-from uafp_gui.io.calibration import _CALIBRATION_FIELDS, Calibration
+from uafp_gui.io.calibration import CALIBRATION_FIELDS, Calibration
 from uafp_gui.io.dataset import read_dataset
 from uafp_gui.io.result import read_pixel_size_um, write_result
 from uafp_gui.io.schema import _KNOWN
@@ -22,7 +22,7 @@ DOC = ROOT / "docs" / "dataset_format.md"
 
 def test_the_format_document_names_every_field():
     text = DOC.read_text()
-    names = sorted(_KNOWN | set(_CALIBRATION_FIELDS))
+    names = sorted(_KNOWN | set(CALIBRATION_FIELDS))
     missing = [name for name in names if f"`{name}`" not in text and f'"{name}"' not in text]
     assert not missing, f"docs/dataset_format.md does not describe {missing}"
     assert "docs/dataset_format.md" in (ROOT / "README.md").read_text()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uafp_gui.io.calibration import CALIBRATION_FORMAT, Calibration, save_calibration
+from uafp_gui.io.calibration import CALIBRATION_FIELDS, CALIBRATION_FORMAT, Calibration, save_calibration
 from uafp_gui.io.ome import DEFAULT_MIN_SIZE, write_ome_tiff, write_ome_zarr
 from uafp_gui.io.result import write_folder_atomically, write_result
 
@@ -58,18 +58,6 @@ TILES = "tiles"
 TILE_TABLE = "tiles.json"
 ZARR_CHUNKS = (1, 1024, 1024)  # one channel, 4 MiB of float32: a viewer reads a large mosaic piece by piece
 PUPIL_STAND_IN_SIZE = 64
-_CALIBRATION_KEYS = (
-    "led_geometry",
-    "zernike_rad",
-    "frame_gain",
-    "led_positions_mm",
-    "object_pixel_um",
-    "final_loss",
-    "iterations",
-    "elapsed_s",
-    "source_dataset",
-    "software",
-)
 
 
 def plain(value: object) -> object:
@@ -95,7 +83,7 @@ def _calibration(data: dict, pixel_um: float, source_dataset: str = "") -> Calib
     if data.get("format") == CALIBRATION_FORMAT:
         calibration = Calibration.from_dict(data)
     else:
-        known = {key: data[key] for key in _CALIBRATION_KEYS if key in data}
+        known = {key: data[key] for key in CALIBRATION_FIELDS if key in data}
         extra = {k: v for k, v in data.items() if k not in known and k not in ("format", "version")}
         calibration = Calibration(**known, extra=extra)
     return dataclasses.replace(

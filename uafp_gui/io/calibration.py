@@ -178,13 +178,14 @@ class Calibration:
             raise DatasetError(
                 'led_geometry is missing: a calibration needs at least {"led_geometry": {"height_mm": ...}}'
             )
-        kwargs = {key: data[key] for key in _CALIBRATION_FIELDS if key in data}
+        kwargs = {key: data[key] for key in CALIBRATION_FIELDS if key in data}
         kwargs["led_geometry"] = LedGeometry.from_dict(data["led_geometry"])
         kwargs["extra"] = {k: v for k, v in data.items() if k not in _CALIBRATION_KNOWN}
         return cls(**kwargs)
 
 
-_CALIBRATION_FIELDS = (
+# The fields of a calibration.json that `Calibration` holds as its own (everything else is `extra`).
+CALIBRATION_FIELDS = (
     "led_geometry",
     "zernike_rad",
     "frame_gain",
@@ -196,7 +197,7 @@ _CALIBRATION_FIELDS = (
     "source_dataset",
     "software",
 )
-_CALIBRATION_KNOWN = frozenset(_CALIBRATION_FIELDS + ("format", "version"))
+_CALIBRATION_KNOWN = frozenset(CALIBRATION_FIELDS + ("format", "version"))
 
 
 def save_calibration(path: str | os.PathLike[str], calibration: Calibration) -> Path:
