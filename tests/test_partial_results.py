@@ -210,6 +210,9 @@ def test_a_signal_to_the_cli_leaves_a_complete_partial_result(tiny, tmp_path, si
         [sys.executable, "-m", "uafp_gui", "reconstruct", str(dataset_path), "--iterations", "5000",
          "--upsample", "2", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+        # A suite started in the background by a shell (`... &`) inherits SIGINT ignored, and so would the child:
+        # Python then installs no Ctrl-C handler and the signal is lost. The child gets what a terminal gives.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: child.stderr.read1(4096), b"")), daemon=True)
