@@ -11,7 +11,6 @@ a `PartialDatasetWarning`), and the tile's centre becomes the region's `tile_cen
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from uafp_gui.errors import DatasetError
 from uafp_gui.fullfield.tiles import Tile
-from uafp_gui.io.dataset import PartialDatasetWarning, _resolve_tiff_path, read_dataset_meta
+from uafp_gui.io.dataset import _resolve_tiff_path, present_frames, read_dataset_meta
 from uafp_gui.io.pixels import common_dtype, stored_pixels
 from uafp_gui.io.schema import DatasetMeta
 from uafp_gui.io.tiff import check_frame_size, open_tiff, page_errors, quiet_tifffile, walk_pages
@@ -59,20 +58,6 @@ def _frame_shape(page, path: Path) -> tuple[int, int]:
     return (int(shape[0]), int(shape[1]))
 
 
-def _present(meta: DatasetMeta, found: int, path: Path, truncated: bool) -> DatasetMeta:
-    planned = len(meta.frames)
-    if found < planned:
-        reason = " (the file is cut short)" if truncated else ""
-        warnings.warn(
-            f"{path} is a partial dataset: {found} of {planned} planned frames present{reason}; "
-            f"using the first {found} frame entries",
-            PartialDatasetWarning,
-            stacklevel=3,
-        )
-        return meta.with_frames(meta.frames[:found])
-    return meta
-
-
 def field_info(dataset_path: str | os.PathLike[str]) -> FieldInfo:
     """The dataset's metadata (of the frames present), frame shape and pixel type; reads no pixels."""
     path = _resolve_tiff_path(Path(dataset_path))
@@ -85,7 +70,7 @@ def field_info(dataset_path: str | os.PathLike[str]) -> FieldInfo:
              for p in pages]
         )
     planned = len(meta.frames)
-    present = _present(meta, len(pages), path, truncated)
+    present = present_frames(meta, len(pages), path, truncated)
     return FieldInfo(path, present, shape, np.dtype(dtype), len(pages) == planned, planned)
 
 
@@ -144,5 +129,5 @@ def read_region(dataset_path: str | os.PathLike[str], tile: Tile) -> tuple[np.nd
         raise DatasetError(f"{path} holds no complete frame: the file is corrupt")
     dtype = common_dtype(r.dtype for r in regions)
     frames = np.stack([r.astype(dtype, copy=False) for r in regions])
-    present = _present(meta, len(regions), path, truncated)
+    present = present_frames(meta, len(regions), path, truncated)
     return frames, present.replace(tile_center_um=tile.center_um)

@@ -224,6 +224,22 @@ def _read_sidecar(sidecar: Path) -> DatasetMeta:
     return meta_from_text(text, f"sidecar {sidecar}")
 
 
+def present_frames(meta: DatasetMeta, found: int, path: Path, truncated: bool, stacklevel: int = 3) -> DatasetMeta:
+    """The metadata of the `found` frames present: a partial dataset (fewer than planned) warns
+    (`PartialDatasetWarning`) and keeps the first `found` frame entries."""
+    planned = len(meta.frames)
+    if found >= planned:
+        return meta
+    reason = " (the file is cut short)" if truncated else ""
+    warnings.warn(
+        f"{path} is a partial dataset: {found} of {planned} planned frames present{reason}; "
+        f"using the first {found} frame entries",
+        PartialDatasetWarning,
+        stacklevel=stacklevel,
+    )
+    return meta.with_frames(meta.frames[:found])
+
+
 def _assemble(meta: DatasetMeta, frames: list[np.ndarray], path: Path, truncated: bool) -> Dataset:
     planned = len(meta.frames)
     found = len(frames)
@@ -233,15 +249,7 @@ def _assemble(meta: DatasetMeta, frames: list[np.ndarray], path: Path, truncated
             "entries to 'frames' (one per frame, in acquisition order) or remove extra pages"
         )
     complete = found == planned
-    if not complete:
-        reason = " (the file is cut short)" if truncated else ""
-        warnings.warn(
-            f"{path} is a partial dataset: {found} of {planned} planned frames present{reason}; "
-            f"using the first {found} frame entries",
-            PartialDatasetWarning,
-            stacklevel=3,
-        )
-        meta = meta.with_frames(meta.frames[:found])
+    meta = present_frames(meta, found, path, truncated, stacklevel=4)
     stack = np.stack(frames, axis=0)
     return Dataset(meta=meta, frames=stack, path=path, complete=complete, planned_frame_count=planned)
 
