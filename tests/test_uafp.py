@@ -168,10 +168,11 @@ def test_start_search_walks_to_the_best_probe_within_the_uncertainty():
 
         return probe
 
-    found, loss_from, loss_to = search_start_geometry(bowl(best), start, sigma, evaluations=60)
-    error = (np.array([found.shift_x_mm, found.shift_y_mm, found.rotation_deg, found.height_mm]) - best) / sigma
-    assert loss_to < loss_from
-    assert np.abs(error).max() < 0.5, error
+    for patience in (0, 8):  # a steady descent is never cut short by the patience
+        found, loss_from, loss_to = search_start_geometry(bowl(best), start, sigma, evaluations=60, patience=patience)
+        error = (np.array([found.shift_x_mm, found.shift_y_mm, found.rotation_deg, found.height_mm]) - best) / sigma
+        assert loss_to < loss_from
+        assert np.abs(error).max() < 0.5, error
     kept, loss_from, loss_to = search_start_geometry(
         bowl(np.array([0.1, 0.5, 0.8, 93.0])), start, sigma, evaluations=20
     )
@@ -182,6 +183,29 @@ def test_start_search_walks_to_the_best_probe_within_the_uncertainty():
 
     kept, loss_from, loss_to = search_start_geometry(shallow, start, sigma, evaluations=20)
     assert kept == start and loss_to == loss_from
+
+
+def test_start_search_ends_when_its_probes_stop_gaining():
+    """A probe misfit that drops 10 % at a vertex of the first simplex and then only creeps (a flat valley):
+    with patience 8 the search ends 8 probes after the simplex, with the best probe seen; without, it
+    spends its evaluations."""
+    start = LedGeometry(0.1, 0.5, 0.8, 93.0)
+    sigma = np.array([0.05, 0.05, 0.35, 0.6])
+    seen: list[tuple[float, LedGeometry]] = []
+
+    def valley(g: LedGeometry) -> float:
+        z = (np.array([g.shift_x_mm, g.shift_y_mm, g.rotation_deg, g.height_mm]) - [0.1, 0.5, 0.8, 93.0]) / sigma
+        value = (1.0 if z[3] < 1.0 else 0.9) + 1e-4 * float(np.sum((z - [0.5, -0.5, 0.5, 3.0]) ** 2))
+        seen.append((value, g))
+        return value
+
+    found, loss_from, loss_to = search_start_geometry(valley, start, sigma, evaluations=40, patience=8)
+    assert len(seen) == 5 + 8
+    best_loss, best_geometry = min(seen, key=lambda item: item[0])
+    assert found == best_geometry and loss_to == best_loss < 0.95 * loss_from
+    seen.clear()
+    search_start_geometry(valley, start, sigma, evaluations=40, patience=0)
+    assert len(seen) > 20
 
 
 @pytest.mark.slow  # long numerical end-to-end check: the slow lane

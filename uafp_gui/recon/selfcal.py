@@ -445,6 +445,7 @@ def search_start_geometry(
     uncertainty: np.ndarray,
     evaluations: int,
     min_gain: float = 0.05,
+    patience: int = 0,
 ) -> tuple[LedGeometry, float, float]:
     """Best geometry near `start` by the data themselves: a derivative-free search (Nelder-Mead)
     of `probe_loss` in units of the start's standard errors, first simplex two of them wide.
@@ -454,10 +455,16 @@ def search_start_geometry(
     the answer). The start is kept unless the answer explains the data clearly better (by
     `min_gain`, relative): differences at the noise level must not move it; and when no vertex of
     the first simplex gains half that, the search stops there (5 probes instead of `evaluations`).
+
+    With `patience` > 0 the search also ends once that many probes in a row after the first simplex
+    lowered the best misfit by no more than `min_gain` / 10 (relative), with the best probe so far:
+    on the probes' flat valley further probes buy nothing, and on simulated data with a known truth
+    they walked the geometry away from it (the probe misfit's minimum is not the true geometry).
     """
     centre = np.array([start.shift_x_mm, start.shift_y_mm, start.rotation_deg, start.height_mm])
     scale = np.asarray(uncertainty, dtype=float)
     cache: dict[tuple[float, ...], float] = {}
+    best = {"z": np.zeros(4), "loss": np.inf, "since_gain": 0}
 
     def geometry(z: np.ndarray) -> LedGeometry:
         return LedGeometry(*[float(v) for v in centre + scale * z])
@@ -465,19 +472,32 @@ def search_start_geometry(
     def loss(z: np.ndarray) -> float:
         key = tuple(np.round(z, 9))
         if key not in cache:
-            cache[key] = probe_loss(geometry(z))
+            value = cache[key] = probe_loss(geometry(z))
+            best["since_gain"] = 0 if value < best["loss"] * (1 - min_gain / 10) else best["since_gain"] + 1
+            if value < best["loss"]:
+                best["z"], best["loss"] = np.array(z, dtype=float), value
+            if patience > 0 and len(cache) > len(simplex) and best["since_gain"] >= patience:
+                raise _Stalled
         return cache[key]
 
     simplex = np.vstack([np.zeros(4), 2.0 * np.eye(4)])
     start_loss = loss(simplex[0])
     if min(loss(vertex) for vertex in simplex[1:]) > start_loss * (1 - min_gain / 2):
         return start, start_loss, start_loss
-    found = optimize.minimize(
-        loss,
-        np.zeros(4),
-        method="Nelder-Mead",
-        options={"initial_simplex": simplex, "maxfev": evaluations, "xatol": 0.25, "fatol": 0.0},
-    )
-    if found.fun < start_loss * (1 - min_gain):
-        return geometry(found.x), start_loss, float(found.fun)
+    try:
+        found = optimize.minimize(
+            loss,
+            np.zeros(4),
+            method="Nelder-Mead",
+            options={"initial_simplex": simplex, "maxfev": evaluations, "xatol": 0.25, "fatol": 0.0},
+        )
+        z, found_loss = found.x, float(found.fun)
+    except _Stalled:
+        z, found_loss = best["z"], float(best["loss"])
+    if found_loss < start_loss * (1 - min_gain):
+        return geometry(z), start_loss, found_loss
     return start, start_loss, start_loss
+
+
+class _Stalled(Exception):
+    """The start search's probes stopped gaining (`search_start_geometry`'s `patience`)."""

@@ -46,6 +46,9 @@ class UafpSettings:
     start_search_iterations: int = 3
     start_search_extra_na: float = 0.1
     start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
+    # The search ends once this many probes in a row (after the first simplex) gained no more than
+    # start_search_min_gain / 10 on the best (0: only the evaluation count ends it): see `selfcal.search_start_geometry`.
+    start_search_patience: int = 8
     # Larger frames are searched on their centred crop of this side (0: whole frames): see `start.probe_reconstruction`.
     start_search_crop_px: int = 128
     # When the circle fit fails, the rim fit's start is taken when its bright-field rims are visible: a mean
@@ -104,7 +107,7 @@ class UafpSettings:
             ("upsample", 1, MAX_UPSAMPLE), ("pixel_integration", 1, 8), ("iterations", 0, 1_000_000),
             ("batch_size", 1, 100_000), ("zernike_min_index", 1, 66), ("polish_steps", 0, 1000),
             ("geometry_newton_steps", 0, 1000), ("geometry_newton_every", 1, 1000),
-            ("start_search_evaluations", 0, 10_000),
+            ("start_search_evaluations", 0, 10_000), ("start_search_patience", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
             ("convergence_window", 0, 1_000_000), ("start_search_crop_px", 0, 1_000_000),
             ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),

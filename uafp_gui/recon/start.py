@@ -169,6 +169,7 @@ def search_start(recon: UafpReconstruction) -> None:
             circles.uncertainty,
             recon.settings.start_search_evaluations,
             recon.settings.start_search_min_gain,
+            recon.settings.start_search_patience,
         )
     except Cancelled:  # back to the circle fit; the search runs again when the run continues
         reset(start)
