@@ -47,7 +47,8 @@ class UafpSettings:
     start_search_extra_na: float = 0.1
     start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
     # The search ends once this many probes in a row (after the first simplex) gained no more than
-    # start_search_min_gain / 10 on the best (0: only the evaluation count ends it): see `selfcal.search_start_geometry`.
+    # start_search_min_gain / 10 on the best (0: only the evaluation count ends it):
+    # see `selfcal.search_start_geometry`.
     start_search_patience: int = 8
     # Larger frames are searched on their centred crop of this side (0: whole frames): see `start.probe_reconstruction`.
     start_search_crop_px: int = 128
