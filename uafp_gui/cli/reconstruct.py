@@ -293,11 +293,6 @@ def run(args: argparse.Namespace) -> int:
                 lambda update: (bar.update(1), bar.set_postfix(misfit=f"{update.loss:.4f}", refresh=False))
             )
     else:
-        from uafp_gui.session.reconstruction import warm_up_solver
-
-        # torch's optimisers import torch._dynamo on their first use (seconds; no optimiser option avoids
-        # it): done beside the engine's import, the model build and the start fit, not after them.
-        threading.Thread(target=warm_up_solver, name="uafp-warm-up", daemon=True).start()
         from uafp_gui.recon.uafp import UafpReconstruction
 
         recon = UafpReconstruction.from_dataset(dataset, uafp_settings(args), calibration)
