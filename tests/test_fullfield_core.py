@@ -188,13 +188,13 @@ def _field(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
     return amplitude, phase
 
 
-def _cut(plan, amplitude, phase, upsample, rng, scales=True):
+def _cut(plan, amplitude, phase, upsample, rng, scales=True, ramps=True):
     amplitudes, phases = [], []
     for tile in plan:
         region_ = (slice(tile.y0 * upsample, tile.y1 * upsample), slice(tile.x0 * upsample, tile.x1 * upsample))
         yy, xx = np.mgrid[0 : tile.height * upsample, 0 : tile.width * upsample]
         offset = rng.uniform(-math.pi, math.pi)
-        gy, gx = rng.normal(0.0, 0.03, 2)
+        gy, gx = rng.normal(0.0, 0.03, 2) if ramps else (0.0, 0.0)
         amplitudes.append(amplitude[region_] * (rng.uniform(0.7, 1.4) if scales else 1.0))
         phases.append(np.angle(np.exp(1j * (phase[region_] + offset + gy * yy + gx * xx))).astype(np.float32))
     return amplitudes, phases
@@ -217,7 +217,8 @@ def test_stitching_tiles_with_random_offsets_ramps_and_scales_reproduces_the_ima
     assert len(plan) == 12
     amplitude, phase = _field((shape[0] * upsample, shape[1] * upsample), 1)
     amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng)
-    mosaic_amplitude, mosaic_phase, alignment = stitch.stitch(plan, amplitudes, phases, shape, upsample)
+    mosaic_amplitude, mosaic_phase, alignment = stitch.stitch(plan, amplitudes, phases, shape, upsample,
+                                                              align_ramp=True)
     scale = float((amplitude * mosaic_amplitude).sum() / (mosaic_amplitude**2).sum())
     assert np.abs(scale * mosaic_amplitude - amplitude).max() < 1e-4 * amplitude.max()
     assert np.abs(_phase_error(mosaic_phase, phase)).max() < 1e-3
@@ -248,7 +249,7 @@ def test_noisy_tiles_stitch_without_seams():
     shape, upsample = (160, 160), 2
     plan = tiles.plan_tiles(shape, _meta(), 96, 32)
     amplitude, phase = _field((320, 320), 2)
-    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng)
+    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng, ramps=False)
     amplitudes = [a + 0.02 * rng.standard_normal(a.shape) for a in amplitudes]
     phases = [p + 0.05 * rng.standard_normal(p.shape) for p in phases]
     mosaic_amplitude, mosaic_phase, _ = stitch.stitch(plan, amplitudes, phases, shape, upsample)
@@ -257,6 +258,35 @@ def test_noisy_tiles_stitch_without_seams():
     # No seam: the error along the overlaps' centre lines is like the error elsewhere.
     seam_columns = [int((plan[0].x1 + plan[1].x0) / 2 * upsample)]
     assert error[:, seam_columns].mean() < 1.5 * error.mean()
+
+
+def test_tiles_own_low_order_errors_do_not_drift_across_the_mosaic():
+    """Each tile = the field + its own offset + a smooth error of its own (curvature, 0.5 rad at its edges, as
+    FP tiles carry), no ramp (the shared geometry fixes the linear phase). Offsets alone stitch it with the
+    tiles' own error; aligning ramps on the overlaps takes the curvature's slope at the tile edges for a
+    ramp and carries it from tile to tile: a low-frequency drift across the mosaic (the test can fail)."""
+    rng = np.random.default_rng(13)
+    shape, upsample = (240, 240), 2
+    plan = tiles.plan_tiles(shape, _meta(), 80, 24)
+    assert len(plan) == 16
+    amplitude, phase = _field((480, 480), 3)
+    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng, scales=False, ramps=False)
+    own_error = np.zeros_like(phase)
+    for k, tile in enumerate(plan):
+        yy, xx = np.mgrid[0 : tile.height * upsample, 0 : tile.width * upsample]
+        y, x = (yy - yy.mean()) / (yy.max() / 2), (xx - xx.mean()) / (xx.max() / 2)  # -1..1 at the edges
+        curvature = rng.uniform(-0.5, 0.5, 3)
+        error = curvature[0] * y**2 + curvature[1] * x * y + curvature[2] * x**2
+        phases[k] = np.angle(np.exp(1j * (phases[k] + error))).astype(np.float32)
+        own_error[tile.y0 * upsample : tile.y1 * upsample, tile.x0 * upsample : tile.x1 * upsample] = error
+    own_rms = float(np.sqrt(np.mean(_phase_error(phase + own_error, phase) ** 2)))
+    _, offsets_only, alignment = stitch.stitch(plan, amplitudes, phases, shape, upsample)
+    assert not alignment.ramp_rad_per_px.any()
+    drift = float(np.sqrt(np.mean(_phase_error(offsets_only, phase) ** 2)))
+    assert drift < 1.2 * own_rms, (drift, own_rms)
+    _, with_ramps, _ = stitch.stitch(plan, amplitudes, phases, shape, upsample, align_ramp=True)
+    ramped = float(np.sqrt(np.mean(_phase_error(with_ramps, phase) ** 2)))
+    assert ramped > 2 * drift, (ramped, drift)
 
 
 # ------------------------------------------------------------------------- calibration and aberrations

@@ -19,7 +19,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
+from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled, TilesFailed
 from uafp_gui.fullfield.execute import LOCAL_HTTP, check_scheduler_address, make_runner
 
 # The toy tasks below run in worker processes that cannot import this test module: ship it by value.
@@ -31,6 +31,17 @@ CLUSTER_WAIT_S = 60
 def slow_square(x: int) -> tuple[int, int]:
     time.sleep(0.6)
     return x * x, os.getpid()
+
+
+def always_fails(task: object) -> object:
+    """A tile task that fails on every try."""
+    raise RuntimeError("this tile always fails")
+
+
+def always_fails_on_odd(x: int) -> int:
+    if x % 2:
+        raise RuntimeError(f"odd tile {x}")
+    return x * x
 
 
 def fails_first_time(marker: str) -> str:
@@ -133,8 +144,18 @@ def test_a_failing_tile_is_retried_then_reported(cluster, tmp_path):
         assert runner(fails_first_time, [marker]) == [marker]
     with make_runner(cluster.scheduler_address, retries=0) as runner:
         marker = str(tmp_path / "tried-again")
-        with pytest.raises(ReconstructionError, match="1 of 2 tiles failed.*RuntimeError: first try fails"):
+        with pytest.raises(ReconstructionError, match="1 of 2 tiles failed.*RuntimeError: first try fails") as failed:
             runner(fails_first_time, [marker, str(tmp_path / "tried")])
+    # the finished tile comes with the error, and the failed one's reason (nothing finished is lost)
+    assert isinstance(failed.value, TilesFailed)
+    assert failed.value.finished == {1: str(tmp_path / "tried")} and failed.value.planned == 2
+    assert failed.value.failures == {0: "RuntimeError: first try fails"}
+    with make_runner(cluster.scheduler_address, retries=1) as runner:
+        delivered: list[int] = []
+        with pytest.raises(TilesFailed) as failed:
+            runner(always_fails_on_odd, [0, 1, 2, 3], lambda position, result: delivered.append(position))
+    assert sorted(delivered) == [0, 2] and failed.value.finished == {0: 0, 2: 4}
+    assert failed.value.failures == {1: "RuntimeError: odd tile 1", 3: "RuntimeError: odd tile 3"}
 
 
 @pytest.mark.slow
@@ -385,8 +406,9 @@ class StandInRunner:
 
     description = "stand-in runner"
 
-    def __init__(self, interrupt_after: int | None = None) -> None:
+    def __init__(self, interrupt_after: int | None = None, failing: tuple[int, ...] = ()) -> None:
         self.interrupt_after = interrupt_after
+        self.failing = failing  # second-stage positions whose task always fails (run like TileRunner: the rest go on)
 
     def __enter__(self):
         return self
@@ -397,10 +419,16 @@ class StandInRunner:
     def __call__(self, fn, tasks, on_done):
         from uafp_gui.fullfield.tiles import TileResult
 
-        results = []
+        results, failures = {}, {}
         for position, task in enumerate(tasks):
             if task.calibration is not None and position == self.interrupt_after:
                 raise KeyboardInterrupt
+            if task.calibration is not None and position in self.failing:
+                try:
+                    always_fails(task)
+                except RuntimeError as error:
+                    failures[position] = f"{type(error).__name__}: {error}"
+                    continue
             tile, upsample = task.tile, task.settings["upsample"]
             shape = (tile.height * upsample, tile.width * upsample)
             calibration = {
@@ -412,8 +440,11 @@ class StandInRunner:
             result = TileResult(tile, np.ones(shape, np.float32), np.zeros(shape, np.float32), calibration, 0.01,
                                 "converged", 0.1)
             on_done(position, result)
-            results.append(result)
-        return results
+            results[position] = result
+        if failures:
+            raise TilesFailed(f"{len(failures)} of {len(tasks)} tiles failed", finished=results, failures=failures,
+                              planned=len(tasks))
+        return [results[k] for k in range(len(tasks))]
 
 
 @pytest.fixture
@@ -478,6 +509,77 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     assert mosaic.amplitude.shape == (192, 224)
     assert json.loads((out / "tiles.json").read_text())["partial"] is False
     assert (out / "mosaic.ome.zarr").is_dir() and (out / "aberration_map.png").is_file()
+
+
+def test_cli_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, monkeypatch, capsys):
+    """Tile 2 of 4 fails on every try: the other three are written as a partial result, tiles.json says
+    which tile failed and why, one error line says where they are and what to try, exit code 2."""
+    import json
+
+    from uafp_gui.cli import main
+    from uafp_gui.fullfield import execute
+    from uafp_gui.io.result import read_result, verify_result_folder
+
+    flags = ["--tiles", "64", "--overlap", "16", "--upsample", "2", "--calibration-tiles", "1"]
+    out = small_dataset.with_name("field_result")
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(failing=(2,)))
+    assert main(["reconstruct", str(small_dataset), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "error: 1 of 4 tiles failed after their retries (tile 2, row 1 column 0: RuntimeError: this tile " in err
+    assert f"the 3 finished tiles are written to {out}" in err and "Try: run it again" in err
+    verify_result_folder(out)
+    table = json.loads((out / "tiles.json").read_text())
+    assert table["partial"] is True and table["planned"] == 4
+    assert [row["index"] for row in table["tiles"]] == [0, 1, 3]
+    assert table["failed"] == [{"index": 2, "grid_row": 1, "grid_col": 0, "y0": 32, "x0": 0, "height": 64,
+                                "width": 64, "error": "RuntimeError: this tile always fails"}]
+    assert sorted(p.name for p in (out / "tiles").iterdir()) == ["r00_c00", "r00_c01", "r01_c01"]
+    assert read_result(out / "tiles" / "r01_c01").amplitude.shape == (128, 128)
+    assert json.loads((out / "calibration.json").read_text())["led_geometry"]["shift_x_mm"] == 0.1
+
+
+def test_session_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, tmp_path):
+    """The GUI's job: the same partial folder, `failed_tiles` set, and run() raises one error that says it."""
+    import json
+
+    from uafp_gui.recon.settings import UafpSettings
+    from uafp_gui.session.fullfield import FullFieldJob
+
+    job = FullFieldJob(small_dataset, UafpSettings(upsample=2), tile_size=64, overlap=16, calibration_tiles=1,
+                       out_folder=tmp_path / "out", runner=StandInRunner(failing=(0, 3)))
+    stages = []
+    with pytest.raises(ReconstructionError, match=r"2 of 4 tiles failed after their retries \(tile 0.*Try: ") as failed:
+        for update in job.run():
+            stages.append(update.stage)
+    assert f"the 2 finished tiles are written to {tmp_path / 'out'}" in str(failed.value)
+    assert "stitching" not in stages and not job.stopped and job.result is None
+    assert [tile.index for tile, _ in job.failed_tiles] == [0, 3] and job.written == tmp_path / "out"
+    table = json.loads((job.written / "tiles.json").read_text())
+    assert [row["index"] for row in table["tiles"]] == [1, 2] and table["partial"] is True
+    assert [row["index"] for row in table["failed"]] == [0, 3]
+
+
+def test_pipeline_survives_a_calibration_tile_lost_on_every_try(small_dataset):
+    """Stage 1: a calibration tile whose task fails in the runner (not in the engine) counts as failed;
+    the others calibrate the field and every tile of stage 2 runs."""
+    from uafp_gui.fullfield.pipeline import reconstruct_full_field
+    from uafp_gui.recon.settings import UafpSettings
+
+    class FailingFirstCalibrationTile(StandInRunner):
+        def __call__(self, fn, tasks, on_done):
+            if tasks[0].calibration is None:  # stage 1: the first calibration tile always fails
+                finished = {}
+                for position, task in enumerate(tasks[1:], start=1):
+                    finished[position] = super().__call__(fn, [task], lambda _p, r, k=position: on_done(k, r))[0]
+                raise TilesFailed("1 failed", finished=finished, failures={0: "KilledWorker: lost"},
+                                  planned=len(tasks))
+            return super().__call__(fn, tasks, on_done)
+
+    result = reconstruct_full_field(small_dataset, tile_size=64, overlap=16, settings=UafpSettings(upsample=2),
+                                    run_tasks=FailingFirstCalibrationTile(), calibration_tiles=2)
+    assert [r.stop_reason for r in result.calibration_tiles][0] == "engine_error"
+    assert result.calibration_tiles[0].calibration == {"error": "KilledWorker: lost"}
+    assert len(result.tiles) == 4 and result.calibration["led_geometry"]["shift_x_mm"] == pytest.approx(0.1)
 
 
 # ------------------------------------------------------------------- the session layer and the GUI

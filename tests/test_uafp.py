@@ -230,6 +230,68 @@ def test_start_search_runs_only_when_the_circles_leave_the_start_uncertain(tiny)
     assert forced.start_search is search
 
 
+# 7 x 7 LEDs on 48 px frames at upsample 2: the outer LEDs light the object's spectrum within ~0.01 NA of
+# the reconstructed bandwidth's edge (0.144 NA), the nominal geometry fits, a few probes of the start search do not.
+EDGE_CASE = replace(TINY_CASE, led_grid=7, seed=0)
+
+
+@pytest.fixture(scope="module")
+def at_the_bandwidth_edge():
+    return simulate(EDGE_CASE, device="cpu")
+
+
+def test_a_probe_beyond_the_bandwidth_is_infeasible_not_an_error(at_the_bandwidth_edge):
+    """A start-search probe geometry that lights an outer LED beyond the reconstructed bandwidth scores
+    infinite misfit (the search goes on); a start that really is beyond it is a ConfigError that says so."""
+    recon = UafpReconstruction.from_dataset(
+        dataset_of(at_the_bandwidth_edge), TINY_SETTINGS.replace(init_geometry_from_data=False)
+    )
+    recon._take_pending()
+    recon._initialise()
+    nominal = recon.model.system.led_geometry()
+    lowered = replace(nominal, height_mm=80.0)  # outer LEDs at 0.147 NA per axis: beyond 0.144
+    assert recon.model.fits_bandwidth()
+    assert not start_geometry.geometry_fits_bandwidth(recon.model, lowered)
+    assert recon.model.system.led_geometry() == nominal  # the model's own geometry untouched
+    probe_loss, _ = start_geometry.probe_loss_function(recon)
+    assert probe_loss(lowered) == math.inf
+    assert 0 < probe_loss(nominal) < math.inf
+    start_geometry.check_start_fits_bandwidth(recon)  # the nominal start fits: nothing raised
+    recon.model.system.set_geometry(lowered)
+    with pytest.raises(ConfigError, match=r"height 80.00 mm\) puts an LED beyond the reconstructed bandwidth: "
+                       r"increase the upsample factor \(now 2\)"):
+        start_geometry.check_start_fits_bandwidth(recon)
+
+
+@pytest.mark.slow  # numerical run (7 s): the slow lane
+def test_start_search_goes_on_past_probes_beyond_the_bandwidth(at_the_bandwidth_edge, monkeypatch):
+    """Seeded reproduction: the forced search's 7th probe (a Nelder-Mead step to a lower LED height) lights
+    an outer LED beyond the bandwidth; it used to end the run as an engine error. Now it is skipped and
+    the search and the run complete."""
+    settings = TINY_SETTINGS.replace(start_search_residual_px=0.0, start_search_evaluations=8)
+    recon = UafpReconstruction.from_dataset(dataset_of(at_the_bandwidth_edge), settings)
+    feasible = []
+    original = start_geometry.probe_loss_function
+
+    def spy(reconstruction, progress=None):
+        probe_loss, reset = original(reconstruction, progress)
+
+        def loss(geometry):
+            feasible.append(start_geometry.geometry_fits_bandwidth(reconstruction.model, geometry))
+            return probe_loss(geometry)
+
+        return loss, reset
+
+    monkeypatch.setattr(start_geometry, "probe_loss_function", spy)
+    run_all(recon, 2)
+    assert recon.stop_reason == "completed" and recon.iteration == 2
+    assert False in feasible and feasible[0], feasible  # probes beyond the bandwidth were met, the start was not
+    search = recon.start_search
+    assert search is not None and search["evaluations"] == 8
+    assert search["probe_loss_to"] <= search["probe_loss_from"] < math.inf
+    assert recon.model.fits_bandwidth()
+
+
 @pytest.mark.slow  # numerical run: the slow lane
 def test_start_search_on_large_frames_probes_their_centred_crop(tiny, monkeypatch):
     """Frames larger than `start_search_crop_px`: the probes reconstruct the centred crops (a fraction of

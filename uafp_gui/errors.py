@@ -24,6 +24,7 @@ __all__ = [
     "LedArrayTimeout",
     "ReconstructionError",
     "RunCancelled",
+    "TilesFailed",
     "TriggerMismatchError",
     "UafpError",
     "WriteFailure",
@@ -78,6 +79,27 @@ class RunCancelled(ReconstructionError):
     def __init__(self, message: str = "", *, tiles_done: int = 0) -> None:
         super().__init__(message)
         self.tiles_done = tiles_done
+
+
+class TilesFailed(ReconstructionError):
+    """Tasks of a tiled (full-field) run failed after their retries while the others finished.
+
+    `finished`: {position: result} of every task that finished (delivered before this was raised);
+    `failures`: {position: "ErrorType: message"} of those that failed; `planned`: the tasks of the run.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        finished: dict[int, object] | None = None,
+        failures: dict[int, str] | None = None,
+        planned: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.finished = dict(finished or {})
+        self.failures = dict(failures or {})
+        self.planned = planned
 
 
 # ------------------------------------------------------------------------------- devices

@@ -4,7 +4,9 @@ The options are checked (and the tiles planned from the metadata alone) before a
 Tiles run on local worker processes (`--workers`, default all cores; one with a GPU) or on an
 existing Dask cluster (`--scheduler tcp://HOST:PORT`); a bar per stage shows every finished tile.
 Ctrl-C (or SIGTERM) stops the run: the tiles already finished are written to the result folder
-(`tiles/`, `tiles.json` marked partial) and the exit code is 130 (143).
+(`tiles/`, `tiles.json` marked partial) and the exit code is 130 (143). Tiles that fail after their
+retries do not stop the others; then the finished tiles are written the same way (`tiles.json` also
+lists the failed tiles and why), one error line says what to try, and the exit code is 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uafp_gui.cli.options import whole_number
-from uafp_gui.errors import ConfigError
+from uafp_gui.errors import ConfigError, ReconstructionError
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -114,7 +116,8 @@ class RecordingRunner:
         self.calibration = tasks[0].calibration if tasks else None
 
         def done(position: int, result: TileResult) -> None:
-            self.finished.append(result)
+            if result.amplitude.size:  # not a failed calibration tile (empty images)
+                self.finished.append(result)
             on_done(position, result)
 
         return self.runner(fn, tasks, done)
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
           "the finished tiles", file=sys.stderr, flush=True)
 
     from uafp_gui.fullfield.output import write_finished_tiles, write_full_field
-    from uafp_gui.fullfield.pipeline import reconstruct_full_field
+    from uafp_gui.fullfield.pipeline import FullFieldIncomplete, reconstruct_full_field
 
     recorder = RecordingRunner(runner)
     bars = StageBars()
@@ -197,6 +200,17 @@ def run(args: argparse.Namespace, out: Path) -> int:
             where = "no tile had finished: nothing to write"
         print(f"uafp reconstruct: {how}: stopped; {where}", file=sys.stderr)
         return 143 if how == "SIGTERM" else 130
+    except FullFieldIncomplete as incomplete:  # tiles failed after their retries: keep the others
+        bars.close()
+        written = None
+        if incomplete.finished_tiles:
+            with _signals_held():
+                written = write_finished_tiles(
+                    out, incomplete.finished_tiles, info.meta.sample_pixel_um / settings.upsample,
+                    planned=incomplete.planned, calibration=incomplete.calibration,
+                    source_dataset=args.dataset.name, failed=incomplete.failed,
+                )
+        raise ReconstructionError(incomplete.advice(written)) from None  # one line, exit code 2
     finally:
         bars.close()
     with _signals_held():

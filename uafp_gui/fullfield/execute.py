@@ -15,9 +15,11 @@
 Results stream back as each tile finishes (`distributed.as_completed`): `on_done(position, result)`
 is called at once, on the caller's thread, so a view fills the mosaic tile by tile. A tile whose
 task raises is tried again up to `retries` times (Dask `retries=`); a tile on a worker that is lost
-is run again on another (up to the scheduler's `allowed-failures`). `cancel()` (any thread), Ctrl-C,
-or the `cancel` event stop the run: nothing more is submitted, the futures are cancelled, and
-`RunCancelled` is raised (the tiles already finished were delivered to `on_done`).
+is run again on another (up to the scheduler's `allowed-failures`). Tiles that still fail do not stop
+the others: when all have ended, `TilesFailed` carries the finished results and each failure's
+reason. `cancel()` (any thread), Ctrl-C, or the `cancel` event stop the run: nothing more is
+submitted, the futures are cancelled, and `RunCancelled` is raised (the tiles already finished were
+delivered to `on_done`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
+from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled, TilesFailed
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -327,9 +329,12 @@ class TileRunner:
             raise
         if failures:
             position, error = min(failures.items())
-            raise ReconstructionError(
+            raise TilesFailed(
                 f"{len(failures)} of {len(tasks)} tiles failed (tile {position} after {self.retries + 1} tries: "
-                f"{type(error).__name__}: {error}); the other {len(results)} finished"
+                f"{type(error).__name__}: {error}); the other {len(results)} finished",
+                finished=results,
+                failures={k: f"{type(e).__name__}: {e}" for k, e in sorted(failures.items())},
+                planned=len(tasks),
             )
         return [results[k] for k in range(len(tasks))]
 

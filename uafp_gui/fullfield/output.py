@@ -13,8 +13,9 @@ sub-folders' too):
   camera-pixel box, sample-plane centre, misfit, stop reason, seconds),
 - `aberration_map.png` when the calibration carries an aberration map.
 
-`write_finished_tiles` writes what a stopped run had finished (tiles/ and tiles.json, marked
-partial) so a Ctrl-C never loses finished work.
+`write_finished_tiles` writes what a stopped run, or one where tiles failed, had finished (tiles/ and
+tiles.json, marked partial, with the failed tiles and why) so neither a Ctrl-C nor a failing tile
+loses finished work.
 """
 
 from __future__ import annotations
@@ -138,7 +139,11 @@ def _centre_tile(tiles: Sequence[TileResult]) -> TileResult | None:
     return min(tiles, key=lambda t: math.hypot(*t.tile.center_um))
 
 
-def tile_table(tiles: Sequence[TileResult], *, planned: int | None = None) -> dict:
+def tile_table(
+    tiles: Sequence[TileResult], *, planned: int | None = None, failed: Sequence[tuple[Tile, str]] = ()
+) -> dict:
+    """tiles.json: a row per written tile; with `planned`, whether the result is partial; `failed`: the
+    tiles that failed after their retries, each with where it lies and why."""
     rows = []
     for result in sorted(tiles, key=lambda r: r.tile.index):
         tile = result.tile
@@ -162,6 +167,13 @@ def tile_table(tiles: Sequence[TileResult], *, planned: int | None = None) -> di
     if planned is not None:
         table["planned"] = int(planned)
         table["partial"] = len(rows) < planned
+    if failed:
+        table["failed"] = [
+            {"index": int(tile.index), "grid_row": int(tile.grid_row), "grid_col": int(tile.grid_col),
+             "y0": int(tile.y0), "x0": int(tile.x0), "height": int(tile.height), "width": int(tile.width),
+             "error": str(reason)}
+            for tile, reason in sorted(failed, key=lambda item: item[0].index)
+        ]
     return table
 
 
@@ -249,13 +261,15 @@ def write_finished_tiles(
     planned: int,
     calibration: dict | None = None,
     source_dataset: str = "",
+    failed: Sequence[tuple[Tile, str]] = (),
 ) -> Path:
-    """A stopped run's finished tiles: `tiles/`, `tiles.json` (partial, with the planned count) and,
-    when known, the shared `calibration.json`; atomically like a whole result."""
+    """A stopped run's (or one whose `failed` tiles failed) finished tiles: `tiles/`, `tiles.json`
+    (partial, with the planned count and the failed tiles and why) and, when known, the shared
+    `calibration.json`; atomically like a whole result."""
 
     def write(staging: Path) -> None:
         _write_tiles(staging / TILES, tiles, pixel_um, source_dataset)
-        _json_writer(tile_table(tiles, planned=planned))(staging / TILE_TABLE)
+        _json_writer(tile_table(tiles, planned=planned, failed=failed))(staging / TILE_TABLE)
         if calibration is not None:
             save_calibration(staging / "calibration.json", _calibration(calibration, pixel_um, source_dataset))
 

@@ -11,6 +11,10 @@
 
 `reconstruct_tile` is the one task function: top-level and with picklable arguments, it reads only
 its tile's region of the raw stack (`region.read_region`), so a worker never holds the whole stack.
+
+A tile that fails after its retries (`TilesFailed` from the executor) never loses the others: in
+stage 1 it counts as a failed calibration tile; in stage 2 `FullFieldIncomplete` carries the finished
+tiles, the failed ones and why, and the shared calibration, for the front end to write.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uafp_gui.errors import TilesFailed
 from uafp_gui.fullfield.aberration import evaluate_model, field_aberrations
 from uafp_gui.fullfield.calibrate import (
     boundary_frames,
@@ -98,13 +103,63 @@ def settings_to_dict(settings: UafpSettings) -> dict:
 def run_serially(
     fn: Callable[[TileTask], TileResult], tasks: Sequence[TileTask], on_done: Callable[[int, TileResult], None]
 ) -> list[TileResult]:
-    """The plain executor: one task after the other in this process."""
-    results = []
+    """The plain executor: one task after the other in this process. A task that raises does not stop
+    the others; when all have run, `TilesFailed` carries the finished results and the failures."""
+    results: dict[int, TileResult] = {}
+    failures: dict[int, str] = {}
     for position, task in enumerate(tasks):
-        result = fn(task)
+        try:
+            result = fn(task)
+        except Exception as error:  # noqa: BLE001 - every failure is reported below, with its tile
+            failures[position] = f"{type(error).__name__}: {error}"
+            continue
         on_done(position, result)
-        results.append(result)
-    return results
+        results[position] = result
+    if failures:
+        position, reason = min(failures.items())
+        raise TilesFailed(
+            f"{len(failures)} of {len(tasks)} tiles failed (tile {position}: {reason}); the other {len(results)} "
+            "finished",
+            finished=results, failures=failures, planned=len(tasks),
+        )
+    return [results[k] for k in range(len(tasks))]
+
+
+class FullFieldIncomplete(TilesFailed):
+    """Tiles of the second stage failed (after their retries) while the others finished.
+
+    `finished`: the finished tiles' `TileResult`s (tile order); `failed`: (tile, reason) of each failed tile;
+    `planned`: the tiles of the field; `calibration`: the shared calibration the tiles ran with (a dict).
+    A front end writes the finished tiles as a partial result (`output.write_finished_tiles(failed=...)`)
+    and says what to try (`advice`): nothing finished is lost.
+    """
+
+    def __init__(self, finished: list[TileResult], failed: list[tuple[Tile, str]], planned: int,
+                 calibration: dict | None) -> None:
+        first, reason = failed[0]
+        super().__init__(
+            f"{len(failed)} of {planned} tiles failed after their retries (tile {first.index}, row {first.grid_row} "
+            f"column {first.grid_col}: {reason})",
+            finished={r.tile.index: r for r in finished},
+            failures={tile.index: why for tile, why in failed},
+            planned=planned,
+        )
+        self.finished_tiles = list(finished)
+        self.failed = list(failed)
+        self.calibration = calibration
+
+    def advice(self, written: str | os.PathLike[str] | None) -> str:
+        """The whole message for a user: what failed, where the finished tiles are, what to try."""
+        if written is not None:
+            where = (f"the {len(self.finished_tiles)} finished tiles are written to {written} (tiles/; tiles.json "
+                     "marks the result partial and lists the failed tiles and why)")
+        else:
+            where = "no tile finished: nothing to write"
+        return (
+            f"{self}; {where}. Try: run it again (a tile lost with its worker usually succeeds the next time); if "
+            "the same tile fails again, use fewer workers when a worker ran out of memory, or another tile size or "
+            "overlap so that its region changes"
+        )
 
 
 def reconstruct_tile(task: TileTask) -> TileResult:
@@ -146,9 +201,13 @@ def calibrate_tile(task: TileTask) -> TileResult:
     try:
         return reconstruct_tile(task)
     except (ReconstructionError, ConfigError) as error:
-        empty = np.zeros((0, 0), dtype=np.float32)
-        return TileResult(task.tile, empty, empty, {"error": str(error)}, float("nan"), "engine_error",
-                          time.perf_counter() - started)
+        return _failed_tile(task.tile, str(error), time.perf_counter() - started)
+
+
+def _failed_tile(tile: Tile, reason: str, wall_s: float = float("nan")) -> TileResult:
+    """A calibration tile whose run failed: empty images, stop_reason "engine_error", the reason kept."""
+    empty = np.zeros((0, 0), dtype=np.float32)
+    return TileResult(tile, empty, empty, {"error": reason}, float("nan"), "engine_error", wall_s)
 
 
 def _zernike_of(result: TileResult) -> dict[int, float]:
@@ -197,7 +256,13 @@ def reconstruct_full_field(
         chosen = choose_calibration_tiles(tiles, meta, calibration_tiles)
         batch = [TileTask(dataset_path, tiles[k], base, None) for k in chosen]
         report(FullFieldProgress("calibration", 0, len(batch), message=f"self-calibrating on tiles {chosen}"))
-        calibration_results = run_tasks(calibrate_tile, batch, on_done_for("calibration", batch))
+        try:
+            calibration_results = run_tasks(calibrate_tile, batch, on_done_for("calibration", batch))
+        except TilesFailed as failed:  # e.g. a worker lost on every try: as calibrate_tile's own engine errors
+            calibration_results = [
+                failed.finished[k] if k in failed.finished else _failed_tile(batch[k].tile, failed.failures[k])
+                for k in range(len(batch))
+            ]
         shared = combine_calibrations(calibration_results)
     else:
         shared = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
@@ -206,7 +271,13 @@ def reconstruct_full_field(
     start = tile_start_calibration(shared)
     batch = [TileTask(dataset_path, tile, fixed, start) for tile in tiles]
     report(FullFieldProgress("tiles", 0, len(batch), message=f"{len(batch)} tiles, geometry and gains fixed"))
-    results = run_tasks(reconstruct_tile, batch, on_done_for("tiles", batch))
+    try:
+        results = run_tasks(reconstruct_tile, batch, on_done_for("tiles", batch))
+    except TilesFailed as failed:
+        finished = [failed.finished[k] for k in sorted(failed.finished)]
+        raise FullFieldIncomplete(
+            finished, [(batch[k].tile, failed.failures[k]) for k in sorted(failed.failures)], len(batch), start
+        ) from failed
 
     report(FullFieldProgress("stitching", 0, 1, message="aberration model and mosaic"))
     upsample = int(settings.upsample)
@@ -266,7 +337,6 @@ def reconstruct_full_field(
 
 
 __all__ = [
-    "FullFieldProgress", "FullFieldResult", "RunTasks", "TileTask", "calibrate_tile", "reconstruct_full_field",
-    "reconstruct_tile",
-    "run_serially", "settings_to_dict",
+    "FullFieldIncomplete", "FullFieldProgress", "FullFieldResult", "RunTasks", "TileTask", "calibrate_tile",
+    "reconstruct_full_field", "reconstruct_tile", "run_serially", "settings_to_dict",
 ]

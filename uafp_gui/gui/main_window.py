@@ -635,6 +635,9 @@ class MainWindow(QMainWindow):
         elif job.stopped:
             where = f"; the {len(job.finished_tiles)} finished tiles are in {job.written}" if job.written else ""
             self.recon_panel.show_status(f"Full field stopped{where}.")
+        elif job.failed_tiles:  # the error dialog says why and what to try
+            where = f"; the {len(job.finished_tiles)} finished tiles are in {job.written}" if job.written else ""
+            self.recon_panel.show_status(f"Full field incomplete: {len(job.failed_tiles)} tiles failed{where}.")
         if job.write_error is not None:
             self.error("Could not write the full-field result", job.write_error)
         elif job.written is not None:

@@ -3,10 +3,15 @@
 The boundary grid and the pupil circles (`selfcal`), the rim fit where the circles fail, and the start
 search by short frozen-geometry probe reconstructions where the circles scatter. Functions of the
 reconstruction they start (`uafp.UafpReconstruction` calls them from its initialisation).
+
+A probe geometry is a candidate: one that would light an outer LED beyond the reconstructed bandwidth
+scores as infeasible (infinite misfit) and the search goes on. Only the start finally chosen must fit;
+where it does not (the data put the LEDs there), `ConfigError` says so and what to change.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -14,9 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from uafp_gui.errors import ConfigError
 from uafp_gui.model import LedGeometry
 
 if TYPE_CHECKING:
+    from uafp_gui.physics.forward import ForwardModel
     from uafp_gui.recon.uafp import UafpReconstruction
 
 # Phases a run reports through `UafpReconstruction.on_phase(phase, done, total)` before its first iteration.
@@ -54,6 +61,36 @@ def fit_start(recon: UafpReconstruction, bright: np.ndarray) -> None:
     recon._keep_system_physical()
     recon.start_geometry = recon.model.system.led_geometry()
     recon._geometry_initialised_with = len(bright)
+    if not start_search_due(recon):  # else the search chooses (a start beyond the bandwidth costs it nothing)
+        check_start_fits_bandwidth(recon)
+
+
+def geometry_fits_bandwidth(model: ForwardModel, geometry: LedGeometry) -> bool:
+    """Whether `geometry` keeps every LED of `model` within its reconstructed bandwidth (the model's own
+    geometry is left as it was)."""
+    system = model.system
+    parameters = (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm)
+    saved = [p.detach().clone() for p in parameters]
+    system.set_geometry(geometry)
+    try:
+        return model.fits_bandwidth()
+    finally:
+        with torch.no_grad():
+            for parameter, value in zip(parameters, saved, strict=True):
+                parameter.copy_(value)
+
+
+def check_start_fits_bandwidth(recon: UafpReconstruction) -> None:
+    """The start geometry fitted from the data must light every LED within the reconstructed bandwidth
+    (the nominal one was checked when the reconstruction was made); `ConfigError` if not."""
+    if recon.model.fits_bandwidth():
+        return
+    g = recon.model.system.led_geometry()
+    raise ConfigError(
+        f"the LED geometry fitted from the data (shift {g.shift_x_mm:+.3f}, {g.shift_y_mm:+.3f} mm, rotation "
+        f"{g.rotation_deg:+.2f} deg, height {g.height_mm:.2f} mm) puts an LED beyond the reconstructed bandwidth: "
+        f"increase the upsample factor (now {recon.model.setup.upsample}) or use fewer outer LEDs"
+    )
 
 
 def fit_start_from_rims(
@@ -105,8 +142,9 @@ def start_search_due(recon: UafpReconstruction) -> bool:
 
 def probe_loss_function(recon: UafpReconstruction, progress: Callable[[int], None] | None = None):
     """A function geometry -> misfit of a short frozen-geometry reconstruction of the probe frames
-    (bright field and the first dark-field rings, see `_probe_frames`), each from the same start;
-    and a function that puts the probe back to that start. Stop raises `selfcal.Cancelled`."""
+    (bright field and the first dark-field rings, see `_probe_frames`), each from the same start
+    (infinite for a geometry that lights an LED beyond the reconstructed bandwidth); and a function
+    that puts the probe back to that start. Stop raises `selfcal.Cancelled`."""
     from uafp_gui.recon.selfcal import Cancelled
 
     recon._build_optimisers()
@@ -124,6 +162,12 @@ def probe_loss_function(recon: UafpReconstruction, progress: Callable[[int], Non
         if recon._cancel_requested():
             raise Cancelled
         evaluations += 1
+        # A candidate that lights an LED beyond the bandwidth (of the run, or of the probe's crop) cannot
+        # be the start: infeasible, not an error.
+        if not geometry_fits_bandwidth(recon.model, geometry) or (
+            probe is not recon and not geometry_fits_bandwidth(probe.model, geometry)
+        ):
+            return math.inf
         probe._restore(snapshot)
         system.set_geometry(geometry)
         generator = torch.Generator().manual_seed(recon.settings.seed)
@@ -183,10 +227,11 @@ def search_start(recon: UafpReconstruction) -> None:
     recon.model.system.set_geometry(geometry)
     recon._keep_system_physical()
     geometry = recon.start_geometry = recon.model.system.led_geometry()
+    check_start_fits_bandwidth(recon)  # every probe beyond the bandwidth, the circle fit's start too
     recon.start_search = {
         "from": start,
         "to": geometry,
-        "probe_loss_from": start_loss,
+        "probe_loss_from": start_loss if math.isfinite(start_loss) else None,  # None: the start was infeasible
         "probe_loss_to": loss,
         "evaluations": evaluations,
         "seconds": time.perf_counter() - started,

@@ -6,7 +6,8 @@
 - `FullFieldJob`: `reconstruct_full_field` on a `TileRunner` (local worker processes or a Dask
   cluster), run on a thread of its own while `run()` yields every `FullFieldProgress` as it comes (a
   GUI worker iterates it; `stop()` cancels the tiles at once); at the end the result folder is
-  written (or, when stopped, the finished tiles).
+  written (or, when stopped or when tiles failed after their retries, the finished tiles; then
+  `run()` raises a `ReconstructionError` that says where they are and what to try).
 - `MosaicCanvas`: the mosaic as tiles arrive (each pasted where it lies, at most `max_side` pixels
   a side for the view), for a view to fill tile by tile.
 """
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uafp_gui.errors import ConfigError, RunCancelled
+from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
 
 if TYPE_CHECKING:
     from uafp_gui.fullfield.execute import TileRunner
     from uafp_gui.fullfield.pipeline import FullFieldProgress, FullFieldResult
-    from uafp_gui.fullfield.tiles import TileResult
+    from uafp_gui.fullfield.tiles import Tile, TileResult
     from uafp_gui.io.calibration import Calibration
     from uafp_gui.io.dataset import Dataset
     from uafp_gui.recon.settings import UafpSettings
@@ -129,6 +130,7 @@ class FullFieldJob:
         self.written: Path | None = None
         self.stopped = False
         self.finished_tiles: list[TileResult] = []
+        self.failed_tiles: list[tuple[Tile, str]] = []  # (tile, why) of tiles that failed after their retries
         self.write_error: BaseException | None = None
 
     @property
@@ -149,7 +151,7 @@ class FullFieldJob:
         failure: list[BaseException] = []
 
         def work() -> None:
-            from uafp_gui.fullfield.pipeline import reconstruct_full_field
+            from uafp_gui.fullfield.pipeline import FullFieldIncomplete, reconstruct_full_field
 
             try:
                 with self.runner:
@@ -162,6 +164,11 @@ class FullFieldJob:
             except RunCancelled:
                 self.stopped = True
                 self._write_finished()
+            except FullFieldIncomplete as incomplete:  # tiles failed after their retries: keep the others
+                self.failed_tiles = list(incomplete.failed)
+                self.finished_tiles = list(incomplete.finished_tiles)
+                self._write_finished(failed=incomplete.failed, calibration=incomplete.calibration)
+                failure.append(ReconstructionError(incomplete.advice(self.written)))
             except BaseException as error:  # raised by run() on the worker's thread
                 failure.append(error)
             finally:
@@ -179,8 +186,14 @@ class FullFieldJob:
             raise failure[0]
 
     def _progress(self, updates: queue.Queue):
+        stage = [""]
+
         def report(update: FullFieldProgress) -> None:
-            if update.result is not None:
+            if update.stage in ("calibration", "tiles") and update.stage != stage[0]:
+                # what a stop writes: the current stage's tiles (each tile once)
+                stage[0] = update.stage
+                self.finished_tiles = []
+            if update.result is not None and update.result.amplitude.size:  # not a failed calibration tile
                 self.finished_tiles.append(update.result)
             updates.put(update)
 
@@ -196,7 +209,7 @@ class FullFieldJob:
         except Exception as error:  # noqa: BLE001 - shown by the front end beside the result on screen
             self.write_error = error
 
-    def _write_finished(self) -> None:
+    def _write_finished(self, failed: list | tuple = (), calibration: dict | None = None) -> None:
         if self.out_folder is None or not self.finished_tiles:
             return
         from uafp_gui.fullfield.output import write_finished_tiles
@@ -204,7 +217,8 @@ class FullFieldJob:
         pixel_um = self.info.meta.sample_pixel_um / self.settings.upsample
         try:
             self.written = write_finished_tiles(self.out_folder, self.finished_tiles, pixel_um,
-                                                planned=len(self.tiles), source_dataset=self.dataset_path.name)
+                                                planned=len(self.tiles), calibration=calibration,
+                                                source_dataset=self.dataset_path.name, failed=failed)
         except Exception as error:  # noqa: BLE001 - as in _write
             self.write_error = error
 
