@@ -43,7 +43,7 @@ class UafpSettings:
     # within that uncertainty by short frozen-geometry reconstructions of the inner frames.
     start_search_residual_px: float = 0.5
     start_search_evaluations: int = 40
-    start_search_iterations: int = 3
+    start_search_iterations: int = 2  # per probe (3 before: same start on the blood smear, no worse on refsim draws)
     start_search_extra_na: float = 0.1
     start_search_min_gain: float = 0.05  # relative probe-misfit gain needed to leave the circle fit
     # The search ends once this many probes in a row (after the first simplex) gained no more than
