@@ -775,7 +775,8 @@ class RefFieldSimulation:
         rows = np.clip(np.floor((y_um + half) / p).astype(int), 0, n - 1)
         out: dict[int, np.ndarray] = {int(j): np.zeros(x_um.shape) for j in spec.field_zernike_rad}
         for a, y_start in enumerate(starts):
-            wy = np.where((rows >= y_start) & (rows < y_start + size), weights[a][np.clip(rows - y_start, 0, size - 1)], 0)
+            wy = np.where((rows >= y_start) & (rows < y_start + size),
+                          weights[a][np.clip(rows - y_start, 0, size - 1)], 0)
             for b, x_start in enumerate(starts):
                 wx = np.where((cols >= x_start) & (cols < x_start + size),
                               weights[b][np.clip(cols - x_start, 0, size - 1)], 0)
