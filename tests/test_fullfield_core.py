@@ -379,6 +379,11 @@ def test_aberration_model_recovers_a_quadratic_field_dependence():
     assert np.array_equal(np.asarray(out["map"]["diffraction_limited"]), strehl >= 0.8)
     assert out["summary"]["center"]["dominant"][0]["name"] == "defocus"
     assert 0 < out["summary"]["diffraction_limited_fraction"] < 1  # the corners are worse (0.7 rad defocus)
+    # beyond the tile centres (+-800 um) the map is extrapolated: the grid's outer ring (+-1000 um)
+    extrapolated = np.asarray(out["map"]["extrapolated"])
+    assert extrapolated.sum() == 81 - 49 and not extrapolated[1:-1, 1:-1].any()
+    assert out["map"]["tile_centres_extent_um"] == pytest.approx([-800, 800, -800, 800])
+    assert out["summary"]["max_rms_rad_within_tile_centres"] == pytest.approx(rms[1:-1, 1:-1].max())
     assert aberration.choose_order(4) == 1 and aberration.choose_order(2) == 0
     assert aberration.choose_terms(4) == ("1", "x", "y", "xy") and aberration.choose_terms(3) == ("1", "x", "y")
 

@@ -275,6 +275,14 @@ def field_aberrations(
             [d["noll"] for d in dominant_zernikes({j: float(c[r, k]) for j, c in coefficients.items()})]
             for k in range(grid)
         ])
+    # Each tile gives one pupil, read at its centre: beyond the outermost tile centres the map is the model's
+    # extrapolation (its error grows there: notes/s4_i12b.md), marked so a reader of the report knows.
+    centre_x = [float(c[0]) for c in centers_um]
+    centre_y = [float(c[1]) for c in centers_um]
+    covered = [min(centre_x), max(centre_x), min(centre_y), max(centre_y)]
+    tolerance = 1e-6 * half_width
+    extrapolated = ((xx < covered[0] - tolerance) | (xx > covered[1] + tolerance)
+                    | (yy < covered[2] - tolerance) | (yy > covered[3] + tolerance))
     tiles = []
     for center_um, z in zip(centers_um, zernikes, strict=True):
         clean = {int(j): float(v) for j, v in z.items()}
@@ -294,6 +302,9 @@ def field_aberrations(
             "strehl": ratio.tolist(),
             "diffraction_limited": (ratio >= MARECHAL_STREHL).tolist(),
             "dominant_noll": dominant,
+            # grid points beyond the tile centres' extent (x_min, x_max, y_min, y_max = `tile_centres_extent_um`)
+            "extrapolated": extrapolated.tolist(),
+            "tile_centres_extent_um": covered,
         },
         "tiles": tiles,
         "summary": {
@@ -302,6 +313,7 @@ def field_aberrations(
             "max_rms_waves": float(rms.max() / (2 * math.pi)),
             "min_strehl": float(ratio.min()),
             "diffraction_limited_fraction": float(np.mean(ratio >= MARECHAL_STREHL)),
+            "max_rms_rad_within_tile_centres": float(rms[~extrapolated].max()) if (~extrapolated).any() else None,
         },
     }
     if led_geometry is not None:
@@ -350,13 +362,17 @@ def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Ab
         axis.set_xlabel("x (mm)")
         axis.set_ylabel("y (mm)")
         axis.plot(tx, ty, "w+", markersize=6)
+        covered = grid.get("tile_centres_extent_um")
+        if covered and covered[1] > covered[0] and covered[3] > covered[2]:  # beyond it: extrapolated
+            x0, x1, y0, y1 = (v / 1000 for v in covered)
+            axis.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "w--", linewidth=0.8)
     if ratio.min() < MARECHAL_STREHL <= ratio.max():
         axes[1].contour(xs, ys, ratio, levels=[MARECHAL_STREHL], colors="cyan", linewidths=1.5)
     geometry = aberrations.get("led_geometry")
     subtitle = (
         f"{title}: max RMS {summary['max_rms_waves']:.3f} waves, min Strehl {summary['min_strehl']:.2f}, "
         f"{100 * summary['diffraction_limited_fraction']:.0f} % of the field diffraction-limited "
-        f"(Strehl >= {MARECHAL_STREHL}, cyan)"
+        f"(Strehl >= {MARECHAL_STREHL}, cyan); outside the dashed square (the tile centres) extrapolated"
     )
     if geometry:
         subtitle += (
