@@ -10,7 +10,11 @@ Simulates a field (`benchmarks/refsim.py` `FIELD_PRESETS`), reconstructs it with
 - the global LED geometry's errors against the tolerance: shift max(0.1 mm, 2 % pitch), rotation 0.2 deg,
   height 1.5 %;
 - the aberration map's error: the fitted field-dependent wavefront (Noll j >= 4) against the true one,
-  RMS over j per field point, on the map's grid and at the tile centres;
+  RMS over j per field point, on the map's grid and at the tile centres; and, from the same tiles, the
+  field model with each Zernike's Seidel field dependence (the default) beside the full quadratic for every
+  Zernike (before s4_i12b), each against the lens's polynomial (`zernike_at`) and against the aberrations
+  the frames carry (`simulated_zernike_at`: the patch-wise simulation holds the outermost patches' values
+  towards the frame's edges), over the whole frame and over the square spanned by the outer tile centres;
 - a seam picture (stitched amplitude and phase, their error against the truth, tile outlines);
 - the same tiles stitched with phase offsets only (the default) and with offsets + ramps, side by side.
 
@@ -90,6 +94,50 @@ def aberration_errors(calibration: dict, simulation) -> dict:
             for j in indices
         },
     }
+
+
+def aberration_models(calibration: dict, simulation, grid: int = 9) -> dict:
+    """The same tiles' pupils fitted with each Zernike's Seidel field dependence (the pipeline's default) and
+    with the full quadratic for every Zernike; the map error (RMS over j >= 4, max and mean over a `grid` x
+    `grid` grid) against the lens's polynomial and against what the frames carry, over the whole frame and
+    over the square spanned by the outermost tile centres."""
+    from uafp_gui.fullfield.aberration import fit_aberration_model
+
+    aberrations = calibration["field_aberrations"]
+    model = aberrations["model"]
+    centres = [t["center_um"] for t in aberrations["tiles"]]
+    zernikes = [{int(j): v for j, v in t["zernike_rad"].items()} for t in aberrations["tiles"]]
+    fitted = {
+        "seidel": fit_aberration_model(centres, zernikes, field_center_um=tuple(model["field_center_um"]),
+                                       field_half_width_um=model["field_half_width_um"], seidel=True),
+        "full quadratic": fit_aberration_model(centres, zernikes, field_center_um=tuple(model["field_center_um"]),
+                                               field_half_width_um=model["field_half_width_um"], seidel=False),
+    }
+    grid_x, grid_y = np.asarray(aberrations["map"]["x_um"]), np.asarray(aberrations["map"]["y_um"])
+    xs_c = [c[0] for c in centres]
+    ys_c = [c[1] for c in centres]
+    areas = {
+        "frame": (np.linspace(grid_x[0], grid_x[-1], grid), np.linspace(grid_y[0], grid_y[-1], grid)),
+        "tile centres": (np.linspace(min(xs_c), max(xs_c), grid), np.linspace(min(ys_c), max(ys_c), grid)),
+    }
+    truths = {"lens polynomial": simulation.zernike_at}
+    if hasattr(simulation, "simulated_zernike_at"):
+        truths["as simulated"] = simulation.simulated_zernike_at
+    out: dict = {}
+    for name, fit in fitted.items():
+        entry: dict = {"field_dependence": {j: ("full" if len(t) == 6 else "+".join(t))
+                                            for j, t in fit["field_dependence"].items() if int(j) >= FIRST_ABERRATION}}
+        for area, (xs, ys) in areas.items():
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            values = evaluate_model(fit, xx, yy)
+            for truth_name, truth_at in truths.items():
+                truth = truth_at(xx, yy)
+                indices = sorted({j for j in list(values) + list(truth) if j >= FIRST_ABERRATION})
+                error = np.sqrt(sum((np.asarray(values.get(j, 0.0)) - np.asarray(truth.get(j, 0.0))) ** 2
+                                    for j in indices))
+                entry[f"{area} vs {truth_name}"] = {"max_rad": float(error.max()), "mean_rad": float(error.mean())}
+        out[name] = entry
+    return out
 
 
 def quality(result, simulation, upsample: int) -> dict:
@@ -228,6 +276,7 @@ def main() -> None:
         "geometry": geometry_errors(calibration["led_geometry"], simulation.micro),
         "calibration_tile_geometries": [r.calibration["led_geometry"] for r in result.calibration_tiles],
         "aberration": aberration_errors(calibration, simulation),
+        "aberration_models": aberration_models(calibration, simulation),
         "stitching": calibration["fullfield"]["stitching"],
         "stitching_variants": stitching_variants(result, truth, args.upsample),
     }
@@ -251,6 +300,10 @@ def main() -> None:
     print("geometry errors " + ", ".join(f"{k} {v:+.3f}" for k, v in g["errors"].items()) + f"; within {g['within']}")
     print(f"aberration map error: max {out['aberration']['map_error_rms_rad_max']:.3f} rad, "
           f"mean {out['aberration']['map_error_rms_rad_mean']:.3f} rad")
+    for name, entry in out["aberration_models"].items():
+        print(f"aberration map error, {name:14s} field model: " + "; ".join(
+            f"{key} max {v['max_rad']:.3f} mean {v['mean_rad']:.3f} rad" for key, v in entry.items()
+            if key != "field_dependence"))
     print(f"reconstruction {wall_s:.0f} s for {len(result.tiles)} tiles (+ {len(result.calibration_tiles)} "
           f"calibration runs); mean tile {np.mean(out['tile_wall_s']):.0f} s")
 

@@ -759,6 +759,32 @@ class RefFieldSimulation:
     def zernike_at(self, x_um, y_um):
         return self.spec.zernike_at(x_um, y_um)
 
+    def simulated_zernike_at(self, x_um, y_um) -> dict[int, np.ndarray]:
+        """The lens's Zernikes (rad) as the frames carry them: each patch was simulated with the Zernikes at
+        its centre and the patches' intensities blended (raised cosine), so a point sees the blend of its
+        patches' values -- held at the outermost patch centres' (+-0.75 of the half-width for field256)
+        towards the frame's edges, where `zernike_at` goes on growing (up to ~0.5 rad apart at field256's corners)."""
+        micro, spec = self.micro, self.spec
+        n, p = micro.frame_size, micro.sample_pixel_um
+        starts = _starts(n, spec.patch_px, spec.patch_overlap_px)
+        size = min(spec.patch_px, n)
+        weights = _blend_weights(n, starts, size)
+        x_um, y_um = np.broadcast_arrays(np.asarray(x_um, dtype=float), np.asarray(y_um, dtype=float))
+        half = n * p / 2
+        cols = np.clip(np.floor((x_um + half) / p).astype(int), 0, n - 1)
+        rows = np.clip(np.floor((y_um + half) / p).astype(int), 0, n - 1)
+        out: dict[int, np.ndarray] = {int(j): np.zeros(x_um.shape) for j in spec.field_zernike_rad}
+        for a, y_start in enumerate(starts):
+            wy = np.where((rows >= y_start) & (rows < y_start + size),
+                          weights[a][np.clip(rows - y_start, 0, size - 1)], 0)
+            for b, x_start in enumerate(starts):
+                wx = np.where((cols >= x_start) & (cols < x_start + size),
+                              weights[b][np.clip(cols - x_start, 0, size - 1)], 0)
+                centre = spec.zernike_at((x_start + size / 2) * p - half, (y_start + size / 2) * p - half)
+                for j, value in centre.items():
+                    out[int(j)] = out[int(j)] + wy * wx * float(value)
+        return out
+
     def calibration_dict(self) -> dict:
         micro = self.micro
         return {

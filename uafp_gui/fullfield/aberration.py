@@ -5,7 +5,17 @@ object seen from every tile) and frees its own pupil, so what varies from tile t
 the field-dependent pupil. Each Zernike coefficient is modelled as a low-order polynomial of the
 field position (up to 2nd order: 1, x, y, x^2, xy, y^2 in field coordinates normalised to the field's
 half-width; with 4 to 6 tiles 1, x, y, xy), fitted across the tiles by weighted least squares (weights
-1 / standard error^2 when the tiles report error bars). From the model, per field point:
+1 / standard error^2 when the tiles report error bars).
+
+With enough tiles for 2nd order, each Zernike first gets the field dependence a lens's aberrations have
+(Seidel, with the constant and linear terms a decentred or tilted element adds: nodal aberration theory),
+`SEIDEL_TERMS`: defocus (field curvature) 1, x, y, r^2; astigmatism 1, x, y and x^2 - y^2 (Z6) or xy (Z5),
+each with its own coefficient; coma 1, x, y; spherical and the higher terms a constant. The full quadratic
+replaces it for a Zernike only when the tiles ask for it (F-test at `FULL_QUADRATIC_P`). Why: the map is
+read up to the frame's corners, beyond the outermost tile centres, where a 6-term quadratic on 3 x 3 tiles
+multiplies each tile's pupil error by ~3 (the corner's extrapolation); fewer, physical terms extrapolate
+less noise and follow the lens's own field dependence (notes/s4_i12b.md: refsim field256, 3 x 3 tiles).
+From the model, per field point:
 
 - wavefront RMS sigma = sqrt(sum_{j >= 4} c_j^2) (Noll Zernikes are RMS-normalised; piston and tilt,
   a translation of the image, are not aberrations of the image quality), in radians and waves;
@@ -28,6 +38,20 @@ MARECHAL_STREHL = 0.8
 MARECHAL_RMS_RAD = math.sqrt(-math.log(MARECHAL_STREHL))  # 0.472 rad = lambda / 13.3
 FIRST_ABERRATION = 4  # Noll index: piston (1) and tilts (2, 3) move the image, they do not blur it
 TERMS = ("1", "x", "y", "x^2", "xy", "y^2")
+# The Seidel (+ misalignment) field dependence of each Zernike, as combinations of TERMS' columns:
+# {basis name: {TERMS name: factor}}; a Zernike not listed is constant over the field.
+SEIDEL_BASIS = {
+    "1": {"1": 1.0}, "x": {"x": 1.0}, "y": {"y": 1.0}, "xy": {"xy": 1.0},
+    "r^2": {"x^2": 1.0, "y^2": 1.0}, "x^2-y^2": {"x^2": 1.0, "y^2": -1.0},
+}
+SEIDEL_TERMS: dict[int, tuple[str, ...]] = {
+    4: ("1", "x", "y", "r^2"),  # defocus: field curvature ~ r^2 (a tilted image plane: x, y)
+    5: ("1", "x", "y", "xy"),  # oblique astigmatism ~ 2xy
+    6: ("1", "x", "y", "x^2-y^2"),  # vertical astigmatism ~ x^2 - y^2
+    7: ("1", "x", "y"),  # coma ~ field position (y)
+    8: ("1", "x", "y"),  # coma ~ field position (x)
+}
+FULL_QUADRATIC_P = 0.01  # the full quadratic replaces a Zernike's Seidel terms when the F-test's p is below
 STD_FLOOR_RAD = 1e-3
 
 ZERNIKE_NAMES = {
@@ -77,11 +101,14 @@ def fit_aberration_model(
     field_center_um: tuple[float, float] = (0.0, 0.0),
     field_half_width_um: float | None = None,
     max_order: int = 2,
+    seidel: bool = True,
 ) -> dict:
     """Weighted least-squares polynomial of each Zernike coefficient over the field (module docstring).
 
     `centers_um`: each tile's (x, y); `zernikes`: each tile's {Noll j: rad}; `stds`: their standard errors
-    (None or missing: equal weights). Returns the model as a JSON-ready dict.
+    (None or missing: equal weights); `seidel`: at 2nd order, each Zernike's Seidel field dependence unless
+    the tiles ask for the full quadratic (False: the full quadratic for every Zernike). Returns the model as
+    a JSON-ready dict.
     """
     centers = np.asarray(centers_um, dtype=float).reshape(-1, 2)
     n = len(centers)
@@ -98,6 +125,7 @@ def fit_aberration_model(
     coefficients: dict[str, list[float]] = {}
     residual_rms: dict[str, float] = {}
     coefficient_std: dict[str, list[float]] = {}
+    dependence: dict[str, list[str]] = {}
     for j in indices:
         values = np.array([float(z.get(j, z.get(str(j), 0.0))) for z in zernikes])  # type: ignore[call-overload]
         sigma = np.ones(n)
@@ -107,12 +135,17 @@ def fit_aberration_model(
                 sigma = np.maximum(np.array(given, dtype=float), STD_FLOOR_RAD)
         weights = 1.0 / sigma
         solution, *_ = np.linalg.lstsq(design * weights[:, None], values * weights, rcond=None)
+        chosen, mix = list(terms), np.eye(len(terms))
+        if seidel and order == 2 and j >= FIRST_ABERRATION:  # piston and tilt (not the lens's blur): as they were
+            solution, chosen, mix = _seidel_or_full(j, design, values, weights, solution)
+        dependence[str(j)] = chosen
         residual = values - design @ solution
         coefficients[str(j)] = [float(v) for v in solution]
         residual_rms[str(j)] = float(np.sqrt(np.mean(residual**2)))
         try:
-            covariance = np.linalg.pinv((design * weights[:, None] ** 2).T @ design)
-            dof = max(n - design.shape[1], 0)
+            fitted = design @ mix  # the columns actually fitted
+            covariance = mix @ np.linalg.pinv((fitted * weights[:, None] ** 2).T @ fitted) @ mix.T
+            dof = max(n - fitted.shape[1], 0)
             scale = float(np.sum((residual * weights) ** 2) / dof) if dof else 1.0
             coefficient_std[str(j)] = [float(math.sqrt(max(covariance[k, k] * max(scale, 1.0), 0.0)))
                                        for k in range(design.shape[1])]
@@ -125,10 +158,42 @@ def fit_aberration_model(
         "field_half_width_um": float(field_half_width_um),
         "coordinates": "x, y = (sample-plane position - field_center_um) / field_half_width_um",
         "coefficients_rad": coefficients,
+        # each Zernike's field dependence actually fitted (SEIDEL_TERMS' names, or TERMS for the full quadratic);
+        # the coefficients are always over `terms`
+        "field_dependence": dependence,
         "coefficients_std_rad": coefficient_std,
         "residual_rms_rad": residual_rms,
         "tiles": int(n),
     }
+
+
+def _seidel_or_full(j: int, design: np.ndarray, values: np.ndarray, weights: np.ndarray,
+                    full: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Zernike j's coefficients over TERMS: its Seidel terms' weighted LS fit, unless the full quadratic
+    (`full`, fitted over `design`) lowers the weighted residual by more than the F-test allows. Also the
+    names fitted and the (6, k) matrix taking their coefficients to TERMS'."""
+    names = SEIDEL_TERMS.get(int(j), ("1",))
+    mix = np.array([[SEIDEL_BASIS[name].get(term, 0.0) for name in names] for term in TERMS])  # (6, k)
+    reduced = design @ mix
+    n, k, p = len(values), mix.shape[1], design.shape[1]
+    identity = np.eye(len(TERMS))
+    if np.linalg.matrix_rank(reduced * weights[:, None]) < k:
+        return full, list(TERMS), identity
+    solution, *_ = np.linalg.lstsq(reduced * weights[:, None], values * weights, rcond=None)
+    if n > p:
+        from scipy.stats import f as f_distribution
+
+        rss_seidel = float(np.sum(((values - reduced @ solution) * weights) ** 2))
+        rss_full = float(np.sum(((values - design @ full) * weights) ** 2))
+        scale = float(np.sum((values * weights) ** 2)) + 1e-300
+        if rss_full <= 1e-24 * scale:  # the quadratic fits exactly: Seidel only if it does too
+            if rss_seidel > 1e-20 * scale:
+                return full, list(TERMS), identity
+        else:
+            statistic = (rss_seidel - rss_full) / (p - k) / (rss_full / (n - p))
+            if f_distribution.sf(statistic, p - k, n - p) < FULL_QUADRATIC_P:
+                return full, list(TERMS), identity
+    return mix @ solution, list(names), mix
 
 
 def evaluate_model(model: Mapping, x_um: np.ndarray, y_um: np.ndarray) -> dict[int, np.ndarray]:
@@ -185,6 +250,7 @@ def field_aberrations(
     wavelength_um: float | None = None,
     grid: int = 9,
     max_order: int = 2,
+    seidel: bool = True,
 ) -> dict:
     """The calibration.json `field_aberrations` entry: the model, a `grid` x `grid` map over the field
     (`field_extent_um` = x_min, x_max, y_min, y_max of the sample plane), each tile's own pupil
@@ -194,7 +260,8 @@ def field_aberrations(
     center = ((x_min + x_max) / 2, (y_min + y_max) / 2)
     half_width = max((x_max - x_min) / 2, (y_max - y_min) / 2, 1e-6)
     model = fit_aberration_model(
-        centers_um, zernikes, stds, field_center_um=center, field_half_width_um=half_width, max_order=max_order
+        centers_um, zernikes, stds, field_center_um=center, field_half_width_um=half_width, max_order=max_order,
+        seidel=seidel,
     )
     xs = np.linspace(x_min, x_max, grid)
     ys = np.linspace(y_min, y_max, grid)
@@ -208,6 +275,14 @@ def field_aberrations(
             [d["noll"] for d in dominant_zernikes({j: float(c[r, k]) for j, c in coefficients.items()})]
             for k in range(grid)
         ])
+    # Each tile gives one pupil, read at its centre: beyond the outermost tile centres the map is the model's
+    # extrapolation (its error grows there: notes/s4_i12b.md), marked so a reader of the report knows.
+    centre_x = [float(c[0]) for c in centers_um]
+    centre_y = [float(c[1]) for c in centers_um]
+    covered = [min(centre_x), max(centre_x), min(centre_y), max(centre_y)]
+    tolerance = 1e-6 * half_width
+    extrapolated = ((xx < covered[0] - tolerance) | (xx > covered[1] + tolerance)
+                    | (yy < covered[2] - tolerance) | (yy > covered[3] + tolerance))
     tiles = []
     for center_um, z in zip(centers_um, zernikes, strict=True):
         clean = {int(j): float(v) for j, v in z.items()}
@@ -227,6 +302,9 @@ def field_aberrations(
             "strehl": ratio.tolist(),
             "diffraction_limited": (ratio >= MARECHAL_STREHL).tolist(),
             "dominant_noll": dominant,
+            # grid points beyond the tile centres' extent (x_min, x_max, y_min, y_max = `tile_centres_extent_um`)
+            "extrapolated": extrapolated.tolist(),
+            "tile_centres_extent_um": covered,
         },
         "tiles": tiles,
         "summary": {
@@ -235,6 +313,7 @@ def field_aberrations(
             "max_rms_waves": float(rms.max() / (2 * math.pi)),
             "min_strehl": float(ratio.min()),
             "diffraction_limited_fraction": float(np.mean(ratio >= MARECHAL_STREHL)),
+            "max_rms_rad_within_tile_centres": float(rms[~extrapolated].max()) if (~extrapolated).any() else None,
         },
     }
     if led_geometry is not None:
@@ -283,13 +362,17 @@ def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Ab
         axis.set_xlabel("x (mm)")
         axis.set_ylabel("y (mm)")
         axis.plot(tx, ty, "w+", markersize=6)
+        covered = grid.get("tile_centres_extent_um")
+        if covered and covered[1] > covered[0] and covered[3] > covered[2]:  # beyond it: extrapolated
+            x0, x1, y0, y1 = (v / 1000 for v in covered)
+            axis.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "w--", linewidth=0.8)
     if ratio.min() < MARECHAL_STREHL <= ratio.max():
         axes[1].contour(xs, ys, ratio, levels=[MARECHAL_STREHL], colors="cyan", linewidths=1.5)
     geometry = aberrations.get("led_geometry")
     subtitle = (
         f"{title}: max RMS {summary['max_rms_waves']:.3f} waves, min Strehl {summary['min_strehl']:.2f}, "
         f"{100 * summary['diffraction_limited_fraction']:.0f} % of the field diffraction-limited "
-        f"(Strehl >= {MARECHAL_STREHL}, cyan)"
+        f"(Strehl >= {MARECHAL_STREHL}, cyan); outside the dashed square (the tile centres) extrapolated"
     )
     if geometry:
         subtitle += (
