@@ -467,7 +467,7 @@ def test_a_run_stops_converged_when_the_misfit_stops_improving(tiny):
     assert result.extra["stop_reason"] == "converged" and result.extra["partial"] is False
     # A misfit that rose over the window (the geometry just joined...) is not converged; a flat one is.
     recon.stop_reason = None
-    for history, converged in (([1.0] * 6 + [1.0, 1.1, 1.2, 1.3], False), ([1.0] * 6 + [1.0, 1.0, 1.0, 1.0], True)):
+    for history, converged in (([1.0] * settled + [1.0, 1.1, 1.2, 1.3], False), ([1.0] * (settled + 4), True)):
         recon.loss_history, recon.iteration = history, len(history)
         assert recon._converged() is converged
         recon.iteration -= 1  # one iteration earlier the window would reach back before the join
@@ -706,7 +706,8 @@ def test_rotation_step_moves_the_outermost_led_as_far_as_the_shift_step(tiny):
 @pytest.mark.slow  # numerical run: the slow lane
 def test_geometry_newton_steps_follow_the_geometry_join(tiny):
     settings = TINY_SETTINGS.replace(
-        iterations=20, geometry_newton_steps=4, geometry_newton_every=2, polish_steps=1, convergence_window=0
+        iterations=20, geometry_start_fraction=0.5, geometry_newton_steps=4, geometry_newton_every=2,
+        polish_steps=1, convergence_window=0,
     )
     recon = UafpReconstruction.from_dataset(Dataset(meta=tiny.meta, frames=tiny.frames), settings)
     due = []

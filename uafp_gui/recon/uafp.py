@@ -351,11 +351,9 @@ class UafpReconstruction:
         return mask
 
     def _mask_system_gradients(self) -> None:
-        """Keep degenerate Zernikes fixed, and the geometry until the object and pupil have settled.
-
-        Early on, a geometry step would absorb what is really aberration (the data-driven start is
-        already close); joined later, it refines against a consistent object and pupil.
-        """
+        """Keep degenerate Zernikes fixed, and the geometry for its first iterations
+        (`geometry_start_fraction`): in the very first ones the object is little more than the blurred
+        bright-field image, and a geometry step would absorb what is really aberration or object."""
         system = self.model.system
         if system.zernike_rad.grad is not None:
             system.zernike_rad.grad.mul_(self._zernike_mask())
