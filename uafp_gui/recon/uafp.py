@@ -609,6 +609,8 @@ class UafpReconstruction:
                 raise
             except Exception as error:  # a torch error, an LED pushed outside the bandwidth...: the engine's
                 failure = f"{type(error).__name__}: {error}"
+                if not self._state_is_finite():  # a NaN step, and what it broke downstream: a divergence
+                    failure = f"a parameter became NaN or infinite ({failure})"
                 loss = np.nan
             if failure:
                 self._restore(self._last_good)
