@@ -263,6 +263,26 @@ def test_a_probe_beyond_the_bandwidth_is_infeasible_not_an_error(at_the_bandwidt
         start_geometry.check_start_fits_bandwidth(recon)
 
 
+def test_a_start_beyond_the_bandwidth_while_frames_arrive_falls_back_to_the_nominal(at_the_bandwidth_edge):
+    """A live reconstruction during acquisition fits its start on the few frames in so far (and again as
+    more come): a start beyond the bandwidth then falls back to the nominal geometry instead of ending the
+    run (the GUI's live reconstruction failed this way); with the whole dataset in, it is still an error."""
+    dataset = dataset_of(at_the_bandwidth_edge)
+    settings = TINY_SETTINGS.replace(init_geometry_from_data=False)
+    recon = UafpReconstruction(dataset.meta, dataset.frames.shape[1:], settings)
+    recon.add_frames(dataset.frames[:5], first_index=0)  # 5 of 49 frames so far
+    recon._take_pending()
+    nominal = recon.model.system.led_geometry()
+    recon.model.system.set_geometry(replace(nominal, height_mm=80.0))
+    start_geometry.check_start_fits_bandwidth(recon)
+    assert recon.model.system.led_geometry() == nominal and recon.start_geometry == nominal
+    recon.add_frames(dataset.frames[5:], first_index=5)
+    recon._take_pending()
+    recon.model.system.set_geometry(replace(nominal, height_mm=80.0))
+    with pytest.raises(ConfigError, match="beyond the reconstructed bandwidth"):
+        start_geometry.check_start_fits_bandwidth(recon)
+
+
 @pytest.mark.slow  # numerical run (7 s): the slow lane
 def test_start_search_goes_on_past_probes_beyond_the_bandwidth(at_the_bandwidth_edge, monkeypatch):
     """Seeded reproduction: the forced search's 7th probe (a Nelder-Mead step to a lower LED height) lights

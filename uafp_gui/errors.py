@@ -8,7 +8,9 @@ GUI says it in its own words (`uafp_gui.cli.errors`, `uafp_gui.gui.dialogs`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CameraTimeoutError",
@@ -92,12 +94,12 @@ class TilesFailed(ReconstructionError):
         self,
         message: str = "",
         *,
-        finished: dict[int, object] | None = None,
+        finished: Mapping[int, Any] | None = None,
         failures: dict[int, str] | None = None,
         planned: int = 0,
     ) -> None:
         super().__init__(message)
-        self.finished = dict(finished or {})
+        self.finished: dict[int, Any] = dict(finished or {})
         self.failures = dict(failures or {})
         self.planned = planned
 

@@ -82,9 +82,19 @@ def geometry_fits_bandwidth(model: ForwardModel, geometry: LedGeometry) -> bool:
 
 def check_start_fits_bandwidth(recon: UafpReconstruction) -> None:
     """The start geometry fitted from the data must light every LED within the reconstructed bandwidth
-    (the nominal one was checked when the reconstruction was made); `ConfigError` if not."""
+    (the nominal one was checked when the reconstruction was made); `ConfigError` if not.
+
+    While frames are still arriving (a live reconstruction during acquisition) the fit rests on the few
+    frames in so far and is fitted again as more come: a start beyond the bandwidth then falls back to
+    the nominal geometry instead of ending the run; only the whole dataset's start is held to it."""
     if recon.model.fits_bandwidth():
         return
+    if recon._pending or not bool(recon.available.all()):
+        nominal = LedGeometry(height_mm=recon.model.setup.led_height_mm)
+        if geometry_fits_bandwidth(recon.model, nominal):
+            recon.model.system.set_geometry(nominal)
+            recon.start_geometry = recon.model.system.led_geometry()
+            return
     g = recon.model.system.led_geometry()
     raise ConfigError(
         f"the LED geometry fitted from the data (shift {g.shift_x_mm:+.3f}, {g.shift_y_mm:+.3f} mm, rotation "
