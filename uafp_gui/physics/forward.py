@@ -389,17 +389,12 @@ class ForwardModel(torch.nn.Module):
     def fits_bandwidth(self) -> bool:
         """Every LED's illumination, at the current geometry, within the reconstructed bandwidth (what
         `crop_indices` needs): False where a candidate geometry would push an outer LED beyond it."""
-        rows, cols = self.setup.frame_shape
-        big_rows, big_cols = self.setup.object_shape
         with torch.no_grad():
-            whole_y, whole_x, _ = self.crop_plan(self.illumination_frequencies())
-        # crop_indices' extreme indices: big // 2 + (0 or n - 1) - n // 2 - whole
-        return bool(
-            (big_rows // 2 - rows // 2 - whole_y.max() >= 0)
-            and (big_rows // 2 + rows - 1 - rows // 2 - whole_y.min() < big_rows)
-            and (big_cols // 2 - cols // 2 - whole_x.max() >= 0)
-            and (big_cols // 2 + cols - 1 - cols // 2 - whole_x.min() < big_cols)
-        )
+            try:
+                self.crop_indices(*self.crop_plan(self.illumination_frequencies())[:2])
+            except ValueError:
+                return False
+        return True
 
     def entries_for(self, frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Entries (one per lit LED) of the given frames, and each entry's position in the batch."""

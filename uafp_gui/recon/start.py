@@ -68,16 +68,12 @@ def fit_start(recon: UafpReconstruction, bright: np.ndarray) -> None:
 def geometry_fits_bandwidth(model: ForwardModel, geometry: LedGeometry) -> bool:
     """Whether `geometry` keeps every LED of `model` within its reconstructed bandwidth (the model's own
     geometry is left as it was)."""
-    system = model.system
-    parameters = (system.shift_x_mm, system.shift_y_mm, system.rotation_deg, system.height_mm)
-    saved = [p.detach().clone() for p in parameters]
-    system.set_geometry(geometry)
+    saved = model.system.led_geometry()
+    model.system.set_geometry(geometry)
     try:
         return model.fits_bandwidth()
     finally:
-        with torch.no_grad():
-            for parameter, value in zip(parameters, saved, strict=True):
-                parameter.copy_(value)
+        model.system.set_geometry(saved)
 
 
 def check_start_fits_bandwidth(recon: UafpReconstruction) -> None:
