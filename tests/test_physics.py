@@ -443,6 +443,29 @@ def test_multiplexed_frame_is_the_incoherent_sum_of_single_led_frames():
     assert alone == pytest.approx(multiplexed[1], rel=1e-12)
 
 
+@pytest.mark.parametrize("q", [1, 2])
+def test_a_margin_models_the_larger_field_and_keeps_the_frames_pixels(q):
+    """A camera frame is a crop of a larger sample. With a margin the model images the frame plus the
+    margin and keeps the frame's pixels: exactly the larger field's frames cropped (same grid, same
+    spectrum lines); without one, the periodic grid wraps the frame's opposite edge into its border."""
+    leds = [(0, 0), (1, 2), (-2, 1)]
+    aberration = {4: 1.5, 6: 0.4}
+    frame, margin = 16, 4
+    large = make_model(make_setup(leds, frame=frame + 2 * margin, pixel_integration=q), aberration)
+    framed = make_model(make_setup(leds, frame=frame, pixel_integration=q, margin=(margin, margin)), aberration)
+    periodic = make_model(make_setup(leds, frame=frame, pixel_integration=q), aberration)
+    assert framed.setup.object_shape == large.setup.object_shape
+    rng = np.random.default_rng(31)
+    side = (frame + 2 * margin) * UPSAMPLE
+    obj = np.exp(0.8j * rng.normal(size=(side, side))) * (1 + 0.3 * rng.normal(size=(side, side)))
+    expected = run_model(large, obj)[:, margin : margin + frame, margin : margin + frame]
+    assert relative_error(run_model(framed, obj), expected) < 1e-12
+    # The frame's field of view on the object grid, and the same frames modelled without a margin.
+    window = framed.setup.object_window()
+    assert obj[window].shape == (frame * UPSAMPLE, frame * UPSAMPLE)
+    assert relative_error(run_model(periodic, np.ascontiguousarray(obj[window])), expected) > 0.05
+
+
 def test_pixel_integration_changes_the_frames():
     rng = np.random.default_rng(19)
     obj = np.exp(0.5j * rng.normal(size=(FINE, FINE))) * (1 + 0.2 * rng.normal(size=(FINE, FINE)))

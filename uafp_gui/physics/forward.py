@@ -45,10 +45,16 @@ class OpticalSetup:
     # Per-frame illumination NA [na_x, na_y] from a calibrated dataset (frames' optional
     # `illumination_na`, see `ForwardModel.apply_frame_illumination_na`); None when not given.
     frame_illumination_na: tuple[tuple[float, float] | None, ...] | None = None
+    # The modelled field extends this many camera pixels beyond each edge of the frame (rows, cols): a
+    # camera sees a crop of a larger sample, and the blur of the pupil carries light from outside the
+    # crop into its border. The model images the extended field and keeps the frame's pixels, so the
+    # periodic FFT grid wraps only across the margin, never the frame's opposite edge into the frame.
+    margin: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_meta(
-        cls, meta, frame_shape: tuple[int, int], upsample: int = 4, pixel_integration: int = 1
+        cls, meta, frame_shape: tuple[int, int], upsample: int = 4, pixel_integration: int = 1,
+        margin: tuple[int, int] = (0, 0),
     ) -> OpticalSetup:
         """Build from a `uafp_gui.io.schema.DatasetMeta` and the (rows, cols) of its frames."""
         glass = getattr(meta, "glass", None)
@@ -67,6 +73,7 @@ class OpticalSetup:
             glass_index=float(glass.refractive_index) if glass else 1.0,
             pixel_integration=int(pixel_integration),
             frame_illumination_na=frame_illumination_na_of(meta),
+            margin=(int(margin[0]), int(margin[1])),
         )
 
     @property
@@ -74,8 +81,19 @@ class OpticalSetup:
         return len(self.frame_leds)
 
     @property
+    def model_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the modelled field in camera pixels: the frame plus its margin on every side."""
+        return (self.frame_shape[0] + 2 * self.margin[0], self.frame_shape[1] + 2 * self.margin[1])
+
+    @property
     def object_shape(self) -> tuple[int, int]:
-        return (self.frame_shape[0] * self.upsample, self.frame_shape[1] * self.upsample)
+        rows, cols = self.model_shape
+        return (rows * self.upsample, cols * self.upsample)
+
+    def object_window(self) -> tuple[slice, slice]:
+        """Where the camera frame's field of view lies on the object grid."""
+        (top, left), (rows, cols), q = self.margin, self.frame_shape, self.upsample
+        return slice(top * q, (top + rows) * q), slice(left * q, (left + cols) * q)
 
     @property
     def object_pixel_um(self) -> float:
@@ -83,7 +101,13 @@ class OpticalSetup:
 
     @property
     def frequency_step(self) -> tuple[float, float]:
-        """(df_y, df_x) spectrum spacing in cycles/um, shared by frames and object."""
+        """(df_y, df_x) spectrum spacing in cycles/um, shared by the modelled field and the object."""
+        rows, cols = self.model_shape
+        return (1.0 / (rows * self.sample_pixel_um), 1.0 / (cols * self.sample_pixel_um))
+
+    @property
+    def frame_frequency_step(self) -> tuple[float, float]:
+        """(df_y, df_x) spectrum spacing of the camera frames themselves, cycles/um (their FFT's)."""
         rows, cols = self.frame_shape
         return (1.0 / (rows * self.sample_pixel_um), 1.0 / (cols * self.sample_pixel_um))
 
@@ -133,7 +157,7 @@ class SystemParameters(torch.nn.Module):
 
     def __init__(self, setup: OpticalSetup, distinct_leds: int):
         super().__init__()
-        rows, cols = setup.frame_shape
+        rows, cols = setup.model_shape  # the pupil maps live on the modelled field's spectrum grid
         self.shift_x_mm = torch.nn.Parameter(torch.zeros(()))
         self.shift_y_mm = torch.nn.Parameter(torch.zeros(()))
         self.rotation_deg = torch.nn.Parameter(torch.zeros(()))
@@ -176,7 +200,7 @@ class ForwardModel(torch.nn.Module):
     def __init__(self, setup: OpticalSetup, device: torch.device | str = "cpu"):
         super().__init__()
         self.setup = setup
-        rows, cols = setup.frame_shape
+        rows, cols = setup.model_shape
         df_y, df_x = setup.frequency_step
         self.frequency_step_px = min(df_y, df_x)
 
@@ -336,8 +360,6 @@ class ForwardModel(torch.nn.Module):
         The support is analytic; phase and amplitude maps are interpolated bilinearly, which
         is accurate to a few 1e-3 rad for the aberrations of a cheap objective.
         """
-        rows, cols = self.setup.frame_shape
-        df_y, df_x = self.setup.frequency_step
         fx = self.grid_fx[None] + offset[:, 0, None, None]
         fy = self.grid_fy[None] + offset[:, 1, None, None]
         support = self._soft_support(fx, fy)
@@ -348,7 +370,7 @@ class ForwardModel(torch.nn.Module):
     def sampled_maps(self, maps: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """(E, C, H, W): the (C, H, W) maps on the frame spectrum grid interpolated (bilinearly,
         border-padded) at f + offset, offset (E, 2) (u_x, u_y) cycles/um, as `shifted_pupils` does."""
-        rows, cols = self.setup.frame_shape
+        rows, cols = self.setup.model_shape
         df_y, df_x = self.setup.frequency_step
         grid_shift = torch.stack(
             [offset[:, 0] / df_x * 2 / max(cols - 1, 1), offset[:, 1] / df_y * 2 / max(rows - 1, 1)],
@@ -373,7 +395,7 @@ class ForwardModel(torch.nn.Module):
         return whole[:, 1].long(), whole[:, 0].long(), remainder
 
     def crop_indices(self, whole_y: torch.Tensor, whole_x: torch.Tensor):
-        rows, cols = self.setup.frame_shape
+        rows, cols = self.setup.model_shape
         big_rows, big_cols = self.setup.object_shape
         local_y = torch.arange(rows, device=whole_y.device) - rows // 2
         local_x = torch.arange(cols, device=whole_x.device) - cols // 2
@@ -431,7 +453,7 @@ class ForwardModel(torch.nn.Module):
                   s.freeform_phase, s.log_pupil_amplitude)
         if torch.is_grad_enabled() and any(p.requires_grad for p in inputs):
             return None
-        rows, cols = self.setup.frame_shape
+        rows, cols = self.setup.model_shape
         n_entries = self.entry_frame.numel()
         complex_type = torch.complex64 if self.grid_fx.dtype == torch.float32 else torch.complex128
         if n_entries * rows * cols * complex_type.itemsize > KEPT_PUPILS_BYTES:
@@ -491,7 +513,7 @@ class ForwardModel(torch.nn.Module):
     def _spectrum_factor(self) -> torch.Tensor:
         """(H, W) complex factor applied to each centred field spectrum before the inverse FFT: the
         FFT scale of the object grid and, for pixel integration, the sub-sample centring phase."""
-        rows, cols = self.setup.frame_shape
+        rows, cols = self.setup.model_shape
         big_rows, big_cols = self.setup.object_shape
         q = self.setup.pixel_integration
         key = (q, self.device, self.grid_fx.dtype)
@@ -532,14 +554,17 @@ class ForwardModel(torch.nn.Module):
         return gain[:, None, None] * summed + self.system.background
 
     def sum_entries(self, intensity: torch.Tensor, frames: torch.Tensor | None, batch_position: torch.Tensor):
-        """(B, H, W): each frame's sum over its entries' (lit LEDs') intensities."""
+        """(B, H, W): each frame's sum over its entries' (lit LEDs') intensities, on the camera frame (the
+        margin of the modelled field cut off)."""
+        (top, left), (rows, cols) = self.setup.margin, self.setup.frame_shape
+        if top or left:
+            intensity = intensity[:, top : top + rows, left : left + cols]
         n_batch = self.setup.n_frames if frames is None else frames.numel()
         if batch_position.numel() == n_batch and torch.equal(
             batch_position, torch.arange(n_batch, device=batch_position.device)
         ):
             frames_out = intensity  # one LED per frame, in order: the sum over entries is the identity
         else:
-            rows, cols = self.setup.frame_shape
             frames_out = torch.zeros(n_batch, rows, cols, device=intensity.device, dtype=intensity.dtype)
             frames_out = frames_out.index_add(0, batch_position, intensity)
         return frames_out

@@ -83,10 +83,52 @@ def illumination_order(model: ForwardModel) -> torch.Tensor:
         return torch.argsort(model.frame_illumination_na())
 
 
-def upsampled_amplitude(frame: torch.Tensor, scale: float, object_shape: tuple[int, int]) -> torch.Tensor:
-    """sqrt(frame / scale) interpolated to the object grid: the start object of both engines (complex64)."""
-    amplitude = torch.sqrt(frame / scale)
-    amplitude = torch.nn.functional.interpolate(amplitude[None, None], size=object_shape, mode="bilinear")[0, 0]
+# The margin of the modelled field (`OpticalSetup.margin`), in resolution lengths wavelength / NA: the reach
+# of the blur that carries light from outside the camera's crop into its border (a defocus of ~2.5 rad RMS
+# blurs by ~2.7 of them, and the hard pupil's ringing reaches further).
+MARGIN_RESOLUTIONS = 3.0
+
+
+def _smooth_length(n: int) -> bool:
+    """Whether n has no prime factor above 5 (the FFT's fast lengths)."""
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def field_margin(meta, frame_shape: tuple[int, int], margin_px: int | None = None) -> tuple[int, int]:
+    """(rows, cols) margin of the modelled field beyond each frame edge, in camera pixels.
+
+    `margin_px` None: `MARGIN_RESOLUTIONS` resolution lengths (wavelength / NA) on the sample, at most a
+    quarter of the frame, grown by a pixel or two so the modelled side is a fast FFT length; otherwise
+    exactly `margin_px` (0: the frame alone, periodic)."""
+    if margin_px is not None:
+        return int(margin_px), int(margin_px)
+    sample_pixel_um = float(meta.camera_pixel_um) / float(meta.magnification)
+    target = int(np.ceil(MARGIN_RESOLUTIONS * float(meta.wavelength_um) / (float(meta.objective_na) * sample_pixel_um)))
+    margins = []
+    for n in frame_shape:
+        margin = min(target, int(n) // 4)
+        while not _smooth_length(int(n) + 2 * margin):
+            margin += 1
+        margins.append(margin)
+    return margins[0], margins[1]
+
+
+def upsampled_amplitude(
+    frame: torch.Tensor, scale: float, object_shape: tuple[int, int], margin: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """sqrt(frame / scale) interpolated to the object grid: the start object of both engines (complex64).
+    With a margin (`OpticalSetup.margin`) the frame is first extended by it, mirrored at its edges."""
+    amplitude = torch.sqrt(frame / scale)[None, None]
+    if margin[0] or margin[1]:
+        top, left = min(margin[0], frame.shape[0] - 1), min(margin[1], frame.shape[1] - 1)
+        amplitude = torch.nn.functional.pad(amplitude, (left, left, top, top), mode="reflect")
+        amplitude = torch.nn.functional.pad(
+            amplitude, (margin[1] - left,) * 2 + (margin[0] - top,) * 2, mode="replicate"
+        )
+    amplitude = torch.nn.functional.interpolate(amplitude, size=object_shape, mode="bilinear")[0, 0]
     return amplitude.to(torch.complex64)
 
 
@@ -98,7 +140,7 @@ def initial_spectrum(model: ForwardModel, measurements: torch.Tensor) -> tuple[t
     """
     frame = measurements[int(illumination_order(model)[0])]
     scale = max(float(frame.mean()), 1e-12)
-    return spectrum_of(upsampled_amplitude(frame, scale, model.setup.object_shape)), scale
+    return spectrum_of(upsampled_amplitude(frame, scale, model.setup.object_shape, model.setup.margin)), scale
 
 
 def amplitude_misfit_terms(predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor) -> tuple[float, float]:
@@ -160,7 +202,7 @@ def result_from_model(
     pupil: torch.Tensor | None = None,
 ) -> ReconstructionResult:
     with torch.no_grad():
-        obj = object_of(spectrum).cpu().numpy().astype(np.complex64)
+        obj = object_of(spectrum)[model.setup.object_window()].cpu().numpy().astype(np.complex64)
         pupil_array = (model.pupil() if pupil is None else pupil).cpu().numpy().astype(np.complex64)
         positions = model.frame_led_positions_mm().cpu().numpy()
         gains = model.system.frame_gain.detach().cpu().numpy()

@@ -265,7 +265,7 @@ def fit_geometry_from_rims(
     if len(bright) < 3:
         return None
     setup = model.setup
-    df_y, df_x = setup.frequency_step
+    df_y, df_x = setup.frame_frequency_step  # the circles are sought in the frames' own spectra
     radius = (setup.pupil_cutoff / df_x, setup.pupil_cutoff / df_y)
     tile_mm = (setup.tile_center_um[0] / 1000.0, setup.tile_center_um[1] / 1000.0)
 
@@ -379,7 +379,7 @@ def fit_geometry_from_circles(
     """
     frames = np.asarray(frames, dtype=int)
     setup = model.setup
-    df_y, df_x = setup.frequency_step
+    df_y, df_x = setup.frame_frequency_step  # the circles are sought in the frames' own spectra
     step = np.array([df_x, df_y])
     radius_px = setup.pupil_cutoff / min(df_x, df_y)
     entries = torch.stack([torch.nonzero(model.entry_frame == int(k))[0, 0] for k in frames])

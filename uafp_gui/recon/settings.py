@@ -25,6 +25,9 @@ class UafpSettings:
     loss: Loss = Loss.AMPLITUDE
     tv_weight: float = 0.0
     pixel_integration: int = 2
+    # Camera pixels the modelled field extends beyond each edge of the frame (`OpticalSetup.margin`):
+    # None sizes it from the optics (`recon.common.field_margin`), 0 models the frame alone (periodic).
+    field_margin_px: int | None = None
     learn_geometry: bool = True
     learn_zernike: bool = True
     zernike_min_index: int = 4  # Z2/Z3 (tilt) equal a translation of the object: degenerate
@@ -117,10 +120,10 @@ class UafpSettings:
             ("start_search_evaluations", 0, 10_000), ("start_search_patience", 0, 10_000),
             ("start_search_iterations", 0, 1000), ("warmup_iterations", 0, 1_000_000), ("update_every", 1, 1_000_000),
             ("convergence_window", 0, 1_000_000), ("start_search_crop_px", 0, 1_000_000),
-            ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1),
+            ("preview_size", 16, 4096), ("seed", 0, 2**63 - 1), ("field_margin_px", 0, 4096),
         ):
             value = getattr(self, name)
-            if value is None and name in ("iterations", "batch_size"):
+            if value is None and name in ("iterations", "batch_size", "field_margin_px"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
                 raise ConfigError(f"{name} must be a whole number {low} to {high} (got {value!r})")

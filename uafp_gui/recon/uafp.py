@@ -38,6 +38,7 @@ from uafp_gui.recon.common import (
     ReconstructionResult,
     amplitude_misfit_terms,
     apply_calibration,
+    field_margin,
     resolve_device,
     result_from_model,
     upsampled_amplitude,
@@ -103,8 +104,10 @@ class UafpReconstruction:
         self.device = resolve_device(settings.device)
         from uafp_gui.recon.common import check_work_size
 
-        check_work_size(tuple(frame_shape), settings.upsample, settings.pixel_integration)
-        setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration)
+        margin = field_margin(meta, tuple(frame_shape), settings.field_margin_px)
+        modelled = (int(frame_shape[0]) + 2 * margin[0], int(frame_shape[1]) + 2 * margin[1])
+        check_work_size(modelled, settings.upsample, settings.pixel_integration)
+        setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration, margin)
         try:
             self.model = ForwardModel(setup, device=self.device)
             with torch.no_grad():
@@ -228,7 +231,8 @@ class UafpReconstruction:
                     self.model.system.frame_gain.div_(self.scale)
         if self.object is None:
             central = int(bright[np.argmin(np.linalg.norm(self._nominal_positions[bright], axis=1))])
-            start = upsampled_amplitude(self.measurements[central], self.scale, self.model.setup.object_shape)
+            setup = self.model.setup
+            start = upsampled_amplitude(self.measurements[central], self.scale, setup.object_shape, setup.margin)
             self.object = torch.nn.Parameter(start)
         if (
             self.settings.init_geometry_from_data
@@ -812,7 +816,7 @@ class UafpReconstruction:
 
     def update(self, rolled_back: bool = False) -> ReconstructionUpdate:
         with torch.no_grad():
-            obj = self.object.detach()
+            obj = self.object.detach()[self.model.setup.object_window()]
             size = self.settings.preview_size
             factor = max(1, max(obj.shape) // size)
             preview = obj
