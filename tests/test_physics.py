@@ -464,6 +464,14 @@ def test_a_margin_models_the_larger_field_and_keeps_the_frames_pixels(q):
     window = framed.setup.object_window()
     assert obj[window].shape == (frame * UPSAMPLE, frame * UPSAMPLE)
     assert relative_error(run_model(periodic, np.ascontiguousarray(obj[window])), expected) > 0.05
+    # A result reports the pupil on the frame's own spectrum grid, whatever the margin.
+    with torch.no_grad():
+        assert torch.allclose(framed.frame_pupil(), periodic.pupil(), atol=1e-9)
+        assert framed.pupil().shape == (frame + 2 * margin, frame + 2 * margin)
+        # The per-pixel maps are interpolated to the frame's grid: a free-form phase linear in f stays so.
+        framed.system.freeform_phase.copy_(40.0 * framed.grid_fx + 25.0 * framed.grid_fy)
+        periodic.system.freeform_phase.copy_(40.0 * periodic.grid_fx + 25.0 * periodic.grid_fy)
+        assert torch.allclose(framed.frame_pupil(), periodic.pupil(), atol=1e-9)
 
 
 def test_pixel_integration_changes_the_frames():

@@ -354,6 +354,35 @@ class ForwardModel(torch.nn.Module):
         """(H, W) complex pupil A(f) exp(i W(f)) on the unshifted grid."""
         return torch.polar(self.pupil_amplitude(), self.pupil_phase())
 
+    def frame_pupil(self) -> torch.Tensor:
+        """(H, W) complex pupil on the camera frame's own spectrum grid (`OpticalSetup.frame_frequency_step`):
+        what a result reports. Equal to `pupil()` without a margin; with one, the Zernikes are evaluated on
+        the frame's grid and the per-pixel maps interpolated from the modelled field's finer grid."""
+        setup = self.setup
+        if setup.margin == (0, 0):
+            return self.pupil()
+        (rows, cols), (model_rows, model_cols) = setup.frame_shape, setup.model_shape
+        (df_y, df_x), (model_df_y, model_df_x) = setup.frame_frequency_step, setup.frequency_step
+        fy = centred_frequencies(rows, df_y).to(self.device)
+        fx = centred_frequencies(cols, df_x).to(self.device)
+        grid_y, grid_x = torch.meshgrid(fy, fx, indexing="ij")
+        rho = torch.sqrt(grid_x**2 + grid_y**2) / setup.pupil_cutoff
+        basis = zernike_basis(range(2, MAX_NOLL_INDEX + 1), rho, torch.atan2(grid_y, grid_x)).to(self.grid_fx.dtype)
+        # The model grid's sample i sits at (i - n // 2) df: grid_sample's normalised coordinate of frequency f.
+        normalised = torch.stack(
+            [
+                (grid_x / model_df_x + model_cols // 2) * 2 / max(model_cols - 1, 1) - 1,
+                (grid_y / model_df_y + model_rows // 2) * 2 / max(model_rows - 1, 1) - 1,
+            ],
+            dim=-1,
+        ).to(self.grid_fx.dtype)
+        maps = torch.stack([self.system.freeform_phase, self.system.log_pupil_amplitude])
+        sampled = functional.grid_sample(maps[None], normalised[None], mode="bilinear", padding_mode="border",
+                                         align_corners=True)[0]
+        phase = torch.einsum("j,jhw->hw", self.system.zernike_rad[1:], basis) + sampled[0]
+        support = ((setup.pupil_cutoff - rho * setup.pupil_cutoff) / min(df_y, df_x) + 0.5).clamp(0, 1)
+        return torch.polar(support.to(phase.dtype) * torch.exp(sampled[1]), phase)
+
     def shifted_pupils(self, offset: torch.Tensor) -> torch.Tensor:
         """(E, H, W) complex pupils evaluated at f + offset, offset (E, 2) (u_x, u_y) cycles/um.
 

@@ -203,7 +203,7 @@ def result_from_model(
 ) -> ReconstructionResult:
     with torch.no_grad():
         obj = object_of(spectrum)[model.setup.object_window()].cpu().numpy().astype(np.complex64)
-        pupil_array = (model.pupil() if pupil is None else pupil).cpu().numpy().astype(np.complex64)
+        pupil_array = (model.frame_pupil() if pupil is None else pupil).cpu().numpy().astype(np.complex64)
         positions = model.frame_led_positions_mm().cpu().numpy()
         gains = model.system.frame_gain.detach().cpu().numpy()
     return ReconstructionResult(

@@ -826,7 +826,7 @@ class UafpReconstruction:
             spectrum = torch.log1p(spectrum_of(obj).abs())
             if factor > 1:
                 spectrum = torch.nn.functional.avg_pool2d(spectrum[None, None], factor)[0, 0]
-            pupil = self.model.pupil()
+            pupil = self.model.frame_pupil()
             system = self.model.system
             return ReconstructionUpdate(
                 iteration=self.iteration,
