@@ -589,6 +589,24 @@ def test_unit_object_gives_unit_bright_field_intensity():
     assert frame == pytest.approx(np.ones((FRAME, FRAME)), rel=1e-9)
 
 
+@pytest.mark.parametrize("lines_from_edge", [-0.3, -0.05, 0.05, 0.3])
+def test_the_unscattered_wave_sees_a_sharp_pupil_edge(lines_from_edge):
+    """A clear sample under an LED near the NA: a real (hard) pupil passes the plane wave or blocks it.
+    The one-pixel anti-aliasing ramp passed part of it; `dc_edge_px` sharpens the edge it sees."""
+    offset = (1, 2)
+    expected = 1.0 if lines_from_edge < 0 else 0.0  # inside the NA: the whole wave; outside: none
+    clear = np.ones((FINE, FINE), dtype=complex)
+    frames = {}
+    for width in (1.0, 0.02):
+        model = make_model(make_setup([offset]), {4: 0.7})
+        model.dc_edge_px = width
+        set_height(model, height_for(offset, CUTOFF / DF + lines_from_edge))
+        frames[width] = run_model(model, clear)[0]
+    assert frames[0.02] == pytest.approx(np.full((FRAME, FRAME), expected), abs=1e-9)
+    ramp = 0.5 - lines_from_edge  # the ramp's pass fraction, squared into intensity
+    assert frames[1.0].mean() == pytest.approx(ramp**2, rel=1e-4)
+
+
 def test_frames_at_reduced_led_drive_compare_after_normalisation():
     meta = DatasetMeta.from_dict(
         {

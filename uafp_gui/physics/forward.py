@@ -225,6 +225,9 @@ class ForwardModel(torch.nn.Module):
         basis = zernike_basis(range(1, MAX_NOLL_INDEX + 1), rho, phi).float()
         self.register_buffer("zernike_basis", basis)
         self.register_buffer("support", self._soft_support(grid_x.float(), grid_y.float()))
+        # Width (spectrum pixels) of the pupil edge the unscattered wave sees (`_sharp_zero_frequency`);
+        # 1.0: the same one-pixel ramp as the rest of the spectrum.
+        self._dc_edge_px = 1.0
         # Normalised sampling grid for grid_sample, align_corners=True.
         norm_y = torch.linspace(-1, 1, rows)
         norm_x = torch.linspace(-1, 1, cols)
@@ -341,6 +344,37 @@ class ForwardModel(torch.nn.Module):
         radius = torch.sqrt(fx**2 + fy**2)
         return ((self.setup.pupil_cutoff - radius) / self.frequency_step_px + 0.5).clamp(0, 1)
 
+    @property
+    def dc_edge_px(self) -> float:
+        return self._dc_edge_px
+
+    @dc_edge_px.setter
+    def dc_edge_px(self, width: float) -> None:
+        self._dc_edge_px = float(width)
+        self.__dict__.pop("_pupil_cache", None)  # the kept pupils were made with the old edge
+
+    def _sharp_zero_frequency(
+        self, support: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, whole: torch.Tensor
+    ) -> torch.Tensor:
+        """`support` with each entry's zero-frequency pixel passed through an edge `dc_edge_px` pixels wide.
+
+        The one-pixel ramp of `_soft_support` is the right model for a continuous spectrum (the fraction of
+        each pixel's cell inside the pupil), but the unscattered wave is one plane wave at exactly the
+        illumination frequency u: a real pupil passes it or not (a point LED), or passes the fraction of
+        the LED's angular extent inside it. Through the ramp, an LED within half a pixel of the NA passed
+        part of its bright background, and the engine moved the LED geometry to make it fit."""
+        rows, cols = self.setup.model_shape
+        centre_y, centre_x = rows // 2 + whole[:, 0], cols // 2 + whole[:, 1]
+        inside = (centre_y >= 0) & (centre_y < rows) & (centre_x >= 0) & (centre_x < cols)
+        entries = torch.nonzero(inside).squeeze(1)
+        if entries.numel() == 0:
+            return support
+        centre_y, centre_x = centre_y[entries], centre_x[entries]
+        radius = torch.sqrt(fx[entries, centre_y, centre_x] ** 2 + fy[entries, centre_y, centre_x] ** 2)
+        width = max(self.dc_edge_px, 1e-6) * self.frequency_step_px
+        passed = ((self.setup.pupil_cutoff - radius) / width + 0.5).clamp(0, 1)
+        return support.index_put((entries, centre_y, centre_x), passed.to(support.dtype))
+
     def pupil_phase(self) -> torch.Tensor:
         """(H, W) pupil phase W(f) on the frame spectrum grid: Zernikes plus free-form."""
         s = self.system
@@ -383,15 +417,21 @@ class ForwardModel(torch.nn.Module):
         support = ((setup.pupil_cutoff - rho * setup.pupil_cutoff) / min(df_y, df_x) + 0.5).clamp(0, 1)
         return torch.polar(support.to(phase.dtype) * torch.exp(sampled[1]), phase)
 
-    def shifted_pupils(self, offset: torch.Tensor) -> torch.Tensor:
+    def shifted_pupils(self, offset: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
         """(E, H, W) complex pupils evaluated at f + offset, offset (E, 2) (u_x, u_y) cycles/um.
 
         The support is analytic; phase and amplitude maps are interpolated bilinearly, which
         is accurate to a few 1e-3 rad for the aberrations of a cheap objective.
+
+        `whole` (E, 2) [row, col]: the entries' integer spectrum offsets (`crop_plan`). Given, the pixel
+        where the object's zero frequency lands (the unscattered wave, at exactly the illumination
+        frequency) gets the sharper edge `dc_edge_px` instead of the one-pixel anti-aliasing ramp.
         """
         fx = self.grid_fx[None] + offset[:, 0, None, None]
         fy = self.grid_fy[None] + offset[:, 1, None, None]
         support = self._soft_support(fx, fy)
+        if whole is not None and self.dc_edge_px != 1.0:
+            support = self._sharp_zero_frequency(support, fx, fy, whole)
         sampled = self.sampled_maps(torch.stack([self.pupil_phase(), self.system.log_pupil_amplitude]), offset)
         amplitude = support * torch.exp(sampled[:, 1])
         return torch.polar(amplitude, sampled[:, 0])
@@ -468,7 +508,7 @@ class ForwardModel(torch.nn.Module):
             frequencies = self.illumination_frequencies()[self.entry_led[entries]]
             whole_y, whole_x, remainder = self.crop_plan(frequencies)
             index_y, index_x = self.crop_indices(whole_y, whole_x)
-            pupils = self.shifted_pupils(remainder)
+            pupils = self.shifted_pupils(remainder, torch.stack([whole_y, whole_x], dim=1))
         crops = object_spectrum[index_y[:, :, None], index_x[:, None, :]]
         return crops * pupils
 
@@ -508,7 +548,7 @@ class ForwardModel(torch.nn.Module):
                 frequencies = self.illumination_frequencies()[self.entry_led[missing]]
                 whole_y, whole_x, remainder = self.crop_plan(frequencies)
                 index_y[missing], index_x[missing] = self.crop_indices(whole_y, whole_x)
-                pupils[missing] = self.shifted_pupils(remainder)
+                pupils[missing] = self.shifted_pupils(remainder, torch.stack([whole_y, whole_x], dim=1))
                 computed[missing] = True
         return index_y[entries], index_x[entries], pupils[entries]
 

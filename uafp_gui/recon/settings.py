@@ -28,6 +28,9 @@ class UafpSettings:
     # Camera pixels the modelled field extends beyond each edge of the frame (`OpticalSetup.margin`):
     # None sizes it from the optics (`recon.common.field_margin`), 0 models the frame alone (periodic).
     field_margin_px: int | None = None
+    # Width (spectrum pixels) of the pupil edge that the unscattered wave passes through (1: the same
+    # anti-aliasing ramp as the scattered light; see `ForwardModel.dc_edge_px`).
+    pupil_dc_edge_px: float = 1.0
     learn_geometry: bool = True
     learn_zernike: bool = True
     zernike_min_index: int = 4  # Z2/Z3 (tilt) equal a translation of the object: degenerate

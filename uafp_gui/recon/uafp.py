@@ -110,6 +110,7 @@ class UafpReconstruction:
         setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration, margin)
         try:
             self.model = ForwardModel(setup, device=self.device)
+            self.model.dc_edge_px = settings.pupil_dc_edge_px
             with torch.no_grad():
                 self.model.crop_indices(*self.model.crop_plan(self.model.illumination_frequencies())[:2])
         except ValueError as error:

@@ -289,7 +289,8 @@ def calibration_uncertainty(
         def crop(image: torch.Tensor) -> torch.Tensor:
             return image[index_y[:, :, None], index_x[:, None, :]]
 
-        pupils = model.shifted_pupils(remainder)
+        whole = torch.stack([whole_y, whole_x], dim=1)
+        pupils = model.shifted_pupils(remainder, whole)
         spectra = crop(spectrum) * pupils
         intensity, fields = model.intensity_and_fields(spectra)
         gain = system.frame_gain[batch.to(system.frame_gain.device)][:, None, None]
@@ -309,7 +310,7 @@ def calibration_uncertainty(
             df_y, df_x = setup.frequency_step
             h = remainder.new_tensor([[PUPIL_STEP * df_x, 0.0], [0.0, PUPIL_STEP * df_y]])
             offsets = torch.cat([remainder + h[0], remainder - h[0], remainder + h[1], remainder - h[1]])
-            moved = model.shifted_pupils(offsets)
+            moved = model.shifted_pupils(offsets, whole.repeat(4, 1))
             moved = moved.view(4, len(remainder), *moved.shape[1:])
             crops = crop(spectrum)
             change_x = model.intensity_derivative(fields, crops * ((moved[0] - moved[1]) / (2 * h[0, 0])))
