@@ -597,7 +597,7 @@ def test_the_unscattered_wave_sees_a_sharp_pupil_edge(lines_from_edge):
     expected = 1.0 if lines_from_edge < 0 else 0.0  # inside the NA: the whole wave; outside: none
     clear = np.ones((FINE, FINE), dtype=complex)
     frames = {}
-    for width in (1.0, 0.02):
+    for width in (1.0, 0.02):  # the anti-aliasing ramp, and a nearly hard edge
         model = make_model(make_setup([offset]), {4: 0.7})
         model.dc_edge_px = width
         set_height(model, height_for(offset, CUTOFF / DF + lines_from_edge))

@@ -23,6 +23,9 @@ from uafp_gui.physics.zernike import MAX_NOLL_INDEX, zernike_basis
 LedList = tuple[tuple[float, float], ...]
 # Memory for the per-entry pupils kept while the system is a constant (`ForwardModel._kept_pupils`).
 KEPT_PUPILS_BYTES = 256 * 2**20
+# Width of the pupil edge the unscattered wave passes, in spectrum pixels (`ForwardModel.dc_edge_px`): nearly
+# hard (a point LED's plane wave is passed or blocked), but continuous, so the geometry keeps a gradient.
+DC_EDGE_PX = 0.1
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ class ForwardModel(torch.nn.Module):
         self.register_buffer("support", self._soft_support(grid_x.float(), grid_y.float()))
         # Width (spectrum pixels) of the pupil edge the unscattered wave sees (`_sharp_zero_frequency`);
         # 1.0: the same one-pixel ramp as the rest of the spectrum.
-        self._dc_edge_px = 1.0
+        self._dc_edge_px = DC_EDGE_PX
         # Normalised sampling grid for grid_sample, align_corners=True.
         norm_y = torch.linspace(-1, 1, rows)
         norm_x = torch.linspace(-1, 1, cols)
