@@ -84,7 +84,7 @@ class RunCancelled(ReconstructionError):
 
 
 class TilesFailed(ReconstructionError):
-    """Tasks of a tiled (full-field) run failed after their retries while the others finished.
+    """Tasks of a tiled (full-field) run failed (each after `tries` tries) while the others finished.
 
     `finished`: {position: result} of every task that finished (delivered before this was raised);
     `failures`: {position: "ErrorType: message"} of those that failed; `planned`: the tasks of the run;
