@@ -350,6 +350,35 @@ def test_a_stopped_runs_finished_tiles_are_written(tmp_path):
     assert read_result(folder / "tiles" / "r01_c00").amplitude.shape == (96, 96)
 
 
+def test_a_mosaic_that_cannot_be_made_never_costs_the_finished_tiles(tmp_path, monkeypatch):
+    """Stitching, or an OME writer, failing on a partial run: the finished tiles are written all the same,
+    tiles.json says why there is no mosaic, a warning says it too, and no half-written mosaic is left."""
+    import json
+
+    from uafp_gui.fullfield import output, stitch
+    from uafp_gui.io.result import verify_result_folder
+
+    result = _full_field_result()
+    layout = [r.tile for r in result.tiles]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no memory for the mosaic")
+
+    for module, name in ((stitch, "stitch"), (output, "write_ome_tiff")):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, broken)
+            with pytest.warns(UserWarning, match="mosaic could not be written .*RuntimeError: no memory"):
+                folder = output.write_finished_tiles(tmp_path / name, result.tiles[:3], PIXEL_UM, planned=4,
+                                                     layout=layout, min_size=32)
+        verify_result_folder(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiles", "tiles.json"]
+        table = json.loads((folder / "tiles.json").read_text())
+        assert table["mosaic"] == {"error": "RuntimeError: no memory for the mosaic"} and len(table["tiles"]) == 3
+    folder = output.write_finished_tiles(tmp_path / "fine", result.tiles[:3], PIXEL_UM, planned=4, layout=layout,
+                                         min_size=32)
+    assert {"mosaic.ome.zarr", "mosaic.ome.tif"} <= {p.name for p in folder.iterdir()}
+
+
 # ----------------------------------------------------------------------- end to end, a worker killed
 
 

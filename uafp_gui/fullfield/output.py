@@ -29,6 +29,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -335,13 +337,22 @@ def write_finished_tiles(
     (`partial_mosaic`) as OME-Zarr and OME-TIFF; atomically like a whole result."""
     table = tile_table(tiles, planned=planned, failed=failed)
     mosaic = None
+
+    def no_mosaic(error: Exception) -> None:
+        # the finished tiles matter more than their picture: written all the same, the reason beside them
+        reason = f"{type(error).__name__}: {error}"
+        table["mosaic"] = {"error": reason}
+        warnings.warn(f"the finished tiles' mosaic could not be written ({reason}); the tiles are written without it",
+                      stacklevel=3)
+
     if layout is not None and tiles:
-        mosaic = partial_mosaic(tiles, layout, failed=failed, not_finished=not_finished)
-        table["mosaic"] = {"files": [MOSAIC_ZARR, MOSAIC_TIFF], **mosaic[2]}
+        try:
+            mosaic = partial_mosaic(tiles, layout, failed=failed, not_finished=not_finished)
+        except Exception as error:  # noqa: BLE001 - reported by no_mosaic
+            no_mosaic(error)
 
     def write(staging: Path) -> None:
         _write_tiles(staging / TILES, tiles, pixel_um, source_dataset)
-        _json_writer(table)(staging / TILE_TABLE)
         calibration_dict = None
         if calibration is not None:
             shared = _calibration(calibration, pixel_um, source_dataset)
@@ -352,9 +363,16 @@ def write_finished_tiles(
             stack = np.stack([amplitude, phase]).astype(np.float32)
             name = f"{Path(source_dataset).stem or Path(folder).name} (uafp full field, partial)"
             metadata = plain({"partial": partial, **({"calibration": calibration_dict} if calibration_dict else {})})
-            write_ome_zarr(staging / MOSAIC_ZARR, stack, pixel_um, name=name, attributes=metadata,  # type: ignore[arg-type]
-                           min_size=min_size, chunks=zarr_chunks)
-            write_ome_tiff(staging / MOSAIC_TIFF, stack, pixel_um, name=name,
-                           description=json.dumps(metadata, allow_nan=False), min_size=min_size)
+            try:
+                write_ome_zarr(staging / MOSAIC_ZARR, stack, pixel_um, name=name,
+                               attributes=metadata, min_size=min_size, chunks=zarr_chunks)  # type: ignore[arg-type]
+                write_ome_tiff(staging / MOSAIC_TIFF, stack, pixel_um, name=name,
+                               description=json.dumps(metadata, allow_nan=False), min_size=min_size)
+                table["mosaic"] = {"files": [MOSAIC_ZARR, MOSAIC_TIFF], **partial}
+            except Exception as error:  # noqa: BLE001 - reported by no_mosaic
+                shutil.rmtree(staging / MOSAIC_ZARR, ignore_errors=True)
+                (staging / MOSAIC_TIFF).unlink(missing_ok=True)
+                no_mosaic(error)
+        _json_writer(table)(staging / TILE_TABLE)
 
     return write_folder_atomically(folder, write)
