@@ -226,8 +226,9 @@ def test_rescored_terms_are_the_full_pass_scores_from_one_adjoint(tiny):
 
 def test_the_polish_computes_the_jacobian_once_and_chord_steps_after_it(tiny, monkeypatch):
     """Two polish steps: one full Jacobian pass, then a chord step (the new gradient from one adjoint pass,
-    the first pass's curvature), each kept only when the misfit falls; a chord step the misfit refuses is
-    retried with a fresh Jacobian."""
+    the first pass's curvature), each kept only when the misfit falls; a chord step predicting a large
+    decrease, or one the misfit refuses, is replaced by a fresh Jacobian's exact step."""
+    import uafp_gui.recon.uafp as uafp
     import uafp_gui.recon.uncertainty as uncertainty
 
     calls = []
@@ -243,11 +244,17 @@ def test_the_polish_computes_the_jacobian_once_and_chord_steps_after_it(tiny, mo
     recon.settings = recon.settings.replace(polish_steps=2)
     snapshot = recon._snapshot()
     before = recon.data_misfit()
-    calls.clear()
-    assert recon.polish() == 2 and recon.data_misfit() < before
-    assert calls == ["jacobian_terms", "rescored_terms"]
 
-    calls.clear()
+    def polish(max_decrease: float) -> int:
+        recon._restore(snapshot)
+        monkeypatch.setattr(uafp, "CHORD_STEP_MAX_DECREASE", max_decrease)
+        calls.clear()
+        return recon.polish()
+
+    assert polish(1.0) == 2 and recon.data_misfit() < before  # any chord step is small enough
+    assert calls == ["jacobian_terms", "rescored_terms"]
+    assert polish(0.0) == 2 and calls == ["jacobian_terms", "rescored_terms", "jacobian_terms"]  # all large
+
     refused = iter([None])  # the chord step's first try is refused: the exact step follows
     try_step = recon._try_gauss_newton_step
 
@@ -257,6 +264,4 @@ def test_the_polish_computes_the_jacobian_once_and_chord_steps_after_it(tiny, mo
         return try_step(unc, misfit_before)
 
     monkeypatch.setattr(recon, "_try_gauss_newton_step", refuse_once)
-    recon._restore(snapshot)
-    assert recon.polish() == 2
-    assert calls == ["jacobian_terms", "rescored_terms", "jacobian_terms"]
+    assert polish(1.0) == 2 and calls == ["jacobian_terms", "rescored_terms", "jacobian_terms"]
