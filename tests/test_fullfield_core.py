@@ -289,6 +289,48 @@ def test_tiles_own_low_order_errors_do_not_drift_across_the_mosaic():
     assert ramped > 2 * drift, (ramped, drift)
 
 
+def test_a_partial_mosaic_has_nan_holes_exactly_where_no_finished_tile_lies():
+    """12 tiles, 2 missing (an inner tile and a corner tile): the finished tiles stitch as in a whole run
+    (the image, up to one global offset and scale) with the planned layout's weights; every pixel no
+    finished tile covers is NaN, every other is finite, also in the zones where the missing tile alone
+    would have weighed (a finished tile's dead edge: there a plain stitch gave 0, the test can fail)."""
+    rng = np.random.default_rng(14)
+    shape, upsample = (200, 260), 2
+    plan = tiles.plan_tiles(shape, _meta(), 96, 24)
+    amplitude, phase = _field((shape[0] * upsample, shape[1] * upsample), 4)
+    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng, ramps=False)
+    missing = {5, 11}  # row 1 column 1 (inner), row 2 column 3 (the bottom-right corner)
+    kept = [k for k in range(len(plan)) if k not in missing]
+    assert plan[5].grid_row == 1 and plan[5].grid_col == 1 and plan[11].grid_row == 2 and plan[11].grid_col == 3
+    covered = np.zeros((shape[0] * upsample, shape[1] * upsample), dtype=bool)
+    for k in kept:
+        t = plan[k]
+        covered[t.y0 * upsample : t.y1 * upsample, t.x0 * upsample : t.x1 * upsample] = True
+    assert 0.01 < (~covered).mean() < 0.1
+    mosaic_amplitude, mosaic_phase, _ = stitch.stitch(
+        [plan[k] for k in kept], [amplitudes[k] for k in kept], [phases[k] for k in kept], shape, upsample,
+        layout=plan,
+    )
+    np.testing.assert_array_equal(np.isnan(mosaic_amplitude), ~covered)
+    np.testing.assert_array_equal(np.isnan(mosaic_phase), ~covered)
+    scale = float((amplitude[covered] * mosaic_amplitude[covered]).sum() / (mosaic_amplitude[covered] ** 2).sum())
+    assert np.abs(scale * mosaic_amplitude[covered] - amplitude[covered]).max() < 1e-4 * amplitude.max()
+    error = np.angle(np.exp(1j * (mosaic_phase - phase)))[covered]
+    error = np.angle(np.exp(1j * (error - np.angle(np.exp(1j * error).sum()))))
+    assert np.abs(error).max() < 1e-3
+    # the finished tiles' dead edges towards a missing tile (feathered weight 0) hold their values too
+    feathered = np.zeros_like(covered, dtype=float)
+    for k in kept:
+        t = plan[k]
+        feathered[t.y0 * upsample : t.y1 * upsample, t.x0 * upsample : t.x1 * upsample] += \
+            stitch.feather_weights(plan, k, upsample)
+    dead = covered & (feathered == 0)
+    assert dead.sum() > 100
+    assert np.abs(scale * mosaic_amplitude[dead] - amplitude[dead]).max() < 1e-4 * amplitude.max()
+    with pytest.raises(ValueError, match="not in the layout"):
+        stitch.stitch(plan[:1], amplitudes[:1], phases[:1], shape, upsample, layout=plan[1:])
+
+
 # ------------------------------------------------------------------------- calibration and aberrations
 
 

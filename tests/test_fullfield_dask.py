@@ -44,6 +44,15 @@ def always_fails_on_odd(x: int) -> int:
     return x * x
 
 
+def reconstruct_unless_last_tile(task):
+    """The pipeline's tile task, but the field's last tile (index 3 of 2 x 2) fails on every try."""
+    from uafp_gui.fullfield.pipeline import reconstruct_tile
+
+    if task.calibration is not None and task.tile.index == 3:
+        raise RuntimeError("tile 3 always fails")
+    return reconstruct_tile(task)
+
+
 def fails_first_time(marker: str) -> str:
     """Raises on the first try (leaves a marker file), succeeds on the next."""
     if not os.path.exists(marker):
@@ -341,6 +350,35 @@ def test_a_stopped_runs_finished_tiles_are_written(tmp_path):
     assert read_result(folder / "tiles" / "r01_c00").amplitude.shape == (96, 96)
 
 
+def test_a_mosaic_that_cannot_be_made_never_costs_the_finished_tiles(tmp_path, monkeypatch):
+    """Stitching, or an OME writer, failing on a partial run: the finished tiles are written all the same,
+    tiles.json says why there is no mosaic, a warning says it too, and no half-written mosaic is left."""
+    import json
+
+    from uafp_gui.fullfield import output, stitch
+    from uafp_gui.io.result import verify_result_folder
+
+    result = _full_field_result()
+    layout = [r.tile for r in result.tiles]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no memory for the mosaic")
+
+    for module, name in ((stitch, "stitch"), (output, "write_ome_tiff")):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, broken)
+            with pytest.warns(UserWarning, match="mosaic could not be written .*RuntimeError: no memory"):
+                folder = output.write_finished_tiles(tmp_path / name, result.tiles[:3], PIXEL_UM, planned=4,
+                                                     layout=layout, min_size=32)
+        verify_result_folder(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiles", "tiles.json"]
+        table = json.loads((folder / "tiles.json").read_text())
+        assert table["mosaic"] == {"error": "RuntimeError: no memory for the mosaic"} and len(table["tiles"]) == 3
+    folder = output.write_finished_tiles(tmp_path / "fine", result.tiles[:3], PIXEL_UM, planned=4, layout=layout,
+                                         min_size=32)
+    assert {"mosaic.ome.zarr", "mosaic.ome.tif"} <= {p.name for p in folder.iterdir()}
+
+
 # ----------------------------------------------------------------------- end to end, a worker killed
 
 
@@ -397,6 +435,43 @@ def test_full_field_end_to_end_on_dask_with_a_worker_killed(cluster, small_field
     assert len(list((folder / "tiles").iterdir())) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_tile_failing_on_every_try_on_dask_leaves_a_mosaic_with_its_hole(cluster, small_field, tmp_path):
+    """The real pipeline on the 2-worker cluster, tile 3 (bottom right) failing on both of its tries: the
+    3 finished tiles are written with their mosaic; its hole is where only tile 3 lay, the rest is the sample."""
+    from uafp_gui.fullfield.output import write_finished_tiles
+    from uafp_gui.fullfield.pipeline import FullFieldIncomplete, UafpSettings, reconstruct_full_field
+    from uafp_gui.fullfield.region import field_info
+    from uafp_gui.fullfield.tiles import plan_tiles
+
+    path, simulation = small_field
+    settings = UafpSettings(upsample=2, iterations=3, device="cpu", pixel_integration=1)
+    with make_runner(cluster.scheduler_address, retries=1) as runner:
+
+        def run_tasks(fn, tasks, on_done):
+            return runner(reconstruct_unless_last_tile if fn.__name__ == "reconstruct_tile" else fn, tasks, on_done)
+
+        with pytest.raises(FullFieldIncomplete) as failed:
+            reconstruct_full_field(path, tile_size=144, overlap=32, settings=settings, run_tasks=run_tasks,
+                                   calibration_tiles=1)
+    incomplete = failed.value
+    assert str(incomplete).startswith("1 of 4 tiles failed after their retries, 2 tries each (tile 3, row 1 column 1: "
+                                      "RuntimeError: tile 3 always fails)")
+    layout = plan_tiles(field_info(path).frame_shape, field_info(path).meta, 144, 32)
+    folder = write_finished_tiles(tmp_path / "partial", incomplete.finished_tiles, 0.5, planned=4,
+                                  calibration=incomplete.calibration, failed=incomplete.failed, layout=layout)
+    mosaic = _read_partial_mosaic(folder)
+    amplitude = mosaic["zarr"][0]
+    hole = np.zeros((512, 512), dtype=bool)
+    hole[288:, 288:] = True  # tile 3 covers camera pixels 112..256; tiles 1 and 2 reach 144
+    np.testing.assert_array_equal(np.isnan(amplitude), hole)
+    np.testing.assert_array_equal(np.isnan(mosaic["levels"][0][1]), hole)
+    truth = np.abs(simulation.object_truth)
+    assert np.corrcoef(truth[~hole], amplitude[~hole])[0, 1] > 0.85  # the complete run's criterion, on the rest
+    assert mosaic["tiff_meta"]["partial"]["missing_tiles"][0]["error"] == "RuntimeError: tile 3 always fails"
+
+
 # ------------------------------------------------------------------------- the CLI (a stand-in runner)
 
 
@@ -406,9 +481,10 @@ class StandInRunner:
 
     description = "stand-in runner"
 
-    def __init__(self, interrupt_after: int | None = None, failing: tuple[int, ...] = ()) -> None:
+    def __init__(self, interrupt_after: int | None = None, failing: tuple[int, ...] = (), tries: int = 3) -> None:
         self.interrupt_after = interrupt_after
         self.failing = failing  # second-stage positions whose task always fails (run like TileRunner: the rest go on)
+        self.tries = tries  # what TilesFailed says (3: TileRunner's default 2 retries; 1: run_serially)
 
     def __enter__(self):
         return self
@@ -443,8 +519,36 @@ class StandInRunner:
             results[position] = result
         if failures:
             raise TilesFailed(f"{len(failures)} of {len(tasks)} tiles failed", finished=results, failures=failures,
-                              planned=len(tasks))
+                              planned=len(tasks), tries=self.tries)
         return [results[k] for k in range(len(tasks))]
+
+
+def _read_partial_mosaic(folder, napari: bool = False):
+    """The mosaic of a partial folder read back as a user would: (OME-TIFF levels, OME-Zarr level 0, the
+    metadata in the Zarr group and in the OME-TIFF's description); with `napari`, also through the reader
+    napari uses (its layer's level 0 and scale)."""
+    import json
+
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(folder / "mosaic.ome.tif") as tif:
+        assert tif.is_ome
+        levels = [level.asarray() for level in tif.series[0].levels]
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        tiff_meta = json.loads(pixels["Description"])
+        size_um = pixels["Pixels"]["PhysicalSizeX"]
+    group = zarr.open_group(folder / "mosaic.ome.zarr", mode="r")
+    zarr_level = np.asarray(group["0"][:])
+    zarr_meta = group.attrs["uafp"]
+    out = {"levels": levels, "zarr": zarr_level, "zarr_meta": zarr_meta, "tiff_meta": tiff_meta, "size_um": size_um}
+    if napari:
+        reader = pytest.importorskip("napari_ome_zarr._reader")  # the reader napari uses for OME-Zarr
+        path = str(folder / "mosaic.ome.zarr")
+        data, kwargs = reader.napari_get_reader(path)(path)[0][:2]
+        level0 = np.asarray((data if isinstance(data, list) else [data])[0])
+        out.update(napari=level0, napari_scale=kwargs.get("scale"))
+    return out
 
 
 @pytest.fixture
@@ -495,10 +599,18 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(2))
     assert main(["reconstruct", str(small_dataset), *flags]) == 130
     err = capsys.readouterr().err
-    assert "Ctrl-C: stopped; the 2 finished of 4 tiles are written" in err
+    assert "Ctrl-C: stopped; the 2 finished of 4 tiles are written" in err and "mosaic.ome.zarr" in err
     table = json.loads((out / "tiles.json").read_text())
     assert table["partial"] is True and [row["index"] for row in table["tiles"]] == [0, 1]
     assert read_result(out / "tiles" / "r00_c01").amplitude.shape == (128, 128)
+    # the mosaic of the first row's tiles: rows beyond them (camera 64..96) are holes, stopped by Ctrl-C
+    mosaic = _read_partial_mosaic(out)
+    hole = np.zeros((192, 224), dtype=bool)
+    hole[128:] = True
+    np.testing.assert_array_equal(np.isnan(mosaic["zarr"][0]), hole)
+    missing = mosaic["zarr_meta"]["partial"]["missing_tiles"]
+    assert [(m["index"], m["reason"], m["error"]) for m in missing] == [
+        (2, "not finished", "not finished: stopped by Ctrl-C"), (3, "not finished", "not finished: stopped by Ctrl-C")]
 
     monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner())
     assert main(["reconstruct", str(small_dataset), *flags]) == 0
@@ -525,17 +637,72 @@ def test_cli_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, mo
     monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(failing=(2,)))
     assert main(["reconstruct", str(small_dataset), *flags]) == 2
     err = capsys.readouterr().err
-    assert "error: 1 of 4 tiles failed after their retries (tile 2, row 1 column 0: RuntimeError: this tile " in err
-    assert f"the 3 finished tiles are written to {out}" in err and "Try: run it again" in err
+    assert "error: 1 of 4 tiles failed after their retries, 3 tries each (tile 2, row 1 column 0: RuntimeError: " \
+           "this tile " in err
+    assert f"the 3 finished tiles are written to {out}" in err and "Try: run it again (a tile lost" in err
+    assert "mosaic.ome.zarr and mosaic.ome.tif with NaN where tiles are missing" in err
     verify_result_folder(out)
+    assert not (out / "amplitude.tif").exists()  # a partial folder never reads as a whole result
+    # The mosaic of the 3 finished tiles, through the same writers as a whole run's: tile 2 (camera rows
+    # 32..96, columns 0..64) is a hole where no other tile covers it (rows 64..96, columns 0..48): NaN.
+    mosaic = _read_partial_mosaic(out, napari=True)
+    hole = np.zeros((192, 224), dtype=bool)
+    hole[128:192, 0:96] = True
+    for image in (mosaic["levels"][0], mosaic["zarr"], mosaic["napari"]):
+        assert image.shape == (2, 192, 224)
+        np.testing.assert_array_equal(np.isnan(image[0]), hole)
+        np.testing.assert_array_equal(np.isnan(image[1]), hole)
+        np.testing.assert_allclose(image[0][~hole], 1.0, atol=1e-6)  # the stand-in tiles' flat object
+    assert mosaic["levels"][1].shape == (2, 96, 112) and np.isnan(mosaic["levels"][1][0, 64:96, 0:48]).all()
+    assert np.isfinite(mosaic["levels"][1][0, :64]).all()
+    assert mosaic["size_um"] == pytest.approx(mosaic["napari_scale"][-1])
+    for meta in (mosaic["zarr_meta"], mosaic["tiff_meta"]):
+        partial = meta["partial"]
+        assert partial["partial"] is True and partial["finished_tiles"] == [0, 1, 3] and partial["planned_tiles"] == 4
+        assert partial["missing_tiles"] == [{"index": 2, "grid_row": 1, "grid_col": 0, "reason": "failed",
+                                             "error": "RuntimeError: this tile always fails",
+                                             "mosaic_box_px": [64, 0, 192, 128], "hole_px": 64 * 96}]
+        assert partial["hole_fraction"] == pytest.approx(64 * 96 / (192 * 224))
+        assert meta["calibration"]["led_geometry"]["shift_x_mm"] == 0.1  # the shared calibration beside it
     table = json.loads((out / "tiles.json").read_text())
     assert table["partial"] is True and table["planned"] == 4
     assert [row["index"] for row in table["tiles"]] == [0, 1, 3]
     assert table["failed"] == [{"index": 2, "grid_row": 1, "grid_col": 0, "y0": 32, "x0": 0, "height": 64,
                                 "width": 64, "error": "RuntimeError: this tile always fails"}]
+    assert table["mosaic"]["missing_tiles"] == mosaic["zarr_meta"]["partial"]["missing_tiles"]
     assert sorted(p.name for p in (out / "tiles").iterdir()) == ["r00_c00", "r00_c01", "r01_c01"]
     assert read_result(out / "tiles" / "r01_c01").amplitude.shape == (128, 128)
     assert json.loads((out / "calibration.json").read_text())["led_geometry"]["shift_x_mm"] == 0.1
+
+
+def test_a_tile_that_failed_once_on_an_executor_without_retries_is_not_said_retried(small_dataset, tmp_path):
+    """run_serially (and a runner with 0 retries) tries each tile once: the message says "failed", not "after
+    their retries", and the advice does not blame a lost worker. The pipeline's own serial path, for real."""
+    from uafp_gui.fullfield import pipeline
+    from uafp_gui.fullfield.pipeline import FullFieldIncomplete, reconstruct_full_field, run_serially
+    from uafp_gui.recon.settings import UafpSettings
+
+    stand_in = StandInRunner()
+
+    def serially_with_tile_1_failing(fn, tasks, on_done):
+        def task_fn(task):
+            if task.calibration is not None and task.tile.index == 1:
+                raise RuntimeError("tile 1 breaks")
+            return stand_in(fn, [task], lambda _p, _r: None)[0]  # the stand-in's result, in this process
+
+        return run_serially(task_fn, tasks, on_done)
+
+    with pytest.raises(FullFieldIncomplete) as failed:
+        reconstruct_full_field(small_dataset, tile_size=64, overlap=16, settings=UafpSettings(upsample=2),
+                               run_tasks=serially_with_tile_1_failing, calibration_tiles=1)
+    assert failed.value.tries == 1
+    assert str(failed.value) == "1 of 4 tiles failed (tile 1, row 0 column 1: RuntimeError: tile 1 breaks)"
+    advice = failed.value.advice(tmp_path)
+    assert "retries" not in advice and "lost with its worker" not in advice and "tried once" in advice
+    assert [r.tile.index for r in failed.value.finished_tiles] == [0, 2, 3]
+    retried = pipeline.FullFieldIncomplete(failed.value.finished_tiles, failed.value.failed, 4, None, tries=3)
+    assert "failed after their retries, 3 tries each (tile 1" in str(retried)
+    assert "lost with its worker" in retried.advice(tmp_path)
 
 
 def test_session_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, tmp_path):
@@ -548,7 +715,8 @@ def test_session_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset
     job = FullFieldJob(small_dataset, UafpSettings(upsample=2), tile_size=64, overlap=16, calibration_tiles=1,
                        out_folder=tmp_path / "out", runner=StandInRunner(failing=(0, 3)))
     stages = []
-    with pytest.raises(ReconstructionError, match=r"2 of 4 tiles failed after their retries \(tile 0.*Try: ") as failed:
+    expected = r"2 of 4 tiles failed after their retries, 3 tries each \(tile 0.*Try: "
+    with pytest.raises(ReconstructionError, match=expected) as failed:
         for update in job.run():
             stages.append(update.stage)
     assert f"the 2 finished tiles are written to {tmp_path / 'out'}" in str(failed.value)
@@ -557,6 +725,15 @@ def test_session_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset
     table = json.loads((job.written / "tiles.json").read_text())
     assert [row["index"] for row in table["tiles"]] == [1, 2] and table["partial"] is True
     assert [row["index"] for row in table["failed"]] == [0, 3]
+    # the mosaic of tiles 1 and 2 (diagonal neighbours): tile 0's and tile 3's own corners are holes
+    mosaic = _read_partial_mosaic(job.written)
+    hole = np.zeros((192, 224), dtype=bool)
+    hole[0:64, 0:96] = True  # tile 0 beyond tiles 1 (columns 48..) and 2 (rows 32..): camera rows 0..32, cols 0..48
+    hole[128:192, 128:224] = True  # tile 3 beyond tiles 1 (rows ..64) and 2 (cols ..64)
+    np.testing.assert_array_equal(np.isnan(mosaic["zarr"][0]), hole)
+    np.testing.assert_array_equal(np.isnan(mosaic["levels"][0][1]), hole)
+    missing = mosaic["tiff_meta"]["partial"]["missing_tiles"]
+    assert [(m["index"], m["reason"], m["hole_px"]) for m in missing] == [(0, "failed", 6144), (3, "failed", 6144)]
 
 
 def test_pipeline_survives_a_calibration_tile_lost_on_every_try(small_dataset):

@@ -18,7 +18,16 @@ from uafp_gui.cli import main
 from uafp_gui.io.result import read_result
 from uafp_gui.physics.forward import spectrum_of
 from uafp_gui.recon.uafp import UafpReconstruction, UafpSettings
-from uafp_gui.recon.uncertainty import GEOMETRY, INFLATION, calibration_uncertainty, format_value
+from uafp_gui.recon.uncertainty import (
+    GEOMETRY,
+    INFLATION,
+    apply_gauss_newton_step,
+    calibration_uncertainty,
+    format_value,
+    jacobian_terms,
+    rescored_terms,
+    uncertainty_from_terms,
+)
 from uafp_gui.simulate import PRESETS, simulate, write_simulation
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -170,3 +179,89 @@ def test_a_gauss_newton_geometry_step_recovers_a_rotation_the_first_order_steps_
     print(f"rotation error {before_error:.3f} -> {after_error:.3f} deg, {kept} steps kept")
     assert kept >= 1 and recon.data_misfit() < before_misfit
     assert after_error < 0.4 * before_error
+
+
+def _short_run(tiny, **settings) -> UafpReconstruction:
+    recon = UafpReconstruction.from_dataset(
+        dataset_of(tiny), TINY_SETTINGS.replace(iterations=6, uncertainty=False, **settings)
+    )
+    list(recon.run())
+    return recon
+
+
+def test_float32_columns_give_the_float64_error_bars_and_step(tiny):
+    """The columns' FFTs in float32 (their products summed in float64) against float64 columns at one
+    state: every standard error and the Gauss-Newton step agree far inside what matters (1e-4 relative;
+    a wrong cast, an unscaled column or a float32 sum would be off by far more)."""
+    recon = _short_run(tiny)
+    exact = calibration_uncertainty(recon, column_dtype=torch.float64)
+    single = calibration_uncertainty(recon, column_dtype=torch.float32)
+    assert single.undetermined == exact.undetermined
+    for name, std in exact.std.items():
+        assert single.std[name] == pytest.approx(std, rel=1e-4, nan_ok=True), name
+    np.testing.assert_allclose(single.frame_gain_std, exact.frame_gain_std, rtol=1e-4)
+    step, exact_step = single.extra["step_vector"], exact.extra["step_vector"]
+    assert np.linalg.norm(step - exact_step) <= 1e-4 * np.linalg.norm(exact_step)
+
+
+def test_rescored_terms_are_the_full_pass_scores_from_one_adjoint(tiny):
+    """`rescored_terms` (the scores J_k^T r_k from one adjoint per batch, no column FFTs) at the state of a
+    full pass: its scores and residuals; after the state moved, the new ones (a full pass's) while the
+    blocks J_k^T J_k stay those given."""
+    recon = _short_run(tiny)
+    full = jacobian_terms(recon, column_dtype=torch.float64)
+    rescored = rescored_terms(recon, full)
+    scale = np.abs(full.dense_scores).max(axis=0)
+    assert np.all(np.abs(rescored.dense_scores - full.dense_scores) <= 1e-7 * scale + 1e-12)
+    np.testing.assert_allclose(rescored.gain_scores, full.gain_scores, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rescored.residual_sq, full.residual_sq, rtol=1e-12)
+    apply_gauss_newton_step(recon, uncertainty_from_terms(full))
+    moved, refreshed = rescored_terms(recon, full), jacobian_terms(recon, column_dtype=torch.float64)
+    assert not np.allclose(moved.dense_scores, full.dense_scores, rtol=1e-3)  # the state did move
+    scale = np.abs(refreshed.dense_scores).max(axis=0)
+    assert np.all(np.abs(moved.dense_scores - refreshed.dense_scores) <= 1e-7 * scale + 1e-12)
+    np.testing.assert_allclose(moved.residual_sq, refreshed.residual_sq, rtol=1e-12)
+    assert moved.dense_blocks is full.dense_blocks
+
+
+def test_the_polish_computes_the_jacobian_once_and_chord_steps_after_it(tiny, monkeypatch):
+    """Two polish steps: one full Jacobian pass, then a chord step (the new gradient from one adjoint pass,
+    the first pass's curvature), each kept only when the misfit falls; a chord step predicting a large
+    decrease, or one the misfit refuses, is replaced by a fresh Jacobian's exact step."""
+    import uafp_gui.recon.uafp as uafp
+    import uafp_gui.recon.uncertainty as uncertainty
+
+    calls = []
+    for name in ("jacobian_terms", "rescored_terms"):
+        original = getattr(uncertainty, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(uncertainty, name, counted)
+    recon = _short_run(tiny, polish_steps=0)
+    recon.settings = recon.settings.replace(polish_steps=2)
+    snapshot = recon._snapshot()
+    before = recon.data_misfit()
+
+    def polish(max_decrease: float) -> int:
+        recon._restore(snapshot)
+        monkeypatch.setattr(uafp, "CHORD_STEP_MAX_DECREASE", max_decrease)
+        calls.clear()
+        return recon.polish()
+
+    assert polish(1.0) == 2 and recon.data_misfit() < before  # any chord step is small enough
+    assert calls == ["jacobian_terms", "rescored_terms"]
+    assert polish(0.0) == 2 and calls == ["jacobian_terms", "rescored_terms", "jacobian_terms"]  # all large
+
+    refused = iter([None])  # the chord step's first try is refused: the exact step follows
+    try_step = recon._try_gauss_newton_step
+
+    def refuse_once(unc, misfit_before):
+        if calls[-1] == "rescored_terms" and next(refused, 1) is None:
+            return None
+        return try_step(unc, misfit_before)
+
+    monkeypatch.setattr(recon, "_try_gauss_newton_step", refuse_once)
+    assert polish(1.0) == 2 and calls == ["jacobian_terms", "rescored_terms", "jacobian_terms"]

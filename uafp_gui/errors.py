@@ -84,10 +84,11 @@ class RunCancelled(ReconstructionError):
 
 
 class TilesFailed(ReconstructionError):
-    """Tasks of a tiled (full-field) run failed after their retries while the others finished.
+    """Tasks of a tiled (full-field) run failed (each after `tries` tries) while the others finished.
 
     `finished`: {position: result} of every task that finished (delivered before this was raised);
-    `failures`: {position: "ErrorType: message"} of those that failed; `planned`: the tasks of the run.
+    `failures`: {position: "ErrorType: message"} of those that failed; `planned`: the tasks of the run;
+    `tries`: how often each failed task was tried (1: not retried; None: not known).
     """
 
     def __init__(
@@ -97,11 +98,13 @@ class TilesFailed(ReconstructionError):
         finished: Mapping[int, Any] | None = None,
         failures: dict[int, str] | None = None,
         planned: int = 0,
+        tries: int | None = None,
     ) -> None:
         super().__init__(message)
         self.finished: dict[int, Any] = dict(finished or {})
         self.failures = dict(failures or {})
         self.planned = planned
+        self.tries = tries
 
 
 # ------------------------------------------------------------------------------- devices

@@ -4,9 +4,11 @@ The options are checked (and the tiles planned from the metadata alone) before a
 Tiles run on local worker processes (`--workers`, default all cores; one with a GPU) or on an
 existing Dask cluster (`--scheduler tcp://HOST:PORT`); a bar per stage shows every finished tile.
 Ctrl-C (or SIGTERM) stops the run: the tiles already finished are written to the result folder
-(`tiles/`, `tiles.json` marked partial) and the exit code is 130 (143). Tiles that fail after their
-retries do not stop the others; then the finished tiles are written the same way (`tiles.json` also
-lists the failed tiles and why), one error line says what to try, and the exit code is 2.
+(`tiles/`, `tiles.json` marked partial, and their mosaic as `mosaic.ome.zarr` / `mosaic.ome.tif`
+with NaN where tiles are missing) and the exit code is 130 (143). Tiles that fail after their
+retries do not stop the others; then the finished tiles are written the same way (`tiles.json` and
+the mosaic's metadata also list the failed tiles and why), one error line says what to try, and the
+exit code is 2.
 """
 
 from __future__ import annotations
@@ -194,8 +196,10 @@ def run(args: argparse.Namespace, out: Path) -> int:
             with _signals_held():
                 write_finished_tiles(out, finished, info.meta.sample_pixel_um / settings.upsample,
                                      planned=recorder.planned, calibration=recorder.calibration,
-                                     source_dataset=args.dataset.name)
-            where = f"the {len(finished)} finished of {recorder.planned} tiles are written to {out}/tiles/"
+                                     source_dataset=args.dataset.name, layout=tiles,
+                                     not_finished=f"not finished: stopped by {how}")
+            where = (f"the {len(finished)} finished of {recorder.planned} tiles are written to {out}/tiles/, "
+                     "their mosaic (NaN where tiles are missing) to mosaic.ome.zarr and mosaic.ome.tif")
         else:
             where = "no tile had finished: nothing to write"
         print(f"uafp reconstruct: {how}: stopped; {where}", file=sys.stderr)
@@ -208,7 +212,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
                 written = write_finished_tiles(
                     out, incomplete.finished_tiles, info.meta.sample_pixel_um / settings.upsample,
                     planned=incomplete.planned, calibration=incomplete.calibration,
-                    source_dataset=args.dataset.name, failed=incomplete.failed,
+                    source_dataset=args.dataset.name, failed=incomplete.failed, layout=tiles,
                 )
         raise ReconstructionError(incomplete.advice(written)) from None  # one line, exit code 2
     finally:

@@ -335,6 +335,7 @@ class TileRunner:
                 finished=results,
                 failures={k: f"{type(e).__name__}: {e}" for k, e in sorted(failures.items())},
                 planned=len(tasks),
+                tries=self.retries + 1,
             )
         return [results[k] for k in range(len(tasks))]
 

@@ -15,7 +15,12 @@ sub-folders' too):
 
 `write_finished_tiles` writes what a stopped run, or one where tiles failed, had finished (tiles/ and
 tiles.json, marked partial, with the failed tiles and why) so neither a Ctrl-C nor a failing tile
-loses finished work.
+loses finished work; given the planned tile `layout`, also the finished tiles' mosaic, stitched as a
+whole run's is, as `mosaic.ome.zarr` and `mosaic.ome.tif` (same writers, pixel size and channels).
+Its holes, the pixels no finished tile covers, are NaN in both channels (Fiji's and napari's "no
+data": left out of measurements, drawn transparent); the files' metadata (the `uafp` group attribute,
+the OME-TIFF's description) and tiles.json say `partial`: which tiles are missing, where, and why.
+There are no amplitude.tif / phase.tif then: a partial folder never reads as a whole result.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +54,8 @@ __all__ = [
     "TILES",
     "TILE_TABLE",
     "mosaic_calibration",
+    "NOT_FINISHED",
+    "partial_mosaic",
     "tile_folder_name",
     "write_finished_tiles",
     "write_full_field",
@@ -253,6 +262,61 @@ def write_full_field(
     return write_result(folder, amplitude, phase, pupil_amplitude, pupil_phase, calibration, extra_files=extra_files)
 
 
+NOT_FINISHED = "not finished: the run was stopped"
+
+
+def partial_mosaic(
+    tiles: Sequence[TileResult],
+    layout: Sequence[Tile],
+    *,
+    failed: Sequence[tuple[Tile, str]] = (),
+    not_finished: str = NOT_FINISHED,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The finished `tiles` stitched in the planned `layout` (NaN where no finished tile lies), and what
+    is missing: (amplitude, phase, partial), `partial` the metadata block (module docstring). A tile of
+    the layout neither finished nor `failed` is missing for the reason `not_finished`."""
+    from uafp_gui.fullfield.stitch import stitch
+
+    ordered = sorted(tiles, key=lambda r: r.tile.index)
+    first = ordered[0]
+    upsample = max(1, int(round(first.amplitude.shape[0] / first.tile.height)))
+    frame_shape = (max(t.y1 for t in layout), max(t.x1 for t in layout))
+    amplitude, phase, alignment = stitch(
+        [r.tile for r in ordered], [r.amplitude for r in ordered], [r.phase for r in ordered], frame_shape, upsample,
+        layout=layout,
+    )
+    hole = np.isnan(amplitude)
+    why = {tile.index: str(reason) for tile, reason in failed}
+    done = {r.tile.index for r in ordered}
+    missing = []
+    for tile in sorted(layout, key=lambda t: t.index):
+        if tile.index in done:
+            continue
+        box = (tile.y0 * upsample, tile.x0 * upsample, tile.y1 * upsample, tile.x1 * upsample)
+        missing.append({
+            "index": int(tile.index), "grid_row": int(tile.grid_row), "grid_col": int(tile.grid_col),
+            "reason": "failed" if tile.index in why else "not finished",
+            "error": why.get(tile.index, not_finished),
+            "mosaic_box_px": [int(v) for v in box],  # y0, x0, y1, x1 in mosaic pixels
+            "hole_px": int(hole[box[0] : box[2], box[1] : box[3]].sum()),  # its pixels no finished tile covers
+        })
+    partial = {
+        "partial": True,
+        "holes": "NaN in amplitude and phase where no finished tile lies",
+        "finished_tiles": sorted(done),
+        "planned_tiles": len(layout),
+        "missing_tiles": missing,
+        "hole_fraction": float(hole.mean()),
+        "mosaic_shape": [int(v) for v in amplitude.shape],
+        "upsample": upsample,
+        "stitching": {
+            "reference_tile": int(ordered[alignment.reference].tile.index),
+            "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
+        },
+    }
+    return amplitude, phase, partial
+
+
 def write_finished_tiles(
     folder: str | os.PathLike[str],
     tiles: Sequence[TileResult],
@@ -262,15 +326,53 @@ def write_finished_tiles(
     calibration: dict | None = None,
     source_dataset: str = "",
     failed: Sequence[tuple[Tile, str]] = (),
+    layout: Sequence[Tile] | None = None,
+    not_finished: str = NOT_FINISHED,
+    min_size: int = DEFAULT_MIN_SIZE,
+    zarr_chunks: tuple[int, ...] = ZARR_CHUNKS,
 ) -> Path:
     """A stopped run's (or one whose `failed` tiles failed) finished tiles: `tiles/`, `tiles.json`
     (partial, with the planned count and the failed tiles and why) and, when known, the shared
-    `calibration.json`; atomically like a whole result."""
+    `calibration.json`; with the planned tile `layout`, the mosaic of the finished tiles with holes
+    (`partial_mosaic`) as OME-Zarr and OME-TIFF; atomically like a whole result."""
+    table = tile_table(tiles, planned=planned, failed=failed)
+    mosaic = None
+
+    def no_mosaic(error: Exception) -> None:
+        # the finished tiles matter more than their picture: written all the same, the reason beside them
+        reason = f"{type(error).__name__}: {error}"
+        table["mosaic"] = {"error": reason}
+        warnings.warn(f"the finished tiles' mosaic could not be written ({reason}); the tiles are written without it",
+                      stacklevel=3)
+
+    if layout is not None and tiles:
+        try:
+            mosaic = partial_mosaic(tiles, layout, failed=failed, not_finished=not_finished)
+        except Exception as error:  # noqa: BLE001 - reported by no_mosaic
+            no_mosaic(error)
 
     def write(staging: Path) -> None:
         _write_tiles(staging / TILES, tiles, pixel_um, source_dataset)
-        _json_writer(tile_table(tiles, planned=planned, failed=failed))(staging / TILE_TABLE)
+        calibration_dict = None
         if calibration is not None:
-            save_calibration(staging / "calibration.json", _calibration(calibration, pixel_um, source_dataset))
+            shared = _calibration(calibration, pixel_um, source_dataset)
+            save_calibration(staging / "calibration.json", shared)
+            calibration_dict = shared.to_dict()
+        if mosaic is not None:
+            amplitude, phase, partial = mosaic
+            stack = np.stack([amplitude, phase]).astype(np.float32)
+            name = f"{Path(source_dataset).stem or Path(folder).name} (uafp full field, partial)"
+            metadata = plain({"partial": partial, **({"calibration": calibration_dict} if calibration_dict else {})})
+            try:
+                write_ome_zarr(staging / MOSAIC_ZARR, stack, pixel_um, name=name,
+                               attributes=metadata, min_size=min_size, chunks=zarr_chunks)  # type: ignore[arg-type]
+                write_ome_tiff(staging / MOSAIC_TIFF, stack, pixel_um, name=name,
+                               description=json.dumps(metadata, allow_nan=False), min_size=min_size)
+                table["mosaic"] = {"files": [MOSAIC_ZARR, MOSAIC_TIFF], **partial}
+            except Exception as error:  # noqa: BLE001 - reported by no_mosaic
+                shutil.rmtree(staging / MOSAIC_ZARR, ignore_errors=True)
+                (staging / MOSAIC_TIFF).unlink(missing_ok=True)
+                no_mosaic(error)
+        _json_writer(table)(staging / TILE_TABLE)
 
     return write_folder_atomically(folder, write)

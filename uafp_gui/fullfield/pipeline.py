@@ -12,9 +12,10 @@
 `reconstruct_tile` is the one task function: top-level and with picklable arguments, it reads only
 its tile's region of the raw stack (`region.read_region`), so a worker never holds the whole stack.
 
-A tile that fails after its retries (`TilesFailed` from the executor) never loses the others: in
-stage 1 it counts as a failed calibration tile; in stage 2 `FullFieldIncomplete` carries the finished
-tiles, the failed ones and why, and the shared calibration, for the front end to write.
+A tile that fails (after its retries, on an executor that retries: `TilesFailed` from the executor)
+never loses the others: in stage 1 it counts as a failed calibration tile; in stage 2
+`FullFieldIncomplete` carries the finished tiles, the failed ones and why, and the shared calibration,
+for the front end to write (the finished tiles and their mosaic with holes).
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ def settings_to_dict(settings: UafpSettings) -> dict:
 def run_serially(
     fn: Callable[[TileTask], TileResult], tasks: Sequence[TileTask], on_done: Callable[[int, TileResult], None]
 ) -> list[TileResult]:
-    """The plain executor: one task after the other in this process. A task that raises does not stop
-    the others; when all have run, `TilesFailed` carries the finished results and the failures."""
+    """The plain executor: one task after the other in this process, each tried once. A task that raises
+    does not stop the others; when all have run, `TilesFailed` carries the finished results and the failures."""
     results: dict[int, TileResult] = {}
     failures: dict[int, str] = {}
     for position, task in enumerate(tasks):
@@ -120,46 +121,54 @@ def run_serially(
         raise TilesFailed(
             f"{len(failures)} of {len(tasks)} tiles failed (tile {position}: {reason}); the other {len(results)} "
             "finished",
-            finished=results, failures=failures, planned=len(tasks),
+            finished=results, failures=failures, planned=len(tasks), tries=1,
         )
     return [results[k] for k in range(len(tasks))]
 
 
 class FullFieldIncomplete(TilesFailed):
-    """Tiles of the second stage failed (after their retries) while the others finished.
+    """Tiles of the second stage failed (after their retries, when the executor retries) while the others finished.
 
     `finished`: the finished tiles' `TileResult`s (tile order); `failed`: (tile, reason) of each failed tile;
-    `planned`: the tiles of the field; `calibration`: the shared calibration the tiles ran with (a dict).
-    A front end writes the finished tiles as a partial result (`output.write_finished_tiles(failed=...)`)
-    and says what to try (`advice`): nothing finished is lost.
+    `planned`: the tiles of the field; `calibration`: the shared calibration the tiles ran with (a dict);
+    `tries`: how often each failed tile was tried (the executor's `TilesFailed.tries`; 1 for `run_serially`).
+    A front end writes the finished tiles as a partial result (`output.write_finished_tiles(failed=...,
+    layout=...)`: their tiles and their mosaic with holes) and says what to try (`advice`): nothing
+    finished is lost.
     """
 
     def __init__(self, finished: list[TileResult], failed: list[tuple[Tile, str]], planned: int,
-                 calibration: dict | None) -> None:
+                 calibration: dict | None, tries: int | None = None) -> None:
         first, reason = failed[0]
+        how = f"failed after their retries, {tries} tries each" if tries is not None and tries > 1 else "failed"
         super().__init__(
-            f"{len(failed)} of {planned} tiles failed after their retries (tile {first.index}, row {first.grid_row} "
+            f"{len(failed)} of {planned} tiles {how} (tile {first.index}, row {first.grid_row} "
             f"column {first.grid_col}: {reason})",
             finished={r.tile.index: r for r in finished},
             failures={tile.index: why for tile, why in failed},
             planned=planned,
+            tries=tries,
         )
         self.finished_tiles = list(finished)
         self.failed = list(failed)
         self.calibration = calibration
 
     def advice(self, written: str | os.PathLike[str] | None) -> str:
-        """The whole message for a user: what failed, where the finished tiles are, what to try."""
+        """The whole message for a user: what failed, where the finished tiles (and their mosaic) are, what to try."""
         if written is not None:
-            where = (f"the {len(self.finished_tiles)} finished tiles are written to {written} (tiles/; tiles.json "
-                     "marks the result partial and lists the failed tiles and why)")
+            where = (f"the {len(self.finished_tiles)} finished tiles are written to {written} (tiles/, and their "
+                     "mosaic.ome.zarr and mosaic.ome.tif with NaN where tiles are missing; tiles.json marks the "
+                     "result partial and lists the failed tiles and why)")
         else:
             where = "no tile finished: nothing to write"
-        return (
-            f"{self}; {where}. Try: run it again (a tile lost with its worker usually succeeds the next time); if "
-            "the same tile fails again, use fewer workers when a worker ran out of memory, or another tile size or "
-            "overlap so that its region changes"
-        )
+        if self.tries is not None and self.tries > 1:
+            again = "run it again (a tile lost with its worker usually succeeds the next time); if the same tile " \
+                    "fails again, use fewer workers when a worker ran out of memory, or another tile size or overlap " \
+                    "so that its region changes"
+        else:
+            again = "run it again (these tiles were tried once); if the same tile fails again, another tile size " \
+                    "or overlap so that its region changes"
+        return f"{self}; {where}. Try: {again}"
 
 
 def reconstruct_tile(task: TileTask) -> TileResult:
@@ -276,7 +285,8 @@ def reconstruct_full_field(
     except TilesFailed as failed:
         finished = [failed.finished[k] for k in sorted(failed.finished)]
         raise FullFieldIncomplete(
-            finished, [(batch[k].tile, failed.failures[k]) for k in sorted(failed.failures)], len(batch), start
+            finished, [(batch[k].tile, failed.failures[k]) for k in sorted(failed.failures)], len(batch), start,
+            tries=failed.tries,
         ) from failed
 
     report(FullFieldProgress("stitching", 0, 1, message="aberration model and mosaic"))

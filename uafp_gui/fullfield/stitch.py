@@ -19,6 +19,12 @@ The blend is feathered: in every overlap one tile's weight falls and the other's
 as cos^2 / sin^2 over the overlap's inner part (the outer quarter on each side weighs 0: a tile's
 edge carries its reconstruction's boundary artefacts), so the weights are a partition of unity and
 reach 0 at the tile edges. Sides on the frame's edge keep weight 1 (no neighbour to hand over to).
+
+A partial mosaic (tiles failed, or the run was stopped) stitches the finished tiles with the weights
+of the whole planned `layout`, normalised over the tiles there are: where a missing tile would have
+taken over, the finished neighbour carries on alone (its plain value where every feathered weight
+is 0). Pixels no finished tile covers are NaN in both mosaics: the "no data" value Fiji leaves out
+of its measurements and napari draws transparent.
 """
 
 from __future__ import annotations
@@ -261,10 +267,18 @@ def stitch(
     align: bool = True,
     align_amplitude: bool = True,
     align_ramp: bool = False,
+    layout: Sequence[Tile] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, TileAlignment]:
     """(amplitude, phase (wrapped, rad), alignment) mosaics (float32) of shape frame_shape * upsample.
-    `align_ramp`: also align each tile's phase ramp (module docstring: off for tiles that share one geometry)."""
+    `align_ramp`: also align each tile's phase ramp (module docstring: off for tiles that share one geometry).
+    `layout`: every planned tile, when `tiles` are only the finished ones (a partial mosaic: NaN where no
+    finished tile lies, module docstring); each of `tiles` must be one of them."""
     rows, cols = int(frame_shape[0]) * upsample, int(frame_shape[1]) * upsample
+    layout = list(tiles) if layout is None else list(layout)
+    place = {tile: k for k, tile in enumerate(layout)}
+    missing = [tile.index for tile in tiles if tile not in place]
+    if missing:
+        raise ValueError(f"tiles {missing} are not in the layout")
     for tile, amplitude in zip(tiles, amplitudes, strict=True):
         if amplitude.shape != (tile.height * upsample, tile.width * upsample):
             raise ValueError(
@@ -278,17 +292,33 @@ def stitch(
     amplitude_sum = np.zeros((rows, cols))
     field_sum = np.zeros((rows, cols), dtype=complex)
     weight_sum = np.zeros((rows, cols))
+
+    def region_of(tile: Tile) -> tuple[slice, slice]:
+        return (slice(tile.y0 * upsample, tile.y1 * upsample), slice(tile.x0 * upsample, tile.x1 * upsample))
+
+    def corrected(k: int) -> tuple[np.ndarray, np.ndarray]:
+        phase = corrected_phase(tiles[k], phases[k], alignment, k, upsample)
+        return amplitudes[k] * alignment.amplitude_scale[k], phase
+
     for k, tile in enumerate(tiles):
-        weight = feather_weights(tiles, k, upsample)
-        region = (slice(tile.y0 * upsample, tile.y1 * upsample), slice(tile.x0 * upsample, tile.x1 * upsample))
-        amplitude = amplitudes[k] * alignment.amplitude_scale[k]
-        phase = corrected_phase(tile, phases[k], alignment, k, upsample)
+        weight = feather_weights(layout, place[tile], upsample)
+        region = region_of(tile)
+        amplitude, phase = corrected(k)
         amplitude_sum[region] += weight * amplitude
         field_sum[region] += weight * amplitude * np.exp(1j * phase)
         weight_sum[region] += weight
-    weight_sum = np.maximum(weight_sum, 1e-12)
-    return (
-        (amplitude_sum / weight_sum).astype(np.float32),
-        np.angle(field_sum).astype(np.float32),
-        alignment,
-    )
+    covered = weight_sum > 0
+    if not covered.all():  # a partial mosaic: where only missing tiles had weight, the finished ones plainly
+        for k, tile in enumerate(tiles):
+            region = region_of(tile)
+            gap = ~covered[region]
+            if gap.any():
+                amplitude, phase = corrected(k)
+                amplitude_sum[region][gap] += amplitude[gap]
+                field_sum[region][gap] += amplitude[gap] * np.exp(1j * phase[gap])
+                weight_sum[region][gap] += 1.0
+        covered = weight_sum > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amplitude = np.where(covered, amplitude_sum / weight_sum, np.nan)
+    phase = np.where(covered, np.angle(field_sum), np.nan)
+    return amplitude.astype(np.float32), phase.astype(np.float32), alignment

@@ -6,8 +6,9 @@
 - `FullFieldJob`: `reconstruct_full_field` on a `TileRunner` (local worker processes or a Dask
   cluster), run on a thread of its own while `run()` yields every `FullFieldProgress` as it comes (a
   GUI worker iterates it; `stop()` cancels the tiles at once); at the end the result folder is
-  written (or, when stopped or when tiles failed after their retries, the finished tiles; then
-  `run()` raises a `ReconstructionError` that says where they are and what to try).
+  written (or, when stopped or when tiles failed after their retries, the finished tiles and their
+  mosaic with NaN holes; then `run()` raises a `ReconstructionError` that says where they are and
+  what to try).
 - `MosaicCanvas`: the mosaic as tiles arrive (each pasted where it lies, at most `max_side` pixels
   a side for the view), for a view to fill tile by tile.
 """
@@ -218,7 +219,8 @@ class FullFieldJob:
         try:
             self.written = write_finished_tiles(self.out_folder, self.finished_tiles, pixel_um,
                                                 planned=len(self.tiles), calibration=calibration,
-                                                source_dataset=self.dataset_path.name, failed=failed)
+                                                source_dataset=self.dataset_path.name, failed=failed,
+                                                layout=self.tiles, not_finished="not finished: the run was stopped")
         except Exception as error:  # noqa: BLE001 - as in _write
             self.write_error = error
 
