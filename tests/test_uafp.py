@@ -879,3 +879,32 @@ def test_a_margin_models_the_light_a_defocused_frame_takes_from_beyond_its_edges
     print("PSNR dB, border/interior misfit:", figures)  # measured: periodic 26.65 dB / 2.10, margin 29.58 / 1.25
     assert figures["margin"][0] > figures["periodic"][0] + 1.5
     assert figures["margin"][1] < 0.75 * figures["periodic"][1] and figures["margin"][1] < 1.6
+
+
+def test_the_unscattered_waves_pupil_edge_sharpens_over_the_geometry_newton_steps(tiny):
+    """The one-pixel ramp while the geometry finds its basin (the misfit of a sharp edge is nearly a step in
+    the geometry), then sharpening to `pupil_dc_edge_px` over the Gauss-Newton steps; frozen systems and
+    runs that learn no geometry use the sharp edge from the start, and no run stops while it sharpens."""
+    settings = UafpSettings(upsample=2, device="cpu", iterations=100)
+    recon = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], settings)
+    recon.start_geometry = LedGeometry(height_mm=tiny.meta.led_height_mm)
+    join = recon._geometry_join()
+    end = join + settings.geometry_newton_steps * settings.geometry_newton_every
+    widths = []
+    for iteration in range(end + 3):
+        recon.iteration = iteration
+        widths.append(recon.dc_edge_for_iteration())
+    assert widths[: join + 1] == [1.0] * (join + 1)
+    assert all(b < a for a, b in zip(widths[join : end + 1], widths[join + 1 : end + 1], strict=False))
+    assert widths[end:] == [settings.pupil_dc_edge_px] * 3 and settings.pupil_dc_edge_px < 0.5
+    # While it sharpens the run cannot stop converged, whatever the misfit does.
+    recon.iteration, recon.loss_history = end - 1, [1.0] * (end - 1)
+    recon.available[:] = True
+    recon.model.dc_edge_px = recon.dc_edge_for_iteration()
+    assert not recon._converged()
+    recon.iteration, recon.loss_history = end + 5, [1.0] * (end + 5)
+    recon.model.dc_edge_px = recon.dc_edge_for_iteration()
+    assert recon._converged()
+    for changes in ({"freeze_system": True}, {"learn_geometry": False}):
+        other = UafpReconstruction(tiny.meta, tiny.frames.shape[1:], settings.replace(**changes))
+        assert other.dc_edge_for_iteration() == settings.pupil_dc_edge_px == other.model.dc_edge_px

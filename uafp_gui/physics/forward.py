@@ -353,8 +353,9 @@ class ForwardModel(torch.nn.Module):
 
     @dc_edge_px.setter
     def dc_edge_px(self, width: float) -> None:
-        self._dc_edge_px = float(width)
-        self.__dict__.pop("_pupil_cache", None)  # the kept pupils were made with the old edge
+        if float(width) != self._dc_edge_px:
+            self._dc_edge_px = float(width)
+            self.__dict__.pop("_pupil_cache", None)  # the kept pupils were made with the old edge
 
     def _sharp_zero_frequency(
         self, support: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, whole: torch.Tensor

@@ -116,7 +116,6 @@ class UafpReconstruction:
         setup = OpticalSetup.from_meta(meta, frame_shape, settings.upsample, settings.pixel_integration, margin)
         try:
             self.model = ForwardModel(setup, device=self.device)
-            self.model.dc_edge_px = settings.pupil_dc_edge_px
             with torch.no_grad():
                 self.model.crop_indices(*self.model.crop_plan(self.model.illumination_frequencies())[:2])
         except ValueError as error:
@@ -161,6 +160,7 @@ class UafpReconstruction:
         self.on_phase: Callable[[str, int, int], None] | None = None
         self._cancel_requested: Callable[[], bool] = lambda: False
         self._constant_spectrum: torch.Tensor | None = None  # the object's spectrum while it is held constant
+        self.model.dc_edge_px = self.dc_edge_for_iteration()
 
     # ------------------------------------------------------------------ frames
     @classmethod
@@ -597,6 +597,7 @@ class UafpReconstruction:
                 if cancelled():  # stopped during the start search the new frames set off
                     break
             self._set_learning_rates()
+            self.model.dc_edge_px = self.dc_edge_for_iteration()
             if self._last_good is None:
                 self._last_good = self._snapshot()
             rolled_back = False
@@ -671,6 +672,8 @@ class UafpReconstruction:
         if window <= 0 or len(self.loss_history) <= window:
             return False
         if self._pending or not bool(self.available.all()):  # streaming: more frames are coming
+            return False
+        if self.model.dc_edge_px != s.pupil_dc_edge_px:  # the pupil edge is still sharpening
             return False
         settled = s.growth_fraction  # every frame is eligible from here on
         if self.start_geometry is not None and s.learn_geometry and not s.freeze_system:
@@ -785,6 +788,28 @@ class UafpReconstruction:
             self._restore(snapshot)
         return None
 
+    def _geometry_join(self) -> int:
+        """The iteration at which the LED geometry joins the optimisation."""
+        s = self.settings
+        join = math.ceil(s.geometry_start_fraction * s.iterations) if self.start_geometry is not None else 0
+        return max(join, s.warmup_iterations)  # never before the system's first steps
+
+    def dc_edge_for_iteration(self) -> float:
+        """The pupil edge the unscattered wave sees at this iteration (`ForwardModel.dc_edge_px`).
+
+        A sharp edge is the right model, but the misfit is then nearly a step function of the geometry
+        where an LED meets the NA (no gradient tells the geometry which side it belongs to): the edge
+        starts as the one-pixel ramp and sharpens geometrically to `pupil_dc_edge_px` over the geometry's
+        Gauss-Newton steps, so the geometry is first drawn to the right basin, then pinned in it."""
+        s = self.settings
+        target = s.pupil_dc_edge_px
+        if target >= 1.0 or s.freeze_system or not s.learn_geometry:
+            return target
+        start = self._geometry_join()
+        end = start + max(s.geometry_newton_steps * s.geometry_newton_every, 1)
+        progress = min(max((self.iteration - start) / (end - start), 0.0), 1.0)
+        return float(target**progress)
+
     def _geometry_newton_due(self) -> bool:
         """Whether a Gauss-Newton step on the LED geometry is due at this iteration: at the iteration the
         geometry joins the optimisation and every `geometry_newton_every` iterations after it, up to
@@ -792,9 +817,7 @@ class UafpReconstruction:
         s = self.settings
         if s.geometry_newton_steps <= 0 or s.freeze_system or not s.learn_geometry or self.object is None:
             return False
-        join = math.ceil(s.geometry_start_fraction * s.iterations) if self.start_geometry is not None else 0
-        join = max(join, s.warmup_iterations)  # never before the system's first steps
-        after = self.iteration - join
+        after = self.iteration - self._geometry_join()
         return (
             self.iteration < s.iterations
             and 0 <= after < s.geometry_newton_steps * s.geometry_newton_every
