@@ -68,6 +68,8 @@ def load_state(recon: UafpReconstruction, path: str | Path) -> None:
     recon.loss_history = list(state["loss_history"])
     recon.elapsed_s = state["elapsed_s"]
     recon.learning_rate_factor = state["learning_rate_factor"]
+    if "dc_edge_px" in state:
+        recon.model.dc_edge_px = float(state["dc_edge_px"])
     recon._geometry_initialised_with = 10**9
     recon.start_search = recon.start_search or {}
     if state.get("start_geometry"):
