@@ -28,10 +28,11 @@ class UafpSettings:
     # Camera pixels the modelled field extends beyond each edge of the frame (`OpticalSetup.margin`):
     # None sizes it from the optics (`recon.common.field_margin`), 0 models the frame alone (periodic).
     field_margin_px: int | None = None
-    # Width (spectrum pixels) of the pupil edge that the unscattered wave passes through (1: the same
-    # anti-aliasing ramp as the scattered light; see `ForwardModel.dc_edge_px`). On 40 reference-simulator
-    # draws (issue 10's benchmark, with the field margin) 0.1 held the shift criterion in 21 draws, rotation 21,
-    # height 30, Zernike 28 (the periodic one-pixel model before: 17, 14, 23, 25).
+    # The sharpest pupil edge (spectrum pixels) the unscattered wave may pass through: a run starts with the
+    # anti-aliasing ramp (1) and sharpens towards this as far as the data fit it better (`ForwardModel.dc_edge_px`,
+    # `UafpReconstruction._sharpen_edge`; 1 keeps the ramp). On 40 reference-simulator draws (issue 10's
+    # benchmark, with the field margin) a fixed 0.1 held the shift criterion in 21 draws, rotation 21, height 30,
+    # Zernike 28 (the periodic one-pixel model before: 17, 14, 23, 25).
     pupil_dc_edge_px: float = 0.1
     learn_geometry: bool = True
     learn_zernike: bool = True
