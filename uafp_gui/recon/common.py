@@ -187,7 +187,12 @@ class ReconstructionResult:
             elapsed_s=float(self.elapsed_s),
             source_dataset=self.source_dataset,
             software=f"uafp_gui {__version__}",
-            extra={"method": self.method, "loss_history": [float(v) for v in self.loss_history]} | self.extra,
+            # an iteration rolled back for a non-finite loss is recorded as null (JSON has no inf)
+            extra={
+                "method": self.method,
+                "loss_history": [float(v) if np.isfinite(v) else None for v in self.loss_history],
+            }
+            | self.extra,
         )
 
 

@@ -681,7 +681,7 @@ class UafpReconstruction:
             return False
         if self._pending or not bool(self.available.all()):  # streaming: more frames are coming
             return False
-        if self._edge_sharpening_due() or self.iteration < self._edge_sharpening_window()[1] - 1:
+        if self.model.dc_edge_px > s.pupil_dc_edge_px and self.iteration < self._edge_sharpening_window()[1]:
             return False  # the pupil edge may still sharpen
         settled = s.growth_fraction  # every frame is eligible from here on
         if self.start_geometry is not None and s.learn_geometry and not s.freeze_system:
