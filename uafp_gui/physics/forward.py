@@ -344,8 +344,11 @@ class ForwardModel(torch.nn.Module):
     # -------------------------------------------------------------------- pupil
     def _soft_support(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
         """Anti-aliased pupil support: the fraction of each spectrum pixel inside the NA."""
-        radius = torch.sqrt(fx**2 + fy**2)
-        return ((self.setup.pupil_cutoff - radius) / self.frequency_step_px + 0.5).clamp(0, 1)
+        return self._edge_ramp(torch.sqrt(fx**2 + fy**2), self.frequency_step_px)
+
+    def _edge_ramp(self, radius: torch.Tensor, width: float) -> torch.Tensor:
+        """The pupil's transmission at |f| = `radius`: a linear ramp `width` cycles/um wide centred on the NA."""
+        return ((self.setup.pupil_cutoff - radius) / width + 0.5).clamp(0, 1)
 
     @property
     def dc_edge_px(self) -> float:
@@ -375,8 +378,7 @@ class ForwardModel(torch.nn.Module):
             return support
         centre_y, centre_x = centre_y[entries], centre_x[entries]
         radius = torch.sqrt(fx[entries, centre_y, centre_x] ** 2 + fy[entries, centre_y, centre_x] ** 2)
-        width = max(self.dc_edge_px, 1e-6) * self.frequency_step_px
-        passed = ((self.setup.pupil_cutoff - radius) / width + 0.5).clamp(0, 1)
+        passed = self._edge_ramp(radius, max(self.dc_edge_px, 1e-6) * self.frequency_step_px)
         return support.index_put((entries, centre_y, centre_x), passed.to(support.dtype))
 
     def pupil_phase(self) -> torch.Tensor:
@@ -418,7 +420,7 @@ class ForwardModel(torch.nn.Module):
         sampled = functional.grid_sample(maps[None], normalised[None], mode="bilinear", padding_mode="border",
                                          align_corners=True)[0]
         phase = torch.einsum("j,jhw->hw", self.system.zernike_rad[1:], basis) + sampled[0]
-        support = ((setup.pupil_cutoff - rho * setup.pupil_cutoff) / min(df_y, df_x) + 0.5).clamp(0, 1)
+        support = self._edge_ramp(rho * setup.pupil_cutoff, min(df_y, df_x))
         return torch.polar(support.to(phase.dtype) * torch.exp(sampled[1]), phase)
 
     def shifted_pupils(self, offset: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
