@@ -99,7 +99,7 @@ def run_uafp(dataset, truth, settings: UafpSettings, device) -> dict:
             torch.cuda.synchronize()
         now = time.perf_counter()
         times.append(now - max(last, start_end()))
-        obj = recon.object.detach().cpu().numpy()
+        obj = recon.object.detach()[recon.model.setup.object_window()].cpu().numpy()  # the frame's field of view
         psnrs.append(score(truth, obj.astype(complex)).amplitude_psnr_db)
         print(f"  iteration {update.iteration:3d}  {now - began - scoring:6.1f} s  loss {update.loss:.3e}  "
               f"PSNR {psnrs[-1]:.2f} dB", flush=True)
