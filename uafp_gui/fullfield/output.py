@@ -21,6 +21,8 @@ Its holes, the pixels no finished tile covers, are NaN in both channels (Fiji's 
 data": left out of measurements, drawn transparent); the files' metadata (the `uafp` group attribute,
 the OME-TIFF's description) and tiles.json say `partial`: which tiles are missing, where, and why.
 There are no amplitude.tif / phase.tif then: a partial folder never reads as a whole result.
+`read_partial_summary` reads such a folder's tiles.json back as what a front end tells its user: how
+many tiles finished, which are missing and why, where the mosaic is (or why there is none).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ __all__ = [
     "TILE_TABLE",
     "mosaic_calibration",
     "NOT_FINISHED",
+    "PartialSummary",
     "partial_mosaic",
+    "read_partial_summary",
     "tile_folder_name",
     "write_finished_tiles",
     "write_full_field",
@@ -376,3 +380,77 @@ def write_finished_tiles(
         _json_writer(table)(staging / TILE_TABLE)
 
     return write_folder_atomically(folder, write)
+
+
+MISSING_LISTED = 6  # tiles named one by one in a summary line; tiles.json lists them all
+
+
+def _tile_numbers(indices: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:MISSING_LISTED])
+    more = len(indices) - MISSING_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialSummary:
+    """A partial result folder as its user needs it (`read_partial_summary`): `missing` lists each missing
+    tile's {index, grid_row, grid_col, reason ("failed" | "not finished"), error}; `mosaic_files` the
+    mosaic's paths (empty when it could not be made: `mosaic_error` says why); `hole_fraction` the share
+    of the field no finished tile covers (None without a mosaic)."""
+
+    folder: Path
+    finished: int
+    planned: int
+    missing: tuple[dict, ...]
+    mosaic_files: tuple[Path, ...] = ()
+    mosaic_error: str | None = None
+    hole_fraction: float | None = None
+
+    def missing_text(self) -> str:
+        """'3 missing: tiles 6, 7, 8 not finished' / '2 missing: tiles 0, 3 failed; tile 5 not finished'."""
+        if not self.missing:
+            return "none missing"
+        parts = []
+        for reason in ("failed", "not finished"):
+            of_reason = [m.get("index") for m in self.missing if m.get("reason") == reason]
+            named = [int(i) for i in of_reason if i is not None]
+            if named:
+                parts.append(f"tile{'s' if len(named) > 1 else ''} {_tile_numbers(named)} {reason}")
+            if len(of_reason) > len(named):  # a folder without a mosaic counts its unfinished tiles only
+                parts.append(f"{len(of_reason) - len(named)} {'more ' if named else ''}{reason}")
+        return f"{len(self.missing)} missing: " + "; ".join(parts)
+
+    def where_text(self) -> str:
+        """Where the partial mosaic is (its holes NaN), or why there is none and where the tiles are."""
+        if self.mosaic_files:
+            names = " and ".join(str(path) if k == 0 else path.name for k, path in enumerate(self.mosaic_files))
+            holes = f", {100 * self.hole_fraction:.0f} % of the field" if self.hole_fraction is not None else ""
+            return f"partial mosaic (NaN in the holes{holes}): {names}"
+        if self.mosaic_error:
+            return f"no mosaic ({self.mosaic_error}); the finished tiles: {self.folder / TILES}"
+        return f"the finished tiles: {self.folder / TILES}"
+
+    def text(self) -> str:
+        """The whole sentence: what finished, what is missing and why, where everything is."""
+        first = f"{self.finished} of {self.planned} tiles finished ({self.missing_text()})"
+        errors = sorted({str(m["error"]) for m in self.missing if m.get("reason") == "failed" and m.get("error")})
+        why = f"; failed with: {'; '.join(errors[:3])}" if errors else ""
+        return (f"{first}{why}. {self.where_text()[0].upper()}{self.where_text()[1:]}; tiles/ and {TILE_TABLE} "
+                f"(which tiles are missing and why) in {self.folder}.")
+
+
+def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
+    """What a partial result folder (`write_finished_tiles`) holds, from its tiles.json."""
+    folder = Path(folder)
+    table = json.loads((folder / TILE_TABLE).read_text(encoding="utf-8"))
+    finished = len(table.get("tiles", []))
+    planned = int(table.get("planned", finished))
+    mosaic = table.get("mosaic") or {}
+    if "missing_tiles" in mosaic:
+        missing = tuple(dict(m) for m in mosaic["missing_tiles"])
+    else:  # no mosaic: the failed tiles are listed, the unfinished ones only counted
+        missing = tuple({"index": int(f["index"]), "grid_row": f.get("grid_row"), "grid_col": f.get("grid_col"),
+                         "reason": "failed", "error": f.get("error", "")} for f in table.get("failed", []))
+        missing += tuple({"index": None, "reason": "not finished"} for _ in range(planned - finished - len(missing)))
+    files = tuple(folder / name for name in mosaic.get("files", ()))
+    return PartialSummary(folder, finished, planned, missing, files, mosaic.get("error"), mosaic.get("hole_fraction"))

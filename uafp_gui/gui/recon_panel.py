@@ -404,6 +404,7 @@ class ReconPanel(QWidget):
             curve.setData([], [])
         self._pending = None
         self._state_text = ""
+        self.status.setToolTip("")  # a partial full field's whole account (MainWindow._show_partial_field)
         self.calibration.setText("")
         self.show_status(text)
 

@@ -8,7 +8,7 @@
   GUI worker iterates it; `stop()` cancels the tiles at once); at the end the result folder is
   written (or, when stopped or when tiles failed after their retries, the finished tiles and their
   mosaic with NaN holes; then `run()` raises a `ReconstructionError` that says where they are and
-  what to try).
+  what to try, and `partial` says what finished, what is missing and where the mosaic is).
 - `MosaicCanvas`: the mosaic as tiles arrive (each pasted where it lies, at most `max_side` pixels
   a side for the view), for a view to fill tile by tile.
 """
@@ -29,6 +29,7 @@ from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
 
 if TYPE_CHECKING:
     from uafp_gui.fullfield.execute import TileRunner
+    from uafp_gui.fullfield.output import PartialSummary
     from uafp_gui.fullfield.pipeline import FullFieldProgress, FullFieldResult
     from uafp_gui.fullfield.tiles import Tile, TileResult
     from uafp_gui.io.calibration import Calibration
@@ -133,6 +134,7 @@ class FullFieldJob:
         self.finished_tiles: list[TileResult] = []
         self.failed_tiles: list[tuple[Tile, str]] = []  # (tile, why) of tiles that failed after their retries
         self.write_error: BaseException | None = None
+        self.partial: PartialSummary | None = None  # a stopped or incomplete run's folder: what is where
 
     @property
     def description(self) -> str:
@@ -213,7 +215,7 @@ class FullFieldJob:
     def _write_finished(self, failed: list | tuple = (), calibration: dict | None = None) -> None:
         if self.out_folder is None or not self.finished_tiles:
             return
-        from uafp_gui.fullfield.output import write_finished_tiles
+        from uafp_gui.fullfield.output import read_partial_summary, write_finished_tiles
 
         pixel_um = self.info.meta.sample_pixel_um / self.settings.upsample
         try:
@@ -221,6 +223,7 @@ class FullFieldJob:
                                                 planned=len(self.tiles), calibration=calibration,
                                                 source_dataset=self.dataset_path.name, failed=failed,
                                                 layout=self.tiles, not_finished="not finished: the run was stopped")
+            self.partial = read_partial_summary(self.written)
         except Exception as error:  # noqa: BLE001 - as in _write
             self.write_error = error
 
