@@ -332,15 +332,34 @@ def write_finished_tiles(
     failed: Sequence[tuple[Tile, str]] = (),
     layout: Sequence[Tile] | None = None,
     not_finished: str = NOT_FINISHED,
+    aberrations: dict | None = None,
     min_size: int = DEFAULT_MIN_SIZE,
     zarr_chunks: tuple[int, ...] = ZARR_CHUNKS,
 ) -> Path:
     """A stopped run's (or one whose `failed` tiles failed) finished tiles: `tiles/`, `tiles.json`
     (partial, with the planned count and the failed tiles and why) and, when known, the shared
     `calibration.json`; with the planned tile `layout`, the mosaic of the finished tiles with holes
-    (`partial_mosaic`) as OME-Zarr and OME-TIFF; atomically like a whole result."""
+    (`partial_mosaic`) as OME-Zarr and OME-TIFF; atomically like a whole result.
+
+    `aberrations`: the finished tiles' lens-inspection report (`pipeline.partial_field_aberrations`, marked
+    partial): `field_aberrations` of calibration.json (and so of the mosaic's metadata), its picture
+    `aberration_map.png` when it has a map, and a line in tiles.json ("aberrations": tiles used, picture,
+    note; the whole report there when there is no calibration to carry it)."""
     table = tile_table(tiles, planned=planned, failed=failed)
     mosaic = None
+    if aberrations is not None:
+        aberrations = dict(plain(aberrations))  # type: ignore[call-overload]
+        has_map = field_aberrations_of({"field_aberrations": aberrations}) is not None
+        partial = aberrations.get("partial") or {}
+        table["aberrations"] = {
+            "in": "calibration.json field_aberrations" if calibration is not None else "here (report)",
+            "picture": ABERRATION_MAP if has_map else None,
+            "tiles_used": partial.get("tiles_used"),
+            "note": partial.get("note", ""),
+            **({"report": aberrations} if calibration is None else {}),
+        }
+        if has_map:
+            table["aberrations"]["max_rms_waves"] = aberrations["summary"]["max_rms_waves"]
 
     def no_mosaic(error: Exception) -> None:
         # the finished tiles matter more than their picture: written all the same, the reason beside them
@@ -360,8 +379,22 @@ def write_finished_tiles(
         calibration_dict = None
         if calibration is not None:
             shared = _calibration(calibration, pixel_um, source_dataset)
+            if aberrations is not None:
+                shared = dataclasses.replace(shared, extra={**shared.extra, "field_aberrations": aberrations})
             save_calibration(staging / "calibration.json", shared)
             calibration_dict = shared.to_dict()
+        if aberrations is not None and table["aberrations"]["picture"]:
+            from uafp_gui.fullfield.aberration import draw_aberration_map
+
+            used = len(aberrations["partial"]["tiles_used"])
+            try:
+                draw_aberration_map(aberrations, staging / ABERRATION_MAP,
+                                    title=f"Aberration map (partial: {used} of {planned} tiles)")
+            except Exception as error:  # noqa: BLE001 - the report stays in the JSON; the tiles are written
+                (staging / ABERRATION_MAP).unlink(missing_ok=True)
+                table["aberrations"].update(picture=None, picture_error=f"{type(error).__name__}: {error}")
+                warnings.warn(f"the aberration map's picture could not be drawn ({type(error).__name__}: {error})",
+                              stacklevel=3)
         if mosaic is not None:
             amplitude, phase, partial = mosaic
             stack = np.stack([amplitude, phase]).astype(np.float32)
@@ -405,6 +438,8 @@ class PartialSummary:
     mosaic_files: tuple[Path, ...] = ()
     mosaic_error: str | None = None
     hole_fraction: float | None = None
+    aberration_map: Path | None = None  # the finished tiles' aberration map (partial), when there is one
+    aberration_note: str = ""  # what the finished tiles' aberration report is (a map, or each tile's values)
 
     def missing_text(self) -> str:
         """'3 missing: tiles 6, 7, 8 not finished' / '2 missing: tiles 0, 3 failed; tile 5 not finished'."""
@@ -435,8 +470,13 @@ class PartialSummary:
         first = f"{self.finished} of {self.planned} tiles finished ({self.missing_text()})"
         errors = sorted({str(m["error"]) for m in self.missing if m.get("reason") == "failed" and m.get("error")})
         why = f"; failed with: {'; '.join(errors[:3])}" if errors else ""
+        lens = ""
+        if self.aberration_map is not None:
+            lens = f" Aberration map of the finished tiles (partial: {self.aberration_note}): {self.aberration_map}."
+        elif self.aberration_note:
+            lens = f" Aberrations: {self.aberration_note} (calibration.json)."
         return (f"{first}{why}. {self.where_text()[0].upper()}{self.where_text()[1:]}; tiles/ and {TILE_TABLE} "
-                f"(which tiles are missing and why) in {self.folder}.")
+                f"(which tiles are missing and why) in {self.folder}.{lens}")
 
 
 def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
@@ -453,4 +493,7 @@ def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
                          "reason": "failed", "error": f.get("error", "")} for f in table.get("failed", []))
         missing += tuple({"index": None, "reason": "not finished"} for _ in range(planned - finished - len(missing)))
     files = tuple(folder / name for name in mosaic.get("files", ()))
-    return PartialSummary(folder, finished, planned, missing, files, mosaic.get("error"), mosaic.get("hole_fraction"))
+    lens = table.get("aberrations") or {}
+    picture = folder / lens["picture"] if lens.get("picture") else None
+    return PartialSummary(folder, finished, planned, missing, files, mosaic.get("error"), mosaic.get("hole_fraction"),
+                          picture, str(lens.get("note", "")))

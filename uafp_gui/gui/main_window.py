@@ -648,6 +648,9 @@ class MainWindow(QMainWindow):
             self.recon_panel.show_status(f"Full field {how}: {summary.finished} of {summary.planned} tiles finished, "
                                          f"{summary.missing_text()}.", summary.where_text())
             self.recon_panel.status.setToolTip(f"Full field {how}: {summary.text()}")
+            used = len((job.partial_aberrations or {}).get("partial", {}).get("tiles_used", ()))
+            self.recon_panel.show_aberration_map(job.partial_aberrations,
+                                                 f"partial: {used} of {summary.planned} tiles")
             return
         if job.written is not None:  # written, but its tiles.json could not be read back
             where = f"the {len(job.finished_tiles)} finished tiles are in {job.written}"

@@ -135,6 +135,8 @@ class FullFieldJob:
         self.failed_tiles: list[tuple[Tile, str]] = []  # (tile, why) of tiles that failed after their retries
         self.write_error: BaseException | None = None
         self.partial: PartialSummary | None = None  # a stopped or incomplete run's folder: what is where
+        self.partial_aberrations: dict | None = None  # its finished tiles' aberration report (when they allow one)
+        self.shared_calibration: dict | None = None  # the calibration the second stage's tiles run with
 
     @property
     def description(self) -> str:
@@ -166,12 +168,13 @@ class FullFieldJob:
                 self._write()
             except RunCancelled:
                 self.stopped = True
-                self._write_finished()
+                self._write_finished(calibration=self.shared_calibration)
             except FullFieldIncomplete as incomplete:  # tiles failed after their retries: keep the others
                 self.failed_tiles = list(incomplete.failed)
                 self.finished_tiles = list(incomplete.finished_tiles)
                 self._write_finished(failed=incomplete.failed, calibration=incomplete.calibration)
-                failure.append(ReconstructionError(incomplete.advice(self.written)))
+                drawn = self.partial is not None and self.partial.aberration_map is not None
+                failure.append(ReconstructionError(incomplete.advice(self.written, aberration_map=drawn)))
             except BaseException as error:  # raised by run() on the worker's thread
                 failure.append(error)
             finally:
@@ -196,6 +199,8 @@ class FullFieldJob:
                 # what a stop writes: the current stage's tiles (each tile once)
                 stage[0] = update.stage
                 self.finished_tiles = []
+            if update.stage == "tiles" and update.calibration is not None:
+                self.shared_calibration = update.calibration
             if update.result is not None and update.result.amplitude.size:  # not a failed calibration tile
                 self.finished_tiles.append(update.result)
             updates.put(update)
@@ -216,13 +221,17 @@ class FullFieldJob:
         if self.out_folder is None or not self.finished_tiles:
             return
         from uafp_gui.fullfield.output import read_partial_summary, write_finished_tiles
+        from uafp_gui.fullfield.pipeline import partial_field_aberrations
 
         pixel_um = self.info.meta.sample_pixel_um / self.settings.upsample
         try:
+            self.partial_aberrations = partial_field_aberrations(self.dataset_path, self.finished_tiles, calibration,
+                                                                 self.tiles)
             self.written = write_finished_tiles(self.out_folder, self.finished_tiles, pixel_um,
                                                 planned=len(self.tiles), calibration=calibration,
                                                 source_dataset=self.dataset_path.name, failed=failed,
-                                                layout=self.tiles, not_finished="not finished: the run was stopped")
+                                                layout=self.tiles, not_finished="not finished: the run was stopped",
+                                                aberrations=self.partial_aberrations)
             self.partial = read_partial_summary(self.written)
         except Exception as error:  # noqa: BLE001 - as in _write
             self.write_error = error
