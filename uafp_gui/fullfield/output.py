@@ -318,6 +318,14 @@ def partial_mosaic(
             "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
         },
     }
+    unlinked = [{"tiles": sorted(int(ordered[k].tile.index) for k in group),
+                 "reference_tile": int(ordered[group[0]].tile.index)} for group in alignment.components[1:]]
+    if unlinked:  # islands: missing tiles cut them off from the reference (stitch's module docstring)
+        partial["stitching"]["unlinked_groups"] = unlinked
+        partial["stitching"]["note"] = (
+            "missing tiles cut these finished tiles off from the reference tile: each group is aligned within "
+            "itself to its own reference tile's phase offset and amplitude scale, not aligned to the rest (no "
+            "overlap measures it)")
     return amplitude, phase, partial
 
 
@@ -440,6 +448,7 @@ class PartialSummary:
     hole_fraction: float | None = None
     aberration_map: Path | None = None  # the finished tiles' aberration map (partial), when there is one
     aberration_note: str = ""  # what the finished tiles' aberration report is (a map, or each tile's values)
+    unlinked_groups: tuple[tuple[int, ...], ...] = ()  # finished tiles cut off from the reference by holes
 
     def missing_text(self) -> str:
         """'3 missing: tiles 6, 7, 8 not finished' / '2 missing: tiles 0, 3 failed; tile 5 not finished'."""
@@ -475,8 +484,13 @@ class PartialSummary:
             lens = f" Aberration map of the finished tiles (partial: {self.aberration_note}): {self.aberration_map}."
         elif self.aberration_note:
             lens = f" Aberrations: {self.aberration_note} (calibration.json)."
+        islands = ""
+        if self.unlinked_groups:
+            groups = "; ".join(_tile_numbers(list(group)) for group in self.unlinked_groups)
+            islands = (f" Tiles cut off from the rest by holes ({groups}) keep a phase offset of their own: "
+                       "compare phases only within a linked group.")
         return (f"{first}{why}. {self.where_text()[0].upper()}{self.where_text()[1:]}; tiles/ and {TILE_TABLE} "
-                f"(which tiles are missing and why) in {self.folder}.{lens}")
+                f"(which tiles are missing and why) in {self.folder}.{lens}{islands}")
 
 
 def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
@@ -495,5 +509,7 @@ def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
     files = tuple(folder / name for name in mosaic.get("files", ()))
     lens = table.get("aberrations") or {}
     picture = folder / lens["picture"] if lens.get("picture") else None
+    islands = tuple(tuple(int(k) for k in group["tiles"])
+                    for group in (mosaic.get("stitching") or {}).get("unlinked_groups", []))
     return PartialSummary(folder, finished, planned, missing, files, mosaic.get("error"), mosaic.get("hole_fraction"),
-                          picture, str(lens.get("note", "")))
+                          picture, str(lens.get("note", "")), islands)
