@@ -304,6 +304,18 @@ def partial_mosaic(
             "mosaic_box_px": [int(v) for v in box],  # y0, x0, y1, x1 in mosaic pixels
             "hole_px": int(hole[box[0] : box[2], box[1] : box[3]].sum()),  # its pixels no finished tile covers
         })
+    stitching: dict[str, object] = {
+        "reference_tile": int(ordered[alignment.reference].tile.index),
+        "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
+    }
+    unlinked = [{"tiles": sorted(int(ordered[k].tile.index) for k in group),
+                 "reference_tile": int(ordered[group[0]].tile.index)} for group in alignment.components[1:]]
+    if unlinked:  # islands: missing tiles cut them off from the reference (stitch's module docstring)
+        stitching["unlinked_groups"] = unlinked
+        stitching["note"] = (
+            "missing tiles cut these finished tiles off from the reference tile: each group is aligned within "
+            "itself to its own reference tile's phase offset and amplitude scale, not aligned to the rest (no "
+            "overlap measures it)")
     partial = {
         "partial": True,
         "holes": "NaN in amplitude and phase where no finished tile lies",
@@ -313,19 +325,8 @@ def partial_mosaic(
         "hole_fraction": float(hole.mean()),
         "mosaic_shape": [int(v) for v in amplitude.shape],
         "upsample": upsample,
-        "stitching": {
-            "reference_tile": int(ordered[alignment.reference].tile.index),
-            "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
-        },
+        "stitching": stitching,
     }
-    unlinked = [{"tiles": sorted(int(ordered[k].tile.index) for k in group),
-                 "reference_tile": int(ordered[group[0]].tile.index)} for group in alignment.components[1:]]
-    if unlinked:  # islands: missing tiles cut them off from the reference (stitch's module docstring)
-        partial["stitching"]["unlinked_groups"] = unlinked
-        partial["stitching"]["note"] = (
-            "missing tiles cut these finished tiles off from the reference tile: each group is aligned within "
-            "itself to its own reference tile's phase offset and amplitude scale, not aligned to the rest (no "
-            "overlap measures it)")
     return amplitude, phase, partial
 
 
