@@ -801,6 +801,11 @@ def test_a_partial_folder_says_what_is_missing_and_where_its_mosaic_is(small_dat
     assert summary.where_text() == f"no mosaic (RuntimeError: no memory for the mosaic); the finished tiles: " \
                                    f"{folder / 'tiles'}"
     assert summary.mosaic_files == () and summary.hole_fraction is None
+    # the error's advice says what the folder holds: no mosaic here
+    from uafp_gui.fullfield.pipeline import FullFieldIncomplete
+
+    advice = FullFieldIncomplete(finished, [(tiles[2], "RuntimeError: tile 2 broke")], 4, None).advice(folder)
+    assert "and no mosaic (tiles.json says why);" in advice and "mosaic.ome" not in advice
 
 
 def test_a_stopped_session_keeps_its_finished_tiles_aberration_map(small_dataset, tmp_path):

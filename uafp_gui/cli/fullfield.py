@@ -220,8 +220,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
                     source_dataset=args.dataset.name, failed=incomplete.failed, layout=tiles,
                     aberrations=aberrations,
                 )
-        drawn = written is not None and (Path(written) / "aberration_map.png").is_file()
-        raise ReconstructionError(incomplete.advice(written, aberration_map=drawn)) from None  # one line, exit 2
+        raise ReconstructionError(incomplete.advice(written)) from None  # one line, exit code 2
     finally:
         bars.close()
     with _signals_held():
