@@ -801,6 +801,8 @@ def test_a_partial_folder_says_what_is_missing_and_where_its_mosaic_is(small_dat
     assert summary.where_text() == f"no mosaic (RuntimeError: no memory for the mosaic); the finished tiles: " \
                                    f"{folder / 'tiles'}"
     assert summary.mosaic_files == () and summary.hole_fraction is None
+    assert summary.short_where_text() == "no mosaic (RuntimeError: no memory for the mosaic); tiles in no_mosaic/"
+    assert summary.missing_text(count=False) == "tile 2 failed; 2 not finished"
     # the error's advice says what the folder holds: no mosaic here
     from uafp_gui.fullfield.pipeline import FullFieldIncomplete
 
@@ -994,9 +996,12 @@ def test_gui_says_where_the_partial_mosaic_of_a_failed_or_stopped_full_field_is(
                         and not panel.stop_button.isEnabled(), timeout=120000)
         qtbot.waitUntil(lambda: "incomplete" in panel.status.text(), timeout=20000)
         lines = panel.status.text().split("\n")
-        assert lines[0] == "Full field incomplete: 2 of 4 tiles finished, 2 missing: tiles 0, 3 failed."
-        assert lines[1] == (f"partial mosaic (NaN in the holes, 29 % of the field): {folder / 'mosaic.ome.zarr'} "
-                            "and mosaic.ome.tif")
+        assert lines == ["Full field incomplete: 2 of 4 tiles, tiles 0, 3 failed.",
+                         "partial mosaic in field_fullfield/ (NaN holes: 29 % of the field)"]
+        assert window.statusBar().currentMessage() == (
+            f"Partial full field (2 of 4 tiles) written: partial mosaic (NaN in the holes, 29 % of the field): "
+            f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
+        assert f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif" in panel.status.toolTip()
         assert (folder / "mosaic.ome.zarr").is_dir() and (folder / "mosaic.ome.tif").is_file()
         assert "RuntimeError: this tile always fails" in panel.status.toolTip()
         assert [box.windowTitle() for box in shown_errors] == ["Full-field reconstruction failed"]
@@ -1015,9 +1020,9 @@ def test_gui_says_where_the_partial_mosaic_of_a_failed_or_stopped_full_field_is(
         qtbot.waitUntil(lambda: window.field_worker.isFinished() and "stopped" in panel.status.text(),
                         timeout=60000)
         lines = panel.status.text().split("\n")
-        assert lines[0] == "Full field stopped: 3 of 4 tiles finished, 1 missing: tile 3 not finished."
-        assert lines[1].startswith("partial mosaic (NaN in the holes, ") and lines[1].endswith(
-            f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
+        assert lines[0] == "Full field stopped: 3 of 4 tiles, tile 3 not finished."
+        assert lines[1].startswith("partial mosaic in field_fullfield/ (NaN holes: ")
+        assert window.statusBar().currentMessage().endswith(f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
         assert "not finished: the run was stopped" not in panel.status.toolTip()  # no failure to explain
         assert f"tiles/ and tiles.json (which tiles are missing and why) in {folder}" in panel.status.toolTip()
         assert f"{folder / 'aberration_map.png'}" in panel.status.toolTip()
