@@ -600,6 +600,7 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     assert main(["reconstruct", str(small_dataset), *flags]) == 130
     err = capsys.readouterr().err
     assert "Ctrl-C: stopped; the 2 finished of 4 tiles are written" in err and "mosaic.ome.zarr" in err
+    assert "aberration_map" not in err  # 2 tiles: each tile's own values in calibration.json, no map
     table = json.loads((out / "tiles.json").read_text())
     assert table["partial"] is True and [row["index"] for row in table["tiles"]] == [0, 1]
     assert read_result(out / "tiles" / "r00_c01").amplitude.shape == (128, 128)
@@ -621,6 +622,27 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     assert mosaic.amplitude.shape == (192, 224)
     assert json.loads((out / "tiles.json").read_text())["partial"] is False
     assert (out / "mosaic.ome.zarr").is_dir() and (out / "aberration_map.png").is_file()
+
+
+def test_cli_ctrl_c_says_what_the_folder_holds_when_the_mosaic_could_not_be_made(small_dataset, monkeypatch, capsys):
+    """Ctrl-C after 3 tiles with stitching broken: the line says there is no mosaic (tiles.json says why) and
+    names the aberration map of the 3 finished tiles, which was drawn."""
+    from uafp_gui.cli import main
+    from uafp_gui.fullfield import execute, stitch
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no memory for the mosaic")
+
+    monkeypatch.setattr(stitch, "stitch", broken)
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(3))
+    flags = ["--tiles", "64", "--overlap", "16", "--upsample", "2", "--calibration-tiles", "1"]
+    assert main(["reconstruct", str(small_dataset), *flags]) == 130
+    err = capsys.readouterr().err
+    assert "mosaic could not be written (RuntimeError: no memory for the mosaic)" in err  # the warning's line
+    out = small_dataset.with_name("field_result")
+    assert (f"Ctrl-C: stopped; the 3 finished of 4 tiles are written to {out}/tiles/, no mosaic (tiles.json says "
+            "why), their aberration map to aberration_map.png") in err
+    assert not (out / "mosaic.ome.zarr").exists() and (out / "aberration_map.png").is_file()
 
 
 def test_cli_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, monkeypatch, capsys):
