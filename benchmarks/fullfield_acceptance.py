@@ -19,7 +19,11 @@ Simulates a field (`benchmarks/refsim.py` `FIELD_PRESETS`), reconstructs it with
 - the same tiles stitched with phase offsets only (the default) and with offsets + ramps, side by side.
 
     python benchmarks/fullfield_acceptance.py OUT_DIR [--preset field256] [--tile-size 144] [--overlap 32]
-        [--upsample 2] [--iterations 30] [--calibration-tiles 2]
+        [--upsample 2 (field256) | 4 (field1024, field2048)] [--iterations 30] [--calibration-tiles 2]
+
+Time (notes/s6_i12.md): field1024 (1024^2 x 225 frames, 5 x 5 tiles of 256 at upsample 4, 3 calibration tiles,
+error bars on) is ~13,000 CPU-seconds on a CPU (simulation ~2,950, calibration tiles ~500 each, tiles ~350
+each): hours on 2 cores; a GPU session, or slices of a resumable run.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from uafp_gui.fullfield.pipeline import reconstruct_full_field  # noqa: E402
 from uafp_gui.io.writer import write_dataset  # noqa: E402
 from uafp_gui.metrics import score  # noqa: E402
 from uafp_gui.recon.settings import UafpSettings  # noqa: E402
+
+DEFAULT_UPSAMPLE = {"field256": 2}  # the others (15 x 15 LEDs, synthetic NA ~0.4): 4
 
 
 def geometry_errors(estimated: dict, micro) -> dict:
@@ -225,7 +231,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile-size", type=int, default=None)
     parser.add_argument("--overlap", type=int, default=None)
-    parser.add_argument("--upsample", type=int, default=2)
+    parser.add_argument("--upsample", type=int, default=None,
+                        help="object pixels per camera pixel (default: 2 for field256, 4 for field1024/field2048, "
+                             "whose 15 x 15 LEDs reach illumination NA 0.3: at 3 every calibration tile refuses an LED "
+                             "beyond the reconstructed bandwidth, after the whole simulation)")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--calibration-tiles", type=int, default=3)
     parser.add_argument("--no-uncertainty", action="store_true", help="skip the error bars (faster)")
@@ -233,6 +242,8 @@ def main() -> None:
     parser.add_argument("--led-disk-na", type=float, default=None,
                         help="light only the LEDs within this nominal illumination NA (default: the preset's grid)")
     args = parser.parse_args()
+    if args.upsample is None:
+        args.upsample = DEFAULT_UPSAMPLE.get(args.preset, 4)
     args.out.mkdir(parents=True, exist_ok=True)
     from dataclasses import replace
 
