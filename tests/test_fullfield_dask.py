@@ -712,6 +712,64 @@ def test_cli_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, mo
     assert "aberration_map.png" in err
 
 
+def test_cli_resume_reconstructs_only_the_tiles_a_stopped_run_left(small_dataset, monkeypatch, capsys):
+    """--resume on the folder of a run where tile 2 failed: stage 1 is skipped (the folder's calibration.json),
+    only tile 2 runs, all 4 are stitched into a complete result; a complete folder, another tile plan or
+    --calibration beside it are refused before any work."""
+    import json
+
+    from uafp_gui.cli import main
+    from uafp_gui.fullfield import execute
+    from uafp_gui.io.result import read_result
+
+    class Recording(StandInRunner):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.stages: list[list[tuple[int, bool]]] = []
+
+        def __call__(self, fn, tasks, on_done):
+            self.stages.append([(task.tile.index, task.calibration is not None) for task in tasks])
+            return super().__call__(fn, tasks, on_done)
+
+    flags = ["--tiles", "64", "--overlap", "16", "--upsample", "2", "--calibration-tiles", "1"]
+    out = small_dataset.with_name("field_result")
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(failing=(2,)))
+    assert main(["reconstruct", str(small_dataset), *flags]) == 2
+    capsys.readouterr()
+    # Ctrl-C before the resumed run's first tile: the 3 earlier tiles stay (and the folder can be resumed again)
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(interrupt_after=0))
+    assert main(["reconstruct", str(small_dataset), *flags, "--resume"]) == 130
+    assert "Ctrl-C: stopped; the 3 finished of 4 tiles are written" in capsys.readouterr().err
+    assert [row["index"] for row in json.loads((out / "tiles.json").read_text())["tiles"]] == [0, 1, 3]
+    assert (out / "calibration.json").is_file()
+    runner = Recording()
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: runner)
+    assert main(["reconstruct", str(small_dataset), *flags, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "4 tiles of 64 px (overlap 16 px), 3 of them finished before (--resume)" in captured.err
+    assert runner.stages == [[(2, True)]]  # no calibration stage, only the missing tile
+    assert "full field: 4 tiles" in captured.out
+    table = json.loads((out / "tiles.json").read_text())
+    assert table["partial"] is False and [row["index"] for row in table["tiles"]] == [0, 1, 2, 3]
+    result = read_result(out, require_manifest=True)
+    assert result.amplitude.shape == (192, 224) and np.isfinite(result.amplitude).all()
+    assert result.calibration.extra["fullfield"]["resumed_tiles"] == [0, 1, 3]
+    assert result.calibration.led_geometry.shift_x_mm == pytest.approx(0.1)  # the stopped run's calibration
+    assert "partial" not in result.calibration.extra["field_aberrations"]  # the whole field's report again
+
+    for extra, message in ((["--resume"], "holds a complete full field: nothing to resume"),
+                           (["--resume", "--calibration", str(out / "calibration.json")], "drop --calibration")):
+        assert main(["reconstruct", str(small_dataset), *flags, *extra]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(failing=(2,)))
+    assert main(["reconstruct", str(small_dataset), *flags]) == 2
+    capsys.readouterr()
+    other = ["--tiles", "48", "--overlap", "16", "--upsample", "2", "--resume"]
+    assert main(["reconstruct", str(small_dataset), *other]) == 2
+    assert "is not a tile of this run's plan: resume with the stopped run's --tiles and --overlap" in \
+        capsys.readouterr().err
+
+
 def test_a_tile_that_failed_once_on_an_executor_without_retries_is_not_said_retried(small_dataset, tmp_path):
     """run_serially (and a runner with 0 retries) tries each tile once: the message says "failed", not "after
     their retries", and the advice does not blame a lost worker. The pipeline's own serial path, for real."""

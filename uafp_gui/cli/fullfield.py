@@ -64,12 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="local worker processes (default: all cores; 1 with a GPU)")
     group.add_argument("--calibration-tiles", type=whole_number, default=3, metavar="N",
                        help="tiles that self-calibrate the shared LED geometry and gains (default 3)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue a stopped or incomplete run: keep the tiles its result folder holds (and its "
+                       "calibration.json), reconstruct only the others, then stitch them all")
 
 
 def wanted(args: argparse.Namespace) -> bool:
     """The full-field options are in use (then `--tiles` is required)."""
     used = [flag for flag, value in (("--overlap", args.overlap), ("--scheduler", args.scheduler),
-                                     ("--workers", args.workers)) if value is not None]
+                                     ("--workers", args.workers), ("--resume", args.resume or None))
+            if value is not None]
     if args.tiles is None:
         if used:
             raise ConfigError(f"{', '.join(used)}: for a tiled run; add --tiles auto (or --tiles SIZE)")
@@ -95,6 +99,8 @@ def check_options(args: argparse.Namespace) -> None:
         args.scheduler = check_scheduler_address(args.scheduler)
         if args.workers is not None:
             raise ConfigError("--workers sets local worker processes: a --scheduler cluster has its own workers")
+    if args.resume and args.calibration is not None:
+        raise ConfigError("--resume continues with the stopped run's own calibration.json: drop --calibration")
     if args.freeze_system and args.calibration is None:
         raise ConfigError("--freeze-system with --tiles needs --calibration (the system to hold fixed)")
 
@@ -165,14 +171,20 @@ def run(args: argparse.Namespace, out: Path) -> int:
     check_partial(_PartialView(info), args.allow_partial)
     size = None if args.tiles == AUTO else int(args.tiles)
     tiles = plan_tiles(info.frame_shape, info.meta, size, args.overlap)  # ConfigError for a size that cannot tile
-    calibration = load_calibration(args.calibration) if args.calibration else None
+    calibration: dict | None = load_calibration(args.calibration).to_dict() if args.calibration else None
     settings = uafp_settings(args)
+    resumed: list[TileResult] = []
+    if args.resume:  # ConfigError before any work when the folder cannot be resumed
+        from uafp_gui.fullfield.output import read_finished_tiles
+
+        resumed, calibration = read_finished_tiles(out, tiles, settings.upsample)
     runner = make_runner(args.scheduler, args.workers)
     rows, cols = info.frame_shape
     overlap = (tiles[0].x0 + tiles[0].width - tiles[1].x0) if len(tiles) > 1 else 0
+    again = f", {len(resumed)} of them finished before (--resume)" if resumed else ""
     print(f"uafp reconstruct: {args.dataset.name}: {info.meta.frame_count} frames of {rows}x{cols} -> {len(tiles)} "
-          f"tiles of {tiles[0].height} px (overlap {overlap} px) on a {runner.description}; Ctrl-C stops and keeps "
-          "the finished tiles", file=sys.stderr, flush=True)
+          f"tiles of {tiles[0].height} px (overlap {overlap} px){again} on a {runner.description}; Ctrl-C stops and "
+          "keeps the finished tiles", file=sys.stderr, flush=True)
 
     from uafp_gui.fullfield.output import write_finished_tiles, write_full_field
     from uafp_gui.fullfield.pipeline import FullFieldIncomplete, partial_field_aberrations, reconstruct_full_field
@@ -184,26 +196,29 @@ def run(args: argparse.Namespace, out: Path) -> int:
         with _sigterm_as_interrupt(), runner:
             result = reconstruct_full_field(
                 args.dataset, tile_size=size, overlap=args.overlap, settings=settings, run_tasks=recorder,
-                progress=bars, calibration_tiles=args.calibration_tiles, calibration=calibration,
+                progress=bars, calibration_tiles=args.calibration_tiles, calibration=calibration, finished=resumed,
             )
     except KeyboardInterrupt as interrupt:
         from uafp_gui.cli.reconstruct import Terminated
 
         bars.close()
         how = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
-        finished = list(recorder.finished)
+        # a resumed run's earlier tiles are kept with the new ones (its stage 2 plans only the missing tiles)
+        finished = [*resumed, *recorder.finished]
+        planned = len(tiles) if resumed else recorder.planned
+        shared = recorder.calibration if recorder.calibration is not None or not resumed else calibration
         if finished:
             with _signals_held():
-                aberrations = partial_field_aberrations(args.dataset, finished, recorder.calibration, tiles)
+                aberrations = partial_field_aberrations(args.dataset, finished, shared, tiles)
                 write_finished_tiles(out, finished, info.meta.sample_pixel_um / settings.upsample,
-                                     planned=recorder.planned, calibration=recorder.calibration,
+                                     planned=planned, calibration=shared,
                                      source_dataset=args.dataset.name, layout=tiles,
                                      not_finished=f"not finished: stopped by {how}", aberrations=aberrations)
             # what the folder holds (a mosaic or picture that could not be made is left out, with a warning)
             mosaic = ("their mosaic (NaN where tiles are missing) to mosaic.ome.zarr and mosaic.ome.tif"
                       if (out / "mosaic.ome.zarr").exists() else "no mosaic (tiles.json says why)")
             lens = ", their aberration map to aberration_map.png" if (out / "aberration_map.png").exists() else ""
-            where = (f"the {len(finished)} finished of {recorder.planned} tiles are written to {out}/tiles/, "
+            where = (f"the {len(finished)} finished of {planned} tiles are written to {out}/tiles/, "
                      f"{mosaic}{lens}")
         else:
             where = "no tile had finished: nothing to write"

@@ -59,6 +59,7 @@ __all__ = [
     "NOT_FINISHED",
     "PartialSummary",
     "partial_mosaic",
+    "read_finished_tiles",
     "read_partial_summary",
     "tile_folder_name",
     "write_finished_tiles",
@@ -526,3 +527,46 @@ def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
                     for group in (mosaic.get("stitching") or {}).get("unlinked_groups", []))
     return PartialSummary(folder, finished, planned, missing, files, mosaic.get("error"), mosaic.get("hole_fraction"),
                           picture, str(lens.get("note", "")), islands)
+
+
+def read_finished_tiles(
+    folder: str | os.PathLike[str], layout: Sequence[Tile], upsample: int
+) -> tuple[list[TileResult], dict]:
+    """A partial folder's finished tiles as `TileResult`s of `layout` (this run's plan) and the calibration
+    they ran with, to resume the run (`pipeline.reconstruct_full_field(finished=..., calibration=...)`).
+    `ConfigError` says why the folder cannot be resumed: a complete result, no calibration (stopped during
+    the calibration stage), another tile plan or upsample factor."""
+    from uafp_gui.errors import ConfigError
+    from uafp_gui.fullfield.tiles import TileResult
+    from uafp_gui.io.calibration import load_calibration
+    from uafp_gui.io.result import read_result
+
+    folder = Path(folder)
+    if not (folder / TILE_TABLE).is_file():
+        raise ConfigError(f"{folder}: no {TILE_TABLE}: nothing to resume (run without --resume)")
+    table = json.loads((folder / TILE_TABLE).read_text(encoding="utf-8"))
+    if not table.get("partial"):
+        raise ConfigError(f"{folder} holds a complete full field: nothing to resume")
+    if not (folder / "calibration.json").is_file():
+        raise ConfigError(f"{folder} has no calibration.json (the run stopped while calibrating): run again "
+                          "without --resume")
+    plan = {t.index: t for t in layout}
+    results = []
+    for row in table.get("tiles", []):
+        tile = plan.get(int(row["index"]))
+        box = (int(row["y0"]), int(row["x0"]), int(row["height"]), int(row["width"]))
+        if tile is None or (tile.y0, tile.x0, tile.height, tile.width) != box:
+            raise ConfigError(f"{folder}: its tile {row['index']} (rows {box[0]}.., columns {box[1]}.., {box[2]} x "
+                              f"{box[3]} px) is not a tile of this run's plan: resume with the stopped run's --tiles "
+                              "and --overlap")
+        result = read_result(folder / row["folder"])
+        if result.amplitude.shape != (tile.height * upsample, tile.width * upsample):
+            raise ConfigError(f"{folder}: tile {tile.index} was reconstructed at another upsample factor "
+                              f"({result.amplitude.shape[0] // tile.height}, not {upsample}): resume with the same")
+        misfit = row.get("data_misfit")
+        results.append(TileResult(tile, result.amplitude, result.phase, result.calibration.to_dict(),
+                                  float("nan") if misfit is None else float(misfit), str(row.get("stop_reason", "")),
+                                  float(row.get("wall_s") or 0.0), pupil=result.pupil))
+    shared = load_calibration(folder / "calibration.json").to_dict()
+    shared.pop("field_aberrations", None)  # the finished tiles' partial report: the resumed run makes the whole one
+    return results, shared

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uafp_gui.errors import TilesFailed
+from uafp_gui.errors import ConfigError, TilesFailed
 from uafp_gui.fullfield.aberration import evaluate_model, field_aberrations
 from uafp_gui.fullfield.calibrate import (
     boundary_frames,
@@ -318,16 +318,28 @@ def reconstruct_full_field(
     calibration_tiles: int = DEFAULT_CALIBRATION_TILES,
     calibration: Calibration | dict | None = None,
     aberration_order: int = 2,
+    finished: Sequence[TileResult] = (),
 ) -> FullFieldResult:
     """Reconstruct the whole field of a dataset (module docstring).
 
     `calibration_tiles`: how many tiles self-calibrate the LED geometry and gains (stage 1);
-    `calibration`: a known calibration (e.g. a previous field's), which skips stage 1.
+    `calibration`: a known calibration (e.g. a previous field's), which skips stage 1;
+    `finished`: second-stage tiles a stopped run of the same plan finished with `calibration` (read back by
+    `output.read_finished_tiles`): only the others run (a resumed run).
     """
     dataset_path = str(dataset_path)
     info = field_info(dataset_path)
     meta = info.meta
     tiles = plan_tiles(info.frame_shape, meta, tile_size, overlap)
+    if finished and calibration is None:
+        raise ConfigError("resuming finished tiles needs the calibration they ran with (the stopped run's "
+                          "calibration.json)")
+    planned = {t.index: t for t in tiles}
+    for result in finished:
+        if planned.get(result.tile.index) != result.tile:
+            raise ConfigError(f"finished tile {result.tile.index} ({result.tile.height} px at row {result.tile.y0}, "
+                              f"column {result.tile.x0}) is not a tile of this plan: resume with the stopped run's "
+                              "tile size and overlap")
     report = progress or (lambda _p: None)
     base = settings_to_dict(settings)
 
@@ -358,17 +370,20 @@ def reconstruct_full_field(
 
     fixed = settings_to_dict(fixed_system_settings(settings))
     start = tile_start_calibration(shared)
-    batch = [TileTask(dataset_path, tile, fixed, start) for tile in tiles]
-    report(FullFieldProgress("tiles", 0, len(batch), message=f"{len(batch)} tiles, geometry and gains fixed",
+    done = {r.tile.index: r for r in finished}
+    batch = [TileTask(dataset_path, tile, fixed, start) for tile in tiles if tile.index not in done]
+    again = f" ({len(done)} finished before)" if done else ""
+    report(FullFieldProgress("tiles", 0, len(batch), message=f"{len(batch)} tiles{again}, geometry and gains fixed",
                              calibration=start))
     try:
-        results = run_tasks(reconstruct_tile, batch, on_done_for("tiles", batch))
+        new = run_tasks(reconstruct_tile, batch, on_done_for("tiles", batch)) if batch else []
     except TilesFailed as failed:
-        finished = [failed.finished[k] for k in sorted(failed.finished)]
+        kept = sorted([*done.values(), *failed.finished.values()], key=lambda r: r.tile.index)
         raise FullFieldIncomplete(
-            finished, [(batch[k].tile, failed.failures[k]) for k in sorted(failed.failures)], len(batch), start,
+            kept, [(batch[k].tile, failed.failures[k]) for k in sorted(failed.failures)], len(tiles), start,
             tries=failed.tries,
         ) from failed
+    results = sorted([*done.values(), *new], key=lambda r: r.tile.index)
 
     report(FullFieldProgress("stitching", 0, 1, message="aberration model and mosaic"))
     upsample = int(settings.upsample)
@@ -401,6 +416,7 @@ def reconstruct_full_field(
         # frames whose LED is bright field in part of the tile and dark field in the rest (nominal geometry)
         "boundary_frames": [boundary_frames(meta, t) for t in tiles],
         "calibration_given": calibration is not None,
+        "resumed_tiles": sorted(done),  # finished by an earlier, stopped run (`finished`)
         "stitching": {
             "reference_tile": int(alignment.reference),
             "phase_offset_rad": [float(v) for v in alignment.offset_rad],
