@@ -18,6 +18,10 @@ Simulates a field (`benchmarks/refsim.py` `FIELD_PRESETS`), reconstructs it with
 - a seam picture (stitched amplitude and phase, their error against the truth, tile outlines);
 - the same tiles stitched with phase offsets only (the default) and with offsets + ramps, side by side.
 
+In sittings (a run longer than one session): `--simulate-only`, then `uafp reconstruct OUT/PRESET.tif --tiles
+auto --upsample 4 --out R` stopped with Ctrl-C and continued with `--resume` as often as needed, then `--result R`
+scores the finished folder (same OUT, preset and options).
+
     python benchmarks/fullfield_acceptance.py OUT_DIR [--preset field256] [--tile-size 144] [--overlap 32]
         [--upsample 2 (field256) | 4 (field1024, field2048)] [--iterations 30] [--calibration-tiles 2]
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -224,6 +229,31 @@ def seam_picture(result, truth: np.ndarray, path: Path, upsample: int) -> None:
     plt.close(figure)
 
 
+def read_full_field(folder: Path, dataset: Path):
+    """A complete full-field result folder (`uafp reconstruct --tiles`, resumed or not) as the `FullFieldResult`
+    this script scores: the mosaic, the calibration with its aberration map, every tile's own result. The
+    calibration tiles' runs are not in the folder (their indices are)."""
+    from uafp_gui.fullfield.pipeline import FullFieldResult
+    from uafp_gui.fullfield.tiles import Tile, TileResult
+    from uafp_gui.io.result import read_result
+
+    whole = read_result(folder, require_manifest=True)
+    calibration = whole.calibration.to_dict()
+    planned = {d["index"]: Tile(**{**d, "center_um": tuple(d["center_um"])})
+               for d in calibration["fullfield"]["tiles"]}
+    table = json.loads((folder / "tiles.json").read_text())
+    tiles = []
+    for row in table["tiles"]:
+        own = read_result(folder / row["folder"])
+        tiles.append(TileResult(planned[row["index"]], own.amplitude, own.phase, own.calibration.to_dict(),
+                                float(row["data_misfit"] if row.get("data_misfit") is not None else "nan"),
+                                row["stop_reason"], float(row["wall_s"]), pupil=own.pupil))
+    rows, cols = calibration["fullfield"]["frame_shape"]
+    return FullFieldResult(amplitude=whole.amplitude, phase=whole.phase, pixel_um=whole.object_pixel_um, tiles=tiles,
+                           calibration=calibration, frame_shape=(rows, cols),
+                           upsample=whole.amplitude.shape[0] // rows, dataset_path=str(dataset))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
@@ -241,6 +271,13 @@ def main() -> None:
     parser.add_argument("--frame-size", type=int, default=None, help="the sensor's side (default: the preset's)")
     parser.add_argument("--led-disk-na", type=float, default=None,
                         help="light only the LEDs within this nominal illumination NA (default: the preset's grid)")
+    parser.add_argument("--simulate-only", action="store_true",
+                        help="write OUT/PRESET.tif and OUT/simulation.pkl (the truth) and stop: reconstruct with "
+                        "`uafp reconstruct OUT/PRESET.tif --tiles auto --upsample U --out R` (Ctrl-C and --resume it "
+                        "over several sittings), then score it with --result R")
+    parser.add_argument("--result", type=Path, default=None,
+                        help="score this full-field result folder of OUT/PRESET.tif instead of reconstructing "
+                        "(the simulation read back from OUT/simulation.pkl)")
     args = parser.parse_args()
     if args.upsample is None:
         args.upsample = DEFAULT_UPSAMPLE.get(args.preset, 4)
@@ -252,13 +289,25 @@ def main() -> None:
     if args.frame_size is not None:
         micro = replace(micro, frame_size=args.frame_size)
     spec = replace(spec, micro=micro)
-    started = time.perf_counter()
-    simulation = refsim.simulate_field(spec)
-    simulated_s = time.perf_counter() - started
     dataset = args.out / f"{args.preset}.tif"
-    write_dataset(dataset, simulation.meta, simulation.frames)
-    print(f"simulated {simulation.frames.shape} in {simulated_s:.0f} s ({simulation.subsamples} sub-samples)",
-          flush=True)
+    saved = args.out / "simulation.pkl"
+    started = time.perf_counter()
+    if args.result is not None:  # the simulation of an earlier --simulate-only run, its frames in the dataset
+        with saved.open("rb") as file:
+            simulation = pickle.load(file)
+        if simulation.spec != spec:
+            raise SystemExit(f"{saved} was simulated with other options (preset, seed, frame size, LEDs)")
+    else:
+        simulation = refsim.simulate_field(spec)
+        write_dataset(dataset, simulation.meta, simulation.frames)
+        with saved.open("wb") as file:  # the truth without the frames (they are in the dataset)
+            pickle.dump(replace(simulation, frames=np.zeros((0, 0, 0), np.uint16)), file)
+    simulated_s = time.perf_counter() - started
+    print(f"simulated {simulation.meta.frame_count} frames of {micro.frame_size}^2 in {simulated_s:.0f} s "
+          f"({simulation.subsamples} sub-samples)", flush=True)
+    if args.simulate_only:
+        print(f"wrote {dataset} and {saved}")
+        return
 
     settings = UafpSettings(upsample=args.upsample, iterations=args.iterations, device="cpu",
                             uncertainty=not args.no_uncertainty)
@@ -269,8 +318,12 @@ def main() -> None:
             print(f"  {update.stage} {update.done}/{update.total}: tile {update.tile.index} "
                   f"{update.result.wall_s:.0f} s, {update.result.stop_reason}", flush=True)
 
-    result = reconstruct_full_field(dataset, tile_size=args.tile_size, overlap=args.overlap, settings=settings,
-                                    progress=progress, calibration_tiles=args.calibration_tiles)
+    if args.result is not None:
+        result = read_full_field(args.result, dataset)
+        args.upsample = result.upsample
+    else:
+        result = reconstruct_full_field(dataset, tile_size=args.tile_size, overlap=args.overlap, settings=settings,
+                                        progress=progress, calibration_tiles=args.calibration_tiles)
     wall_s = time.perf_counter() - started
     figures, truth = quality(result, simulation, args.upsample)
     calibration = result.calibration
