@@ -376,13 +376,14 @@ class ForwardModel(torch.nn.Module):
         rows, cols = self.setup.model_shape
         centre_y, centre_x = rows // 2 + whole[:, 0], cols // 2 + whole[:, 1]
         inside = (centre_y >= 0) & (centre_y < rows) & (centre_x >= 0) & (centre_x < cols)
-        entries = torch.nonzero(inside).squeeze(1)
-        if entries.numel() == 0:
-            return support
-        centre_y, centre_x = centre_y[entries], centre_x[entries]
+        # Every entry at a clamped pixel, those whose zero frequency is outside the crop keeping their
+        # value: no data-dependent selection, so no host synchronisation on a GPU.
+        entries = torch.arange(whole.shape[0], device=whole.device)
+        centre_y, centre_x = centre_y.clamp(0, rows - 1), centre_x.clamp(0, cols - 1)
         radius = torch.sqrt(fx[entries, centre_y, centre_x] ** 2 + fy[entries, centre_y, centre_x] ** 2)
-        passed = self._edge_ramp(radius, max(self.dc_edge_px, 1e-6) * self.frequency_step_px)
-        return support.index_put((entries, centre_y, centre_x), passed.to(support.dtype))
+        passed = self._edge_ramp(radius, max(self.dc_edge_px, 1e-6) * self.frequency_step_px).to(support.dtype)
+        passed = torch.where(inside, passed, support[entries, centre_y, centre_x])
+        return support.index_put((entries, centre_y, centre_x), passed)
 
     def pupil_phase(self) -> torch.Tensor:
         """(H, W) pupil phase W(f) on the frame spectrum grid: Zernikes plus free-form."""
@@ -443,7 +444,7 @@ class ForwardModel(torch.nn.Module):
             support = self._sharp_zero_frequency(support, fx, fy, whole)
         sampled = self.sampled_maps(torch.stack([self.pupil_phase(), self.system.log_pupil_amplitude]), offset)
         amplitude = support * torch.exp(sampled[:, 1])
-        return torch.polar(amplitude, sampled[:, 0])
+        return _polar(amplitude, sampled[:, 0])
 
     def sampled_maps(self, maps: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """(E, C, H, W): the (C, H, W) maps on the frame spectrum grid interpolated (bilinearly,
@@ -657,6 +658,13 @@ class ForwardModel(torch.nn.Module):
             frames_out = torch.zeros(n_batch, rows, cols, device=intensity.device, dtype=intensity.dtype)
             frames_out = frames_out.index_add(0, batch_position, intensity)
         return frames_out
+
+
+def _polar(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """`torch.polar(amplitude, phase)` from its real and imaginary parts: the same numbers, but torch's CPU
+    polar is not vectorised (measured, float32 (45, 150, 150): 24 ms against 2.5 ms; with its backward
+    172 ms against 86 ms), and the entries' pupils take one per batch."""
+    return torch.complex(amplitude * torch.cos(phase), amplitude * torch.sin(phase))
 
 
 def _camera_fields(spectra: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
