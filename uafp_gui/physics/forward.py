@@ -582,15 +582,22 @@ class ForwardModel(torch.nn.Module):
 
     def intensity_and_fields(self, spectra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`intensity_of(spectra)` (the same numbers, no autograd) and the camera fields behind it."""
-        fields = self.camera_fields(spectra)
-        return _pooled(fields.real.square().addcmul_(fields.imag, fields.imag)), fields
+        with torch.no_grad():
+            return _intensity_and_fields(spectra, self._subsample_factors(), self._entries_per_chunk(spectra))
 
     def intensity_derivative(self, fields: torch.Tensor, spectra_derivative: torch.Tensor) -> torch.Tensor:
         """The directional derivative of `intensity_of` at the spectra whose camera fields are `fields`
-        (`intensity_and_fields`) along `spectra_derivative`: pool(2 Re(conj(field) x its derivative))."""
-        change = self.camera_fields(spectra_derivative)
-        product = fields.real * change.real
-        return _pooled(product.addcmul_(fields.imag, change.imag).mul_(2.0))
+        (`intensity_and_fields`) along `spectra_derivative`: pool(2 Re(conj(field) x its derivative)), in
+        chunks of entries like `intensity_of`."""
+        factors = self._subsample_factors()
+        chunk = self._entries_per_chunk(spectra_derivative)
+        derivative = fields.real.new_empty(spectra_derivative.shape)
+        for first in range(0, len(spectra_derivative), chunk):
+            part = slice(first, first + chunk)
+            change = _camera_fields(spectra_derivative[part], factors)
+            product = fields[part].real * change.real
+            derivative[part] = _pooled(product.addcmul_(fields[part].imag, change.imag).mul_(2.0))
+        return derivative
 
     def _entries_per_chunk(self, spectra: torch.Tensor) -> int:
         """Entries whose camera fields are computed together: on a CPU, as many as keep the fields of one
@@ -681,6 +688,21 @@ def _camera_fields(spectra: torch.Tensor, factors: torch.Tensor) -> torch.Tensor
     return torch.fft.ifft2(spectra[:, None, None] * factors)
 
 
+def _intensity_and_fields(
+    spectra: torch.Tensor, factors: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, H, W) camera intensities and the (E, q, q, H, W) fields behind them, `chunk` entries at a time."""
+    q_rows, q_cols = factors.shape[:2]
+    batch, rows, cols = spectra.shape
+    fields = spectra.new_empty(batch, q_rows, q_cols, rows, cols)
+    intensity = spectra.real.new_empty(batch, rows, cols)
+    for first in range(0, batch, chunk):
+        part = slice(first, first + chunk)
+        field = torch.fft.ifft2(spectra[part, None, None] * factors, out=fields[part])
+        intensity[part] = _pooled(field.real.square().addcmul_(field.imag, field.imag))
+    return intensity, fields
+
+
 def _pooled(values: torch.Tensor) -> torch.Tensor:
     """Pixel integration: the mean over each camera pixel's q x q sub-samples, (E, q, q, H, W) -> (E, H, W)."""
     q_rows, q_cols = values.shape[1:3]
@@ -700,14 +722,7 @@ class _CameraIntensity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spectra: torch.Tensor, factors: torch.Tensor, chunk: int) -> torch.Tensor:
-        q_rows, q_cols = factors.shape[:2]
-        batch, rows, cols = spectra.shape
-        fields = spectra.new_empty(batch, q_rows, q_cols, rows, cols)
-        intensity = spectra.real.new_empty(batch, rows, cols)
-        for first in range(0, batch, chunk):
-            part = slice(first, first + chunk)
-            field = torch.fft.ifft2(spectra[part, None, None] * factors, out=fields[part])
-            intensity[part] = _pooled(field.real.square().addcmul_(field.imag, field.imag))
+        intensity, fields = _intensity_and_fields(spectra, factors, chunk)
         ctx.save_for_backward(fields, factors)
         ctx.chunk = chunk
         return intensity
