@@ -331,6 +331,51 @@ def test_a_partial_mosaic_has_nan_holes_exactly_where_no_finished_tile_lies():
         stitch.stitch(plan[:1], amplitudes[:1], phases[:1], shape, upsample, layout=plan[1:])
 
 
+def test_finished_tiles_cut_off_by_holes_are_aligned_to_a_reference_of_their_own(tmp_path):
+    """3 x 4 tiles, the two middle columns missing: the right column is an island no overlap links to the
+    reference. Its tiles are aligned among themselves (the image up to one offset and scale there) with
+    its most central tile's own offset and scale kept, as the reference's are (before: the least-squares
+    minimum norm, an offset nobody chose); the partial mosaic's metadata names the unlinked group."""
+    from uafp_gui.fullfield.output import partial_mosaic, read_partial_summary, write_finished_tiles
+
+    rng = np.random.default_rng(21)
+    shape, upsample = (200, 280), 1
+    plan = tiles.plan_tiles(shape, _meta(), 96, 24)
+    assert tiles.grid_shape(plan) == (3, 4)
+    amplitude, phase = _field(shape, 5)
+    amplitudes, phases = _cut(plan, amplitude, phase, upsample, rng, ramps=False)
+    left, right = [0, 4, 8], [3, 7, 11]
+    kept = left + right
+    finished = [plan[k] for k in kept]
+    alignment = stitch.align_tiles(finished, [amplitudes[k] for k in kept], [phases[k] for k in kept], upsample)
+    assert [sorted(kept[k] for k in group) for group in alignment.components] == [left, right]
+    assert [kept[group[0]] for group in alignment.components] == [4, 7]  # each group's most central tile
+    island = alignment.components[1]
+    assert alignment.offset_rad[island[0]] == 0.0 and alignment.amplitude_scale[island[0]] == 1.0
+    mosaic_amplitude, mosaic_phase, _ = stitch.stitch(
+        finished, [amplitudes[k] for k in kept], [phases[k] for k in kept], shape, upsample, layout=plan)
+    # on the island, the stitched field is tile 7's own (offset and scale), continued into tiles 3 and 11
+    t3, t11 = plan[3], plan[11]
+    region = (slice(t3.y0, t11.y1), slice(t3.x0, t3.x1))
+    t7 = plan[7]
+    own = (slice(t7.y0, t7.y1), slice(t7.x0, t7.x1))
+    offset_7 = float(np.angle(np.mean(np.exp(1j * (phases[7] - phase[own])))))
+    scale_7 = float(np.median(amplitudes[7] / amplitude[own]))
+    error = np.angle(np.exp(1j * (mosaic_phase[region] - phase[region] - offset_7)))
+    assert np.abs(error).max() < 1e-3
+    np.testing.assert_allclose(mosaic_amplitude[region], scale_7 * amplitude[region], rtol=1e-4)
+    # the metadata says it
+    results = [TileResult(plan[k], amplitudes[k].astype(np.float32), phases[k], {}, 0.0, "converged", 0.0)
+               for k in kept]
+    _, _, partial = partial_mosaic(results, plan)
+    assert partial["stitching"]["reference_tile"] == 4
+    assert partial["stitching"]["unlinked_groups"] == [{"tiles": [3, 7, 11], "reference_tile": 7}]
+    assert "not aligned to the rest" in partial["stitching"]["note"]
+    summary = read_partial_summary(write_finished_tiles(tmp_path / "islands", results, 1.0, planned=12, layout=plan))
+    assert summary.unlinked_groups == ((3, 7, 11),)
+    assert "Tiles cut off from the rest by holes (3, 7, 11) keep a phase offset of their own" in summary.text()
+
+
 # ------------------------------------------------------------------------- calibration and aberrations
 
 

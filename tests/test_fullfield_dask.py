@@ -672,7 +672,22 @@ def test_cli_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, mo
     assert table["mosaic"]["missing_tiles"] == mosaic["zarr_meta"]["partial"]["missing_tiles"]
     assert sorted(p.name for p in (out / "tiles").iterdir()) == ["r00_c00", "r00_c01", "r01_c01"]
     assert read_result(out / "tiles" / "r01_c01").amplitude.shape == (128, 128)
-    assert json.loads((out / "calibration.json").read_text())["led_geometry"]["shift_x_mm"] == 0.1
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["led_geometry"]["shift_x_mm"] == 0.1
+    # the lens-inspection report of the 3 finished tiles, marked partial: the stand-in tiles' defocus grows
+    # as 0.2 + x_um / 1e4, which the model (1, x, y from 3 tiles) predicts at the failed tile's centre
+    from uafp_gui.fullfield.aberration import evaluate_model
+
+    aberrations = calibration["field_aberrations"]
+    assert aberrations["partial"]["tiles_used"] == [0, 1, 3] and aberrations["partial"]["planned_tiles"] == 4
+    (x2, y2), = aberrations["partial"]["missing_tile_centres_um"]
+    predicted = evaluate_model(aberrations["model"], np.array([x2]), np.array([y2]))
+    assert predicted[4][0] == pytest.approx(0.2 + x2 / 1e4, abs=1e-9) and predicted[5][0] == pytest.approx(0.05)
+    assert abs(x2) > 1.0  # not the field centre: a constant model would miss it
+    assert (out / "aberration_map.png").stat().st_size > 10_000
+    assert table["aberrations"]["picture"] == "aberration_map.png" and table["aberrations"]["tiles_used"] == [0, 1, 3]
+    assert mosaic["tiff_meta"]["calibration"]["field_aberrations"]["partial"]["tiles_used"] == [0, 1, 3]
+    assert "aberration_map.png" in err
 
 
 def test_a_tile_that_failed_once_on_an_executor_without_retries_is_not_said_retried(small_dataset, tmp_path):
@@ -734,6 +749,83 @@ def test_session_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset
     np.testing.assert_array_equal(np.isnan(mosaic["levels"][0][1]), hole)
     missing = mosaic["tiff_meta"]["partial"]["missing_tiles"]
     assert [(m["index"], m["reason"], m["hole_px"]) for m in missing] == [(0, "failed", 6144), (3, "failed", 6144)]
+
+
+def test_a_partial_folder_says_what_is_missing_and_where_its_mosaic_is(small_dataset, tmp_path, monkeypatch):
+    """What a front end tells its user about a partial folder (`read_partial_summary`): the finished and
+    missing tiles and why, where the mosaic is and how much of the field its holes take; without a mosaic,
+    why not and where the tiles are."""
+    import json
+    import math
+
+    from uafp_gui.fullfield import stitch
+    from uafp_gui.fullfield.output import read_partial_summary, write_finished_tiles
+    from uafp_gui.recon.settings import UafpSettings
+    from uafp_gui.session.fullfield import FullFieldJob
+
+    job = FullFieldJob(small_dataset, UafpSettings(upsample=2), tile_size=64, overlap=16, calibration_tiles=1,
+                       out_folder=tmp_path / "out", runner=StandInRunner(failing=(0, 3)))
+    with pytest.raises(ReconstructionError):
+        list(job.run())
+    summary = job.partial
+    assert summary is not None and (summary.finished, summary.planned) == (2, 4)
+    assert summary.missing_text() == "2 missing: tiles 0, 3 failed"
+    where = summary.where_text()
+    assert where == (f"partial mosaic (NaN in the holes, 29 % of the field): {tmp_path / 'out' / 'mosaic.ome.zarr'} "
+                     "and mosaic.ome.tif")  # 2 x 6144 hole pixels of 192 x 224
+    assert summary.hole_fraction == pytest.approx(2 * 6144 / (192 * 224))
+    assert "failed with: RuntimeError: this tile always fails" in summary.text()
+    assert str(tmp_path / "out") in summary.text()
+    # 2 finished tiles: too few for a field model; each tile's own aberrations are kept, no map drawn
+    aberrations = json.loads((tmp_path / "out" / "calibration.json").read_text())["field_aberrations"]
+    assert "map" not in aberrations and aberrations["partial"]["tiles_used"] == [1, 2]
+    assert [t["zernike_rad"]["5"] for t in aberrations["tiles"]] == [0.05, 0.05]
+    assert all(t["rms_rad"] == pytest.approx(math.hypot(float(t["zernike_rad"]["4"]), 0.05))
+               for t in aberrations["tiles"])
+    assert not (tmp_path / "out" / "aberration_map.png").exists() and summary.aberration_map is None
+    assert "too few finished tiles for a field model (2 < 3)" in summary.text()
+
+    # a stop: one tile failed, the rest not finished, and no mosaic (stitching broke)
+    tiles = job.tiles
+    finished = [r for r in job.finished_tiles if r.tile.index == 1]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no memory for the mosaic")
+
+    monkeypatch.setattr(stitch, "stitch", broken)
+    with pytest.warns(UserWarning, match="mosaic could not be written"):
+        folder = write_finished_tiles(tmp_path / "no_mosaic", finished, 0.5, planned=4, layout=tiles,
+                                      failed=[(tiles[2], "RuntimeError: tile 2 broke")])
+    summary = read_partial_summary(folder)
+    assert summary.missing_text() == "3 missing: tile 2 failed; 2 not finished"
+    assert summary.where_text() == f"no mosaic (RuntimeError: no memory for the mosaic); the finished tiles: " \
+                                   f"{folder / 'tiles'}"
+    assert summary.mosaic_files == () and summary.hole_fraction is None
+
+
+def test_a_stopped_session_keeps_its_finished_tiles_aberration_map(small_dataset, tmp_path):
+    """Stop after 3 of the 4 second-stage tiles (the GUI's Stop): the shared calibration the tiles ran with
+    is written, with the 3 tiles' aberration map (partial) and its picture; the summary names it."""
+    import json
+
+    from uafp_gui.recon.settings import UafpSettings
+    from uafp_gui.session.fullfield import FullFieldJob
+
+    runner = StoppedStandInRunner(stop_after=3)
+    job = FullFieldJob(small_dataset, UafpSettings(upsample=2), tile_size=64, overlap=16, calibration_tiles=1,
+                       out_folder=tmp_path / "out", runner=runner)
+    for update in job.run():
+        if update.stage == "tiles" and update.done == 3:
+            job.stop()
+    assert job.stopped and [r.tile.index for r in job.finished_tiles] == [0, 1, 2]
+    calibration = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert calibration["led_geometry"]["shift_x_mm"] == 0.1  # the stage-1 result every tile ran with
+    aberrations = calibration["field_aberrations"]
+    assert aberrations["partial"]["tiles_used"] == [0, 1, 2] and len(aberrations["map"]["rms_rad"]) == 9
+    assert job.partial_aberrations["summary"] == aberrations["summary"]
+    summary = job.partial
+    assert summary.aberration_map == tmp_path / "out" / "aberration_map.png" and summary.aberration_map.is_file()
+    assert "Aberration map of the finished tiles (partial: fitted on the finished tiles only" in summary.text()
 
 
 def test_pipeline_survives_a_calibration_tile_lost_on_every_try(small_dataset):
@@ -830,6 +922,103 @@ def test_gui_full_field_fills_the_mosaic_and_shows_the_aberration_map(small_data
         assert "diffraction-limited" in panel.calibration.text()
         folder = small_dataset.with_name("field_fullfield")
         assert (folder / "mosaic.ome.zarr").is_dir() and (folder / "aberration_map.png").is_file()
+    finally:
+        window.close()
+        for box in list(shown_errors):
+            box.close()
+
+
+class StoppedStandInRunner(StandInRunner):
+    """A StandInRunner whose second stage, after `stop_after` tiles, waits for the GUI's Stop (`cancel`) and
+    then raises `RunCancelled`, as `TileRunner` does."""
+
+    def __init__(self, stop_after: int) -> None:
+        super().__init__()
+        self.stop_after = stop_after
+        self.waiting = threading.Event()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __call__(self, fn, tasks, on_done):
+        if tasks[0].calibration is None:  # stage 1 runs through
+            return super().__call__(fn, tasks, on_done)
+        super().__call__(fn, tasks[: self.stop_after], on_done)
+        self.waiting.set()
+        assert self.cancelled.wait(CLUSTER_WAIT_S), "the window's Stop never reached the runner"
+        raise RunCancelled(f"cancelled with {self.stop_after} of {len(tasks)} tiles finished")
+
+
+@pytest.mark.slow  # a window and two runs through the writers (~18 s): the slow lane, as the test above
+@pytest.mark.timeout(300)
+def test_gui_says_where_the_partial_mosaic_of_a_failed_or_stopped_full_field_is(small_dataset, tmp_path,
+                                                                                  monkeypatch, qtbot):
+    """After tiles failed, and after Stop: the status line names the finished and the missing tiles and
+    the partial mosaic's files (NaN holes), its tooltip the whole account; the next run clears it."""
+    pytest.importorskip("PySide6")
+
+    from factories import GUI_SIMULATION
+    from PySide6.QtCore import QSettings, Qt
+
+    from uafp_gui.gui import main_window
+    from uafp_gui.gui.dialogs import shown_errors
+    from uafp_gui.session.fullfield import FullFieldJob
+
+    runners = [StandInRunner(failing=(0, 3)), StoppedStandInRunner(stop_after=3)]
+    monkeypatch.setattr(main_window, "FullFieldJob", lambda *a, **k: FullFieldJob(*a, runner=runners.pop(0), **k))
+    settings = QSettings(str(tmp_path / "uafp-gui.ini"), QSettings.Format.IniFormat)
+    window = main_window.MainWindow(settings, simulation=GUI_SIMULATION, probe_hardware=False,
+                                    connect_on_start=False)
+    qtbot.addWidget(window)
+    window.show()
+    shown_errors.clear()
+    folder = small_dataset.with_name("field_fullfield")
+    try:
+        window.open_path(small_dataset)
+        qtbot.waitUntil(lambda: window.dataset is not None, timeout=20000)
+        panel = window.recon_panel
+        panel.set_mode("tiles")
+        panel.upsample.setValue(2)
+        panel.tile_px.setValue(64)
+        panel.overlap_px.setValue(16)
+
+        # tiles 0 and 3 fail on every try
+        window.start_reconstruction()
+        qtbot.waitUntil(lambda: window.field_worker is not None and window.field_worker.isFinished()
+                        and not panel.stop_button.isEnabled(), timeout=120000)
+        qtbot.waitUntil(lambda: "incomplete" in panel.status.text(), timeout=20000)
+        lines = panel.status.text().split("\n")
+        assert lines[0] == "Full field incomplete: 2 of 4 tiles finished, 2 missing: tiles 0, 3 failed."
+        assert lines[1] == (f"partial mosaic (NaN in the holes, 29 % of the field): {folder / 'mosaic.ome.zarr'} "
+                            "and mosaic.ome.tif")
+        assert (folder / "mosaic.ome.zarr").is_dir() and (folder / "mosaic.ome.tif").is_file()
+        assert "RuntimeError: this tile always fails" in panel.status.toolTip()
+        assert [box.windowTitle() for box in shown_errors] == ["Full-field reconstruction failed"]
+        for box in list(shown_errors):
+            box.close()
+        shown_errors.clear()
+
+        assert "aberration map" not in panel.spectrum.titleLabel.text  # 2 tiles: too few for a map
+
+        # stopped after 3 of the 4 tiles of the second stage: their aberration map is shown, marked partial
+        window.start_reconstruction()
+        assert panel.status.toolTip() == ""  # the last run's account is gone
+        runner = window.field_job.runner
+        qtbot.waitUntil(runner.waiting.is_set, timeout=60000)
+        qtbot.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: window.field_worker.isFinished() and "stopped" in panel.status.text(),
+                        timeout=60000)
+        lines = panel.status.text().split("\n")
+        assert lines[0] == "Full field stopped: 3 of 4 tiles finished, 1 missing: tile 3 not finished."
+        assert lines[1].startswith("partial mosaic (NaN in the holes, ") and lines[1].endswith(
+            f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
+        assert "not finished: the run was stopped" not in panel.status.toolTip()  # no failure to explain
+        assert f"tiles/ and tiles.json (which tiles are missing and why) in {folder}" in panel.status.toolTip()
+        assert f"{folder / 'aberration_map.png'}" in panel.status.toolTip()
+        assert panel.spectrum.titleLabel.text == "aberration map: RMS (waves) (partial: 3 of 4 tiles)"
+        assert panel.calibration.text().startswith("Aberrations across the field (partial: 3 of 4 tiles): max RMS")
+        assert not shown_errors, [box.text() for box in shown_errors]
     finally:
         window.close()
         for box in list(shown_errors):

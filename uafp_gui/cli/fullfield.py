@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
           "the finished tiles", file=sys.stderr, flush=True)
 
     from uafp_gui.fullfield.output import write_finished_tiles, write_full_field
-    from uafp_gui.fullfield.pipeline import FullFieldIncomplete, reconstruct_full_field
+    from uafp_gui.fullfield.pipeline import FullFieldIncomplete, partial_field_aberrations, reconstruct_full_field
 
     recorder = RecordingRunner(runner)
     bars = StageBars()
@@ -194,12 +194,15 @@ def run(args: argparse.Namespace, out: Path) -> int:
         finished = list(recorder.finished)
         if finished:
             with _signals_held():
+                aberrations = partial_field_aberrations(args.dataset, finished, recorder.calibration, tiles)
                 write_finished_tiles(out, finished, info.meta.sample_pixel_um / settings.upsample,
                                      planned=recorder.planned, calibration=recorder.calibration,
                                      source_dataset=args.dataset.name, layout=tiles,
-                                     not_finished=f"not finished: stopped by {how}")
+                                     not_finished=f"not finished: stopped by {how}", aberrations=aberrations)
             where = (f"the {len(finished)} finished of {recorder.planned} tiles are written to {out}/tiles/, "
-                     "their mosaic (NaN where tiles are missing) to mosaic.ome.zarr and mosaic.ome.tif")
+                     "their mosaic (NaN where tiles are missing) to mosaic.ome.zarr and mosaic.ome.tif"
+                     + (", their aberration map to aberration_map.png" if aberrations and "map" in aberrations
+                        else ""))
         else:
             where = "no tile had finished: nothing to write"
         print(f"uafp reconstruct: {how}: stopped; {where}", file=sys.stderr)
@@ -209,12 +212,16 @@ def run(args: argparse.Namespace, out: Path) -> int:
         written = None
         if incomplete.finished_tiles:
             with _signals_held():
+                aberrations = partial_field_aberrations(args.dataset, incomplete.finished_tiles,
+                                                        incomplete.calibration, tiles)
                 written = write_finished_tiles(
                     out, incomplete.finished_tiles, info.meta.sample_pixel_um / settings.upsample,
                     planned=incomplete.planned, calibration=incomplete.calibration,
                     source_dataset=args.dataset.name, failed=incomplete.failed, layout=tiles,
+                    aberrations=aberrations,
                 )
-        raise ReconstructionError(incomplete.advice(written)) from None  # one line, exit code 2
+        drawn = written is not None and (Path(written) / "aberration_map.png").is_file()
+        raise ReconstructionError(incomplete.advice(written, aberration_map=drawn)) from None  # one line, exit 2
     finally:
         bars.close()
     with _signals_held():

@@ -240,6 +240,16 @@ def point_report(coefficients: Mapping[int, float]) -> dict:
     }
 
 
+def tile_reports(centers_um: Sequence[tuple[float, float]], zernikes: Sequence[Mapping[int, float]]) -> list[dict]:
+    """Each tile's own pupil, read at its centre: {center_um, zernike_rad, `point_report`'s values}."""
+    tiles = []
+    for center_um, z in zip(centers_um, zernikes, strict=True):
+        clean = {int(j): float(v) for j, v in z.items()}
+        tiles.append({"center_um": [float(center_um[0]), float(center_um[1])], "zernike_rad": {
+            str(j): v for j, v in sorted(clean.items())}, **point_report(clean)})
+    return tiles
+
+
 def field_aberrations(
     centers_um: Sequence[tuple[float, float]],
     zernikes: Sequence[Mapping[int, float]],
@@ -283,11 +293,7 @@ def field_aberrations(
     tolerance = 1e-6 * half_width
     extrapolated = ((xx < covered[0] - tolerance) | (xx > covered[1] + tolerance)
                     | (yy < covered[2] - tolerance) | (yy > covered[3] + tolerance))
-    tiles = []
-    for center_um, z in zip(centers_um, zernikes, strict=True):
-        clean = {int(j): float(v) for j, v in z.items()}
-        tiles.append({"center_um": [float(center_um[0]), float(center_um[1])], "zernike_rad": {
-            str(j): v for j, v in sorted(clean.items())}, **point_report(clean)})
+    tiles = tile_reports(centers_um, zernikes)
     at_center = point_report({j: float(c[grid // 2, grid // 2]) for j, c in coefficients.items()})
     out: dict = {
         "description": "field-dependent pupil of the objective (lens aberrations), from the tiles' own pupils "
@@ -348,6 +354,7 @@ def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Ab
     tiles = aberrations.get("tiles", [])
     tx = [t["center_um"][0] / 1000 for t in tiles]
     ty = [t["center_um"][1] / 1000 for t in tiles]
+    missing = [(x / 1000, y / 1000) for x, y in (aberrations.get("partial") or {}).get("missing_tile_centres_um", [])]
 
     figure, axes = plt.subplots(1, 3, figsize=(13.5, 4.3))
     panels = (
@@ -362,6 +369,8 @@ def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Ab
         axis.set_xlabel("x (mm)")
         axis.set_ylabel("y (mm)")
         axis.plot(tx, ty, "w+", markersize=6)
+        if missing:  # a partial run's missing tiles: no pupil there, the model's guess
+            axis.plot(*zip(*missing, strict=True), "rx", markersize=7)
         covered = grid.get("tile_centres_extent_um")
         if covered and covered[1] > covered[0] and covered[3] > covered[2]:  # beyond it: extrapolated
             x0, x1, y0, y1 = (v / 1000 for v in covered)
@@ -372,8 +381,10 @@ def draw_aberration_map(aberrations: Mapping, path: str | Path, title: str = "Ab
     subtitle = (
         f"{title}: max RMS {summary['max_rms_waves']:.3f} waves, min Strehl {summary['min_strehl']:.2f}, "
         f"{100 * summary['diffraction_limited_fraction']:.0f} % of the field diffraction-limited "
-        f"(Strehl >= {MARECHAL_STREHL}, cyan); outside the dashed square (the tile centres) extrapolated"
+        f"(Strehl >= {MARECHAL_STREHL}, cyan)\noutside the dashed square (the tile centres) extrapolated"
     )
+    if missing:
+        subtitle += f"; partial: fitted on the {len(tiles)} finished tiles (+), red x: the missing tiles"
     if geometry:
         subtitle += (
             f"\nLED misalignment (global, not the lens): shift ({geometry.get('shift_x_mm', 0):.3f}, "

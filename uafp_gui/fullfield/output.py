@@ -21,6 +21,8 @@ Its holes, the pixels no finished tile covers, are NaN in both channels (Fiji's 
 data": left out of measurements, drawn transparent); the files' metadata (the `uafp` group attribute,
 the OME-TIFF's description) and tiles.json say `partial`: which tiles are missing, where, and why.
 There are no amplitude.tif / phase.tif then: a partial folder never reads as a whole result.
+`read_partial_summary` reads such a folder's tiles.json back as what a front end tells its user: how
+many tiles finished, which are missing and why, where the mosaic is (or why there is none).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ __all__ = [
     "TILE_TABLE",
     "mosaic_calibration",
     "NOT_FINISHED",
+    "PartialSummary",
     "partial_mosaic",
+    "read_partial_summary",
     "tile_folder_name",
     "write_finished_tiles",
     "write_full_field",
@@ -314,6 +318,14 @@ def partial_mosaic(
             "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
         },
     }
+    unlinked = [{"tiles": sorted(int(ordered[k].tile.index) for k in group),
+                 "reference_tile": int(ordered[group[0]].tile.index)} for group in alignment.components[1:]]
+    if unlinked:  # islands: missing tiles cut them off from the reference (stitch's module docstring)
+        partial["stitching"]["unlinked_groups"] = unlinked
+        partial["stitching"]["note"] = (
+            "missing tiles cut these finished tiles off from the reference tile: each group is aligned within "
+            "itself to its own reference tile's phase offset and amplitude scale, not aligned to the rest (no "
+            "overlap measures it)")
     return amplitude, phase, partial
 
 
@@ -328,15 +340,34 @@ def write_finished_tiles(
     failed: Sequence[tuple[Tile, str]] = (),
     layout: Sequence[Tile] | None = None,
     not_finished: str = NOT_FINISHED,
+    aberrations: dict | None = None,
     min_size: int = DEFAULT_MIN_SIZE,
     zarr_chunks: tuple[int, ...] = ZARR_CHUNKS,
 ) -> Path:
     """A stopped run's (or one whose `failed` tiles failed) finished tiles: `tiles/`, `tiles.json`
     (partial, with the planned count and the failed tiles and why) and, when known, the shared
     `calibration.json`; with the planned tile `layout`, the mosaic of the finished tiles with holes
-    (`partial_mosaic`) as OME-Zarr and OME-TIFF; atomically like a whole result."""
+    (`partial_mosaic`) as OME-Zarr and OME-TIFF; atomically like a whole result.
+
+    `aberrations`: the finished tiles' lens-inspection report (`pipeline.partial_field_aberrations`, marked
+    partial): `field_aberrations` of calibration.json (and so of the mosaic's metadata), its picture
+    `aberration_map.png` when it has a map, and a line in tiles.json ("aberrations": tiles used, picture,
+    note; the whole report there when there is no calibration to carry it)."""
     table = tile_table(tiles, planned=planned, failed=failed)
     mosaic = None
+    if aberrations is not None:
+        aberrations = dict(plain(aberrations))  # type: ignore[call-overload]
+        has_map = field_aberrations_of({"field_aberrations": aberrations}) is not None
+        partial = aberrations.get("partial") or {}
+        table["aberrations"] = {
+            "in": "calibration.json field_aberrations" if calibration is not None else "here (report)",
+            "picture": ABERRATION_MAP if has_map else None,
+            "tiles_used": partial.get("tiles_used"),
+            "note": partial.get("note", ""),
+            **({"report": aberrations} if calibration is None else {}),
+        }
+        if has_map:
+            table["aberrations"]["max_rms_waves"] = aberrations["summary"]["max_rms_waves"]
 
     def no_mosaic(error: Exception) -> None:
         # the finished tiles matter more than their picture: written all the same, the reason beside them
@@ -356,8 +387,22 @@ def write_finished_tiles(
         calibration_dict = None
         if calibration is not None:
             shared = _calibration(calibration, pixel_um, source_dataset)
+            if aberrations is not None:
+                shared = dataclasses.replace(shared, extra={**shared.extra, "field_aberrations": aberrations})
             save_calibration(staging / "calibration.json", shared)
             calibration_dict = shared.to_dict()
+        if aberrations is not None and table["aberrations"]["picture"]:
+            from uafp_gui.fullfield.aberration import draw_aberration_map
+
+            used = len(aberrations["partial"]["tiles_used"])
+            try:
+                draw_aberration_map(aberrations, staging / ABERRATION_MAP,
+                                    title=f"Aberration map (partial: {used} of {planned} tiles)")
+            except Exception as error:  # noqa: BLE001 - the report stays in the JSON; the tiles are written
+                (staging / ABERRATION_MAP).unlink(missing_ok=True)
+                table["aberrations"].update(picture=None, picture_error=f"{type(error).__name__}: {error}")
+                warnings.warn(f"the aberration map's picture could not be drawn ({type(error).__name__}: {error})",
+                              stacklevel=3)
         if mosaic is not None:
             amplitude, phase, partial = mosaic
             stack = np.stack([amplitude, phase]).astype(np.float32)
@@ -376,3 +421,95 @@ def write_finished_tiles(
         _json_writer(table)(staging / TILE_TABLE)
 
     return write_folder_atomically(folder, write)
+
+
+MISSING_LISTED = 6  # tiles named one by one in a summary line; tiles.json lists them all
+
+
+def _tile_numbers(indices: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:MISSING_LISTED])
+    more = len(indices) - MISSING_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialSummary:
+    """A partial result folder as its user needs it (`read_partial_summary`): `missing` lists each missing
+    tile's {index, grid_row, grid_col, reason ("failed" | "not finished"), error}; `mosaic_files` the
+    mosaic's paths (empty when it could not be made: `mosaic_error` says why); `hole_fraction` the share
+    of the field no finished tile covers (None without a mosaic)."""
+
+    folder: Path
+    finished: int
+    planned: int
+    missing: tuple[dict, ...]
+    mosaic_files: tuple[Path, ...] = ()
+    mosaic_error: str | None = None
+    hole_fraction: float | None = None
+    aberration_map: Path | None = None  # the finished tiles' aberration map (partial), when there is one
+    aberration_note: str = ""  # what the finished tiles' aberration report is (a map, or each tile's values)
+    unlinked_groups: tuple[tuple[int, ...], ...] = ()  # finished tiles cut off from the reference by holes
+
+    def missing_text(self) -> str:
+        """'3 missing: tiles 6, 7, 8 not finished' / '2 missing: tiles 0, 3 failed; tile 5 not finished'."""
+        if not self.missing:
+            return "none missing"
+        parts = []
+        for reason in ("failed", "not finished"):
+            of_reason = [m.get("index") for m in self.missing if m.get("reason") == reason]
+            named = [int(i) for i in of_reason if i is not None]
+            if named:
+                parts.append(f"tile{'s' if len(named) > 1 else ''} {_tile_numbers(named)} {reason}")
+            if len(of_reason) > len(named):  # a folder without a mosaic counts its unfinished tiles only
+                parts.append(f"{len(of_reason) - len(named)} {'more ' if named else ''}{reason}")
+        return f"{len(self.missing)} missing: " + "; ".join(parts)
+
+    def where_text(self) -> str:
+        """Where the partial mosaic is (its holes NaN), or why there is none and where the tiles are."""
+        if self.mosaic_files:
+            names = " and ".join(str(path) if k == 0 else path.name for k, path in enumerate(self.mosaic_files))
+            holes = f", {100 * self.hole_fraction:.0f} % of the field" if self.hole_fraction is not None else ""
+            return f"partial mosaic (NaN in the holes{holes}): {names}"
+        if self.mosaic_error:
+            return f"no mosaic ({self.mosaic_error}); the finished tiles: {self.folder / TILES}"
+        return f"the finished tiles: {self.folder / TILES}"
+
+    def text(self) -> str:
+        """The whole sentence: what finished, what is missing and why, where everything is."""
+        first = f"{self.finished} of {self.planned} tiles finished ({self.missing_text()})"
+        errors = sorted({str(m["error"]) for m in self.missing if m.get("reason") == "failed" and m.get("error")})
+        why = f"; failed with: {'; '.join(errors[:3])}" if errors else ""
+        lens = ""
+        if self.aberration_map is not None:
+            lens = f" Aberration map of the finished tiles (partial: {self.aberration_note}): {self.aberration_map}."
+        elif self.aberration_note:
+            lens = f" Aberrations: {self.aberration_note} (calibration.json)."
+        islands = ""
+        if self.unlinked_groups:
+            groups = "; ".join(_tile_numbers(list(group)) for group in self.unlinked_groups)
+            islands = (f" Tiles cut off from the rest by holes ({groups}) keep a phase offset of their own: "
+                       "compare phases only within a linked group.")
+        return (f"{first}{why}. {self.where_text()[0].upper()}{self.where_text()[1:]}; tiles/ and {TILE_TABLE} "
+                f"(which tiles are missing and why) in {self.folder}.{lens}{islands}")
+
+
+def read_partial_summary(folder: str | os.PathLike[str]) -> PartialSummary:
+    """What a partial result folder (`write_finished_tiles`) holds, from its tiles.json."""
+    folder = Path(folder)
+    table = json.loads((folder / TILE_TABLE).read_text(encoding="utf-8"))
+    finished = len(table.get("tiles", []))
+    planned = int(table.get("planned", finished))
+    mosaic = table.get("mosaic") or {}
+    if "missing_tiles" in mosaic:
+        missing = tuple(dict(m) for m in mosaic["missing_tiles"])
+    else:  # no mosaic: the failed tiles are listed, the unfinished ones only counted
+        missing = tuple({"index": int(f["index"]), "grid_row": f.get("grid_row"), "grid_col": f.get("grid_col"),
+                         "reason": "failed", "error": f.get("error", "")} for f in table.get("failed", []))
+        missing += tuple({"index": None, "reason": "not finished"} for _ in range(planned - finished - len(missing)))
+    files = tuple(folder / name for name in mosaic.get("files", ()))
+    lens = table.get("aberrations") or {}
+    picture = folder / lens["picture"] if lens.get("picture") else None
+    islands = tuple(tuple(int(k) for k in group["tiles"])
+                    for group in (mosaic.get("stitching") or {}).get("unlinked_groups", []))
+    return PartialSummary(folder, finished, planned, missing, files, mosaic.get("error"), mosaic.get("hole_fraction"),
+                          picture, str(lens.get("note", "")), islands)

@@ -15,7 +15,8 @@ its tile's region of the raw stack (`region.read_region`), so a worker never hol
 A tile that fails (after its retries, on an executor that retries: `TilesFailed` from the executor)
 never loses the others: in stage 1 it counts as a failed calibration tile; in stage 2
 `FullFieldIncomplete` carries the finished tiles, the failed ones and why, and the shared calibration,
-for the front end to write (the finished tiles and their mosaic with holes).
+for the front end to write (the finished tiles and their mosaic with holes, and the lens-inspection report
+of the finished tiles: `partial_field_aberrations`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -75,6 +77,7 @@ class FullFieldProgress:
     tile: Tile | None = None
     result: TileResult | None = None
     message: str = ""
+    calibration: dict | None = None  # at the start of "tiles": the shared calibration every tile runs with
 
 
 @dataclass
@@ -153,12 +156,14 @@ class FullFieldIncomplete(TilesFailed):
         self.failed = list(failed)
         self.calibration = calibration
 
-    def advice(self, written: str | os.PathLike[str] | None) -> str:
-        """The whole message for a user: what failed, where the finished tiles (and their mosaic) are, what to try."""
+    def advice(self, written: str | os.PathLike[str] | None, aberration_map: bool = False) -> str:
+        """The whole message for a user: what failed, where the finished tiles (and their mosaic, and with
+        `aberration_map` their aberration map) are, what to try."""
         if written is not None:
+            lens = ", their aberration map aberration_map.png" if aberration_map else ""
             where = (f"the {len(self.finished_tiles)} finished tiles are written to {written} (tiles/, and their "
-                     "mosaic.ome.zarr and mosaic.ome.tif with NaN where tiles are missing; tiles.json marks the "
-                     "result partial and lists the failed tiles and why)")
+                     f"mosaic.ome.zarr and mosaic.ome.tif with NaN where tiles are missing{lens}; tiles.json marks "
+                     "the result partial and lists the failed tiles and why)")
         else:
             where = "no tile finished: nothing to write"
         if self.tries is not None and self.tries > 1:
@@ -227,6 +232,79 @@ def _zernike_std_of(result: TileResult) -> dict[int, float | None]:
     return {int(j): v for j, v in (result.calibration.get("zernike_rad_std") or {}).items()}
 
 
+def _field_extent_um(info) -> tuple[float, float, float, float]:
+    """x_min, x_max, y_min, y_max of the whole frame in the sample plane (micrometres)."""
+    meta = info.meta
+    pixel_um = meta.camera_pixel_um / meta.magnification
+    rows, cols = info.frame_shape
+    cx, cy = meta.tile_center_um
+    return cx - cols / 2 * pixel_um, cx + cols / 2 * pixel_um, cy - rows / 2 * pixel_um, cy + rows / 2 * pixel_um
+
+
+MIN_MAP_TILES = 3  # a map needs a field dependence (1, x, y from 3 tile centres); fewer tiles: their own values
+
+
+def partial_field_aberrations(
+    dataset_path: str | os.PathLike[str],
+    finished: Sequence[TileResult],
+    calibration: Calibration | dict | None,
+    layout: Sequence[Tile],
+    *,
+    aberration_order: int = 2,
+) -> dict | None:
+    """The lens-inspection report of a partial run (stopped, or tiles failed) from its finished second-stage
+    tiles, so that it is not lost with the missing ones: from `MIN_MAP_TILES` finished tiles the field
+    model and map as a whole run's (`aberration.field_aberrations`, fitted on these tiles only), from 1 or 2
+    each tile's own values; marked `partial` with the tiles used and the missing tiles' centres (where the
+    map is the model's guess). None without the shared `calibration` the tiles ran with (a stop during the
+    calibration stage: those tiles' pupils share no LED geometry) or without a finished tile. A report that
+    cannot be made never costs the finished tiles: a warning says why, and None."""
+    tiles = sorted((r for r in finished if r.calibration.get("zernike_rad")), key=lambda r: r.tile.index)
+    if calibration is None or not tiles:
+        return None
+    try:
+        return _partial_field_aberrations(dataset_path, tiles, calibration, layout, aberration_order)
+    except Exception as error:  # noqa: BLE001 - the finished tiles matter more than their report: said below
+        warnings.warn(f"the finished tiles' aberration map could not be made ({type(error).__name__}: {error}); "
+                      "the tiles are written without it", stacklevel=2)
+        return None
+
+
+def _partial_field_aberrations(dataset_path: str | os.PathLike[str], tiles: list[TileResult],
+                               calibration: Calibration | dict, layout: Sequence[Tile], aberration_order: int) -> dict:
+    from uafp_gui.fullfield.aberration import MARECHAL_STREHL, tile_reports
+
+    shared = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+    info = field_info(dataset_path)
+    used = {r.tile.index for r in tiles}
+    missing = [t for t in layout if t.index not in used]
+    centres, zernikes = [r.tile.center_um for r in tiles], [_zernike_of(r) for r in tiles]
+    if len(tiles) >= MIN_MAP_TILES:
+        out = field_aberrations(centres, zernikes, [_zernike_std_of(r) for r in tiles],
+                                field_extent_um=_field_extent_um(info), led_geometry=shared.led_geometry.to_dict(),
+                                wavelength_um=info.meta.wavelength_um, max_order=aberration_order)
+        note = ("fitted on the finished tiles only: near the missing tiles' centres the map is the model's "
+                "interpolation, beyond the finished tiles' centres its extrapolation")
+    else:
+        out = {
+            "description": "each finished tile's own pupil (lens aberrations with the LED geometry held at the "
+            f"global calibration); Marechal: Strehl = exp(-rms_rad^2), diffraction-limited when Strehl >= "
+            f"{MARECHAL_STREHL}",
+            "tiles": tile_reports(centres, zernikes),
+            "led_geometry": shared.led_geometry.to_dict(),
+            "wavelength_um": float(info.meta.wavelength_um),
+        }
+        note = f"too few finished tiles for a field model ({len(tiles)} < {MIN_MAP_TILES}): each tile's own values"
+    out["partial"] = {
+        "partial": True,
+        "note": note,
+        "tiles_used": sorted(used),
+        "planned_tiles": len(layout),
+        "missing_tile_centres_um": [[float(c) for c in t.center_um] for t in missing],
+    }
+    return out
+
+
 def reconstruct_full_field(
     dataset_path: str | os.PathLike[str],
     *,
@@ -279,7 +357,8 @@ def reconstruct_full_field(
     fixed = settings_to_dict(fixed_system_settings(settings))
     start = tile_start_calibration(shared)
     batch = [TileTask(dataset_path, tile, fixed, start) for tile in tiles]
-    report(FullFieldProgress("tiles", 0, len(batch), message=f"{len(batch)} tiles, geometry and gains fixed"))
+    report(FullFieldProgress("tiles", 0, len(batch), message=f"{len(batch)} tiles, geometry and gains fixed",
+                             calibration=start))
     try:
         results = run_tasks(reconstruct_tile, batch, on_done_for("tiles", batch))
     except TilesFailed as failed:
@@ -297,12 +376,11 @@ def reconstruct_full_field(
     pixel_um = meta.camera_pixel_um / meta.magnification
     rows, cols = info.frame_shape
     cx, cy = meta.tile_center_um
-    extent = (cx - cols / 2 * pixel_um, cx + cols / 2 * pixel_um, cy - rows / 2 * pixel_um, cy + rows / 2 * pixel_um)
     aberrations = field_aberrations(
         [r.tile.center_um for r in results],
         [_zernike_of(r) for r in results],
         [_zernike_std_of(r) for r in results],
-        field_extent_um=extent,
+        field_extent_um=_field_extent_um(info),
         led_geometry=shared.led_geometry.to_dict(),
         wavelength_um=meta.wavelength_um,
         max_order=aberration_order,
@@ -347,6 +425,7 @@ def reconstruct_full_field(
 
 
 __all__ = [
-    "FullFieldIncomplete", "FullFieldProgress", "FullFieldResult", "RunTasks", "TileTask", "calibrate_tile",
-    "reconstruct_full_field", "reconstruct_tile", "run_serially", "settings_to_dict",
+    "FullFieldIncomplete", "FullFieldProgress", "FullFieldResult", "MIN_MAP_TILES", "RunTasks", "TileTask",
+    "calibrate_tile", "partial_field_aberrations", "reconstruct_full_field", "reconstruct_tile", "run_serially",
+    "settings_to_dict",
 ]

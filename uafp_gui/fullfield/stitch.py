@@ -24,7 +24,11 @@ A partial mosaic (tiles failed, or the run was stopped) stitches the finished ti
 of the whole planned `layout`, normalised over the tiles there are: where a missing tile would have
 taken over, the finished neighbour carries on alone (its plain value where every feathered weight
 is 0). Pixels no finished tile covers are NaN in both mosaics: the "no data" value Fiji leaves out
-of its measurements and napari draws transparent.
+of its measurements and napari draws transparent. Missing tiles can cut finished ones off from the
+reference tile (an island: no chain of overlapping finished tiles links them): nothing measures their
+phase offset or amplitude scale relative to the rest, so each such group is aligned within itself to
+a reference of its own (its tile nearest the field's centre keeps its own offset and scale, as the
+main reference does) and `TileAlignment.components` lists the groups for the result's metadata.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class TileAlignment:
     amplitude_scale: np.ndarray  # (n,)
     reference: int
     pair_residual_rad: dict = field(default_factory=dict)  # (i, j) -> RMS phase misfit on the overlap after alignment
+    # groups of tiles linked by overlaps (positions in the tiles given), the reference's group first, each
+    # group's own reference first in it; more than one only when missing tiles cut some off (module docstring)
+    components: list[list[int]] = field(default_factory=list)
 
 
 def _ramp_1d(length: int, rise: tuple[int, int] | None, fall: tuple[int, int] | None) -> np.ndarray:
@@ -138,6 +145,26 @@ def _pair_phase(z: np.ndarray) -> tuple[float, np.ndarray]:
     return offset + float(solution[0]), np.array([gy + solution[1], gx + solution[2]])
 
 
+def linked_groups(adjacency: dict[int, list[int]], order: Sequence[int]) -> list[list[int]]:
+    """The connected groups of a graph, each started (and led) by its first node in `order`, in that
+    order; within a group, breadth-first from its leader."""
+    seen: set[int] = set()
+    groups = []
+    for start in order:
+        if start in seen:
+            continue
+        group, queue = [start], deque([start])
+        seen.add(start)
+        while queue:
+            for m in adjacency[queue.popleft()]:
+                if m not in seen:
+                    seen.add(m)
+                    group.append(m)
+                    queue.append(m)
+        groups.append(group)
+    return groups
+
+
 def align_tiles(
     tiles: Sequence[Tile],
     amplitudes: Sequence[np.ndarray],
@@ -155,7 +182,8 @@ def align_tiles(
     Pairwise estimates on every overlap (the inner part, amplitude-weighted), then one least-squares
     solve (the reference tile fixed: the one nearest the field's centre). Phase offsets first follow a
     breadth-first tree from the reference so that 2 pi wraps never enter the solve; the solve then
-    corrects the small loop residuals.
+    corrects the small loop residuals. Tiles no chain of overlaps links to the reference (a partial
+    run's islands) are aligned within their own group, to its own reference (module docstring).
     """
     n = len(tiles)
     reference = central_order(list(tiles))[0] if reference is None else reference
@@ -185,16 +213,25 @@ def align_tiles(
     ramps = np.zeros((n, 2))
     offsets = np.zeros(n)
     scales = np.zeros(n)
+    adjacency: dict[int, list[int]] = {k: [] for k in range(n)}
+    for i, j in measured:
+        adjacency[i].append(j)
+        adjacency[j].append(i)
+    components = linked_groups(adjacency, [reference] + [k for k in central_order(list(tiles)) if k != reference])
+    own_reference = np.empty(n, dtype=int)  # each tile's group's reference
+    for group in components:
+        own_reference[group] = group[0]
 
     def solve(rows: list[tuple[int, int, float, float]]) -> np.ndarray:
-        """Least squares x_i - x_j = value (weighted), x_reference = 0."""
-        matrix = np.zeros((len(rows) + 1, n))
-        rhs = np.zeros(len(rows) + 1)
+        """Least squares x_i - x_j = value (weighted), each group's reference at 0."""
+        matrix = np.zeros((len(rows) + len(components), n))
+        rhs = np.zeros(len(rows) + len(components))
         for k, (i, j, value, weight) in enumerate(rows):
             matrix[k, i], matrix[k, j], rhs[k] = weight, -weight, weight * value
-        matrix[-1, reference] = 1e3
+        for k, group in enumerate(components):
+            matrix[len(rows) + k, group[0]] = 1e3
         solution, *_ = np.linalg.lstsq(matrix, rhs, rcond=None)
-        return solution - solution[reference]
+        return solution - solution[own_reference]
 
     if measured and align_phase and align_ramp:
         for axis in range(2):
@@ -207,28 +244,25 @@ def align_tiles(
             offset, _, centre, _, _ = measured[(i, j)]
             return offset + float(ramps[j] @ (centre - centres[j]) - ramps[i] @ (centre - centres[i]))
 
-        # Breadth-first tree from the reference: a first solution with no 2 pi ambiguity ...
-        adjacency: dict[int, list[int]] = {k: [] for k in range(n)}
-        for i, j in measured:
-            adjacency[i].append(j)
-            adjacency[j].append(i)
-        seen = {reference}
-        queue = deque([reference])
-        while queue:
-            k = queue.popleft()
-            for m in adjacency[k]:
-                if m not in seen:
-                    offsets[m] = offsets[k] - target(k, m) if (k, m) in measured else offsets[k] + target(m, k)
-                    seen.add(m)
-                    queue.append(m)
+        # Breadth-first trees from each group's reference: a first solution with no 2 pi ambiguity ...
+        for group in components:
+            seen = {group[0]}
+            queue = deque([group[0]])
+            while queue:
+                k = queue.popleft()
+                for m in adjacency[k]:
+                    if m not in seen:
+                        offsets[m] = offsets[k] - target(k, m) if (k, m) in measured else offsets[k] + target(m, k)
+                        seen.add(m)
+                        queue.append(m)
         # ... then least squares on the (wrapped, small) loop residuals.
         rows = []
         for (i, j), pair in measured.items():
             residual = float(np.angle(np.exp(1j * (target(i, j) - (offsets[i] - offsets[j])))))
             rows.append((i, j, residual, pair[4]))
         offsets = offsets + solve(rows)
-    scales = np.exp(scales - scales[reference])
-    alignment = TileAlignment(offsets - offsets[reference], ramps, scales, reference)
+    scales = np.exp(scales - scales[own_reference])
+    alignment = TileAlignment(offsets - offsets[own_reference], ramps, scales, reference, components=components)
     alignment.pair_residual_rad = pair_residuals(tiles, amplitudes, phases, upsample, alignment)
     return alignment
 

@@ -632,16 +632,33 @@ class MainWindow(QMainWindow):
                 f"written to {job.written}" if job.written else "",
             )
             self.recon_panel.show_aberration_map(result.calibration.get("field_aberrations"))
-        elif job.stopped:
-            where = f"; the {len(job.finished_tiles)} finished tiles are in {job.written}" if job.written else ""
-            self.recon_panel.show_status(f"Full field stopped{where}.")
-        elif job.failed_tiles:  # the error dialog says why and what to try
-            where = f"; the {len(job.finished_tiles)} finished tiles are in {job.written}" if job.written else ""
-            self.recon_panel.show_status(f"Full field incomplete: {len(job.failed_tiles)} tiles failed{where}.")
+        elif job.stopped or job.failed_tiles:  # a failure's dialog also says why and what to try
+            self._show_partial_field(job)
         if job.write_error is not None:
             self.error("Could not write the full-field result", job.write_error)
         elif job.written is not None:
             self.status(f"Full field written to {job.written}", 15000)
+
+    def _show_partial_field(self, job: FullFieldJob) -> None:
+        """A stopped or incomplete full field: how many tiles finished, which are missing and why, and where
+        the partial mosaic (NaN in its holes) was written; the whole account in the status's tooltip."""
+        how = "stopped" if job.stopped else "incomplete"
+        summary = job.partial
+        if summary is not None:
+            self.recon_panel.show_status(f"Full field {how}: {summary.finished} of {summary.planned} tiles finished, "
+                                         f"{summary.missing_text()}.", summary.where_text())
+            self.recon_panel.status.setToolTip(f"Full field {how}: {summary.text()}")
+            used = len((job.partial_aberrations or {}).get("partial", {}).get("tiles_used", ()))
+            self.recon_panel.show_aberration_map(job.partial_aberrations,
+                                                 f"partial: {used} of {summary.planned} tiles")
+            return
+        if job.written is not None:  # written, but its tiles.json could not be read back
+            where = f"the {len(job.finished_tiles)} finished tiles are in {job.written}"
+        elif job.finished_tiles and job.write_error is not None:  # its own error dialog says why
+            where = f"the {len(job.finished_tiles)} finished tiles could not be written"
+        else:
+            where = "no tile finished; nothing written"
+        self.recon_panel.show_status(f"Full field {how}: {where}.", "")
 
     @staticmethod
     def autosave_folder(dataset_path: Path | None) -> Path:

@@ -289,20 +289,22 @@ class ReconPanel(QWidget):
         self.phase.show_phase(phase_view(np.nan_to_num(phase, nan=0.0)))
         self.show_status(progress, state)
 
-    def show_aberration_map(self, aberrations: dict | None) -> None:
-        """The field's wavefront RMS (waves) in the spectrum's cell, the summary under the views."""
+    def show_aberration_map(self, aberrations: dict | None, note: str = "") -> None:
+        """The field's wavefront RMS (waves) in the spectrum's cell, the summary under the views; `note`
+        (e.g. a partial run's "partial: 3 of 4 tiles") beside both."""
         if not aberrations or not aberrations.get("map"):
             return
         rms = np.asarray(aberrations["map"]["rms_waves"], dtype=np.float32)
-        self.spectrum.setTitle("aberration map: RMS (waves)", size="9pt")
+        self.spectrum.setTitle(f"aberration map: RMS (waves){f' ({note})' if note else ''}", size="9pt")
         self.spectrum.show_array(rms)
         summary = aberrations.get("summary", {})
         if summary:
             centre = summary.get("center", {}).get("dominant", [])
             names = ", ".join(f"Z{d['noll']} {d.get('name', '')}".strip() for d in centre[:3])
             self.calibration.setText(
-                f"Aberrations across the field: max RMS {summary['max_rms_waves']:.3f} waves, min Strehl "
-                f"{summary['min_strehl']:.2f}, {100 * summary['diffraction_limited_fraction']:.0f} % "
+                f"Aberrations across the field{f' ({note})' if note else ''}: max RMS "
+                f"{summary['max_rms_waves']:.3f} waves, min Strehl {summary['min_strehl']:.2f}, "
+                f"{100 * summary['diffraction_limited_fraction']:.0f} % "
                 f"diffraction-limited (Marechal)" + (f"; dominant at the centre: {names}" if names else "")
             )
 
@@ -404,6 +406,7 @@ class ReconPanel(QWidget):
             curve.setData([], [])
         self._pending = None
         self._state_text = ""
+        self.status.setToolTip("")  # a partial full field's whole account (MainWindow._show_partial_field)
         self.calibration.setText("")
         self.show_status(text)
 

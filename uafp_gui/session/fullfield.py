@@ -8,7 +8,7 @@
   GUI worker iterates it; `stop()` cancels the tiles at once); at the end the result folder is
   written (or, when stopped or when tiles failed after their retries, the finished tiles and their
   mosaic with NaN holes; then `run()` raises a `ReconstructionError` that says where they are and
-  what to try).
+  what to try, and `partial` says what finished, what is missing and where the mosaic is).
 - `MosaicCanvas`: the mosaic as tiles arrive (each pasted where it lies, at most `max_side` pixels
   a side for the view), for a view to fill tile by tile.
 """
@@ -29,6 +29,7 @@ from uafp_gui.errors import ConfigError, ReconstructionError, RunCancelled
 
 if TYPE_CHECKING:
     from uafp_gui.fullfield.execute import TileRunner
+    from uafp_gui.fullfield.output import PartialSummary
     from uafp_gui.fullfield.pipeline import FullFieldProgress, FullFieldResult
     from uafp_gui.fullfield.tiles import Tile, TileResult
     from uafp_gui.io.calibration import Calibration
@@ -133,6 +134,9 @@ class FullFieldJob:
         self.finished_tiles: list[TileResult] = []
         self.failed_tiles: list[tuple[Tile, str]] = []  # (tile, why) of tiles that failed after their retries
         self.write_error: BaseException | None = None
+        self.partial: PartialSummary | None = None  # a stopped or incomplete run's folder: what is where
+        self.partial_aberrations: dict | None = None  # its finished tiles' aberration report (when they allow one)
+        self.shared_calibration: dict | None = None  # the calibration the second stage's tiles run with
 
     @property
     def description(self) -> str:
@@ -164,12 +168,13 @@ class FullFieldJob:
                 self._write()
             except RunCancelled:
                 self.stopped = True
-                self._write_finished()
+                self._write_finished(calibration=self.shared_calibration)
             except FullFieldIncomplete as incomplete:  # tiles failed after their retries: keep the others
                 self.failed_tiles = list(incomplete.failed)
                 self.finished_tiles = list(incomplete.finished_tiles)
                 self._write_finished(failed=incomplete.failed, calibration=incomplete.calibration)
-                failure.append(ReconstructionError(incomplete.advice(self.written)))
+                drawn = self.partial is not None and self.partial.aberration_map is not None
+                failure.append(ReconstructionError(incomplete.advice(self.written, aberration_map=drawn)))
             except BaseException as error:  # raised by run() on the worker's thread
                 failure.append(error)
             finally:
@@ -194,6 +199,8 @@ class FullFieldJob:
                 # what a stop writes: the current stage's tiles (each tile once)
                 stage[0] = update.stage
                 self.finished_tiles = []
+            if update.stage == "tiles" and update.calibration is not None:
+                self.shared_calibration = update.calibration
             if update.result is not None and update.result.amplitude.size:  # not a failed calibration tile
                 self.finished_tiles.append(update.result)
             updates.put(update)
@@ -213,14 +220,19 @@ class FullFieldJob:
     def _write_finished(self, failed: list | tuple = (), calibration: dict | None = None) -> None:
         if self.out_folder is None or not self.finished_tiles:
             return
-        from uafp_gui.fullfield.output import write_finished_tiles
+        from uafp_gui.fullfield.output import read_partial_summary, write_finished_tiles
+        from uafp_gui.fullfield.pipeline import partial_field_aberrations
 
         pixel_um = self.info.meta.sample_pixel_um / self.settings.upsample
         try:
+            self.partial_aberrations = partial_field_aberrations(self.dataset_path, self.finished_tiles, calibration,
+                                                                 self.tiles)
             self.written = write_finished_tiles(self.out_folder, self.finished_tiles, pixel_um,
                                                 planned=len(self.tiles), calibration=calibration,
                                                 source_dataset=self.dataset_path.name, failed=failed,
-                                                layout=self.tiles, not_finished="not finished: the run was stopped")
+                                                layout=self.tiles, not_finished="not finished: the run was stopped",
+                                                aberrations=self.partial_aberrations)
+            self.partial = read_partial_summary(self.written)
         except Exception as error:  # noqa: BLE001 - as in _write
             self.write_error = error
 
