@@ -756,35 +756,3 @@ def test_cpu_and_cuda_agree():
         results[device] = (frames.detach().cpu().numpy(), float(model.system.shift_x_mm.grad))
     assert relative_error(results["cuda"][0], results["cpu"][0]) < 1e-4
     assert results["cuda"][1] == pytest.approx(results["cpu"][1], rel=1e-3)
-
-
-def test_sampled_maps_are_grid_samples_bilinear_border_interpolation():
-    """The pupil maps at each entry's sub-pixel remainder (a 9-tap matrix product) are torch's bilinear,
-    border-padded grid_sample at the same points, values and gradients (maps and offsets), at the edges
-    too; offsets beyond one spectrum pixel are refused (the taps reach one pixel)."""
-    model = make_model(make_setup([(0, 0)], frame=9), {}).double()
-    rows, cols = model.setup.model_shape
-    df_y, df_x = model.setup.frequency_step
-    generator = torch.Generator().manual_seed(37)
-    maps = torch.randn(2, rows, cols, dtype=torch.float64, generator=generator, requires_grad=True)
-    fractions = torch.tensor([[0.5, -0.5], [-0.37, 0.41], [0.0, 0.0], [1.0, -0.999], [0.2, 0.03]], dtype=torch.float64)
-    offset = (fractions * torch.tensor([df_x, df_y], dtype=torch.float64)).requires_grad_(True)
-    weights = torch.randn(len(offset), 2, rows, cols, dtype=torch.float64, generator=generator)
-    sampled = model.sampled_maps(maps, offset)
-    grad_maps, grad_offset = torch.autograd.grad((sampled * weights).sum(), (maps, offset))
-    # Reference: grid_sample at pixel (y + offset_y / df_y, x + offset_x / df_x), align_corners=True.
-    y, x = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
-                          indexing="ij")
-    pixel_x = x + offset[:, 0, None, None] / df_x
-    pixel_y = y + offset[:, 1, None, None] / df_y
-    grid = torch.stack([pixel_x / (cols - 1) * 2 - 1, pixel_y / (rows - 1) * 2 - 1], dim=-1)
-    reference = torch.nn.functional.grid_sample(maps[None].expand(len(offset), -1, -1, -1), grid, mode="bilinear",
-                                                padding_mode="border", align_corners=True)
-    ref_maps, ref_offset = torch.autograd.grad((reference * weights).sum(), (maps, offset))
-    assert torch.allclose(sampled, reference, atol=1e-12)
-    assert torch.allclose(grad_maps, ref_maps, atol=1e-10)
-    # The kink of the bilinear weights at whole pixels (fraction 0, 1): one-sided derivatives differ there.
-    smooth = (fractions.abs() % 1 != 0).all(dim=1)
-    assert torch.allclose(grad_offset[smooth], ref_offset[smooth], rtol=1e-9)
-    with pytest.raises(ValueError, match="one spectrum pixel"):
-        model.sampled_maps(maps, offset.detach() * 1.5)
