@@ -600,6 +600,7 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     assert main(["reconstruct", str(small_dataset), *flags]) == 130
     err = capsys.readouterr().err
     assert "Ctrl-C: stopped; the 2 finished of 4 tiles are written" in err and "mosaic.ome.zarr" in err
+    assert "aberration_map" not in err  # 2 tiles: each tile's own values in calibration.json, no map
     table = json.loads((out / "tiles.json").read_text())
     assert table["partial"] is True and [row["index"] for row in table["tiles"]] == [0, 1]
     assert read_result(out / "tiles" / "r00_c01").amplitude.shape == (128, 128)
@@ -621,6 +622,27 @@ def test_cli_full_field_run_and_ctrl_c_keeps_the_finished_tiles(small_dataset, m
     assert mosaic.amplitude.shape == (192, 224)
     assert json.loads((out / "tiles.json").read_text())["partial"] is False
     assert (out / "mosaic.ome.zarr").is_dir() and (out / "aberration_map.png").is_file()
+
+
+def test_cli_ctrl_c_says_what_the_folder_holds_when_the_mosaic_could_not_be_made(small_dataset, monkeypatch, capsys):
+    """Ctrl-C after 3 tiles with stitching broken: the line says there is no mosaic (tiles.json says why) and
+    names the aberration map of the 3 finished tiles, which was drawn."""
+    from uafp_gui.cli import main
+    from uafp_gui.fullfield import execute, stitch
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no memory for the mosaic")
+
+    monkeypatch.setattr(stitch, "stitch", broken)
+    monkeypatch.setattr(execute, "make_runner", lambda scheduler=None, workers=None: StandInRunner(3))
+    flags = ["--tiles", "64", "--overlap", "16", "--upsample", "2", "--calibration-tiles", "1"]
+    assert main(["reconstruct", str(small_dataset), *flags]) == 130
+    err = capsys.readouterr().err
+    assert "mosaic could not be written (RuntimeError: no memory for the mosaic)" in err  # the warning's line
+    out = small_dataset.with_name("field_result")
+    assert (f"Ctrl-C: stopped; the 3 finished of 4 tiles are written to {out}/tiles/, no mosaic (tiles.json says "
+            "why), their aberration map to aberration_map.png") in err
+    assert not (out / "mosaic.ome.zarr").exists() and (out / "aberration_map.png").is_file()
 
 
 def test_cli_a_tile_that_always_fails_keeps_the_finished_tiles(small_dataset, monkeypatch, capsys):
@@ -801,6 +823,13 @@ def test_a_partial_folder_says_what_is_missing_and_where_its_mosaic_is(small_dat
     assert summary.where_text() == f"no mosaic (RuntimeError: no memory for the mosaic); the finished tiles: " \
                                    f"{folder / 'tiles'}"
     assert summary.mosaic_files == () and summary.hole_fraction is None
+    assert summary.short_where_text() == "no mosaic (RuntimeError: no memory for the mosaic); tiles in no_mosaic/"
+    assert summary.missing_text(count=False) == "tile 2 failed; 2 not finished"
+    # the error's advice says what the folder holds: no mosaic here
+    from uafp_gui.fullfield.pipeline import FullFieldIncomplete
+
+    advice = FullFieldIncomplete(finished, [(tiles[2], "RuntimeError: tile 2 broke")], 4, None).advice(folder)
+    assert "and no mosaic (tiles.json says why);" in advice and "mosaic.ome" not in advice
 
 
 def test_a_stopped_session_keeps_its_finished_tiles_aberration_map(small_dataset, tmp_path):
@@ -989,9 +1018,12 @@ def test_gui_says_where_the_partial_mosaic_of_a_failed_or_stopped_full_field_is(
                         and not panel.stop_button.isEnabled(), timeout=120000)
         qtbot.waitUntil(lambda: "incomplete" in panel.status.text(), timeout=20000)
         lines = panel.status.text().split("\n")
-        assert lines[0] == "Full field incomplete: 2 of 4 tiles finished, 2 missing: tiles 0, 3 failed."
-        assert lines[1] == (f"partial mosaic (NaN in the holes, 29 % of the field): {folder / 'mosaic.ome.zarr'} "
-                            "and mosaic.ome.tif")
+        assert lines == ["Full field incomplete: 2 of 4 tiles, tiles 0, 3 failed.",
+                         "partial mosaic in field_fullfield/ (NaN holes: 29 % of the field)"]
+        assert window.statusBar().currentMessage() == (
+            f"Partial full field (2 of 4 tiles) written: partial mosaic (NaN in the holes, 29 % of the field): "
+            f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
+        assert f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif" in panel.status.toolTip()
         assert (folder / "mosaic.ome.zarr").is_dir() and (folder / "mosaic.ome.tif").is_file()
         assert "RuntimeError: this tile always fails" in panel.status.toolTip()
         assert [box.windowTitle() for box in shown_errors] == ["Full-field reconstruction failed"]
@@ -1010,9 +1042,9 @@ def test_gui_says_where_the_partial_mosaic_of_a_failed_or_stopped_full_field_is(
         qtbot.waitUntil(lambda: window.field_worker.isFinished() and "stopped" in panel.status.text(),
                         timeout=60000)
         lines = panel.status.text().split("\n")
-        assert lines[0] == "Full field stopped: 3 of 4 tiles finished, 1 missing: tile 3 not finished."
-        assert lines[1].startswith("partial mosaic (NaN in the holes, ") and lines[1].endswith(
-            f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
+        assert lines[0] == "Full field stopped: 3 of 4 tiles, tile 3 not finished."
+        assert lines[1].startswith("partial mosaic in field_fullfield/ (NaN holes: ")
+        assert window.statusBar().currentMessage().endswith(f"{folder / 'mosaic.ome.zarr'} and mosaic.ome.tif")
         assert "not finished: the run was stopped" not in panel.status.toolTip()  # no failure to explain
         assert f"tiles/ and tiles.json (which tiles are missing and why) in {folder}" in panel.status.toolTip()
         assert f"{folder / 'aberration_map.png'}" in panel.status.toolTip()

@@ -199,10 +199,12 @@ def run(args: argparse.Namespace, out: Path) -> int:
                                      planned=recorder.planned, calibration=recorder.calibration,
                                      source_dataset=args.dataset.name, layout=tiles,
                                      not_finished=f"not finished: stopped by {how}", aberrations=aberrations)
+            # what the folder holds (a mosaic or picture that could not be made is left out, with a warning)
+            mosaic = ("their mosaic (NaN where tiles are missing) to mosaic.ome.zarr and mosaic.ome.tif"
+                      if (out / "mosaic.ome.zarr").exists() else "no mosaic (tiles.json says why)")
+            lens = ", their aberration map to aberration_map.png" if (out / "aberration_map.png").exists() else ""
             where = (f"the {len(finished)} finished of {recorder.planned} tiles are written to {out}/tiles/, "
-                     "their mosaic (NaN where tiles are missing) to mosaic.ome.zarr and mosaic.ome.tif"
-                     + (", their aberration map to aberration_map.png" if aberrations and "map" in aberrations
-                        else ""))
+                     f"{mosaic}{lens}")
         else:
             where = "no tile had finished: nothing to write"
         print(f"uafp reconstruct: {how}: stopped; {where}", file=sys.stderr)
@@ -220,8 +222,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
                     source_dataset=args.dataset.name, failed=incomplete.failed, layout=tiles,
                     aberrations=aberrations,
                 )
-        drawn = written is not None and (Path(written) / "aberration_map.png").is_file()
-        raise ReconstructionError(incomplete.advice(written, aberration_map=drawn)) from None  # one line, exit 2
+        raise ReconstructionError(incomplete.advice(written)) from None  # one line, exit code 2
     finally:
         bars.close()
     with _signals_held():

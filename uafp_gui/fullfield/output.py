@@ -304,6 +304,18 @@ def partial_mosaic(
             "mosaic_box_px": [int(v) for v in box],  # y0, x0, y1, x1 in mosaic pixels
             "hole_px": int(hole[box[0] : box[2], box[1] : box[3]].sum()),  # its pixels no finished tile covers
         })
+    stitching: dict[str, object] = {
+        "reference_tile": int(ordered[alignment.reference].tile.index),
+        "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
+    }
+    unlinked = [{"tiles": sorted(int(ordered[k].tile.index) for k in group),
+                 "reference_tile": int(ordered[group[0]].tile.index)} for group in alignment.components[1:]]
+    if unlinked:  # islands: missing tiles cut them off from the reference (stitch's module docstring)
+        stitching["unlinked_groups"] = unlinked
+        stitching["note"] = (
+            "missing tiles cut these finished tiles off from the reference tile: each group is aligned within "
+            "itself to its own reference tile's phase offset and amplitude scale, not aligned to the rest (no "
+            "overlap measures it)")
     partial = {
         "partial": True,
         "holes": "NaN in amplitude and phase where no finished tile lies",
@@ -313,19 +325,8 @@ def partial_mosaic(
         "hole_fraction": float(hole.mean()),
         "mosaic_shape": [int(v) for v in amplitude.shape],
         "upsample": upsample,
-        "stitching": {
-            "reference_tile": int(ordered[alignment.reference].tile.index),
-            "max_overlap_phase_rms_rad": float(max(alignment.pair_residual_rad.values(), default=0.0)),
-        },
+        "stitching": stitching,
     }
-    unlinked = [{"tiles": sorted(int(ordered[k].tile.index) for k in group),
-                 "reference_tile": int(ordered[group[0]].tile.index)} for group in alignment.components[1:]]
-    if unlinked:  # islands: missing tiles cut them off from the reference (stitch's module docstring)
-        partial["stitching"]["unlinked_groups"] = unlinked
-        partial["stitching"]["note"] = (
-            "missing tiles cut these finished tiles off from the reference tile: each group is aligned within "
-            "itself to its own reference tile's phase offset and amplitude scale, not aligned to the rest (no "
-            "overlap measures it)")
     return amplitude, phase, partial
 
 
@@ -450,8 +451,9 @@ class PartialSummary:
     aberration_note: str = ""  # what the finished tiles' aberration report is (a map, or each tile's values)
     unlinked_groups: tuple[tuple[int, ...], ...] = ()  # finished tiles cut off from the reference by holes
 
-    def missing_text(self) -> str:
-        """'3 missing: tiles 6, 7, 8 not finished' / '2 missing: tiles 0, 3 failed; tile 5 not finished'."""
+    def missing_text(self, count: bool = True) -> str:
+        """'3 missing: tiles 6, 7, 8 not finished' / '2 missing: tiles 0, 3 failed; tile 5 not finished'
+        (without `count`: from 'tiles')."""
         if not self.missing:
             return "none missing"
         parts = []
@@ -462,7 +464,7 @@ class PartialSummary:
                 parts.append(f"tile{'s' if len(named) > 1 else ''} {_tile_numbers(named)} {reason}")
             if len(of_reason) > len(named):  # a folder without a mosaic counts its unfinished tiles only
                 parts.append(f"{len(of_reason) - len(named)} {'more ' if named else ''}{reason}")
-        return f"{len(self.missing)} missing: " + "; ".join(parts)
+        return (f"{len(self.missing)} missing: " if count else "") + "; ".join(parts)
 
     def where_text(self) -> str:
         """Where the partial mosaic is (its holes NaN), or why there is none and where the tiles are."""
@@ -473,6 +475,17 @@ class PartialSummary:
         if self.mosaic_error:
             return f"no mosaic ({self.mosaic_error}); the finished tiles: {self.folder / TILES}"
         return f"the finished tiles: {self.folder / TILES}"
+
+    def short_where_text(self) -> str:
+        """`where_text` for a narrow status line: the folder's name, not its path."""
+        name = f"{self.folder.name}/"
+        if self.mosaic_files:
+            holes = f" (NaN holes: {100 * self.hole_fraction:.0f} % of the field)" if self.hole_fraction is not None \
+                else ""
+            return f"partial mosaic in {name}{holes}"
+        if self.mosaic_error:
+            return f"no mosaic ({self.mosaic_error}); tiles in {name}"
+        return f"tiles in {name}"
 
     def text(self) -> str:
         """The whole sentence: what finished, what is missing and why, where everything is."""

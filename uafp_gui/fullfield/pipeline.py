@@ -156,14 +156,16 @@ class FullFieldIncomplete(TilesFailed):
         self.failed = list(failed)
         self.calibration = calibration
 
-    def advice(self, written: str | os.PathLike[str] | None, aberration_map: bool = False) -> str:
-        """The whole message for a user: what failed, where the finished tiles (and their mosaic, and with
-        `aberration_map` their aberration map) are, what to try."""
+    def advice(self, written: str | os.PathLike[str] | None) -> str:
+        """The whole message for a user: what failed, where the finished tiles are (and what of their mosaic
+        and aberration map the folder `written` holds), what to try."""
         if written is not None:
-            lens = ", their aberration map aberration_map.png" if aberration_map else ""
-            where = (f"the {len(self.finished_tiles)} finished tiles are written to {written} (tiles/, and their "
-                     f"mosaic.ome.zarr and mosaic.ome.tif with NaN where tiles are missing{lens}; tiles.json marks "
-                     "the result partial and lists the failed tiles and why)")
+            folder = Path(written)
+            mosaic = ("their mosaic.ome.zarr and mosaic.ome.tif with NaN where tiles are missing"
+                      if (folder / "mosaic.ome.zarr").exists() else "no mosaic (tiles.json says why)")
+            lens = ", their aberration map aberration_map.png" if (folder / "aberration_map.png").exists() else ""
+            where = (f"the {len(self.finished_tiles)} finished tiles are written to {written} (tiles/, and "
+                     f"{mosaic}{lens}; tiles.json marks the result partial and lists the failed tiles and why)")
         else:
             where = "no tile finished: nothing to write"
         if self.tries is not None and self.tries > 1:

@@ -636,17 +636,21 @@ class MainWindow(QMainWindow):
             self._show_partial_field(job)
         if job.write_error is not None:
             self.error("Could not write the full-field result", job.write_error)
+        elif job.partial is not None:
+            self.status(f"Partial full field ({job.partial.finished} of {job.partial.planned} tiles) written: "
+                        f"{job.partial.where_text()}", 60000)
         elif job.written is not None:
             self.status(f"Full field written to {job.written}", 15000)
 
     def _show_partial_field(self, job: FullFieldJob) -> None:
         """A stopped or incomplete full field: how many tiles finished, which are missing and why, and where
-        the partial mosaic (NaN in its holes) was written; the whole account in the status's tooltip."""
+        the partial mosaic (NaN in its holes) was written (its folder on the panel's two-line status, its
+        path on the window's status bar); the whole account in the status's tooltip."""
         how = "stopped" if job.stopped else "incomplete"
         summary = job.partial
         if summary is not None:
-            self.recon_panel.show_status(f"Full field {how}: {summary.finished} of {summary.planned} tiles finished, "
-                                         f"{summary.missing_text()}.", summary.where_text())
+            self.recon_panel.show_status(f"Full field {how}: {summary.finished} of {summary.planned} tiles, "
+                                         f"{summary.missing_text(count=False)}.", summary.short_where_text())
             self.recon_panel.status.setToolTip(f"Full field {how}: {summary.text()}")
             used = len((job.partial_aberrations or {}).get("partial", {}).get("tiles_used", ()))
             self.recon_panel.show_aberration_map(job.partial_aberrations,

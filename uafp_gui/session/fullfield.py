@@ -173,8 +173,7 @@ class FullFieldJob:
                 self.failed_tiles = list(incomplete.failed)
                 self.finished_tiles = list(incomplete.finished_tiles)
                 self._write_finished(failed=incomplete.failed, calibration=incomplete.calibration)
-                drawn = self.partial is not None and self.partial.aberration_map is not None
-                failure.append(ReconstructionError(incomplete.advice(self.written, aberration_map=drawn)))
+                failure.append(ReconstructionError(incomplete.advice(self.written)))
             except BaseException as error:  # raised by run() on the worker's thread
                 failure.append(error)
             finally:
