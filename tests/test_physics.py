@@ -18,6 +18,7 @@ from scipy.optimize import brentq
 from uafp_gui.io.dataset import Dataset
 from uafp_gui.io.schema import DatasetMeta
 from uafp_gui.model import led_positions_mm
+from uafp_gui.physics import forward as forward_module
 from uafp_gui.physics.forward import ForwardModel, OpticalSetup, spectrum_of
 from uafp_gui.physics.geometry import illumination_frequencies, illumination_sines
 from uafp_gui.physics.zernike import (
@@ -499,13 +500,45 @@ def test_pixel_integration_is_the_average_over_the_pixel_centred_where_q1_sample
 
 
 @pytest.mark.parametrize(("q", "frame"), [(1, 6), (1, 5), (2, 6), (2, 7), (3, 5)])
-def test_camera_intensity_backward_matches_finite_differences(q, frame):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_camera_intensity_backward_matches_finite_differences(q, frame, chunked, monkeypatch):
     """The camera intensity's hand-written backward pass (closed-form, no autograd) is the derivative
-    of its forward pass, with and without pixel integration, on even and odd frames."""
+    of its forward pass, with and without pixel integration, on even and odd frames, in one piece and
+    one entry at a time (`CAMERA_CHUNK_BYTES`)."""
+    if chunked:
+        monkeypatch.setattr(forward_module, "CAMERA_CHUNK_BYTES", 1)
     model = make_model(make_setup([(0, 0)], frame=frame, pixel_integration=q))
     generator = torch.Generator().manual_seed(23)
-    spectra = torch.randn(2, frame, frame, dtype=torch.complex128, generator=generator).requires_grad_(True)
+    spectra = torch.randn(3, frame, frame, dtype=torch.complex128, generator=generator).requires_grad_(True)
+    per_chunk = model._entries_per_chunk(spectra)
+    assert per_chunk == 1 if chunked else per_chunk >= 3
     assert torch.autograd.gradcheck(model.intensity_of, (spectra,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_camera_intensity_in_chunks_is_the_zero_padded_transform_in_one_piece(q, monkeypatch):
+    """The sub-sample grids (`_camera_fields`) give the intensity of the spectrum zero-padded to q times
+    the frame, centred on the pixel (the straightforward way, written here), whatever the chunking."""
+    frame = 7
+    model = make_model(make_setup([(0, 0)], frame=frame, pixel_integration=q))
+    generator = torch.Generator().manual_seed(29)
+    spectra = torch.randn(4, frame, frame, dtype=torch.complex128, generator=generator)
+    whole = model.intensity_of(spectra)
+    monkeypatch.setattr(forward_module, "CAMERA_CHUNK_BYTES", 1)
+    assert torch.equal(model.intensity_of(spectra), whole)
+    # Reference: place the centred spectrum in a q-times larger centred spectrum, shift the fine grid
+    # by -(q - 1) / (2q) pixel so the sub-samples centre on the pixel, inverse FFT, average q x q blocks.
+    size, pad = q * frame, (q - 1) * frame // 2
+    padded = torch.zeros(4, size, size, dtype=torch.complex128)
+    padded[:, pad : pad + frame, pad : pad + frame] = spectra
+    step = model.setup.frequency_step[0]
+    frequencies = (torch.arange(size, dtype=torch.float64) - size // 2) * step
+    shift_um = -(q - 1) / (2 * q) * model.setup.sample_pixel_um
+    ramp = torch.exp(2j * torch.pi * shift_um * (frequencies[:, None] + frequencies[None, :]))
+    fields = torch.fft.ifft2(torch.fft.ifftshift(padded * ramp, dim=(-2, -1)))
+    fine = fields.abs().square() * (size * size / (model.setup.object_shape[0] * model.setup.object_shape[1])) ** 2
+    reference = fine.reshape(4, frame, q, frame, q).mean(dim=(2, 4))
+    assert relative_error(whole.numpy(), reference.numpy()) < 1e-12
 
 
 def test_kept_illumination_frequencies_follow_every_change_of_the_geometry():

@@ -23,6 +23,9 @@ from uafp_gui.physics.zernike import MAX_NOLL_INDEX, zernike_basis
 LedList = tuple[tuple[float, float], ...]
 # Memory for the per-entry pupils kept while the system is a constant (`ForwardModel._kept_pupils`).
 KEPT_PUPILS_BYTES = 256 * 2**20
+# Camera fields per chunk of entries on a CPU (`ForwardModel._entries_per_chunk`): a chunk's chain of products
+# and FFTs stays in the cache.
+CAMERA_CHUNK_BYTES = 4 * 2**20
 # Width of the pupil edge the unscattered wave passes, in spectrum pixels (`ForwardModel.dc_edge_px`): nearly
 # hard (a point LED's plane wave is passed or blocked), but continuous, so the geometry keeps a gradient.
 DC_EDGE_PX = 0.1
@@ -373,13 +376,14 @@ class ForwardModel(torch.nn.Module):
         rows, cols = self.setup.model_shape
         centre_y, centre_x = rows // 2 + whole[:, 0], cols // 2 + whole[:, 1]
         inside = (centre_y >= 0) & (centre_y < rows) & (centre_x >= 0) & (centre_x < cols)
-        entries = torch.nonzero(inside).squeeze(1)
-        if entries.numel() == 0:
-            return support
-        centre_y, centre_x = centre_y[entries], centre_x[entries]
+        # Every entry at a clamped pixel, those whose zero frequency is outside the crop keeping their
+        # value: no data-dependent selection, so no host synchronisation on a GPU.
+        entries = torch.arange(whole.shape[0], device=whole.device)
+        centre_y, centre_x = centre_y.clamp(0, rows - 1), centre_x.clamp(0, cols - 1)
         radius = torch.sqrt(fx[entries, centre_y, centre_x] ** 2 + fy[entries, centre_y, centre_x] ** 2)
-        passed = self._edge_ramp(radius, max(self.dc_edge_px, 1e-6) * self.frequency_step_px)
-        return support.index_put((entries, centre_y, centre_x), passed.to(support.dtype))
+        passed = self._edge_ramp(radius, max(self.dc_edge_px, 1e-6) * self.frequency_step_px).to(support.dtype)
+        passed = torch.where(inside, passed, support[entries, centre_y, centre_x])
+        return support.index_put((entries, centre_y, centre_x), passed)
 
     def pupil_phase(self) -> torch.Tensor:
         """(H, W) pupil phase W(f) on the frame spectrum grid: Zernikes plus free-form."""
@@ -563,31 +567,50 @@ class ForwardModel(torch.nn.Module):
 
         With pixel integration q > 1 the field is sampled q x q times per camera pixel (the spectrum
         zero-padded to q times the frame, the sub-samples centred on the pixel) and the intensity
-        averaged over them. Computed by `_CameraIntensity`, whose closed-form backward pass keeps no
-        padded intermediates and uses no fftshift copies (the hot path of every iteration).
+        averaged over them. Computed by `_CameraIntensity` (the hot path of every iteration): each
+        sub-sample grid is one frame-sized inverse FFT (`_camera_fields`), and its closed-form backward
+        pass keeps only the fields.
         """
-        return _CameraIntensity.apply(spectra, self._spectrum_factor(), self.setup.pixel_integration)
+        return _CameraIntensity.apply(spectra, self._subsample_factors(), self._entries_per_chunk(spectra))
 
     def camera_fields(self, spectra: torch.Tensor) -> torch.Tensor:
-        """(E, qH, qW) camera fields of centred field spectra; `intensity_of` is their pooled |.|^2."""
-        return _camera_fields(spectra, self._spectrum_factor(), self.setup.pixel_integration)
+        """(E, q, q, H, W) camera fields of centred field spectra, one (H, W) grid per sub-sample of the
+        camera pixel (`_camera_fields`); `intensity_of` is the mean of their |.|^2 over the sub-samples."""
+        return _camera_fields(spectra, self._subsample_factors())
 
     def intensity_and_fields(self, spectra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`intensity_of(spectra)` (the same numbers, no autograd) and the camera fields behind it."""
-        fields = self.camera_fields(spectra)
-        intensity = _pooled(fields.real.square().addcmul_(fields.imag, fields.imag), self.setup.pixel_integration)
-        return intensity, fields
+        with torch.no_grad():
+            return _intensity_and_fields(spectra, self._subsample_factors(), self._entries_per_chunk(spectra))
 
     def intensity_derivative(self, fields: torch.Tensor, spectra_derivative: torch.Tensor) -> torch.Tensor:
         """The directional derivative of `intensity_of` at the spectra whose camera fields are `fields`
-        (`intensity_and_fields`) along `spectra_derivative`: pool(2 Re(conj(field) x its derivative))."""
-        change = self.camera_fields(spectra_derivative)
-        product = fields.real * change.real
-        return _pooled(product.addcmul_(fields.imag, change.imag).mul_(2.0), self.setup.pixel_integration)
+        (`intensity_and_fields`) along `spectra_derivative`: pool(2 Re(conj(field) x its derivative)), in
+        chunks of entries like `intensity_of`."""
+        factors = self._subsample_factors()
+        chunk = self._entries_per_chunk(spectra_derivative)
+        derivative = fields.real.new_empty(spectra_derivative.shape)
+        for first in range(0, len(spectra_derivative), chunk):
+            part = slice(first, first + chunk)
+            change = _camera_fields(spectra_derivative[part], factors)
+            product = fields[part].real * change.real
+            derivative[part] = _pooled(product.addcmul_(fields[part].imag, change.imag).mul_(2.0))
+        return derivative
 
-    def _spectrum_factor(self) -> torch.Tensor:
-        """(H, W) complex factor applied to each centred field spectrum before the inverse FFT: the
-        FFT scale of the object grid and, for pixel integration, the sub-sample centring phase."""
+    def _entries_per_chunk(self, spectra: torch.Tensor) -> int:
+        """Entries whose camera fields are computed together: on a CPU, as many as keep the fields of one
+        chunk within `CAMERA_CHUNK_BYTES` (the chain of multiply, FFT and |.|^2 then runs in the cache: a
+        45-frame batch's fields, 30-120 MB, took 1.5-5x longer in one piece); on a GPU, all of them."""
+        if spectra.device.type != "cpu":
+            return max(1, spectra.shape[0])
+        q = self.setup.pixel_integration
+        per_entry = q * q * spectra.shape[-2] * spectra.shape[-1] * spectra.element_size()
+        return max(1, CAMERA_CHUNK_BYTES // per_entry)
+
+    def _subsample_factors(self) -> torch.Tensor:
+        """(q, q, H, W) complex factors applied to each centred field spectrum before the frame-sized
+        inverse FFT of each of the camera pixel's q x q sub-samples (`_camera_fields`): the FFT scale of
+        the object grid and the sub-sample's position, centred on the pixel."""
         rows, cols = self.setup.model_shape
         big_rows, big_cols = self.setup.object_shape
         q = self.setup.pixel_integration
@@ -596,22 +619,21 @@ class ForwardModel(torch.nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         complex_type = torch.complex64 if self.grid_fx.dtype == torch.float32 else torch.complex128
-        scale = (q * rows * q * cols) / (big_rows * big_cols)
-        if q > 1:
-            df_y, df_x = self.setup.frequency_step
-            # The padded spectrum's frequencies at the frame's samples (as `functional.pad` placed them).
-            pad_y, pad_x = (q - 1) * rows, (q - 1) * cols
-            fy = centred_frequencies(q * rows, df_y)[pad_y // 2 : pad_y // 2 + rows]
-            fx = centred_frequencies(q * cols, df_x)[pad_x // 2 : pad_x // 2 + cols]
-            # Centre the q x q sub-samples on the camera pixel: shift the fine grid by -(q-1)/(2q) pixel.
-            delta_um = (q - 1) / (2 * q) * self.setup.sample_pixel_um
-            phase = -2 * torch.pi * delta_um * (fy[:, None] + fx[None, :])
-            factor = torch.polar(torch.full_like(phase, scale), phase)
-        else:
-            factor = torch.full((rows, cols), scale, dtype=torch.complex128)
-        factor = factor.to(device=self.device, dtype=complex_type)
-        self._factor_cache = (key, factor)
-        return factor
+        # The frame-sized inverse FFT's 1 / (H W) is q^2 times the fine grid's 1 / (qH qW).
+        scale = (rows * cols) / (big_rows * big_cols)
+        df_y, df_x = self.setup.frequency_step
+        # The frequencies of the frame's samples within the spectrum zero-padded to q times the frame.
+        pad_y, pad_x = (q - 1) * rows, (q - 1) * cols
+        fy = centred_frequencies(q * rows, df_y)[pad_y // 2 : pad_y // 2 + rows]
+        fx = centred_frequencies(q * cols, df_x)[pad_x // 2 : pad_x // 2 + cols]
+        # Sub-sample a of q sits (a - (q - 1) / 2) / q pixel from the pixel's centre: a phase ramp.
+        offset_um = (torch.arange(q, dtype=torch.float64) - (q - 1) / 2) / q * self.setup.sample_pixel_um
+        phase_y = 2 * torch.pi * offset_um[:, None] * fy[None, :]  # (q, H)
+        phase_x = 2 * torch.pi * offset_um[:, None] * fx[None, :]  # (q, W)
+        phase = phase_y[:, None, :, None] + phase_x[None, :, None, :]
+        factors = torch.polar(torch.full_like(phase, scale), phase).to(device=self.device, dtype=complex_type)
+        self._factor_cache = (key, factors)
+        return factors
 
     def forward(self, object_spectrum: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, W) expected normalised frames for `frames` (all when None)."""
@@ -645,77 +667,73 @@ class ForwardModel(torch.nn.Module):
         return frames_out
 
 
-def _wrapped_blocks(n: int, q: int) -> list[tuple[slice, slice]]:
-    """Where the n centred spectrum samples lie in the unshifted spectrum of the q-times finer grid.
+def _camera_fields(spectra: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """(E, q, q, H, W) fields at the camera's q x q sub-samples of each pixel: for sub-sample (a, b) the
+    frame-sized inverse FFT of the centred spectra times its factor (`ForwardModel._subsample_factors`).
 
-    The centred spectrum is zero-padded to q * n samples ((q - 1) * n // 2 before it) and then
-    ifftshifted; its samples land in at most two contiguous runs. Returns (source, target) slices.
-    """
-    size = q * n
-    first = ((q - 1) * n // 2 - size // 2) % size  # ifftshift moves index size // 2 to 0
-    if first + n <= size:
-        return [(slice(0, n), slice(first, first + n))]
-    head = size - first
-    return [(slice(0, head), slice(first, size)), (slice(head, n), slice(0, n - head))]
+    The same samples as one inverse FFT of the spectrum zero-padded to q times the frame (the field at
+    fine-grid point (q m + a, q n + b)) for the same work and no padding: a band-limited field's q x q
+    interleaved sub-grids are its frame-sized transforms with the sub-sample's shift as a phase ramp. The
+    centred spectra are transformed as they are (no ifftshift): that multiplies every field by the same
+    unit-modulus factor per pixel, which no intensity and no Re(conj(field) x change) sees."""
+    return torch.fft.ifft2(spectra[:, None, None] * factors)
 
 
-def _camera_fields(spectra: torch.Tensor, factor: torch.Tensor, q: int) -> torch.Tensor:
-    """(E, qH, qW) fields on the camera's fine grid: ifft2 of the centred spectra times `factor`,
-    zero-padded to q times the frame and ifftshifted (one strided copy)."""
+def _intensity_and_fields(
+    spectra: torch.Tensor, factors: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, H, W) camera intensities and the (E, q, q, H, W) fields behind them, `chunk` entries at a time."""
+    q_rows, q_cols = factors.shape[:2]
     batch, rows, cols = spectra.shape
-    blocks_y, blocks_x = _wrapped_blocks(rows, q), _wrapped_blocks(cols, q)
-    weighted = spectra * factor
-    if q > 1 or len(blocks_y) > 1 or len(blocks_x) > 1:
-        placed = weighted.new_zeros(batch, q * rows, q * cols) if q > 1 else torch.empty_like(weighted)
-        for source_y, target_y in blocks_y:
-            for source_x, target_x in blocks_x:
-                placed[:, target_y, target_x] = weighted[:, source_y, source_x]
-    else:
-        placed = weighted
-    return torch.fft.ifft2(placed)
+    fields = spectra.new_empty(batch, q_rows, q_cols, rows, cols)
+    intensity = spectra.real.new_empty(batch, rows, cols)
+    for first in range(0, batch, chunk):
+        part = slice(first, first + chunk)
+        field = torch.fft.ifft2(spectra[part, None, None] * factors, out=fields[part])
+        intensity[part] = _pooled(field.real.square().addcmul_(field.imag, field.imag))
+    return intensity, fields
 
 
-def _pooled(values: torch.Tensor, q: int) -> torch.Tensor:
-    """Pixel integration: the mean over each camera pixel's q x q sub-samples."""
-    return functional.avg_pool2d(values[:, None], q)[:, 0] if q > 1 else values
+def _pooled(values: torch.Tensor) -> torch.Tensor:
+    """Pixel integration: the mean over each camera pixel's q x q sub-samples, (E, q, q, H, W) -> (E, H, W)."""
+    q_rows, q_cols = values.shape[1:3]
+    if q_rows * q_cols == 1:
+        return values[:, 0, 0]
+    return values.sum(dim=(1, 2)).mul_(1.0 / (q_rows * q_cols))
 
 
 class _CameraIntensity(torch.autograd.Function):
-    """I = pool_q |ifft2(place(S * factor))|^2, with its adjoint written out (Wirtinger calculus).
+    """I = mean over the sub-samples of |ifft2(S * factor_ab)|^2, with its adjoint written out (Wirtinger
+    calculus), computed in chunks of entries (`ForwardModel._entries_per_chunk`).
 
-    `place` puts each centred (H, W) spectrum into the unshifted (qH, qW) spectrum of the fine
-    grid (a zero padding and an ifftshift in one copy); `pool_q` averages q x q sub-samples. For a
-    real loss L, torch's complex gradient is dL/d(conj z) x 2, so with g = dL/dI:
-    grad_field = 2 field g / q^2 (g repeated over the sub-samples), grad_z = fft2(grad_field) / (qH qW)
-    (the adjoint of ifft2), and grad_S = conj(factor) * the placed entries of grad_z.
+    For a real loss L, torch's complex gradient is dL/d(conj z) x 2, so with g = dL/dI:
+    grad_field_ab = 2 field_ab g / q^2, and grad_S = sum over ab of conj(factor_ab) fft2(grad_field_ab) / (H W)
+    (the adjoint of ifft2).
     """
 
     @staticmethod
-    def forward(ctx, spectra: torch.Tensor, factor: torch.Tensor, q: int) -> torch.Tensor:
-        fields = _camera_fields(spectra, factor, q)
-        intensity = _pooled(fields.real.square().addcmul_(fields.imag, fields.imag), q)
-        ctx.save_for_backward(fields, factor)
-        ctx.q = q
+    def forward(ctx, spectra: torch.Tensor, factors: torch.Tensor, chunk: int) -> torch.Tensor:
+        intensity, fields = _intensity_and_fields(spectra, factors, chunk)
+        ctx.save_for_backward(fields, factors)
+        ctx.chunk = chunk
         return intensity
 
     @staticmethod
     def backward(ctx, grad_intensity: torch.Tensor):
-        fields, factor = ctx.saved_tensors
-        q = ctx.q
-        batch, fine_rows, fine_cols = fields.shape
-        rows, cols = fine_rows // q, fine_cols // q
-        weight = grad_intensity * (2.0 / (q * q * fine_rows * fine_cols))
-        # Each camera pixel's weight on its q x q sub-samples, by broadcasting (no repeated copy), on the
-        # real view (a complex-by-real product would first turn the weights complex: twice the time).
-        grad_fields = torch.view_as_real(fields).view(batch, rows, q, cols, q, 2) * weight[:, :, None, :, None, None]
-        grad_fields = torch.view_as_complex(grad_fields.view(batch, fine_rows, fine_cols, 2))
-        grad_placed = torch.fft.fft2(grad_fields)
-        del grad_fields
-        grad_weighted = grad_placed.new_empty(batch, rows, cols)
-        for source_y, target_y in _wrapped_blocks(rows, q):
-            for source_x, target_x in _wrapped_blocks(cols, q):
-                grad_weighted[:, source_y, source_x] = grad_placed[:, target_y, target_x]
-        grad_spectra = grad_weighted * factor.conj() if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        fields, factors = ctx.saved_tensors
+        batch, q_rows, q_cols, rows, cols = fields.shape
+        weight = grad_intensity * (2.0 / (q_rows * q_cols * rows * cols))
+        grad_spectra = fields.new_empty(batch, rows, cols)
+        conj_factors = factors.conj()
+        for first in range(0, batch, ctx.chunk):
+            part = slice(first, first + ctx.chunk)
+            # The weight broadcast over the sub-samples on the real view (a complex-by-real product would
+            # first turn the weights complex: twice the time).
+            grad_fields = torch.view_as_real(fields[part]) * weight[part, None, None, :, :, None]
+            grad_fields = torch.fft.fft2(torch.view_as_complex(grad_fields))
+            torch.sum(grad_fields.mul_(conj_factors), dim=(1, 2), out=grad_spectra[part])
         return grad_spectra, None, None
 
 
